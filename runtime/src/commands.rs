@@ -1,0 +1,35 @@
+//! Dispatch from a parsed subcommand to its engine.
+
+use std::process::ExitCode;
+
+use kubeswift_args::{Command, Resolved};
+
+/// Exit code of a subcommand whose engine this build does not have yet.
+pub const EXIT_NOT_BUILT: u8 = 3;
+
+/// Runs one subcommand with its resolved arguments.
+pub fn run(command: Command, resolved: Resolved) -> ExitCode {
+    if let Some(path) = &resolved.loaded_from {
+        tracing::info!(path = %path.display(), "load_args: filled unset arguments from args.json");
+    }
+    // No engine is built yet: say so in one line instead of pretending to run.
+    eprintln!(
+        "error: `swift {command}`: the {} engine is not built yet in this version of kubeswift",
+        engine_name(command)
+    );
+    ExitCode::from(EXIT_NOT_BUILT)
+}
+
+fn engine_name(command: Command) -> &'static str {
+    match command {
+        Command::Sft | Command::Pt => "training",
+        Command::Rlhf => "RLHF",
+        Command::Infer => "inference",
+        Command::Deploy => "serving",
+        Command::Export => "export",
+        Command::Sample => "sampling",
+        Command::Eval => "evaluation",
+        Command::App => "app",
+        Command::WebUi => "web-ui",
+    }
+}

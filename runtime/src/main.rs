@@ -1,0 +1,36 @@
+//! `swift`: ms-swift's command line. Parses and validates the arguments with the shared
+//! table, then hands them to the engine of the subcommand.
+
+use std::process::ExitCode;
+
+use kubeswift_args::cli::{self, Cli};
+
+mod commands;
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SWIFT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    match cli::parse(std::env::args_os()) {
+        Ok(Cli::Exit { text, code }) => {
+            if code == 0 {
+                print!("{text}");
+            } else {
+                eprint!("{text}");
+            }
+            ExitCode::from(code as u8)
+        }
+        Ok(Cli::Run { command, resolved }) => commands::run(command, *resolved),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
