@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use kubeswift_args::cli::{self, Cli};
 
-mod commands;
+use kubeswift_runtime::commands;
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SWIFT_LOG")

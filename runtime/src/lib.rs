@@ -1,0 +1,4 @@
+//! kubeswift-runtime: everything the `swift` binary runs. Each folder is one concern
+//! (see DESIGN.md): model, tuner, data, train, infer/serve, dist, storage.
+
+pub mod commands;
