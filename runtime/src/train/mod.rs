@@ -1,0 +1,7 @@
+//! Training: optimizer, learning-rate schedules, and what a run reports (logging.jsonl,
+//! trainer_state.json, TensorBoard).
+
+pub mod optimizer;
+pub mod report;
+pub mod schedule;
+pub mod tensorboard;
