@@ -2,6 +2,7 @@
 //! trainer_state.json, TensorBoard).
 
 pub mod optimizer;
+pub mod progress;
 pub mod report;
 pub mod schedule;
 pub mod tensorboard;
