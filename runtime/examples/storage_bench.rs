@@ -16,7 +16,9 @@ use kubeswift_runtime::storage::location::Location;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Quiet unless RUST_LOG asks: the script reads only the timing line.
     tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
