@@ -2,5 +2,6 @@
 //! (see DESIGN.md): model, tuner, data, train, infer/serve, dist, storage.
 
 pub mod commands;
+pub mod storage;
 pub mod train;
 pub mod tuner;

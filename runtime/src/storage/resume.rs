@@ -1,0 +1,359 @@
+//! `--resume_from_checkpoint` resolution. The operator passes the job's `--output_dir` on
+//! every start, so the argument may be an output root (`s3://b/runs/exp1`, whose `vN-*`
+//! runs are searched), one run folder (its `checkpoint-*` folders are searched), a
+//! checkpoint folder, or a `best`/`last` pointer. The newest complete checkpoint wins;
+//! an empty or missing location means "start fresh" (None), which the caller logs.
+
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+
+use crate::storage::checkpoint::{MANIFEST_NAME, Manifest, checkpoint_step, is_complete_local};
+use crate::storage::client::Remote;
+use crate::storage::error::{Result, StorageError};
+use crate::storage::location::{Location, RemoteLocation};
+use crate::storage::output::{Pointer, run_version};
+
+/// The checkpoint to resume from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumePoint {
+    /// The checkpoint folder (local path or URI).
+    pub location: Location,
+    /// Its training step, from the `checkpoint-STEP` name (None for a folder named
+    /// otherwise, such as a `last` symlink).
+    pub step: Option<u64>,
+}
+
+/// A folder that may hold a checkpoint, relative to the searched root ("" = the root).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// Relative folder, `/`-separated.
+    pub dir: String,
+    /// Step from the folder name.
+    pub step: Option<u64>,
+    /// Version of the run folder it sits in (`vN-...`), when searched from an output root.
+    pub run_version: Option<u64>,
+}
+
+/// Orders candidate folders newest first: the latest run (by version number, then name)
+/// first, then the highest step within it. Folders that are neither the root, a
+/// `checkpoint-N` child, nor a `vN-*/checkpoint-N` grandchild are dropped.
+pub fn rank_candidates<'a>(dirs: impl IntoIterator<Item = &'a str>) -> Vec<Candidate> {
+    let mut out: Vec<(Candidate, String)> = Vec::new();
+    for dir in dirs {
+        let parts: Vec<&str> = if dir.is_empty() {
+            Vec::new()
+        } else {
+            dir.split('/').collect()
+        };
+        let candidate = match parts.as_slice() {
+            [] => Candidate {
+                dir: String::new(),
+                step: None,
+                run_version: None,
+            },
+            [ck] if checkpoint_step(ck).is_some() => Candidate {
+                dir: dir.to_string(),
+                step: checkpoint_step(ck),
+                run_version: None,
+            },
+            [run, ck] if checkpoint_step(ck).is_some() && run_version(run).is_some() => Candidate {
+                dir: dir.to_string(),
+                step: checkpoint_step(ck),
+                run_version: run_version(run),
+            },
+            _ => continue,
+        };
+        let run_name = parts
+            .first()
+            .filter(|_| parts.len() == 2)
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        out.push((candidate, run_name));
+    }
+    // The root itself (an explicit checkpoint folder) always wins over its children.
+    out.sort_by_key(|(c, run)| {
+        (
+            Reverse(c.dir.is_empty()),
+            Reverse(c.run_version),
+            Reverse(run.clone()),
+            Reverse(c.step),
+        )
+    });
+    out.into_iter().map(|(c, _)| c).collect()
+}
+
+/// Resolves `--resume_from_checkpoint` for a local path or URI.
+pub async fn resolve_resume(arg: &str) -> Result<Option<ResumePoint>> {
+    match Location::parse(arg)? {
+        Location::Local(path) => resolve_local(&path),
+        Location::Remote(loc) => resolve_remote(&Remote::open(&loc)?).await,
+    }
+}
+
+/// Local resolution: folders renamed into place by [`LocalCheckpoint`] (or saved by
+/// ms-swift) are complete; temporary folders start with '.' and never match.
+///
+/// [`LocalCheckpoint`]: crate::storage::checkpoint::LocalCheckpoint
+pub fn resolve_local(root: &Path) -> Result<Option<ResumePoint>> {
+    if !root.is_dir() {
+        tracing::info!(path = %root.display(), "no checkpoint to resume from: the folder does not exist");
+        return Ok(None);
+    }
+    let mut dirs = vec![String::new()];
+    for child in subdirs(root) {
+        if checkpoint_step(&child).is_some() {
+            dirs.push(child);
+        } else if run_version(&child).is_some() {
+            dirs.extend(
+                subdirs(&root.join(&child))
+                    .into_iter()
+                    .map(|ck| format!("{child}/{ck}")),
+            );
+        }
+    }
+    for candidate in rank_candidates(dirs.iter().map(String::as_str)) {
+        let dir = if candidate.dir.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(&candidate.dir)
+        };
+        if is_complete_local(&dir) {
+            let step = candidate.step.or_else(|| dir_step(&dir));
+            return Ok(Some(ResumePoint {
+                location: Location::Local(dir),
+                step,
+            }));
+        }
+    }
+    Ok(None)
+}
+
+fn dir_step(dir: &Path) -> Option<u64> {
+    let real = std::fs::canonicalize(dir).ok()?;
+    checkpoint_step(real.file_name()?.to_str()?)
+}
+
+fn subdirs(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .collect()
+}
+
+/// Remote resolution from one recursive listing: every folder holding a manifest is a
+/// candidate; newest first, the first whose manifest parses and matches the listed
+/// sizes wins.
+pub async fn resolve_remote(root: &Remote) -> Result<Option<ResumePoint>> {
+    let loc = &root.location;
+    let sizes = list_all(root).await?;
+    if sizes.is_empty() {
+        return resolve_pointer(root).await;
+    }
+    let manifest_dirs: Vec<String> = sizes
+        .keys()
+        .filter_map(|rel| {
+            if rel == MANIFEST_NAME {
+                Some(String::new())
+            } else {
+                rel.strip_suffix(&format!("/{MANIFEST_NAME}"))
+                    .map(str::to_string)
+            }
+        })
+        .collect();
+    for candidate in rank_candidates(manifest_dirs.iter().map(String::as_str)) {
+        let dir_loc = loc.join(&candidate.dir);
+        let in_dir = files_under(&sizes, &candidate.dir);
+        let manifest_uri = dir_loc.join(MANIFEST_NAME).to_string();
+        let bytes = match root
+            .store
+            .get(&dir_loc.join(MANIFEST_NAME).object_path())
+            .await
+        {
+            Ok(result) => result
+                .bytes()
+                .await
+                .map_err(|e| StorageError::remote("read", &manifest_uri, e))?,
+            // Deleted between the listing and now (rotation): not a candidate any more.
+            Err(object_store::Error::NotFound { .. }) => continue,
+            Err(e) => return Err(StorageError::remote("read", &manifest_uri, e)),
+        };
+        let valid = Manifest::parse(&bytes, &manifest_uri)
+            .and_then(|m| m.check_files(&in_dir, &manifest_uri));
+        match valid {
+            Ok(()) => {
+                let step = candidate.step.or_else(|| checkpoint_step(loc.name()));
+                return Ok(Some(ResumePoint {
+                    location: Location::Remote(dir_loc),
+                    step,
+                }));
+            }
+            Err(e) => tracing::warn!(error = %e, "skipping an incomplete checkpoint"),
+        }
+    }
+    if checkpoint_step(loc.name()).is_some() {
+        // The user named one checkpoint folder and it is not complete: starting fresh
+        // would silently throw their training away.
+        return Err(StorageError::BadManifest {
+            uri: loc.join(MANIFEST_NAME).to_string(),
+            reason: "the checkpoint has no valid manifest (its upload did not finish)".into(),
+        });
+    }
+    tracing::info!(uri = %loc, "no complete checkpoint under the location");
+    Ok(None)
+}
+
+/// `.../best` or `.../last` given as an object: follow it to its sibling checkpoint.
+async fn resolve_pointer(root: &Remote) -> Result<Option<ResumePoint>> {
+    let loc = &root.location;
+    let bytes = match root.store.get(&loc.object_path()).await {
+        Ok(result) => result
+            .bytes()
+            .await
+            .map_err(|e| StorageError::remote("read", loc, e))?,
+        Err(object_store::Error::NotFound { ref source, .. })
+            if !source.to_string().contains("NoSuchBucket") =>
+        {
+            tracing::info!(uri = %loc, "no checkpoint to resume from: nothing at the location");
+            return Ok(None);
+        }
+        Err(e) => return Err(StorageError::remote("read", loc, e)),
+    };
+    let Some(pointer) = Pointer::parse(&bytes) else {
+        return Err(StorageError::InvalidUri {
+            uri: loc.to_string(),
+            reason: "an object, not a checkpoint folder or a best/last pointer".into(),
+        });
+    };
+    let parent = parent_of(loc);
+    let target = root.at_key(&parent.join(&pointer.target).key);
+    Box::pin(resolve_remote(&target)).await
+}
+
+fn parent_of(loc: &RemoteLocation) -> RemoteLocation {
+    let key = loc.key.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
+    loc.with_key(key)
+}
+
+fn files_under(sizes: &BTreeMap<String, u64>, dir: &str) -> BTreeMap<String, u64> {
+    if dir.is_empty() {
+        return sizes.clone();
+    }
+    let prefix = format!("{dir}/");
+    sizes
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix(&prefix).map(|rest| (rest.to_string(), *v)))
+        .collect()
+}
+
+async fn list_all(root: &Remote) -> Result<BTreeMap<String, u64>> {
+    let loc = &root.location;
+    let prefix = loc.object_path();
+    let prefix = (!loc.key.is_empty()).then_some(&prefix);
+    let objects: Vec<object_store::ObjectMeta> = root
+        .store
+        .list(prefix)
+        .try_collect()
+        .await
+        .map_err(|e| StorageError::remote("list", loc, e))?;
+    Ok(objects
+        .into_iter()
+        .filter_map(|m| Some((loc.with_key(m.location.as_ref()).relative_to(loc)?, m.size)))
+        .collect())
+}
+
+/// For callers that need the checkpoint's files on local disk: a local checkpoint as is,
+/// a remote one downloaded (and checked against its manifest) into the cache.
+pub async fn fetch_resume_point(
+    point: &ResumePoint,
+    cache: &crate::storage::cache::Cache,
+) -> Result<PathBuf> {
+    match &point.location {
+        Location::Local(path) => Ok(path.clone()),
+        Location::Remote(loc) => Ok(cache.materialize_remote(&Remote::open(loc)?).await?.path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dirs(c: &[Candidate]) -> Vec<&str> {
+        c.iter().map(|c| c.dir.as_str()).collect()
+    }
+
+    #[test]
+    fn newest_run_then_highest_step_first() {
+        let ranked = rank_candidates([
+            "v0-20250101-000000/checkpoint-300",
+            "v1-20250102-000000/checkpoint-100",
+            "v1-20250102-000000/checkpoint-50",
+            "v10-20250103-000000/checkpoint-5",
+            "v2-20250102-000000/notes",
+            "runs/checkpoint-900",
+            "checkpoint-7",
+        ]);
+        assert_eq!(
+            dirs(&ranked),
+            [
+                "v10-20250103-000000/checkpoint-5",
+                "v1-20250102-000000/checkpoint-100",
+                "v1-20250102-000000/checkpoint-50",
+                "v0-20250101-000000/checkpoint-300",
+                "checkpoint-7",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_root_itself_wins_and_steps_compare_numerically() {
+        assert_eq!(
+            dirs(&rank_candidates(["checkpoint-9", "", "checkpoint-10"])),
+            ["", "checkpoint-10", "checkpoint-9"]
+        );
+    }
+
+    #[test]
+    fn local_resolution_skips_temporary_and_incomplete_folders() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        assert_eq!(resolve_local(&r.join("missing")).unwrap(), None);
+        assert_eq!(resolve_local(r).unwrap(), None);
+        let complete = |p: &Path| {
+            std::fs::create_dir_all(p).unwrap();
+            std::fs::write(p.join("trainer_state.json"), "{}").unwrap();
+        };
+        complete(&r.join("v0-20250101-000000/checkpoint-200"));
+        complete(&r.join("v1-20250102-000000/checkpoint-100"));
+        // Newer run but only a half-written (temporary) and a manifest-less folder.
+        std::fs::create_dir_all(r.join("v2-20250103-000000/.checkpoint-5.tmp-1")).unwrap();
+        std::fs::create_dir_all(r.join("v2-20250103-000000/checkpoint-5")).unwrap();
+        let point = resolve_local(r).unwrap().unwrap();
+        assert_eq!(
+            point.location,
+            Location::Local(r.join("v1-20250102-000000/checkpoint-100"))
+        );
+        assert_eq!(point.step, Some(100));
+        // A run folder and a checkpoint folder resolve too.
+        let run = r.join("v0-20250101-000000");
+        assert_eq!(resolve_local(&run).unwrap().unwrap().step, Some(200));
+        let ck = run.join("checkpoint-200");
+        assert_eq!(
+            resolve_local(&ck).unwrap().unwrap().location,
+            Location::Local(ck.clone())
+        );
+        // A `last` symlink resolves to its target's step.
+        std::os::unix::fs::symlink("checkpoint-200", run.join("last")).unwrap();
+        assert_eq!(
+            resolve_local(&run.join("last")).unwrap().unwrap().step,
+            Some(200)
+        );
+    }
+}
