@@ -2,3 +2,4 @@
 //! (see DESIGN.md): model, tuner, data, train, infer/serve, dist, storage.
 
 pub mod commands;
+pub mod template;
