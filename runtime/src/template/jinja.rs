@@ -130,8 +130,17 @@ fn raise_exception(message: String) -> Result<Value, Error> {
     Err(Error::new(ErrorKind::InvalidOperation, message))
 }
 
-fn strftime_now(format: String) -> String {
-    chrono::Local::now().format(&format).to_string()
+fn strftime_now(format: String) -> Result<String, Error> {
+    use std::fmt::Write;
+    // chrono reports a bad format item as a fmt::Error; `to_string` would panic on it.
+    let mut out = String::new();
+    write!(out, "{}", chrono::Local::now().format(&format)).map_err(|_| {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            format!("strftime_now: bad format '{format}'"),
+        )
+    })?;
+    Ok(out)
 }
 
 /// transformers' `tojson`: `json.dumps(x, ensure_ascii=False, indent=indent)`.
@@ -212,6 +221,14 @@ mod tests {
         let t = ChatTemplate::from_config(&config).unwrap();
         let text = t.render(&[Message::user("  hi ")]).unwrap();
         assert_eq!(text, "USER: hi</s>\nA:");
+    }
+
+    #[test]
+    fn strftime_now_refuses_bad_formats_without_panicking() {
+        let config = json!({"chat_template": "{{ strftime_now('%Y') }}|{{ strftime_now('%Q') }}"});
+        let t = ChatTemplate::from_config(&config).unwrap();
+        let err = t.render(&[Message::user("x")]).unwrap_err();
+        assert!(err.to_string().contains("bad format '%Q'"), "{err}");
     }
 
     #[test]
