@@ -93,7 +93,11 @@ fn templates_match_ms_swift_token_for_token() {
             case["backend"],
         );
         let msgs = messages(&doc["conversations"][case["conversation"].as_str().unwrap()]);
-        let result = Template::new(&options, fam.tokenizer.clone(), &fam.config).and_then(|t| {
+        let mut config = fam.config.clone();
+        if let Some(name) = case.get("chat_template").and_then(Value::as_str) {
+            config["chat_template"] = doc["chat_templates"][name].clone();
+        }
+        let result = Template::new(&options, fam.tokenizer.clone(), &config).and_then(|t| {
             if case["mode"] == "train" {
                 let ls = LossScale::parse(case["loss_scale"].as_str().unwrap()).unwrap();
                 t.encode(&msgs, ls).map(|e| {

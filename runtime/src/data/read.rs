@@ -67,9 +67,10 @@ pub fn rows_of_lines(
     lines: LineReader,
     format: FileFormat,
 ) -> impl Iterator<Item = Result<RawRow, DataError>> + Send {
+    let name = lines.name().to_string();
     lines.filter_map(move |line| match line {
         Err(LineError::Io(e)) => Some(Err(DataError::Io {
-            path: "dataset".into(),
+            path: name.clone().into(),
             source: e,
         })),
         Err(LineError::NotUtf8(origin)) => Some(Ok((
@@ -106,16 +107,7 @@ pub fn rows(
     match format {
         FileFormat::JsonLines | FileFormat::Text => {
             let lines = LineReader::open(source).map_err(|e| io_error(source, e))?;
-            let name = source.name().to_string();
-            Ok(Box::new(rows_of_lines(lines, format).map(move |r| {
-                r.map_err(|e| match e {
-                    DataError::Io { source, .. } => DataError::Io {
-                        path: name.clone().into(),
-                        source,
-                    },
-                    other => other,
-                })
-            })))
+            Ok(Box::new(rows_of_lines(lines, format)))
         }
         FileFormat::Json => json_rows(source),
         FileFormat::Csv => csv_rows(source),

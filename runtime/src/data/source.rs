@@ -128,6 +128,11 @@ impl LineReader {
         })
     }
 
+    /// The source's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     fn origin(&self, offset: u64, line_no: Option<u64>) -> RowOrigin {
         RowOrigin {
             file: self.name.clone(),
