@@ -563,6 +563,22 @@ fn options_come_from_swift_arguments() {
         Some(("ModelScope".into(), "ModelScope".into()))
     );
 
+    let args = resolve(
+        Command::Sft,
+        vec![
+            words("dataset", &["a.jsonl"]),
+            words("streaming", &["true"]),
+            words("max_steps", &["100"]),
+        ],
+    )
+    .unwrap()
+    .args;
+    let o = DataOptions::from_args(&args, None).unwrap();
+    assert!(
+        o.streaming && o.split_dataset_ratio == 0.0,
+        "streaming turns the split off"
+    );
+
     let args = resolve(Command::Pt, vec![words("dataset", &["a.jsonl"])])
         .unwrap()
         .args;
