@@ -112,6 +112,8 @@ fn stop_tokens_and_response_decoding() {
     );
     let llama = template("llama3", "llama3");
     assert_eq!(llama.stop_token_ids(), [id(&llama, "<|eot_id|>")]);
+    assert_eq!(qwen.pad_token_id(), id(&qwen, "<|endoftext|>"));
+    assert_eq!(llama.pad_token_id(), id(&llama, "<|end_of_text|>"));
     let mut generated = llama
         .tokenizer()
         .encode("Paris.", false)

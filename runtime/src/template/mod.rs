@@ -141,6 +141,7 @@ pub struct Template {
     use_chat_template: bool,
     jinja: Option<ChatTemplate>,
     eos_id: u32,
+    pad_id: u32,
     /// The tokenizer's own special tokens before and after a text (auto_add_bos templates).
     bos: Vec<u32>,
     sep: Vec<u32>,
@@ -278,6 +279,12 @@ impl Template {
         } else {
             (Vec::new(), Vec::new())
         };
+        // Padding falls back to eos when the tokenizer has no pad token (as ms-swift sets it).
+        let pad_id = tokenizer_config
+            .get("pad_token")
+            .and_then(jinja::token_text)
+            .and_then(|t| tokenizer.token_to_id(t))
+            .unwrap_or(eos_id);
         let jinja = match options.backend {
             Backend::Jinja => Some(ChatTemplate::from_config(tokenizer_config)?),
             Backend::Swift => None,
@@ -288,6 +295,7 @@ impl Template {
             use_chat_template: options.use_chat_template,
             jinja,
             eos_id,
+            pad_id,
             bos,
             sep,
         })
@@ -409,6 +417,11 @@ impl Template {
     /// The tokenizer's eos id (from tokenizer_config.json's `eos_token`).
     pub fn eos_token_id(&self) -> u32 {
         self.eos_id
+    }
+
+    /// The id batches are padded with: tokenizer_config.json's `pad_token`, else eos.
+    pub fn pad_token_id(&self) -> u32 {
+        self.pad_id
     }
 
     /// Generated ids without a trailing eos and end-of-turn suffix (ms-swift's
