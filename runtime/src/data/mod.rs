@@ -12,7 +12,9 @@
 //! - `encode`, `packing`, `dataset`, `stream`: templates, `--max_length` and
 //!   `--truncation_strategy`, `--packing`, `--lazy_tokenize`, `--streaming`,
 //!   `--dataset_num_proc`, `--strict`.
-//! - `collate`: padded batches (`--padding_side`), masks, position ids; labels unshifted.
+//! - `sampler`, `collate`: the rows of each batch (`--per_device_train_batch_size`, a
+//!   reproducible order per epoch) and padded batches (`--padding_side`), masks, position
+//!   ids; labels unshifted.
 
 pub mod collate;
 pub mod columns;
@@ -25,6 +27,7 @@ pub mod packing;
 pub mod preprocess;
 pub mod read;
 pub mod registry;
+pub mod sampler;
 pub mod sampling;
 pub mod source;
 pub mod spec;
@@ -38,6 +41,7 @@ pub use load::{Loaded, load, write_val_dataset};
 pub use options::DataOptions;
 pub use packing::TrainRow;
 pub use preprocess::{Preprocess, Sample, SelfCognition};
+pub use sampler::epoch_batches;
 pub use source::{ByteSource, LineReader, LocalFile};
 pub use spec::DatasetSpec;
 pub use stream::{RowStream, Shard, TrainStream};
