@@ -99,10 +99,14 @@ pub(crate) fn build(
     };
     let mut turns = std_rounds(turns)?;
     if turns.len() > 2 && !meta.supports_multi_round() {
-        tracing::warn!(
-            template = meta.name,
-            "the template does not support multi-round chat; only the last round is used"
-        );
+        // Once per process, like ms-swift's warning_once: it would repeat for every sample.
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!(
+                template = meta.name,
+                "the template does not support multi-round chat; only the last round is used"
+            );
+        });
         turns.drain(..turns.len() - 2);
     }
     let pieces = assemble(settings, system.as_deref(), &turns, mode);
