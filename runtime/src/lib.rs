@@ -2,6 +2,8 @@
 //! (see DESIGN.md): model, tuner, data, train, infer/serve, dist, storage.
 
 pub mod commands;
+pub mod data;
 pub mod storage;
+pub mod template;
 pub mod train;
 pub mod tuner;
