@@ -95,8 +95,10 @@ pub struct SwiftDeploymentSpec {
     #[serde(default = "one")]
     #[schemars(range(min = 0))]
     pub replicas: i32,
-    /// Adapters served by name beside the base model.
+    /// Adapters served by name beside the base model (bounded so the uniqueness rule's
+    /// cost stays within the apiserver's CEL budget).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
     pub adapters: Vec<Adapter>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,

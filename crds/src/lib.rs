@@ -59,7 +59,24 @@ fn finish(
 pub fn crds() -> Result<Vec<CustomResourceDefinition>, CrdError> {
     Ok(vec![
         finish(SwiftTrainJob::crd(), rules::train)?,
-        finish(SwiftDeployment::crd(), |_| rules::deploy())?,
+        {
+            let mut crd = finish(SwiftDeployment::crd(), |_| rules::deploy())?;
+            // Adapter names are unique: a list-map keyed by name, enforced by the apiserver
+            // itself (a CEL pairwise check would be quadratic and over the cost budget).
+            schema::set_extension(
+                &mut crd,
+                "spec.adapters",
+                "x-kubernetes-list-type",
+                "map".into(),
+            )?;
+            schema::set_extension(
+                &mut crd,
+                "spec.adapters",
+                "x-kubernetes-list-map-keys",
+                serde_json::json!(["name"]),
+            )?;
+            crd
+        },
         finish(SwiftSampleJob::crd(), rules::sample)?,
     ])
 }

@@ -98,3 +98,34 @@ pub fn attach_rules(
     }
     Ok(())
 }
+
+/// Sets a schema extension (`x-kubernetes-*`) on the node at `at`.
+pub fn set_extension(
+    crd: &mut CustomResourceDefinition,
+    at: &str,
+    key: &str,
+    value: Value,
+) -> Result<(), crate::CrdError> {
+    let kind = crd.spec.names.kind.clone();
+    let mut schema = openapi_schema(crd).ok_or_else(|| crate::CrdError::NoSchema(kind.clone()))?;
+    let node = node_mut(&mut schema, at).ok_or_else(|| crate::CrdError::NoNode {
+        kind: kind.clone(),
+        at: at.to_string(),
+    })?;
+    if let Value::Object(map) = node {
+        map.insert(key.to_string(), value);
+    }
+    let parsed = serde_json::from_value(schema).map_err(|e| crate::CrdError::Json {
+        kind: kind.clone(),
+        source: e,
+    })?;
+    if let Some(validation) = crd
+        .spec
+        .versions
+        .first_mut()
+        .and_then(|v| v.schema.as_mut())
+    {
+        validation.open_api_v3_schema = Some(parsed);
+    }
+    Ok(())
+}

@@ -100,6 +100,7 @@ mod tests {
             "learning_rate": 0.0001,
             "model_kwargs": {"max_pixels": 1003520},
             "streaming": true,
+            "max_steps": 100,
         }));
         args.validate(Command::Sft).unwrap();
         let argv = args.to_argv(Command::Sft);
