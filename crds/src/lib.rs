@@ -5,6 +5,10 @@
 //! derived schema plus each resource's `args` schema from `kubeswift-args` and the CEL rules
 //! of [`rules`]. `swift-operator crds` prints them; the Helm chart's copy is generated from it.
 
+// kube's `printcolumn(name = .., type_ = ..)` lists repeat keys across columns, which clippy
+// mistakes for duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod common;
 pub mod deploy;
 pub mod names;

@@ -31,7 +31,7 @@ pub enum RenderError {
         index: usize,
         kind: String,
         name: String,
-        source: BuildError,
+        source: Box<BuildError>,
     },
     #[error("document {index}: kind '{kind}' is not a kubeswift.io resource")]
     UnknownKind { index: usize, kind: String },
@@ -79,7 +79,7 @@ pub fn render(text: &str, defaults: &Defaults) -> Result<String, RenderError> {
             index,
             kind: kind.clone(),
             name: name.clone(),
-            source,
+            source: Box::new(source),
         };
         match kind.as_str() {
             "SwiftTrainJob" => {

@@ -74,12 +74,12 @@ pub fn user_env(env: &[EnvVar], reserved: &[&str]) -> Result<Vec<EnvVar>, BuildE
 
 /// Adds storage volumes, mounts and credentials.
 pub fn add_mounts(template: &mut PodTemplateSpec, mounts: &Mounts) {
-    if let Some(spec) = template.spec.as_mut() {
-        if !mounts.volumes.is_empty() {
-            spec.volumes
-                .get_or_insert_with(Vec::new)
-                .extend(mounts.volumes.iter().cloned());
-        }
+    if let Some(spec) = template.spec.as_mut()
+        && !mounts.volumes.is_empty()
+    {
+        spec.volumes
+            .get_or_insert_with(Vec::new)
+            .extend(mounts.volumes.iter().cloned());
     }
     if let Some(c) = container(template) {
         if !mounts.volume_mounts.is_empty() {

@@ -166,8 +166,9 @@ async fn reconcile_inner(job: &SwiftTrainJob, ctx: &Context) -> Result<Action, E
     // The deadline counts across restarts, from the first start.
     if let (Some(deadline), Some(start)) =
         (job.spec.active_deadline_seconds, old.start_time.as_ref())
+        && now.as_second() - start.0.as_second() >= deadline
     {
-        if now.as_second() - start.0.as_second() >= deadline {
+        {
             apply::delete(&apis.jobs, &job_name, false).await?;
             let message = format!("the job ran longer than activeDeadlineSeconds={deadline}");
             fail(

@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -31,13 +31,18 @@ struct Emulator {
     url: String,
     // Held open for the life of the test process: the emulator exits when it closes.
     _stdin: Option<Mutex<ChildStdin>>,
+    _child: Option<Mutex<Child>>,
 }
 
 fn emulator() -> &'static Emulator {
     static EMULATOR: OnceLock<Emulator> = OnceLock::new();
     EMULATOR.get_or_init(|| {
         if let Ok(url) = std::env::var("KUBESWIFT_EMULATOR_URL") {
-            return Emulator { url, _stdin: None };
+            return Emulator {
+                url,
+                _stdin: None,
+                _child: None,
+            };
         }
         let python = root().join(".cache/tools/venv/bin/python");
         assert!(
@@ -62,6 +67,7 @@ fn emulator() -> &'static Emulator {
         Emulator {
             url: line.trim().to_string(),
             _stdin: child.stdin.take().map(Mutex::new),
+            _child: Some(Mutex::new(child)),
         }
     })
 }
