@@ -11,6 +11,14 @@ mod sealed {
     impl Sealed for half::f16 {}
 }
 
+/// A slice of one of the element types, for code that specialises on the type.
+#[derive(Clone, Copy)]
+pub enum Typed<'a> {
+    F32(&'a [f32]),
+    BF16(&'a [bf16]),
+    F16(&'a [f16]),
+}
+
 /// A storage type the kernels accept: f32, bf16 or f16. Arithmetic is always done in f32.
 pub trait Elem: candle_core::WithDType + sealed::Sealed + Copy + Send + Sync + 'static {
     /// Widens one value to f32.
@@ -21,9 +29,14 @@ pub trait Elem: candle_core::WithDType + sealed::Sealed + Copy + Send + Sync + '
     fn load(src: &[Self], dst: &mut [f32]);
     /// Rounds a slice (same lengths).
     fn store(src: &[f32], dst: &mut [Self]);
-    /// The slice as bf16 if this is bf16 (the GEMM's native bf16 kernel needs the bits).
-    fn as_bf16(_src: &[Self]) -> Option<&[bf16]> {
-        None
+    /// The slice with its concrete type (for SIMD loads and the native bf16 GEMM).
+    fn typed(src: &[Self]) -> Typed<'_>;
+    /// The slice as bf16 if this is bf16.
+    fn as_bf16(src: &[Self]) -> Option<&[bf16]> {
+        match Self::typed(src) {
+            Typed::BF16(s) => Some(s),
+            _ => None,
+        }
     }
 }
 
@@ -42,6 +55,9 @@ impl Elem for f32 {
     fn store(src: &[f32], dst: &mut [Self]) {
         dst.copy_from_slice(src);
     }
+    fn typed(src: &[Self]) -> Typed<'_> {
+        Typed::F32(src)
+    }
 }
 
 impl Elem for bf16 {
@@ -59,8 +75,8 @@ impl Elem for bf16 {
     fn store(src: &[f32], dst: &mut [Self]) {
         convert::f32_to_bf16(src, dst);
     }
-    fn as_bf16(src: &[Self]) -> Option<&[bf16]> {
-        Some(src)
+    fn typed(src: &[Self]) -> Typed<'_> {
+        Typed::BF16(src)
     }
 }
 
@@ -78,5 +94,8 @@ impl Elem for f16 {
     }
     fn store(src: &[f32], dst: &mut [Self]) {
         convert::f32_to_f16(src, dst);
+    }
+    fn typed(src: &[Self]) -> Typed<'_> {
+        Typed::F16(src)
     }
 }

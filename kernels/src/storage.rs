@@ -27,6 +27,21 @@ macro_rules! with_floats {
 }
 pub(crate) use with_floats;
 
+/// Runs `$body` with `$s` bound to the typed contiguous values of a CPU float tensor (which
+/// must be contiguous); evaluates to the body's `Result`.
+macro_rules! with_tensor_floats {
+    ($op:expr, $arg:expr, $t:expr, $s:ident => $body:expr) => {
+        $crate::storage::with_cpu($op, $arg, $t, |storage, layout| {
+            let (start, end) = $crate::storage::contiguous_range($op, $arg, layout)?;
+            $crate::storage::with_floats!($crate::storage::floats($op, $arg, storage)?, full => {
+                let $s = &full[start..end];
+                $body
+            })
+        })
+    };
+}
+pub(crate) use with_tensor_floats;
+
 /// The float slice of a CPU storage, or an error naming the op and argument.
 pub(crate) fn floats<'a>(
     op: &'static str,

@@ -3,7 +3,7 @@
 //! and in PyTorch (scripts/torch_layer.py, run in the same invocation), f32 and bf16.
 //!
 //! `cargo bench -p kubeswift-kernels --bench layer -- [--iters N] [--tokens T]
-//!  [--dtypes f32,bf16] [--no-torch] [--no-plain] [--ops] [--gemm]`
+//!  [--dtypes f32,bf16] [--no-torch] [--no-plain] [--no-layer] [--ops] [--gemm]`
 //!
 //! `--ops` adds a per-kernel breakdown and `--gemm` the GEMM throughput at the layer's
 //! shapes (ours vs candle's matmul). PyTorch runs with `$KUBESWIFT_BENCH_PYTHON`, else
@@ -26,6 +26,7 @@ struct Args {
     dtypes: Vec<DType>,
     torch: bool,
     plain: bool,
+    layer: bool,
     ops: bool,
     gemm: bool,
 }
@@ -38,6 +39,7 @@ fn parse_args() -> Args {
         dtypes: vec![DType::F32, DType::BF16],
         torch: true,
         plain: true,
+        layer: true,
         ops: false,
         gemm: false,
     };
@@ -71,6 +73,7 @@ fn parse_args() -> Args {
             }
             "--no-torch" => args.torch = false,
             "--no-plain" => args.plain = false,
+            "--no-layer" => args.layer = false,
             "--ops" => args.ops = true,
             "--gemm" => args.gemm = true,
             _ => {} // `cargo bench` passes `--bench`
@@ -167,14 +170,15 @@ fn bench_torch(args: &Args) -> Vec<Row> {
                 "python3".into()
             }
         });
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/torch_layer.py");
+    let script = std::env::var("KUBESWIFT_BENCH_TORCH_SCRIPT")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/torch_layer.py").into());
     let dtypes: Vec<&str> = args.dtypes.iter().map(|d| dtype_name(*d)).collect();
     let out = Command::new(&python)
-        .arg(script)
+        .arg(&script)
         .args(["--tokens", &args.tokens.to_string()])
         .args(["--iters", &args.iters.to_string()])
         .args(["--warmup", &args.warmup.to_string()])
-        .args(["--threads", &rayon::current_num_threads().to_string()])
+        .args(["--threads", &threads().to_string()])
         .args(["--dtypes", &dtypes.join(",")])
         .output();
     let out = match out {
@@ -213,8 +217,9 @@ fn print_layer_table(args: &Args, rows: &[Row]) {
         args.tokens
     );
     println!(
-        "threads {}, kernel ISA {:?}, median of {} iterations (ms)\n",
-        rayon::current_num_threads(),
+        "{}, threads {}, kernel ISA {:?}, median of {} iterations (ms)\n",
+        cpu_model(),
+        threads(),
         isa::active(),
         args.iters
     );
@@ -391,6 +396,24 @@ fn bench_gemm(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// The CPU's model name, to label the table.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// Threads our kernels (and candle's elementwise ops) run on.
+fn threads() -> usize {
+    candle_core::utils::barrier_pool().n_workers() + 1
+}
+
 fn main() -> Result<()> {
     let args = parse_args();
     if args.gemm {
@@ -400,6 +423,9 @@ fn main() -> Result<()> {
         for dtype in &args.dtypes {
             bench_ops(&args, *dtype)?;
         }
+    }
+    if !args.layer {
+        return Ok(());
     }
     let mut rows = Vec::new();
     for dtype in &args.dtypes {

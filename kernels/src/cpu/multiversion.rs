@@ -2,7 +2,7 @@
 //!
 //! The body is an `#[inline(always)]` inner function, so everything it inlines (loops,
 //! `math::exp`, conversions) is vectorised with the wrapper's target features. Closures are
-//! not covered: call multiversioned leaf functions from inside rayon tasks, not around them.
+//! not covered: call multiversioned leaf functions from inside parallel tasks, not around them.
 
 macro_rules! multiversion {
     ($(#[$attr:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {

@@ -9,11 +9,11 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 use crate::cpu::gemm::{MatRef, gemm};
 use crate::cpu::math::exp;
 use crate::cpu::multiversion::multiversion;
+use crate::cpu::par;
 use crate::elem::Elem;
 use crate::error::{shape_err, value_err};
 use crate::storage::{check_float, contiguous_range, floats, ints, owned, with_floats};
@@ -179,11 +179,15 @@ impl LinearCrossEntropy {
             logits.resize(nc * v, 0f32);
             gemm(hc, w.t(), &mut logits, v, 1.0, 0.0);
             let want_grad = self.grad_hidden || self.grad_weight;
-            let per_row: Vec<(f64, bool)> = logits
-                .par_chunks_mut(v)
-                .zip(chunk.par_iter())
-                .map(|(row, &(_, label))| row_loss(row, label, want_grad))
-                .collect();
+            let per_row: Vec<Mutex<(f64, bool)>> =
+                (0..nc).map(|_| Mutex::new((0.0, false))).collect();
+            par::for_each_chunk_mut(&mut logits[..nc * v], v, |r, row| {
+                let result = row_loss(row, chunk[r].1, want_grad);
+                if let Ok(mut slot) = per_row[r].lock() {
+                    *slot = result;
+                }
+            });
+            let per_row = per_row.into_iter().filter_map(|m| m.into_inner().ok());
             for (loss, hit) in per_row {
                 sums.loss += loss;
                 sums.correct += hit as usize;

@@ -10,7 +10,9 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape
 use crate::cpu::gemm::{MatRef, gemm};
 use crate::elem::Elem;
 use crate::error::{shape_err, value_err};
-use crate::storage::{check_float, contiguous_range, floats, owned, with_cpu, with_floats};
+use crate::storage::{
+    check_float, contiguous_range, floats, owned, with_cpu, with_floats, with_tensor_floats,
+};
 
 const FROZEN: &str = "frozen_linear";
 const LORA: &str = "lora_linear";
@@ -213,19 +215,6 @@ fn f32_tensor(values: Vec<f32>, shape: &Shape, like: &Tensor) -> Tensor {
         candle_core::op::BackpropOp::none(),
         false,
     )
-}
-
-/// The contiguous values of a CPU float tensor, passed to `f` typed.
-macro_rules! with_tensor_floats {
-    ($op:expr, $arg:expr, $t:expr, $s:ident => $body:expr) => {
-        with_cpu($op, $arg, $t, |storage, layout| {
-            let (start, end) = contiguous_range($op, $arg, layout)?;
-            with_floats!(floats($op, $arg, storage)?, full => {
-                let $s = &full[start..end];
-                $body
-            })
-        })
-    };
 }
 
 struct FrozenLinear(Frozen);

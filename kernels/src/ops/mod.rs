@@ -28,6 +28,16 @@ pub(crate) fn to_f32_vec(op: &'static str, arg: &'static str, t: &Tensor) -> Res
     })
 }
 
+/// A tensor (no gradient history) over CPU storage of `shape`.
+pub(crate) fn tensor_from(storage: candle_core::CpuStorage, shape: &candle_core::Shape) -> Tensor {
+    Tensor::from_storage(
+        candle_core::Storage::Cpu(storage),
+        shape.clone(),
+        candle_core::op::BackpropOp::none(),
+        false,
+    )
+}
+
 /// Builds a tensor of `like`'s dtype, device and `shape` from f32 values (rounding them).
 pub(crate) fn from_f32_vec(values: Vec<f32>, shape: &[usize], like: &Tensor) -> Result<Tensor> {
     let t = Tensor::from_vec(values, shape, like.device())?;

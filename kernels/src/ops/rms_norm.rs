@@ -1,14 +1,15 @@
 //! RMSNorm: `y = x / sqrt(mean(x^2) + eps) * w` over the last dimension.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 use crate::cpu::multiversion::multiversion;
 use crate::cpu::par;
 use crate::elem::Elem;
 use crate::error::shape_err;
-use crate::ops::{from_f32_vec, to_f32_vec};
-use crate::storage::{check_float, contiguous_range, floats, owned, with_floats};
+use crate::ops::to_f32_vec;
+use crate::storage::{
+    check_float, contiguous_range, floats, owned, with_floats, with_tensor_floats,
+};
 
 const OP: &str = "rms_norm";
 
@@ -52,8 +53,7 @@ impl CustomOp2 for RmsNorm {
     ) -> Result<(CpuStorage, Shape)> {
         let (x0, x1) = contiguous_range(OP, "x", xl)?;
         let (w0, w1) = contiguous_range(OP, "w", wl)?;
-        let d = w1 - w0;
-        let mut w = vec![0f32; d];
+        let mut w = vec![0f32; w1 - w0];
         with_floats!(floats(OP, "w", ws)?, s => Elem::load(&s[w0..w1], &mut w));
         let out = with_floats!(floats(OP, "x", xs)?, s => owned(forward(&s[x0..x1], &w, self.eps)));
         Ok((out, xl.shape().clone()))
@@ -66,13 +66,20 @@ impl CustomOp2 for RmsNorm {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let d = w.dim(0)?;
-        let xf = to_f32_vec(OP, "x", x)?;
         let wf = to_f32_vec(OP, "w", w)?;
-        let gf = to_f32_vec(OP, "grad", grad)?;
-        let (dx, dw) = backward(&xf, &wf, &gf, self.eps, x.track_op(), w.track_op());
-        let dx = dx.map(|v| from_f32_vec(v, x.dims(), x)).transpose()?;
-        let dw = dw.map(|v| from_f32_vec(v, &[d], w)).transpose()?;
+        let grad = grad.contiguous()?;
+        let (want_dx, want_dw) = (x.track_op(), w.track_op());
+        let (dx, dw) = with_tensor_floats!(OP, "x", x, xs => {
+            with_tensor_floats!(OP, "grad", &grad, gs => {
+                let (dx, dw) = backward(xs, &wf, gs, self.eps, want_dx, want_dw);
+                Ok((dx.map(owned), dw))
+            })
+        })?;
+        let dx = dx.map(|s| crate::ops::tensor_from(s, x.shape()));
+        let dw = match dw {
+            Some(v) => Some(crate::ops::from_f32_vec(v, w.dims(), w)?),
+            None => None,
+        };
         Ok((dx, dw))
     }
 }
@@ -84,59 +91,53 @@ fn forward<T: Elem>(x: &[T], w: &[f32], eps: f32) -> Vec<T> {
         return out;
     }
     let chunk = par::rows_per_task(x.len() / d, 8) * d;
-    out.par_chunks_mut(chunk)
-        .zip(x.par_chunks(chunk))
-        .for_each(|(out, x)| {
-            let mut xf = vec![0f32; d];
-            let mut yf = vec![0f32; d];
-            for (o, xr) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                T::load(xr, &mut xf);
-                normalize_row(&xf, w, eps, &mut yf);
-                T::store(&yf, o);
-            }
-        });
+    par::for_each_chunk_mut(&mut out, chunk, |i, out| {
+        let x = &x[i * chunk..i * chunk + out.len()];
+        let mut xf = vec![0f32; d];
+        let mut yf = vec![0f32; d];
+        for (o, xr) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+            T::load(xr, &mut xf);
+            normalize_row(&xf, w, eps, &mut yf);
+            T::store(&yf, o);
+        }
+    });
     out
 }
 
-/// Returns `(dx, dw)` for the rows of `x` (f32, row length `w.len()`), each only if asked.
-fn backward(
-    x: &[f32],
+/// Returns `(dx, dw)` for the rows of `x` (row length `w.len()`), each only if asked.
+fn backward<TX: Elem, TG: Elem>(
+    x: &[TX],
     w: &[f32],
-    g: &[f32],
+    g: &[TG],
     eps: f32,
     want_dx: bool,
     want_dw: bool,
-) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+) -> (Option<Vec<TX>>, Option<Vec<f32>>) {
     let d = w.len();
+    let rows = x.len() / d.max(1);
+    let mut dx = vec![TX::from_f32(0.0); if want_dx { x.len() } else { 0 }];
     if d == 0 {
-        return (want_dx.then(Vec::new), want_dw.then(Vec::new));
+        return (want_dx.then_some(dx), want_dw.then(Vec::new));
     }
-    let chunk = par::rows_per_task(x.len() / d, 8) * d;
-    let mut dx = vec![0f32; if want_dx { x.len() } else { 0 }];
-    let dw_sum = |x: &[f32], g: &[f32], dx: Option<&mut [f32]>| {
+    let per_task = par::rows_per_task(rows, 8);
+    let dx_ptr = par::SendPtr(dx.as_mut_ptr());
+    let partial: Vec<Vec<f32>> = par::map(rows.div_ceil(per_task), |task| {
+        let (r0, r1) = (task * per_task, ((task + 1) * per_task).min(rows));
         let mut dw = vec![0f32; if want_dw { d } else { 0 }];
-        let mut scratch = vec![0f32; d];
-        let mut dx = dx;
-        for (r, (xr, gr)) in x.chunks_exact(d).zip(g.chunks_exact(d)).enumerate() {
-            let dxr = match dx.as_deref_mut() {
-                Some(dx) => &mut dx[r * d..(r + 1) * d],
-                None => &mut scratch[..],
-            };
-            backward_row(xr, w, gr, eps, dxr, &mut dw, want_dw);
+        let (mut xf, mut gf, mut dxf) = (vec![0f32; d], vec![0f32; d], vec![0f32; d]);
+        for r in r0..r1 {
+            TX::load(&x[r * d..(r + 1) * d], &mut xf);
+            TG::load(&g[r * d..(r + 1) * d], &mut gf);
+            backward_row(&xf, w, &gf, eps, &mut dxf, &mut dw, want_dw);
+            if want_dx {
+                // SAFETY: row r belongs to this task only (tasks own disjoint row ranges)
+                // and lies inside `dx`, which has x.len() elements when want_dx.
+                let out = unsafe { std::slice::from_raw_parts_mut(dx_ptr.ptr().add(r * d), d) };
+                TX::store(&dxf, out);
+            }
         }
         dw
-    };
-    let partial: Vec<Vec<f32>> = if want_dx {
-        dx.par_chunks_mut(chunk)
-            .zip(x.par_chunks(chunk).zip(g.par_chunks(chunk)))
-            .map(|(dx, (x, g))| dw_sum(x, g, Some(dx)))
-            .collect()
-    } else {
-        x.par_chunks(chunk)
-            .zip(g.par_chunks(chunk))
-            .map(|(x, g)| dw_sum(x, g, None))
-            .collect()
-    };
+    });
     let dw = want_dw.then(|| {
         let mut dw = vec![0f32; d];
         for p in &partial {

@@ -3,10 +3,9 @@
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 use crate::cpu::multiversion::multiversion;
-use crate::cpu::par::SendPtr;
+use crate::cpu::par::{self, SendPtr};
 use crate::elem::Elem;
 use crate::error::{shape_err, value_err};
 use crate::storage::{
@@ -219,7 +218,7 @@ fn rotate<T: Elem>(
     let half = d / 2;
     let mut out = vec![T::from_f32(0.0); nb * nh * nt * d];
     let out_ptr = SendPtr(out.as_mut_ptr());
-    (0..nb * nh).into_par_iter().for_each(|bh| {
+    par::for_each(nb * nh, |bh| {
         let (b, h) = (bh / nh, bh % nh);
         let mut xf = vec![0f32; d];
         let mut yf = vec![0f32; d];

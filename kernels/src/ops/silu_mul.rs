@@ -2,17 +2,17 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 use crate::cpu::math::sigmoid;
 use crate::cpu::multiversion::multiversion;
+use crate::cpu::par;
 use crate::elem::Elem;
 use crate::error::{KernelError, shape_err};
-use crate::ops::{from_f32_vec, to_f32_vec};
-use crate::storage::{Floats, check_float, contiguous_range, floats, owned};
+use crate::ops::tensor_from;
+use crate::storage::{Floats, check_float, contiguous_range, floats, owned, with_tensor_floats};
 
 const OP: &str = "silu_mul";
-/// Elements per rayon task (and per f32 scratch buffer).
+/// Elements per parallel task (and per f32 scratch buffer).
 const CHUNK: usize = 16 * 1024;
 
 /// `silu(gate) * up`, elementwise; `gate` and `up` have the same shape and dtype.
@@ -80,36 +80,57 @@ impl CustomOp2 for SiluMul {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let gf = to_f32_vec(OP, "gate", gate)?;
-        let uf = to_f32_vec(OP, "up", up)?;
-        let df = to_f32_vec(OP, "grad", grad)?;
-        let mut dgate = vec![0f32; gf.len()];
-        let mut dup = vec![0f32; gf.len()];
-        dgate
-            .par_chunks_mut(CHUNK)
-            .zip(dup.par_chunks_mut(CHUNK))
-            .zip(gf.par_chunks(CHUNK).zip(uf.par_chunks(CHUNK)))
-            .zip(df.par_chunks(CHUNK))
-            .for_each(|(((dg, du), (g, u)), d)| backward_chunk(g, u, d, dg, du));
-        let dgate = from_f32_vec(dgate, gate.dims(), gate)?;
-        let dup = from_f32_vec(dup, up.dims(), up)?;
-        Ok((Some(dgate), Some(dup)))
+        let grad = grad.contiguous()?;
+        let (dgate, dup) = with_tensor_floats!(OP, "gate", gate, g => {
+            with_tensor_floats!(OP, "up", up, u => {
+                with_tensor_floats!(OP, "grad", &grad, d => {
+                    let (dg, du) = backward(g, u, d);
+                    Ok((owned(dg), owned(du)))
+                })
+            })
+        })?;
+        Ok((
+            Some(tensor_from(dgate, gate.shape())),
+            Some(tensor_from(dup, up.shape())),
+        ))
     }
 }
 
 fn forward<T: Elem>(gate: &[T], up: &[T]) -> Vec<T> {
     let mut out = vec![T::from_f32(0.0); gate.len()];
-    out.par_chunks_mut(CHUNK)
-        .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
-        .for_each(|(o, (g, u))| {
-            let mut gf = vec![0f32; g.len()];
-            let mut uf = vec![0f32; g.len()];
-            T::load(g, &mut gf);
-            T::load(u, &mut uf);
-            forward_chunk(&gf, &mut uf);
-            T::store(&uf, o);
-        });
+    par::for_each_chunk_mut(&mut out, CHUNK, |i, o| {
+        let range = i * CHUNK..i * CHUNK + o.len();
+        let mut gf = vec![0f32; o.len()];
+        let mut uf = vec![0f32; o.len()];
+        T::load(&gate[range.clone()], &mut gf);
+        T::load(&up[range], &mut uf);
+        forward_chunk(&gf, &mut uf);
+        T::store(&uf, o);
+    });
     out
+}
+
+/// `(d_gate, d_up)` in the inputs' types (`gate` and `up` share one; `d` is the output's).
+fn backward<T: Elem, U: Elem, D: Elem>(gate: &[T], up: &[U], d: &[D]) -> (Vec<T>, Vec<U>) {
+    let mut dgate = vec![T::from_f32(0.0); gate.len()];
+    let mut dup = vec![U::from_f32(0.0); gate.len()];
+    let dup_ptr = par::SendPtr(dup.as_mut_ptr());
+    par::for_each_chunk_mut(&mut dgate, CHUNK, |i, dg| {
+        let range = i * CHUNK..i * CHUNK + dg.len();
+        let n = dg.len();
+        let (mut gf, mut uf, mut df) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+        T::load(&gate[range.clone()], &mut gf);
+        U::load(&up[range.clone()], &mut uf);
+        D::load(&d[range.clone()], &mut df);
+        // In place: gf becomes d_gate, uf becomes d_up.
+        backward_chunk(&mut gf, &mut uf, &df);
+        T::store(&gf, dg);
+        // SAFETY: chunk i's range of `dup` is written only by this task and lies inside it
+        // (`dup` has gate.len() elements).
+        let du = unsafe { std::slice::from_raw_parts_mut(dup_ptr.ptr().add(range.start), n) };
+        U::store(&uf, du);
+    });
+    (dgate, dup)
 }
 
 multiversion! {
@@ -122,12 +143,14 @@ multiversion! {
 }
 
 multiversion! {
-    /// With `s = sigmoid(g)`: `d_gate = d * u * s (1 + g (1 - s))`, `d_up = d * g * s`.
-    fn backward_chunk(gate: &[f32], up: &[f32], d: &[f32], dgate: &mut [f32], dup: &mut [f32]) {
-        for ((((dg, du), g), u), d) in dgate.iter_mut().zip(dup.iter_mut()).zip(gate).zip(up).zip(d) {
+    /// With `s = sigmoid(g)`: `d_gate = d * u * s (1 + g (1 - s))`, `d_up = d * g * s`;
+    /// written over `gate` and `up`.
+    fn backward_chunk(gate: &mut [f32], up: &mut [f32], d: &[f32]) {
+        for ((g, u), d) in gate.iter_mut().zip(up.iter_mut()).zip(d) {
             let s = sigmoid(*g);
-            *du = d * g * s;
-            *dg = d * u * s * (1.0 + g * (1.0 - s));
+            let du = d * *g * s;
+            *g = d * *u * s * (1.0 + *g * (1.0 - s));
+            *u = du;
         }
     }
 }

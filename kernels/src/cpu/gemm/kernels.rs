@@ -4,7 +4,8 @@
 use half::bf16;
 
 use super::MatRef;
-use super::driver::{Packed, pack_bf16_pairs, pack_f32};
+use super::driver::Packed;
+use super::pack::{pack_bf16_pairs, pack_f32};
 use crate::elem::Elem;
 
 /// The largest `MR * NR` of any kernel (size of the edge-tile temporary).
@@ -119,7 +120,8 @@ impl Microkernel for Avx2 {
 
     #[inline(always)]
     fn pack<T: Elem>(src: MatRef<'_, T>, width: usize, dst: &mut [f32]) {
-        pack_f32(src, width, dst);
+        // SAFETY: this kernel only runs on CPUs with AVX2 and F16C (see `driver::run`).
+        unsafe { super::pack::pack_f32_x86(src, width, dst) };
     }
 
     #[inline(always)]
@@ -132,32 +134,53 @@ impl Microkernel for Avx2 {
         alpha: f32,
         beta: f32,
     ) {
-        use std::arch::x86_64::*;
-        // SAFETY: trait contract: panels long enough, C block writable, AVX2+FMA present.
-        unsafe {
-            let mut acc = [_mm256_setzero_ps(); 12];
-            for p in 0..kcp {
-                let b0 = _mm256_loadu_ps(b.add(p * 16));
-                let b1 = _mm256_loadu_ps(b.add(p * 16 + 8));
-                for i in 0..6 {
-                    let ai = _mm256_set1_ps(*a.add(p * 6 + i));
-                    acc[2 * i] = _mm256_fmadd_ps(ai, b0, acc[2 * i]);
-                    acc[2 * i + 1] = _mm256_fmadd_ps(ai, b1, acc[2 * i + 1]);
-                }
-            }
-            let va = _mm256_set1_ps(alpha);
-            let vb = _mm256_set1_ps(beta);
+        // SAFETY: trait contract (the CPU has AVX2 + FMA).
+        unsafe { avx2_6x16(kcp, a, b, c, ldc, alpha, beta) }
+    }
+}
+
+/// The AVX2 tile. A free function with its own target features so that the intrinsics
+/// inline into it (they do not inline into a featureless trait method).
+///
+/// # Safety
+/// `Microkernel::run`'s contract for a 6 x 16 tile.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn avx2_6x16(
+    kcp: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    alpha: f32,
+    beta: f32,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: panels long enough, C block writable (caller).
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 12];
+        for p in 0..kcp {
+            let b0 = _mm256_loadu_ps(b.add(p * 16));
+            let b1 = _mm256_loadu_ps(b.add(p * 16 + 8));
             for i in 0..6 {
-                let row = c.add(i * ldc);
-                let mut r0 = _mm256_mul_ps(acc[2 * i], va);
-                let mut r1 = _mm256_mul_ps(acc[2 * i + 1], va);
-                if beta != 0.0 {
-                    r0 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(row), r0);
-                    r1 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(row.add(8)), r1);
-                }
-                _mm256_storeu_ps(row, r0);
-                _mm256_storeu_ps(row.add(8), r1);
+                let ai = _mm256_set1_ps(*a.add(p * 6 + i));
+                acc[2 * i] = _mm256_fmadd_ps(ai, b0, acc[2 * i]);
+                acc[2 * i + 1] = _mm256_fmadd_ps(ai, b1, acc[2 * i + 1]);
             }
+        }
+        let va = _mm256_set1_ps(alpha);
+        let vb = _mm256_set1_ps(beta);
+        for i in 0..6 {
+            let row = c.add(i * ldc);
+            let mut r0 = _mm256_mul_ps(acc[2 * i], va);
+            let mut r1 = _mm256_mul_ps(acc[2 * i + 1], va);
+            if beta != 0.0 {
+                r0 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(row), r0);
+                r1 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(row.add(8)), r1);
+            }
+            _mm256_storeu_ps(row, r0);
+            _mm256_storeu_ps(row.add(8), r1);
         }
     }
 }
@@ -178,7 +201,8 @@ impl Microkernel for Avx512 {
 
     #[inline(always)]
     fn pack<T: Elem>(src: MatRef<'_, T>, width: usize, dst: &mut [f32]) {
-        pack_f32(src, width, dst);
+        // SAFETY: this kernel only runs on CPUs with AVX2 and F16C (see `driver::run`).
+        unsafe { super::pack::pack_f32_x86(src, width, dst) };
     }
 
     #[inline(always)]
@@ -191,21 +215,41 @@ impl Microkernel for Avx512 {
         alpha: f32,
         beta: f32,
     ) {
-        use std::arch::x86_64::*;
-        // SAFETY: trait contract: panels long enough, C block writable, AVX-512F present.
-        unsafe {
-            let mut acc = [_mm512_setzero_ps(); 24];
-            for p in 0..kcp {
-                let b0 = _mm512_loadu_ps(b.add(p * 32));
-                let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
-                for i in 0..12 {
-                    let ai = _mm512_set1_ps(*a.add(p * 12 + i));
-                    acc[2 * i] = _mm512_fmadd_ps(ai, b0, acc[2 * i]);
-                    acc[2 * i + 1] = _mm512_fmadd_ps(ai, b1, acc[2 * i + 1]);
-                }
+        // SAFETY: trait contract (the CPU has AVX-512 F).
+        unsafe { avx512_12x32(kcp, a, b, c, ldc, alpha, beta) }
+    }
+}
+
+/// The AVX-512 tile (see `avx2_6x16` for why it is a free function).
+///
+/// # Safety
+/// `Microkernel::run`'s contract for a 12 x 32 tile.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn avx512_12x32(
+    kcp: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    alpha: f32,
+    beta: f32,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: panels long enough, C block writable (caller).
+    unsafe {
+        let mut acc = [_mm512_setzero_ps(); 24];
+        for p in 0..kcp {
+            let b0 = _mm512_loadu_ps(b.add(p * 32));
+            let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
+            for i in 0..12 {
+                let ai = _mm512_set1_ps(*a.add(p * 12 + i));
+                acc[2 * i] = _mm512_fmadd_ps(ai, b0, acc[2 * i]);
+                acc[2 * i + 1] = _mm512_fmadd_ps(ai, b1, acc[2 * i + 1]);
             }
-            store_12x32(&acc, c, ldc, alpha, beta);
         }
+        store_12x32(&acc, c, ldc, alpha, beta);
     }
 }
 
@@ -214,7 +258,8 @@ impl Microkernel for Avx512 {
 /// # Safety
 /// `c` is a writable 12 x 32 block with row stride `ldc`; AVX-512F present.
 #[cfg(target_arch = "x86_64")]
-#[inline(always)]
+#[target_feature(enable = "avx512f")]
+#[inline]
 unsafe fn store_12x32(
     acc: &[std::arch::x86_64::__m512; 24],
     c: *mut f32,
@@ -276,26 +321,46 @@ impl Microkernel for Avx512Bf16 {
         alpha: f32,
         beta: f32,
     ) {
-        use std::arch::x86_64::*;
-        // SAFETY: trait contract: panels hold kcp/2 pairs of 12 rows / 32 columns, C block
-        // writable, AVX-512 BF16 present. The transmutes reinterpret 512-bit integer vectors
-        // as 32 bf16 lanes, which is what `vdpbf16ps` reads.
-        unsafe {
-            let mut acc = [_mm512_setzero_ps(); 24];
-            let a = a as *const u32;
-            for p in 0..kcp / 2 {
-                let b0: __m512bh =
-                    std::mem::transmute(_mm512_loadu_si512(b.add(p * 64) as *const __m512i));
-                let b1: __m512bh =
-                    std::mem::transmute(_mm512_loadu_si512(b.add(p * 64 + 32) as *const __m512i));
-                for i in 0..12 {
-                    let pair = a.add(p * 12 + i).read_unaligned();
-                    let ai: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair as i32));
-                    acc[2 * i] = _mm512_dpbf16_ps(acc[2 * i], ai, b0);
-                    acc[2 * i + 1] = _mm512_dpbf16_ps(acc[2 * i + 1], ai, b1);
-                }
+        // SAFETY: trait contract (the CPU has AVX-512 BF16).
+        unsafe { avx512bf16_12x32(kcp, a, b, c, ldc, alpha, beta) }
+    }
+}
+
+/// The AVX-512 BF16 tile (see `avx2_6x16` for why it is a free function).
+///
+/// # Safety
+/// `Microkernel::run`'s contract for a 12 x 32 tile over bf16 pairs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[inline]
+unsafe fn avx512bf16_12x32(
+    kcp: usize,
+    a: *const bf16,
+    b: *const bf16,
+    c: *mut f32,
+    ldc: usize,
+    alpha: f32,
+    beta: f32,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: panels hold kcp/2 pairs of 12 rows / 32 columns, C block writable
+    // (caller). The transmutes reinterpret 512-bit integer vectors as 32 bf16 lanes,
+    // which is what `vdpbf16ps` reads.
+    unsafe {
+        let mut acc = [_mm512_setzero_ps(); 24];
+        let a = a as *const u32;
+        for p in 0..kcp / 2 {
+            let b0: __m512bh =
+                std::mem::transmute(_mm512_loadu_si512(b.add(p * 64) as *const __m512i));
+            let b1: __m512bh =
+                std::mem::transmute(_mm512_loadu_si512(b.add(p * 64 + 32) as *const __m512i));
+            for i in 0..12 {
+                let pair = a.add(p * 12 + i).read_unaligned();
+                let ai: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair as i32));
+                acc[2 * i] = _mm512_dpbf16_ps(acc[2 * i], ai, b0);
+                acc[2 * i + 1] = _mm512_dpbf16_ps(acc[2 * i + 1], ai, b1);
             }
-            store_12x32(&acc, c, ldc, alpha, beta);
         }
+        store_12x32(&acc, c, ldc, alpha, beta);
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! A BLIS-style blocked GEMM: panels of A and B are packed (converted to f32, or to bf16
 //! pairs for the AVX-512 BF16 kernel) and fed to a register-blocked microkernel chosen at
-//! run time. A and B are strided views, so transposes are free. Work is split across rayon
-//! threads by disjoint blocks of C.
+//! run time. A and B are strided views, so transposes are free. Work is split across the
+//! pool's threads by disjoint blocks of C.
 //!
 //! Why our own: candle's CPU matmul (the `gemm` crate) reaches ~100 GFLOP/s in bf16 on
 //! AVX-512 machines where `vdpbf16ps` gives ~4x that, and going through candle for every
@@ -12,6 +12,7 @@
 
 mod driver;
 mod kernels;
+mod pack;
 
 use crate::cpu::isa::{self, Isa};
 use crate::cpu::par::{self, SendPtr};
@@ -106,20 +107,6 @@ impl<'a, T: Copy> MatRef<'a, T> {
     pub fn cols(&self) -> usize {
         self.cols
     }
-
-    /// Element `(i, j)` without a bounds check.
-    ///
-    /// # Safety
-    /// `i < rows` and `j < cols` (the constructor checked that every such element exists).
-    #[inline(always)]
-    unsafe fn get(&self, i: usize, j: usize) -> T {
-        // SAFETY: the caller keeps (i, j) inside the view, which `new` checked lies in `data`.
-        unsafe {
-            *self
-                .data
-                .get_unchecked(self.offset + i * self.rs + j * self.cs)
-        }
-    }
 }
 
 /// Below this many multiply-adds a product runs on the calling thread.
@@ -144,7 +131,7 @@ pub fn gemm<TA: Elem, TB: Elem>(
     gemm_with(isa::active(), true, a, b, c, ldc, alpha, beta);
 }
 
-/// [`gemm`] on the calling thread only (for callers that are already inside a rayon task).
+/// [`gemm`] on the calling thread only (for callers that are already inside a parallel task).
 pub fn gemm_seq<TA: Elem, TB: Elem>(
     a: MatRef<'_, TA>,
     b: MatRef<'_, TB>,
@@ -205,8 +192,8 @@ pub fn gemm_with<TA: Elem, TB: Elem>(
         .step_by(step)
         .map(|s| (s, step.min(len - s)))
         .collect();
-    use rayon::prelude::*;
-    blocks.par_iter().for_each(|&(start, size)| {
+    par::for_each(blocks.len(), |i| {
+        let (start, size) = blocks[i];
         let sub = if split_n {
             driver::Job {
                 b: job.b.sub(0, k, start, size),
@@ -223,7 +210,7 @@ pub fn gemm_with<TA: Elem, TB: Elem>(
             }
         };
         // SAFETY: the blocks are disjoint column (or row) ranges of C, so no two tasks
-        // touch the same element; C outlives the scope of `par_iter`.
+        // touch the same element; C outlives the parallel loop.
         unsafe { driver::run(isa_level, &sub) };
     });
 }

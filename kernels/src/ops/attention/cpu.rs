@@ -7,13 +7,11 @@
 //! accumulate dV, dK for the KV head and dQ for its query heads: no other task touches
 //! them, so there are no atomics and no [T x T] buffer.
 
-use rayon::prelude::*;
-
 use super::visibility::{Tile, Visibility};
 use crate::cpu::gemm::{MatRef, gemm_seq};
 use crate::cpu::math::exp;
 use crate::cpu::multiversion::multiversion;
-use crate::cpu::par::SendPtr;
+use crate::cpu::par::{self, SendPtr};
 use crate::elem::Elem;
 
 /// Keys per tile.
@@ -60,7 +58,7 @@ pub(crate) fn forward<T: Elem>(
     let mut lse = vec![f32::INFINITY; nb * nh * nq];
     let out_ptr = SendPtr(out.as_mut_ptr());
     let lse_ptr = SendPtr(lse.as_mut_ptr());
-    (0..nb * nkv * q_tiles).into_par_iter().for_each(|task| {
+    par::for_each(nb * nkv * q_tiles, |task| {
         let (b, kvh, qt) = (
             task / (nkv * q_tiles),
             (task / q_tiles) % nkv,
@@ -308,16 +306,21 @@ pub(crate) fn backward<T: Elem>(
         dv: vec![zero; nb * nkv * nk * d],
     };
     // The query heads of one KV head are adjacent, so each task's dq is one chunk.
-    grads
-        .dq
-        .par_chunks_mut((group * nq * d).max(1))
-        .zip(grads.dk.par_chunks_mut((nk * d).max(1)))
-        .zip(grads.dv.par_chunks_mut((nk * d).max(1)))
-        .enumerate()
-        .for_each(|(task, ((dq, dk), dv))| {
-            let (b, kvh) = (task / nkv, task % nkv);
-            backward_task(q, k, v, bw, vis, scale, b, kvh, dq, dk, dv);
-        });
+    let (dq_len, kv_len) = (group * nq * d, nk * d);
+    let dk_ptr = SendPtr(grads.dk.as_mut_ptr());
+    let dv_ptr = SendPtr(grads.dv.as_mut_ptr());
+    par::for_each_chunk_mut(&mut grads.dq, dq_len.max(1), |task, dq| {
+        let (b, kvh) = (task / nkv, task % nkv);
+        // SAFETY: task (b, kvh) owns the kv_len elements of its KV head in dk and dv
+        // (tasks are distinct (b, kvh) pairs; both buffers hold nb * nkv * kv_len).
+        let (dk, dv) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(dk_ptr.ptr().add(task * kv_len), kv_len),
+                std::slice::from_raw_parts_mut(dv_ptr.ptr().add(task * kv_len), kv_len),
+            )
+        };
+        backward_task(q, k, v, bw, vis, scale, b, kvh, dq, dk, dv);
+    });
     grads
 }
 
