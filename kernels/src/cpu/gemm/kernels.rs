@@ -364,3 +364,55 @@ unsafe fn avx512bf16_12x32(
         store_12x32(&acc, c, ldc, alpha, beta);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The AVX-512 BF16 tile's arithmetic in scalar code, reading the packed panels exactly
+    /// as `avx512bf16_12x32` does (pair `p` of row `i` is the u32 at `p * 12 + i`; lane `j`
+    /// of `b0`/`b1` is column `j`/`16 + j`). Checks the packing layout against the kernel's
+    /// indexing on machines without the instructions.
+    fn emulate_bf16_tile(kcp: usize, a: &[bf16], b: &[bf16]) -> Vec<f32> {
+        let mut acc = vec![0f32; 12 * 32];
+        for p in 0..kcp / 2 {
+            for i in 0..12 {
+                let (a0, a1) = (
+                    a[(p * 12 + i) * 2].to_f32(),
+                    a[(p * 12 + i) * 2 + 1].to_f32(),
+                );
+                for j in 0..32 {
+                    let (b0, b1) = (b[p * 64 + 2 * j].to_f32(), b[p * 64 + 2 * j + 1].to_f32());
+                    acc[i * 32 + j] += a0 * b0 + a1 * b1;
+                }
+            }
+        }
+        acc
+    }
+
+    #[test]
+    fn bf16_pair_panels_feed_the_bf16_tile_correctly() {
+        let (m, n, k): (usize, usize, usize) = (12, 32, 37);
+        let a: Vec<bf16> = (0..m * k)
+            .map(|i| bf16::from_f32((i as f32 * 0.1).cos()))
+            .collect();
+        let b: Vec<bf16> = (0..k * n)
+            .map(|i| bf16::from_f32((i as f32 * 0.3).sin()))
+            .collect();
+        let kcp = k.next_multiple_of(2);
+        let mut ap = vec![bf16::ZERO; m * kcp];
+        let mut bp = vec![bf16::ZERO; n * kcp];
+        pack_bf16_pairs(MatRef::row_major(&a, m, k), 12, &mut ap);
+        // B is packed as rows of B^T, as the driver does.
+        pack_bf16_pairs(MatRef::row_major(&b, k, n).t(), 32, &mut bp);
+        let got = emulate_bf16_tile(kcp, &ap, &bp);
+        for i in 0..m {
+            for j in 0..n {
+                let want: f32 = (0..k)
+                    .map(|p| a[i * k + p].to_f32() * b[p * n + j].to_f32())
+                    .sum();
+                assert!((got[i * 32 + j] - want).abs() < 1e-4, "({i}, {j})");
+            }
+        }
+    }
+}

@@ -174,45 +174,14 @@ pub fn gemm_with<TA: Elem, TB: Elem>(
         alpha,
         beta,
     };
-    let threads = if parallel { par::threads() } else { 1 };
-    if threads == 1 || m * n * k < PARALLEL_MIN_FMAS {
-        // SAFETY: `c` covers the m x n block with stride ldc (asserted above) and is
-        // borrowed mutably for the whole call.
-        unsafe { driver::run(isa_level, &job) };
-        return;
-    }
-    // Split C into `threads` disjoint blocks along its longer side (in units of 64 so the
-    // microkernel tiles stay full); each block packs its own panels.
-    let unit = 64;
-    let split_n = n.div_ceil(unit) >= m.div_ceil(unit);
-    let len = if split_n { n } else { m };
-    let parts = threads.min(len.div_ceil(unit));
-    let step = len.div_ceil(parts).div_ceil(unit) * unit;
-    let blocks: Vec<(usize, usize)> = (0..len)
-        .step_by(step)
-        .map(|s| (s, step.min(len - s)))
-        .collect();
-    par::for_each(blocks.len(), |i| {
-        let (start, size) = blocks[i];
-        let sub = if split_n {
-            driver::Job {
-                b: job.b.sub(0, k, start, size),
-                // SAFETY: column offset inside the row of C checked above.
-                c: SendPtr(unsafe { job.c.ptr().add(start) }),
-                ..job
-            }
-        } else {
-            driver::Job {
-                a: job.a.sub(start, size, 0, k),
-                // SAFETY: row offset inside C checked above.
-                c: SendPtr(unsafe { job.c.ptr().add(start * ldc) }),
-                ..job
-            }
-        };
-        // SAFETY: the blocks are disjoint column (or row) ranges of C, so no two tasks
-        // touch the same element; C outlives the parallel loop.
-        unsafe { driver::run(isa_level, &sub) };
-    });
+    let threads = if parallel && m * n * k >= PARALLEL_MIN_FMAS {
+        par::threads()
+    } else {
+        1
+    };
+    // SAFETY: `c` covers the m x n block with stride ldc (asserted above) and is borrowed
+    // mutably for the whole call.
+    unsafe { driver::run(isa_level, &job, threads) };
 }
 
 #[cfg(test)]

@@ -303,3 +303,71 @@ unsafe fn transpose_bf16_pairs(src: MatRef<'_, bf16>, width: usize, dst: &mut [b
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(rows: usize, depth: usize) -> Vec<f32> {
+        (0..rows * depth).map(|i| (i as f32 * 0.37).sin()).collect()
+    }
+
+    #[test]
+    fn transposing_packers_match_the_portable_one() {
+        if crate::cpu::isa::detected() < crate::cpu::isa::Isa::Avx2 {
+            return;
+        }
+        // Widths of every kernel (6, 12, 16, 32), depths with and without a tail, rows not
+        // a multiple of the width, and a row stride wider than the depth.
+        for width in [4, 6, 8, 12, 16, 32] {
+            for (rows, depth, rs) in [(13, 8, 8), (37, 29, 40), (5, 64, 70)] {
+                let data = source(rows, rs);
+                let f16s: Vec<f16> = data.iter().map(|v| f16::from_f32(*v)).collect();
+                let bf16s: Vec<bf16> = data.iter().map(|v| bf16::from_f32(*v)).collect();
+                let len = rows.div_ceil(width) * width * depth;
+                let (mut want, mut got) = (vec![0f32; len], vec![1f32; len]);
+                let view = MatRef::new(&data, 0, rows, depth, rs, 1);
+                pack_f32(view, width, &mut want);
+                // SAFETY: AVX2 checked above.
+                unsafe { pack_f32_x86(view, width, &mut got) };
+                assert_eq!(got, want, "f32 width {width} rows {rows} depth {depth}");
+                let view = MatRef::new(&bf16s, 0, rows, depth, rs, 1);
+                pack_f32(view, width, &mut want);
+                // SAFETY: AVX2 checked above.
+                unsafe { pack_f32_x86(view, width, &mut got) };
+                assert_eq!(got, want, "bf16 width {width}");
+                let view = MatRef::new(&f16s, 0, rows, depth, rs, 1);
+                pack_f32(view, width, &mut want);
+                // SAFETY: AVX2 checked above.
+                unsafe { pack_f32_x86(view, width, &mut got) };
+                assert_eq!(got, want, "f16 width {width}");
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_pair_packer_lays_out_pairs_along_the_depth() {
+        for width in [12, 32] {
+            for (rows, depth, rs) in [(13usize, 16usize, 16usize), (37, 35, 40), (5, 64, 64)] {
+                let data: Vec<bf16> = source(rows, rs).into_iter().map(bf16::from_f32).collect();
+                let depth_p = depth.next_multiple_of(2);
+                let mut got = vec![bf16::ONE; rows.div_ceil(width) * width * depth_p];
+                pack_bf16_pairs(MatRef::new(&data, 0, rows, depth, rs, 1), width, &mut got);
+                for q in 0..rows.div_ceil(width) {
+                    for p in 0..depth_p {
+                        for r in 0..width {
+                            let row = q * width + r;
+                            let want = if row < rows && p < depth {
+                                data[row * rs + p]
+                            } else {
+                                bf16::ZERO
+                            };
+                            let at = q * depth_p * width + (p / 2) * width * 2 + r * 2 + p % 2;
+                            assert_eq!(got[at], want, "width {width} row {row} depth {p}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

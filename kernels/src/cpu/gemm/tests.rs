@@ -112,8 +112,12 @@ fn f32_matches_naive_on_every_isa_and_odd_shapes() {
                 check_f32(isa_level, false, m, n, k, transposed);
             }
         }
+        // Parallel: rows split with B packed once, columns split with A packed once, and
+        // depths over one KC block so the shared panels span several blocks.
         check_f32(isa_level, true, 300, 260, 100, false);
         check_f32(isa_level, true, 40, 700, 300, true);
+        check_f32(isa_level, true, 150, 500, 600, false);
+        check_f32(isa_level, true, 500, 70, 1100, true);
     }
 }
 
@@ -146,7 +150,12 @@ fn empty_inner_dimension_scales_c() {
 fn bf16_matches_f32_of_the_rounded_inputs() {
     // bf16 x bf16 products are exact in f32, so any kernel must agree with the f32 product
     // of the rounded values up to f32 summation order.
-    let (m, n, k) = (29, 45, 131);
+    for (m, n, k) in [(29, 45, 131), (70, 300, 1030), (400, 50, 517)] {
+        bf16_case(m, n, k);
+    }
+}
+
+fn bf16_case(m: usize, n: usize, k: usize) {
     let mut rng = Rng(7);
     let a: Vec<bf16> = rng.vec(m * k).into_iter().map(bf16::from_f32).collect();
     let b: Vec<bf16> = rng.vec(k * n).into_iter().map(bf16::from_f32).collect();
