@@ -1,0 +1,443 @@
+//! Benchmark: one Qwen2.5-0.5B decoder layer (256 tokens, batch 1, LoRA r16 on all seven
+//! linears, frozen base) forward + backward, with this crate's kernels, in plain candle ops,
+//! and in PyTorch (scripts/torch_layer.py, run in the same invocation), f32 and bf16.
+//!
+//! `cargo bench -p kubeswift-kernels --bench layer -- [--iters N] [--tokens T]
+//!  [--dtypes f32,bf16] [--no-torch] [--no-plain] [--no-layer] [--ops] [--gemm]`
+//!
+//! `--ops` adds a per-kernel breakdown and `--gemm` the GEMM throughput at the layer's
+//! shapes (ours vs candle's matmul). PyTorch runs with `$KUBESWIFT_BENCH_PYTHON`, else
+//! `/work/venv-py/bin/python`, else `python3`.
+
+mod model;
+
+use std::process::Command;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Result, Tensor};
+use kubeswift_kernels::cpu::gemm::{MatRef, gemm};
+use kubeswift_kernels::cpu::isa;
+use kubeswift_kernels::{AttnMask, attention, lora_linear, reference, rms_norm, rope, silu_mul};
+
+struct Args {
+    iters: usize,
+    warmup: usize,
+    tokens: usize,
+    dtypes: Vec<DType>,
+    torch: bool,
+    plain: bool,
+    layer: bool,
+    ops: bool,
+    gemm: bool,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        iters: 10,
+        warmup: 2,
+        tokens: 256,
+        dtypes: vec![DType::F32, DType::BF16],
+        torch: true,
+        plain: true,
+        layer: true,
+        ops: false,
+        gemm: false,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < argv.len() {
+        let value = argv.get(i + 1).cloned().unwrap_or_default();
+        match argv[i].as_str() {
+            "--iters" => {
+                args.iters = value.parse().unwrap_or(args.iters);
+                i += 1;
+            }
+            "--warmup" => {
+                args.warmup = value.parse().unwrap_or(args.warmup);
+                i += 1;
+            }
+            "--tokens" => {
+                args.tokens = value.parse().unwrap_or(args.tokens);
+                i += 1;
+            }
+            "--dtypes" => {
+                args.dtypes = value
+                    .split(',')
+                    .filter_map(|d| match d {
+                        "f32" => Some(DType::F32),
+                        "bf16" => Some(DType::BF16),
+                        _ => None,
+                    })
+                    .collect();
+                i += 1;
+            }
+            "--no-torch" => args.torch = false,
+            "--no-plain" => args.plain = false,
+            "--no-layer" => args.layer = false,
+            "--ops" => args.ops = true,
+            "--gemm" => args.gemm = true,
+            _ => {} // `cargo bench` passes `--bench`
+        }
+        i += 1;
+    }
+    args
+}
+
+fn dtype_name(d: DType) -> &'static str {
+    match d {
+        DType::BF16 => "bf16",
+        _ => "f32",
+    }
+}
+
+/// Median and minimum of `iters` timed runs after `warmup` untimed ones, in ms.
+fn time_ms(warmup: usize, iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64)> {
+    let mut samples = Vec::with_capacity(iters);
+    for i in 0..warmup + iters {
+        let t = Instant::now();
+        f()?;
+        if i >= warmup {
+            samples.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok((samples[samples.len() / 2], samples[0]))
+}
+
+struct Row {
+    name: String,
+    dtype: &'static str,
+    forward: f64,
+    backward: f64,
+}
+
+/// Times forward and backward (gradient of the output's sum) of one layer variant.
+fn bench_layer(args: &Args, dtype: DType, kernels: bool) -> Result<Row> {
+    let dev = Device::Cpu;
+    let cfg = model::Config::qwen2_5_0_5b();
+    let layer = model::Layer::new(cfg, dtype, &dev, 1, false)?;
+    let t = args.tokens;
+    let x = candle_core::Var::from_tensor(
+        &reference::random(99, &[1, t, cfg.hidden], 1.0, &dev)?.to_dtype(dtype)?,
+    )?;
+    let positions = Tensor::arange(0u32, t as u32, &dev)?.reshape((1, t))?;
+    let mask = AttnMask::causal();
+    let forward = || {
+        if kernels {
+            layer.forward_kernels(x.as_tensor(), &positions, &mask)
+        } else {
+            layer.forward_plain(x.as_tensor(), &positions)
+        }
+    };
+    let mut fwd = Vec::new();
+    let mut bwd = Vec::new();
+    for i in 0..args.warmup + args.iters {
+        let t0 = Instant::now();
+        let y = forward()?;
+        let t1 = Instant::now();
+        let grads = y.backward()?;
+        let t2 = Instant::now();
+        drop(grads);
+        if i >= args.warmup {
+            fwd.push((t1 - t0).as_secs_f64() * 1e3);
+            bwd.push((t2 - t1).as_secs_f64() * 1e3);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok(Row {
+        name: if kernels {
+            "kubeswift kernels".into()
+        } else {
+            "plain candle".into()
+        },
+        dtype: dtype_name(dtype),
+        forward: median(&mut fwd),
+        backward: median(&mut bwd),
+    })
+}
+
+/// Runs scripts/torch_layer.py and parses its JSON lines.
+fn bench_torch(args: &Args) -> Vec<Row> {
+    let python = std::env::var("KUBESWIFT_BENCH_PYTHON")
+        .ok()
+        .unwrap_or_else(|| {
+            if std::path::Path::new("/work/venv-py/bin/python").exists() {
+                "/work/venv-py/bin/python".into()
+            } else {
+                "python3".into()
+            }
+        });
+    let script = std::env::var("KUBESWIFT_BENCH_TORCH_SCRIPT")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/torch_layer.py").into());
+    let dtypes: Vec<&str> = args.dtypes.iter().map(|d| dtype_name(*d)).collect();
+    let out = Command::new(&python)
+        .arg(&script)
+        .args(["--tokens", &args.tokens.to_string()])
+        .args(["--iters", &args.iters.to_string()])
+        .args(["--warmup", &args.warmup.to_string()])
+        .args(["--threads", &threads().to_string()])
+        .args(["--dtypes", &dtypes.join(",")])
+        .output();
+    let out = match out {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            eprintln!(
+                "pytorch peer failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            return Vec::new();
+        }
+        Err(e) => {
+            eprintln!("pytorch peer not run ({python}: {e})");
+            return Vec::new();
+        }
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| Row {
+            name: format!(
+                "{} ({})",
+                v["impl"].as_str().unwrap_or("pytorch"),
+                v["cpu_capability"].as_str().unwrap_or("?")
+            ),
+            dtype: if v["dtype"] == "bf16" { "bf16" } else { "f32" },
+            forward: v["forward_ms"].as_f64().unwrap_or(f64::NAN),
+            backward: v["backward_ms"].as_f64().unwrap_or(f64::NAN),
+        })
+        .collect()
+}
+
+fn print_layer_table(args: &Args, rows: &[Row]) {
+    println!(
+        "\nQwen2.5-0.5B decoder layer, {} tokens, batch 1, LoRA r16 on q/k/v/o/gate/up/down, frozen base",
+        args.tokens
+    );
+    println!(
+        "{}, threads {}, kernel ISA {:?}, median of {} iterations (ms)\n",
+        cpu_model(),
+        threads(),
+        isa::active(),
+        args.iters
+    );
+    println!("| implementation | dtype | forward ms | backward ms | total ms |");
+    println!("|---|---|---:|---:|---:|");
+    for r in rows {
+        println!(
+            "| {} | {} | {:.1} | {:.1} | {:.1} |",
+            r.name,
+            r.dtype,
+            r.forward,
+            r.backward,
+            r.forward + r.backward
+        );
+    }
+}
+
+/// Per-kernel timings at the layer's shapes (forward, and forward + backward).
+fn bench_ops(args: &Args, dtype: DType) -> Result<()> {
+    let dev = Device::Cpu;
+    let cfg = model::Config::qwen2_5_0_5b();
+    let t = args.tokens;
+    let r = |seed, dims: &[usize], s| -> Result<Tensor> {
+        reference::random(seed, dims, s, &dev)?.to_dtype(dtype)
+    };
+    let var = |t: Tensor| candle_core::Var::from_tensor(&t);
+    let (w, i) = (args.warmup, args.iters);
+    println!(
+        "\nper-kernel timings, {} (median ms): forward | forward+backward",
+        dtype_name(dtype)
+    );
+    let report = |name: &str, f: (f64, f64), fb: (f64, f64)| {
+        println!("  {name:<34} {:>8.2} | {:>8.2}", f.0, fb.0);
+    };
+
+    let x = var(r(1, &[1, t, cfg.hidden], 1.0)?)?;
+    let ln = r(2, &[cfg.hidden], 1.0)?;
+    report(
+        "rms_norm [256, 896]",
+        time_ms(w, i, || rms_norm(x.as_tensor(), &ln, 1e-6).map(drop))?,
+        time_ms(w, i, || {
+            rms_norm(x.as_tensor(), &ln, 1e-6)?.backward().map(drop)
+        })?,
+    );
+
+    let layer = model::Layer::new(cfg, dtype, &dev, 1, false)?;
+    for (name, lin, inp) in [
+        ("lora_linear q 896->896", &layer.q_proj, cfg.hidden),
+        ("lora_linear k 896->128", &layer.k_proj, cfg.hidden),
+        ("lora_linear gate 896->4864", &layer.gate_proj, cfg.hidden),
+        (
+            "lora_linear down 4864->896",
+            &layer.down_proj,
+            cfg.intermediate,
+        ),
+    ] {
+        let x = var(r(3, &[1, t, inp], 1.0)?)?;
+        let f = || {
+            lora_linear(
+                x.as_tensor(),
+                &lin.w,
+                lin.b.as_ref(),
+                &lin.a,
+                &lin.b_lora,
+                lin.scale,
+            )
+        };
+        report(
+            name,
+            time_ms(w, i, || f().map(drop))?,
+            time_ms(w, i, || f()?.backward().map(drop))?,
+        );
+    }
+
+    let q = var(r(4, &[1, t, cfg.heads, cfg.head_dim], 1.0)?)?;
+    let k = var(r(5, &[1, t, cfg.kv_heads, cfg.head_dim], 1.0)?)?;
+    let v = var(r(6, &[1, t, cfg.kv_heads, cfg.head_dim], 1.0)?)?;
+    let pos = Tensor::arange(0u32, t as u32, &dev)?.reshape((1, t))?;
+    let rope_q = || {
+        rope(
+            &q.as_tensor().transpose(1, 2)?,
+            &layer.cos,
+            &layer.sin,
+            &pos,
+        )
+    };
+    report(
+        "rope q [1, 14, 256, 64]",
+        time_ms(w, i, || rope_q().map(drop))?,
+        time_ms(w, i, || rope_q()?.backward().map(drop))?,
+    );
+    let mask = AttnMask::causal();
+    let att = || {
+        attention(
+            &q.as_tensor().transpose(1, 2)?,
+            &k.as_tensor().transpose(1, 2)?,
+            &v.as_tensor().transpose(1, 2)?,
+            &mask,
+        )
+    };
+    report(
+        "attention 14/2 heads causal",
+        time_ms(w, i, || att().map(drop))?,
+        time_ms(w, i, || att()?.backward().map(drop))?,
+    );
+
+    let g = var(r(7, &[1, t, cfg.intermediate], 2.0)?)?;
+    let u = var(r(8, &[1, t, cfg.intermediate], 1.0)?)?;
+    report(
+        "silu_mul [256, 4864]",
+        time_ms(w, i, || silu_mul(g.as_tensor(), u.as_tensor()).map(drop))?,
+        time_ms(w, i, || {
+            silu_mul(g.as_tensor(), u.as_tensor())?.backward().map(drop)
+        })?,
+    );
+    Ok(())
+}
+
+/// GEMM throughput at the layer's shapes: ours vs candle's matmul.
+fn bench_gemm(args: &Args) -> Result<()> {
+    let dev = Device::Cpu;
+    let t = args.tokens;
+    println!("\nGEMM GFLOP/s, C[m, n] = A[m, k] B[n, k]^T (a linear layer's forward)");
+    println!("| m x n x k | dtype | ours | candle matmul |");
+    println!("|---|---|---:|---:|");
+    for (m, n, k) in [(t, 4864, 896), (t, 896, 4864), (t, 896, 896), (t, 128, 896)] {
+        for dtype in &args.dtypes {
+            let a = reference::random(1, &[m, k], 1.0, &dev)?.to_dtype(*dtype)?;
+            let b = reference::random(2, &[n, k], 1.0, &dev)?.to_dtype(*dtype)?;
+            let flops = 2.0 * (m * n * k) as f64;
+            let mut c = vec![0f32; m * n];
+            let ours = match dtype {
+                DType::BF16 => {
+                    let av = a.flatten_all()?.to_vec1::<half::bf16>()?;
+                    let bv = b.flatten_all()?.to_vec1::<half::bf16>()?;
+                    time_ms(args.warmup, args.iters, || {
+                        gemm(
+                            MatRef::row_major(&av, m, k),
+                            MatRef::row_major(&bv, n, k).t(),
+                            &mut c,
+                            n,
+                            1.0,
+                            0.0,
+                        );
+                        Ok(())
+                    })?
+                }
+                _ => {
+                    let av = a.flatten_all()?.to_vec1::<f32>()?;
+                    let bv = b.flatten_all()?.to_vec1::<f32>()?;
+                    time_ms(args.warmup, args.iters, || {
+                        gemm(
+                            MatRef::row_major(&av, m, k),
+                            MatRef::row_major(&bv, n, k).t(),
+                            &mut c,
+                            n,
+                            1.0,
+                            0.0,
+                        );
+                        Ok(())
+                    })?
+                }
+            };
+            let bt = b.t()?;
+            let theirs = time_ms(args.warmup, args.iters, || a.matmul(&bt).map(drop))?;
+            println!(
+                "| {m} x {n} x {k} | {} | {:.0} | {:.0} |",
+                dtype_name(*dtype),
+                flops / ours.0 / 1e6,
+                flops / theirs.0 / 1e6
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The CPU's model name, to label the table.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// Threads our kernels (and candle's elementwise ops) run on.
+fn threads() -> usize {
+    candle_core::utils::barrier_pool().n_workers() + 1
+}
+
+fn main() -> Result<()> {
+    let args = parse_args();
+    if args.gemm {
+        bench_gemm(&args)?;
+    }
+    if args.ops {
+        for dtype in &args.dtypes {
+            bench_ops(&args, *dtype)?;
+        }
+    }
+    if !args.layer {
+        return Ok(());
+    }
+    let mut rows = Vec::new();
+    for dtype in &args.dtypes {
+        rows.push(bench_layer(&args, *dtype, true)?);
+        if args.plain {
+            rows.push(bench_layer(&args, *dtype, false)?);
+        }
+    }
+    if args.torch {
+        rows.extend(bench_torch(&args));
+    }
+    rows.sort_by_key(|r| r.dtype == "bf16");
+    print_layer_table(&args, &rows);
+    Ok(())
+}

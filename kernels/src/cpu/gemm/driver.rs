@@ -1,0 +1,499 @@
+//! The blocked loops around the microkernels: pack panels of A and B, walk C in tiles.
+
+use std::cell::Cell;
+use std::thread::LocalKey;
+
+use half::bf16;
+
+use super::MatRef;
+use super::kernels::{self, Microkernel};
+use crate::cpu::isa::Isa;
+use crate::cpu::par::SendPtr;
+use crate::elem::Elem;
+
+/// One sequential product: `C = alpha * A B + beta * C` on a block of C.
+#[derive(Clone, Copy)]
+pub(super) struct Job<'a, TA, TB> {
+    pub a: MatRef<'a, TA>,
+    pub b: MatRef<'a, TB>,
+    /// Top-left element of the C block, row stride `ldc`.
+    pub c: SendPtr<f32>,
+    pub ldc: usize,
+    pub alpha: f32,
+    pub beta: f32,
+}
+
+/// Operands packed once, up front, for all tasks of a parallel product.
+#[derive(Clone, Copy)]
+pub(super) enum Prepacked<'a, P> {
+    None,
+    /// The whole of A (the job's A is the full matrix).
+    A(&'a [P]),
+    /// The whole of B (the job's B is the full matrix).
+    B(&'a [P]),
+}
+
+/// Runs `job` with the best kernel for `isa` and the element types, on `threads` threads.
+///
+/// # Safety
+/// `job.c` must point to a writable `a.rows x b.cols` block with row stride `ldc` that no
+/// other thread touches during the call.
+pub(super) unsafe fn run<TA: Elem, TB: Elem>(isa: Isa, job: &Job<'_, TA, TB>, threads: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if isa >= Isa::Avx512Bf16
+            && let (Some(a), Some(b)) = (TA::as_bf16(job.a.data), TB::as_bf16(job.b.data))
+        {
+            let job = Job {
+                a: job.a.with_data(a),
+                b: job.b.with_data(b),
+                c: job.c,
+                ldc: job.ldc,
+                alpha: job.alpha,
+                beta: job.beta,
+            };
+            let entry = Entry::<kernels::Avx512Bf16, bf16, bf16> {
+                blocked: avx512bf16::blocked,
+                pack_a: avx512bf16::pack_rows,
+                pack_b: avx512bf16::pack_rows,
+            };
+            // SAFETY: the CPU has AVX-512 BF16 (`isa` is capped at the detected level);
+            // the caller's contract on C is passed on.
+            unsafe { orchestrate(&entry, &job, threads) };
+            return;
+        }
+        if isa >= Isa::Avx512 {
+            let entry = Entry::<kernels::Avx512, TA, TB> {
+                blocked: avx512::blocked,
+                pack_a: avx512::pack_rows,
+                pack_b: avx512::pack_rows,
+            };
+            // SAFETY: as above, for AVX-512 F.
+            unsafe { orchestrate(&entry, job, threads) };
+            return;
+        }
+        if isa >= Isa::Avx2 {
+            let entry = Entry::<kernels::Avx2, TA, TB> {
+                blocked: avx2::blocked,
+                pack_a: avx2::pack_rows,
+                pack_b: avx2::pack_rows,
+            };
+            // SAFETY: as above, for AVX2 + FMA.
+            unsafe { orchestrate(&entry, job, threads) };
+            return;
+        }
+    }
+    let _ = isa;
+    let entry = Entry::<kernels::Scalar, TA, TB> {
+        blocked: scalar::blocked,
+        pack_a: scalar::pack_rows,
+        pack_b: scalar::pack_rows,
+    };
+    // SAFETY: the caller's contract on C is passed on.
+    unsafe { orchestrate(&entry, job, threads) };
+}
+
+/// One instruction set's compiled loops (function pointers into `#[target_feature]` code).
+struct Entry<K: Microkernel, TA, TB> {
+    blocked: unsafe fn(&Job<'_, TA, TB>, Prepacked<'_, K::P>),
+    pack_a: unsafe fn(MatRef<'_, TA>, usize, &mut [K::P]),
+    pack_b: unsafe fn(MatRef<'_, TB>, usize, &mut [K::P]),
+}
+
+/// Stamps out the `#[target_feature]` entry points of one kernel.
+macro_rules! isa_entry {
+    ($name:ident, $kernel:ty) => {
+        mod $name {
+            use super::*;
+            type P = <$kernel as Microkernel>::P;
+
+            /// # Safety
+            /// Contract of `driver::run`.
+            pub(super) unsafe fn blocked<TA: Elem, TB: Elem>(
+                job: &Job<'_, TA, TB>,
+                pre: Prepacked<'_, P>,
+            ) {
+                // SAFETY: function contract.
+                unsafe { super::blocked::<$kernel, TA, TB>(job, pre) }
+            }
+
+            /// # Safety
+            /// None (unsafe only to share the signature of the feature-gated versions).
+            pub(super) unsafe fn pack_rows<T: Elem>(
+                src: MatRef<'_, T>,
+                width: usize,
+                dst: &mut [P],
+            ) {
+                super::pack_rows::<$kernel, T>(src, width, dst)
+            }
+        }
+    };
+    ($name:ident, $features:literal, $kernel:ty) => {
+        mod $name {
+            use super::*;
+            type P = <$kernel as Microkernel>::P;
+
+            /// # Safety
+            /// The CPU has the features; contract of `driver::run`.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn blocked<TA: Elem, TB: Elem>(
+                job: &Job<'_, TA, TB>,
+                pre: Prepacked<'_, P>,
+            ) {
+                // SAFETY: function contract.
+                unsafe { super::blocked::<$kernel, TA, TB>(job, pre) }
+            }
+
+            /// # Safety
+            /// The CPU has the features.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn pack_rows<T: Elem>(
+                src: MatRef<'_, T>,
+                width: usize,
+                dst: &mut [P],
+            ) {
+                super::pack_rows::<$kernel, T>(src, width, dst)
+            }
+        }
+    };
+}
+
+isa_entry!(scalar, kernels::Scalar);
+#[cfg(target_arch = "x86_64")]
+isa_entry!(avx2, "avx2,fma,f16c", kernels::Avx2);
+#[cfg(target_arch = "x86_64")]
+isa_entry!(
+    avx512,
+    "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c",
+    kernels::Avx512
+);
+#[cfg(target_arch = "x86_64")]
+isa_entry!(
+    avx512bf16,
+    "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c",
+    kernels::Avx512Bf16
+);
+
+/// Largest operand (in elements) packed up front for sharing between tasks; larger
+/// products fall back to a static split where each task packs its own blocks.
+const SHARED_MAX: usize = 8 << 20;
+/// Tasks per thread: enough for one slow thread not to hold up the others.
+const TASKS_PER_THREAD: usize = 4;
+
+/// Splits the product over threads. The longer side of C is cut into `4 x threads` tasks
+/// taken dynamically; the operand every task needs whole (A when cutting columns, B when
+/// cutting rows) is packed once up front instead of once per task.
+///
+/// # Safety
+/// Contract of [`run`]; the CPU has `K`'s instructions.
+unsafe fn orchestrate<K: Microkernel, TA: Elem, TB: Elem>(
+    e: &Entry<K, TA, TB>,
+    job: &Job<'_, TA, TB>,
+    threads: usize,
+) {
+    let (m, k, n) = (job.a.rows, job.a.cols, job.b.cols);
+    if threads <= 1 || k == 0 {
+        // SAFETY: contract of `run`.
+        unsafe { (e.blocked)(job, Prepacked::None) };
+        return;
+    }
+    let split_n = n.div_ceil(K::NR) >= m.div_ceil(K::MR);
+    let (len, unit) = if split_n { (n, K::NR) } else { (m, K::MR) };
+    let tasks = (threads * TASKS_PER_THREAD).min(len.div_ceil(unit)).max(1);
+    let step = len.div_ceil(tasks).next_multiple_of(unit);
+    let tasks = len.div_ceil(step);
+    let shared_len = if split_n {
+        packed_len::<K>(m, k, K::MR)
+    } else {
+        packed_len::<K>(n, k, K::NR)
+    };
+    let run_task = |t: usize, pre: Prepacked<'_, K::P>| {
+        let (start, size) = (t * step, step.min(len - t * step));
+        let sub = if split_n {
+            Job {
+                b: job.b.sub(0, k, start, size),
+                // SAFETY: column `start` < n lies inside C's rows.
+                c: SendPtr(unsafe { job.c.ptr().add(start) }),
+                ..*job
+            }
+        } else {
+            Job {
+                a: job.a.sub(start, size, 0, k),
+                // SAFETY: row `start` < m lies inside C.
+                c: SendPtr(unsafe { job.c.ptr().add(start * job.ldc) }),
+                ..*job
+            }
+        };
+        // SAFETY: tasks own disjoint column (row) ranges of C; the CPU has K's features.
+        unsafe { (e.blocked)(&sub, pre) };
+    };
+    if shared_len > SHARED_MAX {
+        crate::cpu::par::for_each(tasks, |t| run_task(t, Prepacked::None));
+        return;
+    }
+    let mut shared = Buffer::take(K::P::shared(), shared_len);
+    let shared = &mut shared[..shared_len];
+    // SAFETY: the CPU has K's features (caller).
+    unsafe {
+        if split_n {
+            (e.pack_a)(job.a, K::MR, shared);
+        } else {
+            (e.pack_b)(job.b.t(), K::NR, shared);
+        }
+    }
+    let shared: &[K::P] = shared;
+    let pre = if split_n {
+        Prepacked::A(shared)
+    } else {
+        Prepacked::B(shared)
+    };
+    crate::cpu::par::for_each(tasks, |t| run_task(t, pre));
+}
+
+/// Elements of `rows x depth` packed in panels of `width` rows, one `KC` depth block after
+/// another (the layout [`pack_rows`] writes and [`blocked`] reads).
+fn packed_len<K: Microkernel>(rows: usize, depth: usize, width: usize) -> usize {
+    let full = depth / K::KC * K::KC;
+    let tail = (depth - full).next_multiple_of(K::KSTEP);
+    rows.div_ceil(width) * width * (full + tail)
+}
+
+/// Packs all of `src` (`rows x depth`): for each `KC` block of depth, the panels of
+/// `width` rows.
+#[inline(always)]
+fn pack_rows<K: Microkernel, T: Elem>(src: MatRef<'_, T>, width: usize, dst: &mut [K::P]) {
+    let (rows, depth) = (src.rows, src.cols);
+    let panels = rows.div_ceil(width);
+    let mut offset = 0;
+    for pc in (0..depth).step_by(K::KC) {
+        let kcb = K::KC.min(depth - pc);
+        let kcp = kcb.next_multiple_of(K::KSTEP);
+        K::pack::<T>(
+            src.sub(0, rows, pc, kcb),
+            width,
+            &mut dst[offset..offset + panels * width * kcp],
+        );
+        offset += panels * width * kcp;
+    }
+}
+
+thread_local! {
+    static SCRATCH_F32: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    static SCRATCH_BF16: Cell<Vec<bf16>> = const { Cell::new(Vec::new()) };
+    static SHARED_F32: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    static SHARED_BF16: Cell<Vec<bf16>> = const { Cell::new(Vec::new()) };
+}
+
+/// Packed-element types, each with per-thread reusable packing buffers (they are MBs;
+/// allocating them per product costs page faults every time).
+pub(super) trait Packed: Copy + Default + Send + Sync + 'static {
+    /// The thread's buffer for one task's A and B blocks.
+    fn scratch() -> &'static LocalKey<Cell<Vec<Self>>>;
+    /// The thread's buffer for an operand shared by all tasks of a product.
+    fn shared() -> &'static LocalKey<Cell<Vec<Self>>>;
+}
+
+impl Packed for f32 {
+    fn scratch() -> &'static LocalKey<Cell<Vec<f32>>> {
+        &SCRATCH_F32
+    }
+    fn shared() -> &'static LocalKey<Cell<Vec<f32>>> {
+        &SHARED_F32
+    }
+}
+
+impl Packed for bf16 {
+    fn scratch() -> &'static LocalKey<Cell<Vec<bf16>>> {
+        &SCRATCH_BF16
+    }
+    fn shared() -> &'static LocalKey<Cell<Vec<bf16>>> {
+        &SHARED_BF16
+    }
+}
+
+/// A buffer borrowed from a thread-local cache and returned on drop. (A guard rather than
+/// a closure: closures do not inherit `#[target_feature]`, and the loops using the buffer
+/// must be compiled with the kernel's features.) A nested borrow finds the cache empty and
+/// allocates.
+pub(super) struct Buffer<P: Packed> {
+    data: Vec<P>,
+    home: &'static LocalKey<Cell<Vec<P>>>,
+}
+
+impl<P: Packed> Buffer<P> {
+    #[inline(always)]
+    pub(super) fn take(home: &'static LocalKey<Cell<Vec<P>>>, len: usize) -> Self {
+        let mut data = home.with(Cell::take);
+        if data.len() < len {
+            data.resize(len, P::default());
+        }
+        Buffer { data, home }
+    }
+}
+
+impl<P: Packed> std::ops::Deref for Buffer<P> {
+    type Target = [P];
+    fn deref(&self) -> &[P] {
+        &self.data
+    }
+}
+
+impl<P: Packed> std::ops::DerefMut for Buffer<P> {
+    fn deref_mut(&mut self) -> &mut [P] {
+        &mut self.data
+    }
+}
+
+impl<P: Packed> Drop for Buffer<P> {
+    fn drop(&mut self) {
+        let data = std::mem::take(&mut self.data);
+        self.home.with(|cell| cell.set(data));
+    }
+}
+
+/// The BLIS loop nest: for each `NC` block of columns and `KC` slice of depth, pack B once;
+/// for each `MC` block of rows pack A; run the microkernel on every `MR x NR` tile. A
+/// pre-packed operand (see [`pack_rows`]) is read in place instead of packed.
+///
+/// # Safety
+/// Contract of [`run`]; additionally the CPU must support `K`'s instructions, and a
+/// pre-packed operand must be the packing of the job's whole A (or B).
+#[inline(always)]
+unsafe fn blocked<K: Microkernel, TA: Elem, TB: Elem>(
+    job: &Job<'_, TA, TB>,
+    pre: Prepacked<'_, K::P>,
+) {
+    let (m, k, n) = (job.a.rows, job.a.cols, job.b.cols);
+    if k == 0 {
+        // SAFETY: contract of `run` (C block is ours).
+        unsafe { scale_c(job, m, n) };
+        return;
+    }
+    let (mc, kc, nc) = (K::MC, K::KC, K::NC);
+    let kcp_max = kc.min(k).next_multiple_of(K::KSTEP);
+    let mc_max = mc.min(m.next_multiple_of(K::MR));
+    let nc_max = nc.min(n.next_multiple_of(K::NR));
+    let (a_panels, b_panels) = (m.div_ceil(K::MR), n.div_ceil(K::NR));
+    let (len_a, len_b) = match pre {
+        Prepacked::None => (mc_max * kcp_max, nc_max * kcp_max),
+        Prepacked::A(_) => (0, nc_max * kcp_max),
+        Prepacked::B(_) => (mc_max * kcp_max, 0),
+    };
+    let mut scratch = Buffer::take(K::P::scratch(), len_a + len_b);
+    let (abuf, bbuf) = scratch.split_at_mut(len_a);
+    {
+        for jc in (0..n).step_by(nc) {
+            let ncb = nc.min(n - jc);
+            for pc in (0..k).step_by(kc) {
+                let kcb = kc.min(k - pc);
+                let kcp = kcb.next_multiple_of(K::KSTEP);
+                let bblock: &[K::P] = match pre {
+                    // Depth blocks before `pc` are all full (KC), so this one starts at
+                    // pc * panels * NR; the block's first panel is jc / NR.
+                    Prepacked::B(all) => &all[pc * b_panels * K::NR + (jc / K::NR) * kcp * K::NR..],
+                    _ => {
+                        // B's panels are rows of B^T, packed exactly like A's.
+                        K::pack::<TB>(job.b.sub(pc, kcb, jc, ncb).t(), K::NR, bbuf);
+                        bbuf
+                    }
+                };
+                let beta = if pc == 0 { job.beta } else { 1.0 };
+                for ic in (0..m).step_by(mc) {
+                    let mcb = mc.min(m - ic);
+                    let ablock: &[K::P] = match pre {
+                        Prepacked::A(all) => {
+                            &all[pc * a_panels * K::MR + (ic / K::MR) * kcp * K::MR..]
+                        }
+                        _ => {
+                            K::pack::<TA>(job.a.sub(ic, mcb, pc, kcb), K::MR, abuf);
+                            abuf
+                        }
+                    };
+                    for jr in (0..ncb).step_by(K::NR) {
+                        let nr = K::NR.min(ncb - jr);
+                        let bp = &bblock[(jr / K::NR) * kcp * K::NR..];
+                        for ir in (0..mcb).step_by(K::MR) {
+                            let mr = K::MR.min(mcb - ir);
+                            let ap = &ablock[(ir / K::MR) * kcp * K::MR..];
+                            // SAFETY: (ic+ir, jc+jr) is inside the C block (loop bounds), and
+                            // the packed panels hold kcp * MR and kcp * NR elements.
+                            unsafe {
+                                let c = job.c.0.add((ic + ir) * job.ldc + jc + jr);
+                                tile::<K>(kcp, ap, bp, c, job.ldc, mr, nr, job.alpha, beta);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One `MR x NR` tile of C; partial tiles go through a full-size temporary.
+///
+/// # Safety
+/// `c` points to an `mr x nr` block with row stride `ldc` owned by this thread; `a`/`b`
+/// are packed panels of at least `kcp * MR` / `kcp * NR` elements.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<K: Microkernel>(
+    kcp: usize,
+    a: &[K::P],
+    b: &[K::P],
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    alpha: f32,
+    beta: f32,
+) {
+    debug_assert!(a.len() >= kcp * K::MR && b.len() >= kcp * K::NR);
+    if mr == K::MR && nr == K::NR {
+        // SAFETY: full tile inside C (caller), panels long enough (asserted in debug).
+        unsafe { K::run(kcp, a.as_ptr(), b.as_ptr(), c, ldc, alpha, beta) };
+        return;
+    }
+    let mut tmp = [0f32; kernels::MAX_TILE];
+    // SAFETY: `tmp` holds MR x NR (MAX_TILE is the largest MR*NR of any kernel).
+    unsafe {
+        K::run(
+            kcp,
+            a.as_ptr(),
+            b.as_ptr(),
+            tmp.as_mut_ptr(),
+            K::NR,
+            1.0,
+            0.0,
+        )
+    };
+    for i in 0..mr {
+        for j in 0..nr {
+            // SAFETY: i < mr, j < nr: inside the caller's block.
+            unsafe {
+                let dst = c.add(i * ldc + j);
+                let v = alpha * tmp[i * K::NR + j];
+                *dst = if beta == 0.0 { v } else { v + beta * *dst };
+            }
+        }
+    }
+}
+
+/// `C = beta * C` (the product of an empty inner dimension).
+///
+/// # Safety
+/// Contract of [`run`].
+unsafe fn scale_c<TA, TB>(job: &Job<'_, TA, TB>, m: usize, n: usize) {
+    for i in 0..m {
+        for j in 0..n {
+            // SAFETY: inside the C block.
+            unsafe {
+                let dst = job.c.0.add(i * job.ldc + j);
+                *dst = if job.beta == 0.0 {
+                    0.0
+                } else {
+                    job.beta * *dst
+                };
+            }
+        }
+    }
+}

@@ -1,0 +1,418 @@
+//! Register-blocked microkernels: `C[MR x NR] = alpha * sum_p a[p] (x) b[p] + beta * C`
+//! over packed panels, one per instruction set.
+
+use half::bf16;
+
+use super::MatRef;
+use super::driver::Packed;
+use super::pack::{pack_bf16_pairs, pack_f32};
+use crate::elem::Elem;
+
+/// The largest `MR * NR` of any kernel (size of the edge-tile temporary).
+pub(super) const MAX_TILE: usize = 12 * 32;
+
+pub(super) trait Microkernel {
+    /// Rows of C per tile.
+    const MR: usize;
+    /// Columns of C per tile.
+    const NR: usize;
+    /// Depth granularity of the packed panels (2 for bf16 pairs).
+    const KSTEP: usize;
+    /// Rows of A packed at once (a multiple of MR; the packed block stays in L2).
+    const MC: usize;
+    /// Depth packed at once (one B micro-panel `KC x NR` stays in L1).
+    const KC: usize;
+    /// Columns of B packed at once (a multiple of NR).
+    const NC: usize;
+    type P: Packed;
+
+    /// Packs `src` into panels of `width` rows (see `driver::pack_f32`).
+    fn pack<T: Elem>(src: MatRef<'_, T>, width: usize, dst: &mut [Self::P]);
+
+    /// One full tile over depth `kcp` (a multiple of KSTEP).
+    ///
+    /// # Safety
+    /// `a`/`b` hold `kcp * MR` / `kcp * NR` packed elements; `c` is a writable `MR x NR`
+    /// block with row stride `ldc`; the CPU has this kernel's instructions.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run(
+        kcp: usize,
+        a: *const Self::P,
+        b: *const Self::P,
+        c: *mut f32,
+        ldc: usize,
+        alpha: f32,
+        beta: f32,
+    );
+}
+
+/// Portable fallback; the compiler vectorises it for the baseline target.
+pub(super) struct Scalar;
+
+impl Microkernel for Scalar {
+    const MR: usize = 4;
+    const NR: usize = 8;
+    const KSTEP: usize = 1;
+    const MC: usize = 128;
+    const KC: usize = 256;
+    const NC: usize = 2048;
+    type P = f32;
+
+    #[inline(always)]
+    fn pack<T: Elem>(src: MatRef<'_, T>, width: usize, dst: &mut [f32]) {
+        pack_f32(src, width, dst);
+    }
+
+    #[inline(always)]
+    unsafe fn run(
+        kcp: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        alpha: f32,
+        beta: f32,
+    ) {
+        let mut acc = [[0f32; 8]; 4];
+        // SAFETY: the packed panels hold kcp * 4 and kcp * 8 elements (trait contract).
+        let (a, b) = unsafe {
+            (
+                std::slice::from_raw_parts(a, kcp * 4),
+                std::slice::from_raw_parts(b, kcp * 8),
+            )
+        };
+        for (ap, bp) in a.chunks_exact(4).zip(b.chunks_exact(8)) {
+            for i in 0..4 {
+                for j in 0..8 {
+                    acc[i][j] += ap[i] * bp[j];
+                }
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                // SAFETY: (i, j) inside the 4 x 8 block (trait contract).
+                unsafe {
+                    let dst = c.add(i * ldc + j);
+                    *dst = if beta == 0.0 {
+                        alpha * v
+                    } else {
+                        alpha * v + beta * *dst
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// AVX2 + FMA: 6 x 16 tile, 12 ymm accumulators (BLIS's Haswell shape).
+#[cfg(target_arch = "x86_64")]
+pub(super) struct Avx2;
+
+#[cfg(target_arch = "x86_64")]
+impl Microkernel for Avx2 {
+    const MR: usize = 6;
+    const NR: usize = 16;
+    const KSTEP: usize = 1;
+    const MC: usize = 144;
+    const KC: usize = 256;
+    const NC: usize = 3072;
+    type P = f32;
+
+    #[inline(always)]
+    fn pack<T: Elem>(src: MatRef<'_, T>, width: usize, dst: &mut [f32]) {
+        // SAFETY: this kernel only runs on CPUs with AVX2 and F16C (see `driver::run`).
+        unsafe { super::pack::pack_f32_x86(src, width, dst) };
+    }
+
+    #[inline(always)]
+    unsafe fn run(
+        kcp: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        alpha: f32,
+        beta: f32,
+    ) {
+        // SAFETY: trait contract (the CPU has AVX2 + FMA).
+        unsafe { avx2_6x16(kcp, a, b, c, ldc, alpha, beta) }
+    }
+}
+
+/// The AVX2 tile. A free function with its own target features so that the intrinsics
+/// inline into it (they do not inline into a featureless trait method).
+///
+/// # Safety
+/// `Microkernel::run`'s contract for a 6 x 16 tile.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn avx2_6x16(
+    kcp: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    alpha: f32,
+    beta: f32,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: panels long enough, C block writable (caller).
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 12];
+        for p in 0..kcp {
+            let b0 = _mm256_loadu_ps(b.add(p * 16));
+            let b1 = _mm256_loadu_ps(b.add(p * 16 + 8));
+            for i in 0..6 {
+                let ai = _mm256_set1_ps(*a.add(p * 6 + i));
+                acc[2 * i] = _mm256_fmadd_ps(ai, b0, acc[2 * i]);
+                acc[2 * i + 1] = _mm256_fmadd_ps(ai, b1, acc[2 * i + 1]);
+            }
+        }
+        let va = _mm256_set1_ps(alpha);
+        let vb = _mm256_set1_ps(beta);
+        for i in 0..6 {
+            let row = c.add(i * ldc);
+            let mut r0 = _mm256_mul_ps(acc[2 * i], va);
+            let mut r1 = _mm256_mul_ps(acc[2 * i + 1], va);
+            if beta != 0.0 {
+                r0 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(row), r0);
+                r1 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(row.add(8)), r1);
+            }
+            _mm256_storeu_ps(row, r0);
+            _mm256_storeu_ps(row.add(8), r1);
+        }
+    }
+}
+
+/// AVX-512 F: 12 x 32 tile, 24 zmm accumulators.
+#[cfg(target_arch = "x86_64")]
+pub(super) struct Avx512;
+
+#[cfg(target_arch = "x86_64")]
+impl Microkernel for Avx512 {
+    const MR: usize = 12;
+    const NR: usize = 32;
+    const KSTEP: usize = 1;
+    const MC: usize = 144;
+    const KC: usize = 256;
+    const NC: usize = 3072;
+    type P = f32;
+
+    #[inline(always)]
+    fn pack<T: Elem>(src: MatRef<'_, T>, width: usize, dst: &mut [f32]) {
+        // SAFETY: this kernel only runs on CPUs with AVX2 and F16C (see `driver::run`).
+        unsafe { super::pack::pack_f32_x86(src, width, dst) };
+    }
+
+    #[inline(always)]
+    unsafe fn run(
+        kcp: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        alpha: f32,
+        beta: f32,
+    ) {
+        // SAFETY: trait contract (the CPU has AVX-512 F).
+        unsafe { avx512_12x32(kcp, a, b, c, ldc, alpha, beta) }
+    }
+}
+
+/// The AVX-512 tile (see `avx2_6x16` for why it is a free function).
+///
+/// # Safety
+/// `Microkernel::run`'s contract for a 12 x 32 tile.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn avx512_12x32(
+    kcp: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    alpha: f32,
+    beta: f32,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: panels long enough, C block writable (caller).
+    unsafe {
+        let mut acc = [_mm512_setzero_ps(); 24];
+        for p in 0..kcp {
+            let b0 = _mm512_loadu_ps(b.add(p * 32));
+            let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
+            for i in 0..12 {
+                let ai = _mm512_set1_ps(*a.add(p * 12 + i));
+                acc[2 * i] = _mm512_fmadd_ps(ai, b0, acc[2 * i]);
+                acc[2 * i + 1] = _mm512_fmadd_ps(ai, b1, acc[2 * i + 1]);
+            }
+        }
+        store_12x32(&acc, c, ldc, alpha, beta);
+    }
+}
+
+/// Writes 24 zmm accumulators to a 12 x 32 block of C as `alpha * acc + beta * C`.
+///
+/// # Safety
+/// `c` is a writable 12 x 32 block with row stride `ldc`; AVX-512F present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn store_12x32(
+    acc: &[std::arch::x86_64::__m512; 24],
+    c: *mut f32,
+    ldc: usize,
+    alpha: f32,
+    beta: f32,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: function contract.
+    unsafe {
+        let va = _mm512_set1_ps(alpha);
+        let vb = _mm512_set1_ps(beta);
+        for i in 0..12 {
+            let row = c.add(i * ldc);
+            let mut r0 = _mm512_mul_ps(acc[2 * i], va);
+            let mut r1 = _mm512_mul_ps(acc[2 * i + 1], va);
+            if beta != 0.0 {
+                r0 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(row), r0);
+                r1 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(row.add(16)), r1);
+            }
+            _mm512_storeu_ps(row, r0);
+            _mm512_storeu_ps(row.add(16), r1);
+        }
+    }
+}
+
+/// AVX-512 BF16: 12 x 32 tile on bf16 pairs with `vdpbf16ps` (two products per lane per
+/// instruction, accumulated in f32): twice the f32 kernel's arithmetic per instruction and
+/// half its packed-panel bandwidth.
+#[cfg(target_arch = "x86_64")]
+pub(super) struct Avx512Bf16;
+
+#[cfg(target_arch = "x86_64")]
+impl Microkernel for Avx512Bf16 {
+    const MR: usize = 12;
+    const NR: usize = 32;
+    const KSTEP: usize = 2;
+    const MC: usize = 144;
+    const KC: usize = 512;
+    const NC: usize = 3072;
+    type P = bf16;
+
+    #[inline(always)]
+    fn pack<T: Elem>(src: MatRef<'_, T>, width: usize, dst: &mut [bf16]) {
+        match T::as_bf16(src.data) {
+            Some(data) => pack_bf16_pairs(src.with_data(data), width, dst),
+            // `driver::run` only picks this kernel when both operands are bf16.
+            None => unreachable!("bf16 kernel packed a non-bf16 operand"),
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn run(
+        kcp: usize,
+        a: *const bf16,
+        b: *const bf16,
+        c: *mut f32,
+        ldc: usize,
+        alpha: f32,
+        beta: f32,
+    ) {
+        // SAFETY: trait contract (the CPU has AVX-512 BF16).
+        unsafe { avx512bf16_12x32(kcp, a, b, c, ldc, alpha, beta) }
+    }
+}
+
+/// The AVX-512 BF16 tile (see `avx2_6x16` for why it is a free function).
+///
+/// # Safety
+/// `Microkernel::run`'s contract for a 12 x 32 tile over bf16 pairs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[inline]
+unsafe fn avx512bf16_12x32(
+    kcp: usize,
+    a: *const bf16,
+    b: *const bf16,
+    c: *mut f32,
+    ldc: usize,
+    alpha: f32,
+    beta: f32,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: panels hold kcp/2 pairs of 12 rows / 32 columns, C block writable
+    // (caller). The transmutes reinterpret 512-bit integer vectors as 32 bf16 lanes,
+    // which is what `vdpbf16ps` reads.
+    unsafe {
+        let mut acc = [_mm512_setzero_ps(); 24];
+        let a = a as *const u32;
+        for p in 0..kcp / 2 {
+            let b0: __m512bh =
+                std::mem::transmute(_mm512_loadu_si512(b.add(p * 64) as *const __m512i));
+            let b1: __m512bh =
+                std::mem::transmute(_mm512_loadu_si512(b.add(p * 64 + 32) as *const __m512i));
+            for i in 0..12 {
+                let pair = a.add(p * 12 + i).read_unaligned();
+                let ai: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair as i32));
+                acc[2 * i] = _mm512_dpbf16_ps(acc[2 * i], ai, b0);
+                acc[2 * i + 1] = _mm512_dpbf16_ps(acc[2 * i + 1], ai, b1);
+            }
+        }
+        store_12x32(&acc, c, ldc, alpha, beta);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The AVX-512 BF16 tile's arithmetic in scalar code, reading the packed panels exactly
+    /// as `avx512bf16_12x32` does (pair `p` of row `i` is the u32 at `p * 12 + i`; lane `j`
+    /// of `b0`/`b1` is column `j`/`16 + j`). Checks the packing layout against the kernel's
+    /// indexing on machines without the instructions.
+    fn emulate_bf16_tile(kcp: usize, a: &[bf16], b: &[bf16]) -> Vec<f32> {
+        let mut acc = vec![0f32; 12 * 32];
+        for p in 0..kcp / 2 {
+            for i in 0..12 {
+                let (a0, a1) = (
+                    a[(p * 12 + i) * 2].to_f32(),
+                    a[(p * 12 + i) * 2 + 1].to_f32(),
+                );
+                for j in 0..32 {
+                    let (b0, b1) = (b[p * 64 + 2 * j].to_f32(), b[p * 64 + 2 * j + 1].to_f32());
+                    acc[i * 32 + j] += a0 * b0 + a1 * b1;
+                }
+            }
+        }
+        acc
+    }
+
+    #[test]
+    fn bf16_pair_panels_feed_the_bf16_tile_correctly() {
+        let (m, n, k): (usize, usize, usize) = (12, 32, 37);
+        let a: Vec<bf16> = (0..m * k)
+            .map(|i| bf16::from_f32((i as f32 * 0.1).cos()))
+            .collect();
+        let b: Vec<bf16> = (0..k * n)
+            .map(|i| bf16::from_f32((i as f32 * 0.3).sin()))
+            .collect();
+        let kcp = k.next_multiple_of(2);
+        let mut ap = vec![bf16::ZERO; m * kcp];
+        let mut bp = vec![bf16::ZERO; n * kcp];
+        pack_bf16_pairs(MatRef::row_major(&a, m, k), 12, &mut ap);
+        // B is packed as rows of B^T, as the driver does.
+        pack_bf16_pairs(MatRef::row_major(&b, k, n).t(), 32, &mut bp);
+        let got = emulate_bf16_tile(kcp, &ap, &bp);
+        for i in 0..m {
+            for j in 0..n {
+                let want: f32 = (0..k)
+                    .map(|p| a[i * k + p].to_f32() * b[p * n + j].to_f32())
+                    .sum();
+                assert!((got[i * 32 + j] - want).abs() < 1e-4, "({i}, {j})");
+            }
+        }
+    }
+}

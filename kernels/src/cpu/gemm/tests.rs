@@ -1,0 +1,211 @@
+use half::bf16;
+
+use super::*;
+
+/// A deterministic xorshift generator for test data.
+struct Rng(u64);
+
+impl Rng {
+    fn uniform(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.uniform()).collect()
+    }
+}
+
+/// C = alpha A B + beta C in f64 for views described by (rows, cols, rs, cs).
+#[allow(clippy::too_many_arguments)]
+fn naive(
+    a: &[f32],
+    (m, k, ars, acs): (usize, usize, usize, usize),
+    b: &[f32],
+    (n, brs, bcs): (usize, usize, usize),
+    c: &mut [f32],
+    ldc: usize,
+    alpha: f32,
+    beta: f32,
+) {
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = 0f64;
+            for p in 0..k {
+                s += a[i * ars + p * acs] as f64 * b[p * brs + j * bcs] as f64;
+            }
+            let prev = if beta == 0.0 {
+                0.0
+            } else {
+                beta as f64 * c[i * ldc + j] as f64
+            };
+            c[i * ldc + j] = (alpha as f64 * s + prev) as f32;
+        }
+    }
+}
+
+fn check_f32(isa_level: Isa, parallel: bool, m: usize, n: usize, k: usize, transposed: bool) {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (m * 131 + n * 7 + k) as u64);
+    let a = rng.vec(m * k);
+    let b = rng.vec(k * n);
+    // A is m x k row-major, or stored k x m and viewed transposed; B likewise.
+    let (ar, bv) = if transposed {
+        (
+            MatRef::new(&a, 0, m, k, 1, m),
+            MatRef::new(&b, 0, k, n, 1, k),
+        )
+    } else {
+        (MatRef::row_major(&a, m, k), MatRef::row_major(&b, k, n))
+    };
+    let (ars, acs) = if transposed { (1, m) } else { (k, 1) };
+    let (brs, bcs) = if transposed { (1, k) } else { (n, 1) };
+    let ldc = n + 3;
+    let init = rng.vec(m * ldc);
+    for (alpha, beta) in [(1.0, 0.0), (0.5, 1.0), (-2.0, 1.0)] {
+        let mut want = init.clone();
+        naive(
+            &a,
+            (m, k, ars, acs),
+            &b,
+            (n, brs, bcs),
+            &mut want,
+            ldc,
+            alpha,
+            beta,
+        );
+        let mut got = init.clone();
+        gemm_with(isa_level, parallel, ar, bv, &mut got, ldc, alpha, beta);
+        for i in 0..m {
+            for j in 0..ldc {
+                let (g, w) = (got[i * ldc + j], want[i * ldc + j]);
+                if j >= n {
+                    assert_eq!(g, init[i * ldc + j], "padding column touched");
+                    continue;
+                }
+                let tol = 1e-5 * (k as f32).sqrt().max(1.0) * (1.0 + w.abs());
+                assert!(
+                    (g - w).abs() <= tol,
+                    "{isa_level:?} par={parallel} {m}x{n}x{k} t={transposed} alpha={alpha} beta={beta} at ({i},{j}): {g} vs {w}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn f32_matches_naive_on_every_isa_and_odd_shapes() {
+    let shapes = [
+        (1, 1, 1),
+        (5, 3, 7),
+        (13, 17, 19),
+        (6, 16, 256),
+        (12, 32, 300),
+        (37, 70, 513),
+        (150, 40, 33),
+        (7, 3100, 9),
+        (200, 190, 270),
+    ];
+    for isa_level in isa::supported() {
+        for &(m, n, k) in &shapes {
+            for transposed in [false, true] {
+                check_f32(isa_level, false, m, n, k, transposed);
+            }
+        }
+        // Parallel: rows split with B packed once, columns split with A packed once, and
+        // depths over one KC block so the shared panels span several blocks.
+        check_f32(isa_level, true, 300, 260, 100, false);
+        check_f32(isa_level, true, 40, 700, 300, true);
+        check_f32(isa_level, true, 150, 500, 600, false);
+        check_f32(isa_level, true, 500, 70, 1100, true);
+    }
+}
+
+#[test]
+fn empty_inner_dimension_scales_c() {
+    let a: Vec<f32> = vec![];
+    let b: Vec<f32> = vec![];
+    let mut c = vec![3.0f32; 6];
+    gemm(
+        MatRef::new(&a, 0, 2, 0, 0, 1),
+        MatRef::new(&b, 0, 0, 3, 3, 1),
+        &mut c,
+        3,
+        1.0,
+        1.0,
+    );
+    assert_eq!(c, vec![3.0; 6]);
+    gemm(
+        MatRef::new(&a, 0, 2, 0, 0, 1),
+        MatRef::new(&b, 0, 0, 3, 3, 1),
+        &mut c,
+        3,
+        1.0,
+        0.0,
+    );
+    assert_eq!(c, vec![0.0; 6]);
+}
+
+#[test]
+fn bf16_matches_f32_of_the_rounded_inputs() {
+    // bf16 x bf16 products are exact in f32, so any kernel must agree with the f32 product
+    // of the rounded values up to f32 summation order.
+    for (m, n, k) in [(29, 45, 131), (70, 300, 1030), (400, 50, 517)] {
+        bf16_case(m, n, k);
+    }
+}
+
+fn bf16_case(m: usize, n: usize, k: usize) {
+    let mut rng = Rng(7);
+    let a: Vec<bf16> = rng.vec(m * k).into_iter().map(bf16::from_f32).collect();
+    let b: Vec<bf16> = rng.vec(k * n).into_iter().map(bf16::from_f32).collect();
+    let af: Vec<f32> = a.iter().map(|v| v.to_f32()).collect();
+    let bf: Vec<f32> = b.iter().map(|v| v.to_f32()).collect();
+    let mut want = vec![0f32; m * n];
+    naive(&af, (m, k, k, 1), &bf, (n, 1, k), &mut want, n, 1.0, 0.0);
+    for isa_level in isa::supported() {
+        for parallel in [false, true] {
+            let mut got = vec![0f32; m * n];
+            // B viewed transposed (as a linear layer's weight is).
+            gemm_with(
+                isa_level,
+                parallel,
+                MatRef::row_major(&a, m, k),
+                MatRef::new(&b, 0, k, n, 1, k),
+                &mut got,
+                n,
+                1.0,
+                0.0,
+            );
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                    "{isa_level:?}: {g} vs {w}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn mixed_bf16_and_f32_operands() {
+    let (m, n, k) = (9, 20, 33);
+    let mut rng = Rng(11);
+    let a: Vec<bf16> = rng.vec(m * k).into_iter().map(bf16::from_f32).collect();
+    let b = rng.vec(k * n);
+    let af: Vec<f32> = a.iter().map(|v| v.to_f32()).collect();
+    let mut want = vec![0f32; m * n];
+    naive(&af, (m, k, k, 1), &b, (n, n, 1), &mut want, n, 1.0, 0.0);
+    let mut got = vec![0f32; m * n];
+    gemm(
+        MatRef::row_major(&a, m, k),
+        MatRef::row_major(&b, k, n),
+        &mut got,
+        n,
+        1.0,
+        0.0,
+    );
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()));
+    }
+}

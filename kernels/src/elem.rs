@@ -1,0 +1,101 @@
+//! The floating-point element types the kernels read and write.
+
+use half::{bf16, f16};
+
+use crate::cpu::convert;
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::bf16 {}
+    impl Sealed for half::f16 {}
+}
+
+/// A slice of one of the element types, for code that specialises on the type.
+#[derive(Clone, Copy)]
+pub enum Typed<'a> {
+    F32(&'a [f32]),
+    BF16(&'a [bf16]),
+    F16(&'a [f16]),
+}
+
+/// A storage type the kernels accept: f32, bf16 or f16. Arithmetic is always done in f32.
+pub trait Elem: candle_core::WithDType + sealed::Sealed + Copy + Send + Sync + 'static {
+    /// Widens one value to f32.
+    fn to_f32(self) -> f32;
+    /// Rounds an f32 to this type (nearest, ties to even).
+    fn from_f32(v: f32) -> Self;
+    /// Widens a slice (same lengths).
+    fn load(src: &[Self], dst: &mut [f32]);
+    /// Rounds a slice (same lengths).
+    fn store(src: &[f32], dst: &mut [Self]);
+    /// The slice with its concrete type (for SIMD loads and the native bf16 GEMM).
+    fn typed(src: &[Self]) -> Typed<'_>;
+    /// The slice as bf16 if this is bf16.
+    fn as_bf16(src: &[Self]) -> Option<&[bf16]> {
+        match Self::typed(src) {
+            Typed::BF16(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+    fn load(src: &[Self], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+    fn store(src: &[f32], dst: &mut [Self]) {
+        dst.copy_from_slice(src);
+    }
+    fn typed(src: &[Self]) -> Typed<'_> {
+        Typed::F32(src)
+    }
+}
+
+impl Elem for bf16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        convert::bf16_bits_to_f32(self.to_bits())
+    }
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        bf16::from_bits(convert::f32_to_bf16_bits(v))
+    }
+    fn load(src: &[Self], dst: &mut [f32]) {
+        convert::bf16_to_f32(src, dst);
+    }
+    fn store(src: &[f32], dst: &mut [Self]) {
+        convert::f32_to_bf16(src, dst);
+    }
+    fn typed(src: &[Self]) -> Typed<'_> {
+        Typed::BF16(src)
+    }
+}
+
+impl Elem for f16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        f16::from_f32(v)
+    }
+    fn load(src: &[Self], dst: &mut [f32]) {
+        convert::f16_to_f32(src, dst);
+    }
+    fn store(src: &[f32], dst: &mut [Self]) {
+        convert::f32_to_f16(src, dst);
+    }
+    fn typed(src: &[Self]) -> Typed<'_> {
+        Typed::F16(src)
+    }
+}

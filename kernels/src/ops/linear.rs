@@ -1,0 +1,411 @@
+//! Linear layers with frozen weights: plain (`frozen_linear`) and with a LoRA adapter
+//! (`lora_linear`). The backward never computes a gradient for the frozen weight or bias,
+//! which is most of a plain matmul backward's work and memory in LoRA training.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
+
+use crate::cpu::gemm::{MatRef, gemm};
+use crate::elem::Elem;
+use crate::error::{shape_err, value_err};
+use crate::storage::{
+    check_float, contiguous_range, floats, owned, with_cpu, with_floats, with_tensor_floats,
+};
+
+const FROZEN: &str = "frozen_linear";
+const LORA: &str = "lora_linear";
+
+/// `y = x W^T + b` for `x: [.., in]`, `w: [out, in]`, `b: [out]`, with `w` and `b` frozen:
+/// only `x` gets a gradient. Output dtype is `x`'s; `w` may have another float dtype
+/// (bf16 x bf16 uses the native bf16 GEMM where the CPU has it).
+pub fn frozen_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let frozen = Frozen::new(FROZEN, x, w, b)?;
+    x.contiguous()?.apply_op1(FrozenLinear(frozen))
+}
+
+/// LoRA dropout on the adapter's input, as PEFT's `lora_dropout`: each element of `x` is
+/// kept with probability `1 - p` (and scaled by `1 / (1 - p)`), drawn from a hash of `seed`
+/// and the element index so the backward regenerates the same mask without storing it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LoraDropout {
+    pub p: f32,
+    pub seed: u64,
+}
+
+/// `y = x W^T + b + scale * (x A^T) B^T` with `w: [out, in]` and `b` frozen and the
+/// adapter `a: [r, in]`, `b_lora: [out, r]` trainable (PEFT's `lora_A`/`lora_B` layout;
+/// `scale` is `alpha / r`, or `alpha / sqrt(r)` with rsLoRA). Gradients flow to `x`, `a`
+/// and `b_lora`. Adapter weights may be f32 while `x`/`w` are bf16 (PEFT keeps adapters in
+/// f32 by default).
+pub fn lora_linear(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    a: &Tensor,
+    b_lora: &Tensor,
+    scale: f64,
+) -> Result<Tensor> {
+    lora_linear_with_dropout(x, w, b, a, b_lora, scale, None)
+}
+
+/// [`lora_linear`] with dropout on the adapter's input (training mode).
+pub fn lora_linear_with_dropout(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    a: &Tensor,
+    b_lora: &Tensor,
+    scale: f64,
+    dropout: Option<LoraDropout>,
+) -> Result<Tensor> {
+    let frozen = Frozen::new(LORA, x, w, b)?;
+    check_float(LORA, "a", a)?;
+    check_float(LORA, "b_lora", b_lora)?;
+    let (r, a_in) = a
+        .dims2()
+        .map_err(|_| shape_err(LORA, "a", a.shape(), "[r, in]"))?;
+    if a_in != frozen.inp {
+        return Err(shape_err(
+            LORA,
+            "a",
+            a.shape(),
+            format!("[r, {}]", frozen.inp),
+        ));
+    }
+    if b_lora.dims() != [frozen.out, r] {
+        return Err(shape_err(
+            LORA,
+            "b_lora",
+            b_lora.shape(),
+            format!("[{}, {r}]", frozen.out),
+        ));
+    }
+    if let Some(d) = dropout
+        && !(0.0..1.0).contains(&d.p)
+    {
+        return Err(value_err(
+            LORA,
+            "dropout",
+            format!("p = {} is not in [0, 1)", d.p),
+        ));
+    }
+    let dropout = dropout.filter(|d| d.p > 0.0);
+    let op = LoraLinear {
+        frozen,
+        scale: scale as f32,
+        dropout,
+        xa: Arc::new(Mutex::new(None)),
+    };
+    x.contiguous()?
+        .apply_op3(&a.contiguous()?, &b_lora.contiguous()?, op)
+}
+
+/// The frozen part of a linear layer, validated.
+struct Frozen {
+    w: Tensor,
+    b: Option<Tensor>,
+    inp: usize,
+    out: usize,
+}
+
+impl Frozen {
+    fn new(op: &'static str, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Self> {
+        check_float(op, "x", x)?;
+        check_float(op, "w", w)?;
+        let (out, inp) = w
+            .dims2()
+            .map_err(|_| shape_err(op, "w", w.shape(), "[out, in]"))?;
+        let x_in = x.dim(candle_core::D::Minus1)?;
+        if x_in != inp {
+            return Err(shape_err(
+                op,
+                "x",
+                x.shape(),
+                format!("[.., {inp}] (w is [{out}, {inp}])"),
+            ));
+        }
+        if let Some(b) = b {
+            check_float(op, "b", b)?;
+            if b.dims() != [out] {
+                return Err(shape_err(op, "b", b.shape(), format!("[{out}]")));
+            }
+        }
+        Ok(Frozen {
+            w: w.contiguous()?.detach(),
+            b: b.map(|b| b.contiguous().map(|b| b.detach())).transpose()?,
+            inp,
+            out,
+        })
+    }
+
+    /// `c = x W^T + b` (f32, `[m, out]`) for the contiguous `[m, in]` rows of `x`.
+    fn forward<T: Elem>(&self, op: &'static str, x: &[T], c: &mut [f32]) -> Result<()> {
+        let m = x.len() / self.inp.max(1);
+        let beta = match &self.b {
+            Some(b) => {
+                let bias = crate::ops::to_f32_vec(op, "b", b)?;
+                for row in c.chunks_exact_mut(self.out) {
+                    row.copy_from_slice(&bias);
+                }
+                1.0
+            }
+            None => 0.0,
+        };
+        with_cpu(op, "w", &self.w, |ws, wl| {
+            let (w0, w1) = contiguous_range(op, "w", wl)?;
+            with_floats!(floats(op, "w", ws)?, w => {
+                let wt = MatRef::row_major(&w[w0..w1], self.out, self.inp).t();
+                gemm(MatRef::row_major(x, m, self.inp), wt, c, self.out, 1.0, beta);
+            });
+            Ok(())
+        })
+    }
+
+    /// `dx (+)= g W` for `g: [m, out]` (`beta` 0 overwrites, 1 accumulates).
+    fn backward_x<T: Elem>(
+        &self,
+        op: &'static str,
+        g: &[T],
+        dx: &mut [f32],
+        beta: f32,
+    ) -> Result<()> {
+        let m = g.len() / self.out.max(1);
+        with_cpu(op, "w", &self.w, |ws, wl| {
+            let (w0, w1) = contiguous_range(op, "w", wl)?;
+            with_floats!(floats(op, "w", ws)?, w => {
+                let wm = MatRef::row_major(&w[w0..w1], self.out, self.inp);
+                gemm(MatRef::row_major(g, m, self.out), wm, dx, self.inp, 1.0, beta);
+            });
+            Ok(())
+        })
+    }
+
+    fn out_shape(&self, x: &Layout) -> Shape {
+        let mut dims = x.dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = self.out;
+        }
+        Shape::from(dims)
+    }
+}
+
+/// f32 values as storage of `dtype`, reusing the buffer when `dtype` is f32.
+fn f32_storage(values: Vec<f32>, dtype: DType) -> CpuStorage {
+    match dtype {
+        DType::BF16 => {
+            let mut out = vec![half::bf16::ZERO; values.len()];
+            half::bf16::store(&values, &mut out);
+            owned(out)
+        }
+        DType::F16 => {
+            let mut out = vec![half::f16::ZERO; values.len()];
+            half::f16::store(&values, &mut out);
+            owned(out)
+        }
+        _ => owned(values),
+    }
+}
+
+fn f32_tensor(values: Vec<f32>, shape: &Shape, like: &Tensor) -> Tensor {
+    Tensor::from_storage(
+        candle_core::Storage::Cpu(f32_storage(values, like.dtype())),
+        shape.clone(),
+        candle_core::op::BackpropOp::none(),
+        false,
+    )
+}
+
+struct FrozenLinear(Frozen);
+
+impl CustomOp1 for FrozenLinear {
+    fn name(&self) -> &'static str {
+        FROZEN
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x0, x1) = contiguous_range(FROZEN, "x", xl)?;
+        let m = (x1 - x0) / self.0.inp.max(1);
+        let mut c = vec![0f32; m * self.0.out];
+        with_floats!(floats(FROZEN, "x", xs)?, x => self.0.forward(FROZEN, &x[x0..x1], &mut c))?;
+        Ok((f32_storage(c, xs.dtype()), self.0.out_shape(xl)))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let grad = grad.contiguous()?;
+        let m = grad.elem_count() / self.0.out.max(1);
+        let mut dx = vec![0f32; m * self.0.inp];
+        with_tensor_floats!(FROZEN, "grad", &grad, g => self.0.backward_x(FROZEN, g, &mut dx, 0.0))?;
+        Ok(Some(f32_tensor(dx, x.shape(), x)))
+    }
+}
+
+struct LoraLinear {
+    frozen: Frozen,
+    scale: f32,
+    dropout: Option<LoraDropout>,
+    /// `dropout(x) A^T` (`[m, r]`, f32) from the forward, reused by the backward for dB.
+    xa: Arc<Mutex<Option<Arc<Vec<f32>>>>>,
+}
+
+impl LoraLinear {
+    /// The adapter's input: `x` itself, or `dropout(x)` as f32.
+    fn adapter_input<'a, T: Elem>(&self, x: &'a [T]) -> AdapterInput<'a, T> {
+        match self.dropout {
+            None => AdapterInput::Plain(x),
+            Some(d) => {
+                let mut xd = vec![0f32; x.len()];
+                T::load(x, &mut xd);
+                apply_dropout(&mut xd, d);
+                AdapterInput::Dropped(xd)
+            }
+        }
+    }
+}
+
+enum AdapterInput<'a, T> {
+    Plain(&'a [T]),
+    Dropped(Vec<f32>),
+}
+
+/// `x *= keep_mask / (1 - p)` with the mask drawn from `(seed, index)`.
+fn apply_dropout(x: &mut [f32], d: LoraDropout) {
+    let keep_scale = 1.0 / (1.0 - d.p);
+    // Compare the top 24 bits of the hash to p * 2^24.
+    let threshold = (d.p as f64 * (1u64 << 24) as f64) as u64;
+    for (i, v) in x.iter_mut().enumerate() {
+        let u = splitmix64(d.seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) >> 40;
+        *v = if u < threshold { 0.0 } else { *v * keep_scale };
+    }
+}
+
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl CustomOp3 for LoraLinear {
+    fn name(&self) -> &'static str {
+        LORA
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        as_: &CpuStorage,
+        al: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (inp, out) = (self.frozen.inp, self.frozen.out);
+        let (x0, x1) = contiguous_range(LORA, "x", xl)?;
+        let (a0, a1) = contiguous_range(LORA, "a", al)?;
+        let (b0, b1) = contiguous_range(LORA, "b_lora", bl)?;
+        let m = (x1 - x0) / inp.max(1);
+        let r = (a1 - a0) / inp.max(1);
+        let mut c = vec![0f32; m * out];
+        let mut xa = vec![0f32; m * r];
+        with_floats!(floats(LORA, "x", xs)?, x => {
+            let x = &x[x0..x1];
+            self.frozen.forward(LORA, x, &mut c)?;
+            with_floats!(floats(LORA, "a", as_)?, a => {
+                let at = MatRef::row_major(&a[a0..a1], r, inp).t();
+                match self.adapter_input(x) {
+                    AdapterInput::Plain(x) => gemm(MatRef::row_major(x, m, inp), at, &mut xa, r, 1.0, 0.0),
+                    AdapterInput::Dropped(xd) => gemm(MatRef::row_major(&xd, m, inp), at, &mut xa, r, 1.0, 0.0),
+                }
+            });
+        });
+        with_floats!(floats(LORA, "b_lora", bs)?, b => {
+            let bt = MatRef::row_major(&b[b0..b1], out, r).t();
+            gemm(MatRef::row_major(&xa, m, r), bt, &mut c, out, self.scale, 1.0);
+        });
+        if let Ok(mut slot) = self.xa.lock() {
+            *slot = Some(Arc::new(xa));
+        }
+        Ok((f32_storage(c, xs.dtype()), self.frozen.out_shape(xl)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (inp, out) = (self.frozen.inp, self.frozen.out);
+        let r = a.dim(0)?;
+        let grad = grad.contiguous()?;
+        let m = grad.elem_count() / out.max(1);
+        let xa = self
+            .xa
+            .lock()
+            .ok()
+            .and_then(|slot| slot.clone())
+            .ok_or_else(|| value_err(LORA, "x", "backward without a forward on the CPU"))?;
+        // gb = g B: the gradient at the adapter's bottleneck, [m, r].
+        let mut gb = vec![0f32; m * r];
+        with_tensor_floats!(LORA, "grad", &grad, g => {
+            with_tensor_floats!(LORA, "b_lora", b, bw => {
+                gemm(MatRef::row_major(g, m, out), MatRef::row_major(bw, out, r), &mut gb, r, 1.0, 0.0);
+                Ok(())
+            })
+        })?;
+
+        let dx = if x.track_op() {
+            let mut dx = vec![0f32; m * inp];
+            with_tensor_floats!(LORA, "grad", &grad, g => self.frozen.backward_x(LORA, g, &mut dx, 0.0))?;
+            with_tensor_floats!(LORA, "a", a, aw => {
+                let am = MatRef::row_major(aw, r, inp);
+                match self.dropout {
+                    None => gemm(MatRef::row_major(&gb, m, r), am, &mut dx, inp, self.scale, 1.0),
+                    Some(d) => {
+                        let mut dxa = vec![0f32; m * inp];
+                        gemm(MatRef::row_major(&gb, m, r), am, &mut dxa, inp, self.scale, 0.0);
+                        apply_dropout(&mut dxa, d);
+                        for (o, v) in dx.iter_mut().zip(&dxa) {
+                            *o += v;
+                        }
+                    }
+                }
+                Ok(())
+            })?;
+            Some(f32_tensor(dx, x.shape(), x))
+        } else {
+            None
+        };
+
+        let da = if a.track_op() {
+            let mut da = vec![0f32; r * inp];
+            with_tensor_floats!(LORA, "x", x, xv => {
+                let gbt = MatRef::row_major(&gb, m, r).t();
+                match self.adapter_input(xv) {
+                    AdapterInput::Plain(xv) => gemm(gbt, MatRef::row_major(xv, m, inp), &mut da, inp, self.scale, 0.0),
+                    AdapterInput::Dropped(xd) => gemm(gbt, MatRef::row_major(&xd, m, inp), &mut da, inp, self.scale, 0.0),
+                }
+                Ok(())
+            })?;
+            Some(f32_tensor(da, a.shape(), a))
+        } else {
+            None
+        };
+
+        let db = if b.track_op() {
+            let mut db = vec![0f32; out * r];
+            with_tensor_floats!(LORA, "grad", &grad, g => {
+                let gt = MatRef::row_major(g, m, out).t();
+                gemm(gt, MatRef::row_major(&xa, m, r), &mut db, r, self.scale, 0.0);
+                Ok(())
+            })?;
+            Some(f32_tensor(db, b.shape(), b))
+        } else {
+            None
+        };
+        Ok((dx, da, db))
+    }
+}

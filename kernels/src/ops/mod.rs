@@ -1,0 +1,49 @@
+//! The differentiable ops: each file holds one op's public function, its candle
+//! `CustomOp` (forward and backward) and its CPU slice kernels.
+
+pub(crate) mod attention;
+pub(crate) mod cross_entropy;
+pub(crate) mod linear;
+pub(crate) mod rms_norm;
+pub(crate) mod rope;
+pub(crate) mod silu_mul;
+
+use candle_core::{Result, Tensor};
+
+use crate::storage::{Floats, floats, with_cpu};
+
+/// Copies a tensor's values (any layout, any supported float dtype) into a contiguous f32
+/// buffer in logical order.
+pub(crate) fn to_f32_vec(op: &'static str, arg: &'static str, t: &Tensor) -> Result<Vec<f32>> {
+    let t = t.contiguous()?;
+    with_cpu(op, arg, &t, |storage, layout| {
+        let (start, end) = crate::storage::contiguous_range(op, arg, layout)?;
+        let mut out = vec![0f32; end - start];
+        match floats(op, arg, storage)? {
+            Floats::F32(s) => out.copy_from_slice(&s[start..end]),
+            Floats::BF16(s) => crate::cpu::convert::bf16_to_f32(&s[start..end], &mut out),
+            Floats::F16(s) => crate::cpu::convert::f16_to_f32(&s[start..end], &mut out),
+        }
+        Ok(out)
+    })
+}
+
+/// A tensor (no gradient history) over CPU storage of `shape`.
+pub(crate) fn tensor_from(storage: candle_core::CpuStorage, shape: &candle_core::Shape) -> Tensor {
+    Tensor::from_storage(
+        candle_core::Storage::Cpu(storage),
+        shape.clone(),
+        candle_core::op::BackpropOp::none(),
+        false,
+    )
+}
+
+/// Builds a tensor of `like`'s dtype, device and `shape` from f32 values (rounding them).
+pub(crate) fn from_f32_vec(values: Vec<f32>, shape: &[usize], like: &Tensor) -> Result<Tensor> {
+    let t = Tensor::from_vec(values, shape, like.device())?;
+    if like.dtype() == candle_core::DType::F32 {
+        Ok(t)
+    } else {
+        t.to_dtype(like.dtype())
+    }
+}

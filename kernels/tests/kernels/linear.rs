@@ -1,0 +1,161 @@
+use candle_core::{DType, Tensor};
+use kubeswift_kernels::{
+    LoraDropout, frozen_linear, lora_linear, lora_linear_with_dropout, reference,
+};
+
+use crate::common::*;
+
+#[test]
+fn frozen_linear_matches_reference_and_skips_the_weight() {
+    // 3 x 67 rows, 45 -> 70 features: off every microkernel tile size.
+    let x = rand(41, &[3, 67, 45], 1.0);
+    let w = rand(42, &[70, 45], 0.3);
+    let b = rand(43, &[70], 0.3);
+    let (xv, wv, bv) = (var(&x), var(&w), var(&b));
+    let y = frozen_linear(xv.as_tensor(), wv.as_tensor(), Some(bv.as_tensor())).unwrap();
+    let y_ref = reference::linear(xv.as_tensor(), wv.as_tensor(), Some(bv.as_tensor())).unwrap();
+    assert_close("frozen_linear forward", &y, &y_ref, F32_TOL);
+    let g = weighted_sum(&y, 1).unwrap().backward().unwrap();
+    let g_ref = weighted_sum(&y_ref, 1).unwrap().backward().unwrap();
+    assert_close(
+        "frozen_linear dx",
+        &grad(&g, &xv),
+        &grad(&g_ref, &xv),
+        F32_TOL,
+    );
+    assert!(
+        g.get(wv.as_tensor()).is_none(),
+        "frozen weight must get no gradient"
+    );
+    assert!(
+        g.get(bv.as_tensor()).is_none(),
+        "frozen bias must get no gradient"
+    );
+    let loss = |xs: &[Tensor]| weighted_sum(&frozen_linear(&xs[0], &w, Some(&b))?, 1);
+    check_finite_difference("frozen_linear dx", &[x], 0, &grad(&g, &xv), loss);
+}
+
+#[test]
+fn lora_linear_matches_reference_f32() {
+    let x = rand(44, &[2, 33, 40], 1.0);
+    let w = rand(45, &[50, 40], 0.3);
+    let a = rand(46, &[5, 40], 0.3);
+    let bl = rand(47, &[50, 5], 0.3);
+    let (xv, av, bv) = (var(&x), var(&a), var(&bl));
+    let y = lora_linear(
+        xv.as_tensor(),
+        &w,
+        None,
+        av.as_tensor(),
+        bv.as_tensor(),
+        2.0,
+    )
+    .unwrap();
+    let y_ref = reference::lora_linear(
+        xv.as_tensor(),
+        &w,
+        None,
+        av.as_tensor(),
+        bv.as_tensor(),
+        2.0,
+    )
+    .unwrap();
+    assert_close("lora forward", &y, &y_ref, F32_TOL);
+    let g = weighted_sum(&y, 2).unwrap().backward().unwrap();
+    let g_ref = weighted_sum(&y_ref, 2).unwrap().backward().unwrap();
+    assert_close("lora dx", &grad(&g, &xv), &grad(&g_ref, &xv), F32_TOL);
+    assert_close("lora dA", &grad(&g, &av), &grad(&g_ref, &av), F32_TOL);
+    assert_close("lora dB", &grad(&g, &bv), &grad(&g_ref, &bv), F32_TOL);
+    let loss =
+        |xs: &[Tensor]| weighted_sum(&lora_linear(&xs[0], &w, None, &xs[1], &xs[2], 2.0)?, 2);
+    let inputs = [x, a, bl];
+    check_finite_difference("lora dx", &inputs, 0, &grad(&g, &xv), loss);
+    check_finite_difference("lora dA", &inputs, 1, &grad(&g, &av), loss);
+    check_finite_difference("lora dB", &inputs, 2, &grad(&g, &bv), loss);
+}
+
+#[test]
+fn lora_linear_bf16_base_with_f32_adapter() {
+    let x = bf16(&rand(48, &[37, 64], 1.0));
+    let w = bf16(&rand(49, &[96, 64], 0.3));
+    let b = bf16(&rand(50, &[96], 0.3));
+    let a = rand(51, &[8, 64], 0.3);
+    let bl = rand(52, &[96, 8], 0.3);
+    let (xv, av, bv) = (var(&x), var(&a), var(&bl));
+    let y = lora_linear(
+        xv.as_tensor(),
+        &w,
+        Some(&b),
+        av.as_tensor(),
+        bv.as_tensor(),
+        0.5,
+    )
+    .unwrap();
+    assert_eq!(y.dtype(), DType::BF16);
+    let xf = var(&widened(&x));
+    let y_ref = reference::lora_linear(
+        xf.as_tensor(),
+        &widened(&w),
+        Some(&widened(&b)),
+        av.as_tensor(),
+        bv.as_tensor(),
+        0.5,
+    )
+    .unwrap();
+    assert_close("bf16 lora forward", &y, &y_ref, BF16_TOL);
+    let g = weighted_sum(&y, 3).unwrap().backward().unwrap();
+    let da = grad(&g, &av);
+    assert_eq!(
+        da.dtype(),
+        DType::F32,
+        "adapter gradients keep the adapter's dtype"
+    );
+    let g_ref = weighted_sum(&y_ref, 3).unwrap().backward().unwrap();
+    assert_close("bf16 lora dx", &grad(&g, &xv), &grad(&g_ref, &xf), BF16_TOL);
+    assert_close("bf16 lora dA", &da, &grad(&g_ref, &av), BF16_TOL);
+    assert_close("bf16 lora dB", &grad(&g, &bv), &grad(&g_ref, &bv), BF16_TOL);
+}
+
+#[test]
+fn lora_dropout_is_reproducible_and_differentiable() {
+    let x = rand(53, &[9, 24], 1.0);
+    let w = rand(54, &[12, 24], 0.3);
+    let a = rand(55, &[4, 24], 0.3);
+    let bl = rand(56, &[12, 4], 0.3);
+    let drop = Some(LoraDropout { p: 0.3, seed: 7 });
+    let y1 = lora_linear_with_dropout(&x, &w, None, &a, &bl, 1.0, drop).unwrap();
+    let y2 = lora_linear_with_dropout(&x, &w, None, &a, &bl, 1.0, drop).unwrap();
+    assert_close("same seed, same mask", &y1, &y2, 0.0);
+    let plain = lora_linear(&x, &w, None, &a, &bl, 1.0).unwrap();
+    let diff = (&y1 - &plain)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff > 1e-3, "dropout changed nothing");
+    let (xv, av, bv) = (var(&x), var(&a), var(&bl));
+    let y = lora_linear_with_dropout(
+        xv.as_tensor(),
+        &w,
+        None,
+        av.as_tensor(),
+        bv.as_tensor(),
+        1.0,
+        drop,
+    )
+    .unwrap();
+    let g = weighted_sum(&y, 4).unwrap().backward().unwrap();
+    let loss = |xs: &[Tensor]| {
+        weighted_sum(
+            &lora_linear_with_dropout(&xs[0], &w, None, &xs[1], &xs[2], 1.0, drop)?,
+            4,
+        )
+    };
+    let inputs = [x, a, bl];
+    check_finite_difference("dropout lora dx", &inputs, 0, &grad(&g, &xv), loss);
+    check_finite_difference("dropout lora dA", &inputs, 1, &grad(&g, &av), loss);
+    check_finite_difference("dropout lora dB", &inputs, 2, &grad(&g, &bv), loss);
+}
