@@ -2,3 +2,5 @@
 //! (see DESIGN.md): model, tuner, data, train, infer/serve, dist, storage.
 
 pub mod commands;
+pub mod infer;
+pub mod model;
