@@ -2,5 +2,7 @@
 //! (see DESIGN.md): model, tuner, data, train, infer/serve, dist, storage.
 
 pub mod commands;
+pub mod data;
 pub mod infer;
 pub mod model;
+pub mod template;

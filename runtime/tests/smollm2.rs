@@ -13,7 +13,9 @@ use serde_json::Value;
 fn model_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("KUBESWIFT_SMOLLM2")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/models/SmolLM2-135M-Instruct"));
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/models/SmolLM2-135M-Instruct")
+        });
     if dir.join("model.safetensors").is_file() {
         return Some(dir);
     }
@@ -37,7 +39,12 @@ fn swift(args: &[&str], stdin: &str) -> (i32, String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     (
         out.status.code().unwrap_or(-1),
@@ -99,13 +106,19 @@ fn a_batch_of_eight_gives_the_same_greedy_text_as_one_at_a_time() {
             "",
         );
         assert_eq!(code, 0, "{stderr}");
-        assert!(stdout.contains(&out.display().to_string()), "the result path is printed: {stdout}");
+        assert!(
+            stdout.contains(&out.display().to_string()),
+            "the result path is printed: {stdout}"
+        );
         std::fs::read_to_string(&out)
             .unwrap()
             .lines()
             .map(|l| {
                 let v: Value = serde_json::from_str(l).unwrap();
-                assert_eq!(v["messages"].as_array().unwrap().last().unwrap()["content"], v["response"]);
+                assert_eq!(
+                    v["messages"].as_array().unwrap().last().unwrap()["content"],
+                    v["response"]
+                );
                 v["response"].as_str().unwrap().to_string()
             })
             .collect()

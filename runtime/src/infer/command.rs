@@ -1,6 +1,6 @@
 //! `swift infer`: interactive chat on a terminal, or batch inference over a dataset into
 //! ms-swift's result jsonl. A thin shell over the engine; decisions live in `params`,
-//! `dataset`, `result` and `metric`.
+//! `result`, `metric`, the template and the data pipeline.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -8,15 +8,17 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use candle_core::DType;
 use kubeswift_args::Args;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
 
-use super::chat_template::{ChatTemplate, TokenizerChatTemplate};
-use super::dataset::{self, ChatMessage, Row};
 use super::engine::{Engine, Event, GenerationParams, Request};
 use super::error::InferError;
 use super::params::generation_params;
 use super::{metric, result};
+use crate::data::{DataOptions, sampling};
 use crate::model::pretrained::dtype_arg;
 use crate::model::{LoadOptions, Pretrained, PretrainedOptions};
+use crate::template::{Message, Role, Template};
 
 /// Runs `swift infer` with resolved arguments.
 pub fn run(args: &Args) -> anyhow::Result<()> {
@@ -29,19 +31,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         bail!("--adapters is not supported yet: adapters arrive with training (LoRA)");
     }
     let pretrained = load_model(args, Path::new(model_path))?;
-    let template =
-        TokenizerChatTemplate::new(pretrained.tokenizer.clone(), &pretrained.tokenizer_config)?;
-    let mut stop = template.stop_token_ids();
-    stop.extend(pretrained.eos_token_ids());
-    stop.sort_unstable();
-    stop.dedup();
-    let params = generation_params(args, &pretrained.generation_config, stop)?;
-    let session = Session {
+    let template = Template::from_args(
         args,
-        pretrained: &pretrained,
-        template: &template,
-        params,
-    };
+        pretrained.model_type.name,
+        pretrained.tokenizer.clone(),
+        &pretrained.tokenizer_config,
+    )?;
+    let session = Session::new(args, &pretrained, &template)?;
     if args.strings("val_dataset").is_empty() && args.strings("dataset").is_empty() {
         session.chat(&mut std::io::stdin().lock(), &mut std::io::stdout())
     } else {
@@ -66,35 +62,45 @@ fn load_model(args: &Args, folder: &Path) -> anyhow::Result<Pretrained> {
 struct Session<'a> {
     args: &'a Args,
     pretrained: &'a Pretrained,
-    template: &'a dyn ChatTemplate,
+    template: &'a Template,
     params: GenerationParams,
 }
 
-impl Session<'_> {
+impl<'a> Session<'a> {
+    fn new(
+        args: &'a Args,
+        pretrained: &'a Pretrained,
+        template: &'a Template,
+    ) -> anyhow::Result<Self> {
+        // The template's end-of-turn tokens and the model's eos end generation (removed
+        // from the output); its multi-token stop words join --stop_words (kept).
+        let mut stop = template.stop_token_ids();
+        stop.extend(pretrained.eos_token_ids());
+        stop.sort_unstable();
+        stop.dedup();
+        let mut params = generation_params(args, &pretrained.generation_config, stop)?;
+        for word in template.stop_words() {
+            if template.tokenizer().token_to_id(&word).is_none()
+                && !params.stop_words.contains(&word)
+            {
+                params.stop_words.push(word);
+            }
+        }
+        Ok(Session {
+            args,
+            pretrained,
+            template,
+            params,
+        })
+    }
+
     fn engine(&self) -> Engine<'_> {
         let batch = self.args.int("max_batch_size").unwrap_or(1).max(1) as usize;
         Engine::new(&self.pretrained.model, &self.pretrained.tokenizer, batch)
     }
 
-    /// `--system` (text, or a .txt file) prepended when the messages have no system turn.
-    fn with_system(&self, mut messages: Vec<ChatMessage>) -> anyhow::Result<Vec<ChatMessage>> {
-        if let Some(system) = self.args.str("system")
-            && messages.first().is_none_or(|m| m.role != "system")
-        {
-            let text = if system.ends_with(".txt") && Path::new(system).is_file() {
-                std::fs::read_to_string(system).with_context(|| format!("--system {system}"))?
-            } else {
-                system.to_string()
-            };
-            messages.insert(0, ChatMessage::new("system", text));
-        }
-        Ok(messages)
-    }
-
-    fn request(&self, messages: &[ChatMessage]) -> anyhow::Result<Request> {
-        let prompt = self
-            .template
-            .encode_prompt(&self.with_system(messages.to_vec())?)?;
+    fn request(&self, messages: &[Message]) -> anyhow::Result<Request> {
+        let prompt = self.template.encode_prompt(messages)?;
         if let Some(max) = self.args.int("max_length")
             && prompt.len() > max.max(0) as usize
         {
@@ -111,18 +117,26 @@ impl Session<'_> {
         })
     }
 
-    /// Multi-turn chat on a terminal: `clear` forgets the history, `exit`/`quit` leave,
-    /// `reset-system` takes the next line as the system prompt.
+    /// Multi-turn chat on a terminal, as ms-swift's `infer_cli`: `clear` forgets the
+    /// history, `exit`/`quit` leave, `reset-system` takes the next line as the system prompt
+    /// (`default-system` restores the template's).
     fn chat(&self, input: &mut dyn BufRead, out: &mut dyn Write) -> anyhow::Result<()> {
         writeln!(
             out,
             "Input `exit` or `quit` to leave, `clear` to clear the history, `reset-system` to set the system prompt."
         )?;
         let mut engine = self.engine();
-        let mut history: Vec<ChatMessage> = Vec::new();
+        let mut history: Vec<Message> = Vec::new();
         let mut system: Option<String> = None;
         let mut reading_system = false;
         let result_path = self.args.str("result_path").map(PathBuf::from);
+        let with_system = |history: &[Message], system: &Option<String>| -> Vec<Message> {
+            let mut messages = history.to_vec();
+            if let Some(s) = system {
+                messages.insert(0, message(Role::System, s));
+            }
+            messages
+        };
         loop {
             write!(out, "{}", if reading_system { "<<<[S] " } else { "<<< " })?;
             out.flush()?;
@@ -132,7 +146,7 @@ impl Session<'_> {
             }
             let query = line.trim_end_matches(['\n', '\r']).to_string();
             if reading_system {
-                system = Some(query);
+                system = (query != "default-system").then_some(query);
                 reading_system = false;
                 history.clear();
                 continue;
@@ -150,12 +164,8 @@ impl Session<'_> {
                 "" => continue,
                 _ => {}
             }
-            history.push(ChatMessage::new("user", query));
-            let mut messages = history.clone();
-            if let Some(s) = &system {
-                messages.insert(0, ChatMessage::new("system", s.clone()));
-            }
-            let request = match self.request(&messages) {
+            history.push(message(Role::User, &query));
+            let request = match self.request(&with_system(&history, &system)) {
                 Ok(r) => r,
                 Err(e) => {
                     writeln!(out, "error: {e:#}")?;
@@ -177,46 +187,61 @@ impl Session<'_> {
                 return Err(e.into());
             }
             writeln!(out)?;
-            history.push(ChatMessage::new("assistant", output.text.clone()));
+            history.push(message(Role::Assistant, &output.text));
             if let Some(path) = &result_path {
-                let mut messages = history.clone();
-                if let Some(s) = &system {
-                    messages.insert(0, ChatMessage::new("system", s.clone()));
-                }
-                result::append(path, &[result::chat_record(&messages, &output.text)])?;
+                result::append(
+                    path,
+                    &[result::chat_record(
+                        &with_system(&history, &system),
+                        &output.text,
+                    )],
+                )?;
             }
         }
         Ok(())
     }
 
-    fn rows(&self) -> anyhow::Result<Vec<Row>> {
-        let seed = self.args.int("data_seed").unwrap_or(42) as u64;
-        let val = self.args.strings("val_dataset");
-        let rows = if !val.is_empty() {
-            dataset::load(&val)?
-        } else {
-            let ratio = self.args.float("split_dataset_ratio").unwrap_or(0.01);
-            dataset::split_validation(dataset::load(&self.args.strings("dataset"))?, ratio, seed)
-        };
-        let n = self
-            .args
-            .int("val_dataset_sample")
-            .map(|n| n.max(0) as usize);
-        Ok(dataset::sample(rows, n, seed))
+    /// The validation conversations: `--val_dataset`, or the split of `--dataset`, then
+    /// `--val_dataset_sample` rows of them.
+    fn conversations(&self) -> anyhow::Result<Vec<Vec<Message>>> {
+        let model_len = self.pretrained.model.config.max_position_embeddings;
+        let opts = DataOptions::from_args(self.args, Some(model_len))?;
+        let loaded = crate::data::load(&opts)?;
+        let rows: Vec<Vec<Message>> = loaded.val.into_iter().map(|r| r.sample.messages).collect();
+        if rows.is_empty() {
+            bail!(
+                "no validation rows: give --val_dataset, or --dataset with --split_dataset_ratio > 0"
+            );
+        }
+        Ok(match self.args.int("val_dataset_sample") {
+            Some(n) => {
+                let mut rng = StdRng::seed_from_u64(opts.data_seed);
+                sampling::sample_indices(rows.len(), n.max(0) as usize, &mut rng)
+                    .into_iter()
+                    .map(|i| rows[i].clone())
+                    .collect()
+            }
+            None => rows,
+        })
     }
 
     /// Batch inference over the validation rows into `--result_path` (printed).
     fn infer_dataset(&self) -> anyhow::Result<()> {
-        let mut rows = self.rows()?;
-        let labels: Vec<Option<String>> = rows.iter_mut().map(Row::take_labels).collect();
+        let mut rows = self.conversations()?;
+        // ms-swift's InferRequest.remove_response: a final assistant turn is the label.
+        let labels: Vec<Option<String>> = rows
+            .iter_mut()
+            .map(|m| match m.last() {
+                Some(last) if last.role == Role::Assistant => m.pop().map(|m| m.content),
+                _ => None,
+            })
+            .collect();
         let requests: Vec<Request> = rows
             .iter()
-            .map(|r| self.request(&r.messages))
+            .map(|m| self.request(m))
             .collect::<anyhow::Result<_>>()?;
-        let path = result::default_path(
-            self.args.str("result_path"),
-            Path::new(self.args.str("model").unwrap_or("model")),
-        );
+        let model = Path::new(self.args.str("model").unwrap_or("model"));
+        let path = result::default_path(self.args.str("result_path"), model);
         let mut engine = self.engine();
         let outputs = if self.args.bool("stream") {
             // One row at a time, printed as it streams, as ms-swift does with --stream.
@@ -224,7 +249,7 @@ impl Session<'_> {
             for (i, request) in requests.into_iter().enumerate() {
                 println!(
                     "[QUERY] {}",
-                    rows[i].messages.last().map_or("", |m| m.content.as_str())
+                    rows[i].last().map_or("", |m| m.content.as_str())
                 );
                 if let Some(l) = &labels[i] {
                     println!("[LABELS] {l}");
@@ -256,16 +281,11 @@ impl Session<'_> {
             .iter()
             .zip(&outputs)
             .zip(&labels)
-            .map(|((row, out), label)| {
-                result::dataset_record(
-                    &row.messages,
-                    out,
-                    label.as_deref(),
-                    &self.pretrained.tokenizer,
-                )
+            .map(|((messages, out), label)| {
+                result::dataset_record(messages, out, label.as_deref(), &self.pretrained.tokenizer)
             })
             .collect();
-        result::append(&path, &records)?;
+        result::append(&path, &records).with_context(|| "writing the inference results")?;
         println!(
             "The inference results have been saved to result_path: `{}`.",
             path.display()
@@ -281,6 +301,14 @@ impl Session<'_> {
             println!("{scores}");
         }
         Ok(())
+    }
+}
+
+fn message(role: Role, content: &str) -> Message {
+    Message {
+        role,
+        content: content.to_string(),
+        loss: None,
     }
 }
 
@@ -306,29 +334,22 @@ mod tests {
     fn chat_keeps_history_until_cleared_and_quits() {
         let args = args(&["--max_new_tokens", "3", "--temperature", "0"]);
         let pretrained = load_model(&args, &fixture()).unwrap();
-        let template =
-            TokenizerChatTemplate::new(pretrained.tokenizer.clone(), &pretrained.tokenizer_config)
-                .unwrap();
-        let params = generation_params(
+        let template = Template::from_args(
             &args,
-            &pretrained.generation_config,
-            template.stop_token_ids(),
+            pretrained.model_type.name,
+            pretrained.tokenizer.clone(),
+            &pretrained.tokenizer_config,
         )
         .unwrap();
-        let session = Session {
-            args: &args,
-            pretrained: &pretrained,
-            template: &template,
-            params,
-        };
+        let session = Session::new(&args, &pretrained, &template).unwrap();
         let mut out = Vec::new();
         let mut input: &[u8] = b"hello\nagain\nclear\nhello\nquit\nnever read\n";
         session.chat(&mut input, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
-        // Four prompts before quitting ("hello", "again", "clear" is a command, "hello").
+        // Five prompts shown: hello, again, clear (a command), hello, quit.
         assert_eq!(text.matches("<<< ").count(), 5, "{text}");
         let answers: Vec<&str> = text.split("<<< ").skip(1).collect();
-        // The same first message, asked on a fresh history, gets the same greedy answer.
+        // The same first message on a fresh history gets the same greedy answer.
         assert_eq!(answers[0], answers[3]);
     }
 }

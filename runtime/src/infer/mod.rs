@@ -1,9 +1,7 @@
 //! Inference: the generation engine (batched prefill and decode over the KV cache,
 //! sampling, beam search, stop conditions, streaming text) and `swift infer`.
 
-pub mod chat_template;
 pub mod command;
-pub mod dataset;
 pub mod detokenizer;
 pub mod engine;
 pub mod error;

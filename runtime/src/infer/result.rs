@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value, json};
 use tokenizers::Tokenizer;
 
-use super::dataset::ChatMessage;
 use super::engine::Output;
 use super::error::{InferError, Result};
+use crate::template::{Message, Role};
 
 /// `--result_path`, else `result/<model folder name>/<YYYYmmdd-HHMMSS>.jsonl` (ms-swift's
 /// layout for a model without a checkpoint folder).
@@ -29,13 +29,13 @@ pub fn default_path(given: Option<&str>, model: &Path) -> PathBuf {
 
 /// The record of one dataset row.
 pub fn dataset_record(
-    prompt: &[ChatMessage],
+    prompt: &[Message],
     out: &Output,
     labels: Option<&str>,
     tokenizer: &Tokenizer,
 ) -> Value {
-    let mut messages = prompt.to_vec();
-    messages.push(ChatMessage::new("assistant", out.text.clone()));
+    let mut messages = messages_json(prompt);
+    messages.push(json!({"role": Role::Assistant.as_str(), "content": out.text}));
     let mut m = Map::new();
     m.insert("response".into(), json!(out.text));
     m.insert("labels".into(), json!(labels));
@@ -45,13 +45,21 @@ pub fn dataset_record(
             .as_ref()
             .map_or(Value::Null, |lps| logprobs_json(lps, tokenizer)),
     );
-    m.insert("messages".into(), json!(messages));
+    m.insert("messages".into(), Value::Array(messages));
     Value::Object(m)
 }
 
+/// Messages in ms-swift's `{"role", "content"}` form.
+pub fn messages_json(messages: &[Message]) -> Vec<Value> {
+    messages
+        .iter()
+        .map(|m| json!({"role": m.role.as_str(), "content": m.content}))
+        .collect()
+}
+
 /// The record of one interactive turn (ms-swift writes the messages and the response).
-pub fn chat_record(messages: &[ChatMessage], response: &str) -> Value {
-    json!({ "messages": messages, "response": response })
+pub fn chat_record(messages: &[Message], response: &str) -> Value {
+    json!({ "messages": messages_json(messages), "response": response })
 }
 
 /// OpenAI's `logprobs` object: `{"content": [{token, logprob, bytes, top_logprobs}]}`.

@@ -7,7 +7,8 @@
 //! the families as substring patterns instead of the id lists (e.g. any `*Qwen2.5*` folder
 //! with a Qwen2 architecture is `qwen2_5`), which covers the registered ids and local copies.
 //! `smollm2` is ours: ms-swift does not register SmolLM2 (its Llama architecture is
-//! ambiguous there), and its chat format is ChatML.
+//! ambiguous there). Which template a model_type gets is the template module's
+//! (`template::default_template_for`).
 
 use std::path::Path;
 
@@ -20,8 +21,6 @@ pub struct ModelType {
     /// ms-swift's name (`LLMModelType`).
     pub name: &'static str,
     pub architecture: Architecture,
-    /// ms-swift's default template for it.
-    pub template: &'static str,
     /// Lower-case substrings of a folder name that identify the family.
     name_patterns: &'static [&'static str],
 }
@@ -31,43 +30,36 @@ pub const MODEL_TYPES: &[ModelType] = &[
     ModelType {
         name: "qwen2_5",
         architecture: Architecture::Qwen2,
-        template: "qwen2_5",
         name_patterns: &["qwen2.5", "qwen2_5", "qwen2-5"],
     },
     ModelType {
         name: "qwen2",
         architecture: Architecture::Qwen2,
-        template: "qwen",
         name_patterns: &["qwen1.5", "qwen1_5", "qwen2"],
     },
     ModelType {
         name: "qwen3",
         architecture: Architecture::Qwen3,
-        template: "qwen3",
         name_patterns: &["qwen3"],
     },
     ModelType {
         name: "llama3_2",
         architecture: Architecture::Llama,
-        template: "llama3_2",
         name_patterns: &["llama-3.2", "llama3.2", "llama3_2", "llama-3_2"],
     },
     ModelType {
         name: "llama3_1",
         architecture: Architecture::Llama,
-        template: "llama3",
         name_patterns: &["llama-3.1", "llama3.1", "llama3_1", "llama-3_1"],
     },
     ModelType {
         name: "llama3",
         architecture: Architecture::Llama,
-        template: "llama3",
         name_patterns: &["llama-3", "llama3"],
     },
     ModelType {
         name: "smollm2",
         architecture: Architecture::Llama,
-        template: "chatml",
         name_patterns: &["smollm2"],
     },
 ];
