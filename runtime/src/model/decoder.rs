@@ -169,9 +169,11 @@ impl Attention {
         layer: usize,
         cache: &mut KvCache,
     ) -> Result<Tensor> {
-        let q = self.q_proj.forward_infer(x, ctx.groups)?;
-        let k = self.k_proj.forward_infer(x, ctx.groups)?;
-        let v = self.v_proj.forward_infer(x, ctx.groups)?;
+        let qkv =
+            Linear::forward_infer_many(&[&self.q_proj, &self.k_proj, &self.v_proj], x, ctx.groups)?;
+        let [q, k, v]: [Tensor; 3] = qkv
+            .try_into()
+            .map_err(|_| ModelError::Input("q/k/v projection count".into()))?;
         let norms = match (&self.q_norm, &self.k_norm) {
             (Some(qn), Some(kn)) => Some((
                 qn.weight_f32()?.to_vec1::<f32>()?,
@@ -237,9 +239,9 @@ impl Mlp {
     }
 
     fn forward_infer(&self, x: &Tensor, groups: &[usize]) -> Result<Tensor> {
-        let gate = self.gate_proj.forward_infer(x, groups)?;
-        let up = self.up_proj.forward_infer(x, groups)?;
-        self.down_proj.forward_infer(&(gate.silu()? * up)?, groups)
+        let gate_up = Linear::forward_infer_many(&[&self.gate_proj, &self.up_proj], x, groups)?;
+        let h = cpu::linear::silu_mul(&gate_up[0], &gate_up[1])?;
+        self.down_proj.forward_infer(&h, groups)
     }
 }
 

@@ -73,6 +73,23 @@ impl Linear {
         }
     }
 
+    /// Inference mode for several layers over the same input (q/k/v, gate/up): one fused
+    /// kernel pass when none carries an adapter, else one call each.
+    pub fn forward_infer_many(
+        layers: &[&Linear],
+        x: &Tensor,
+        groups: &[usize],
+    ) -> Result<Vec<Tensor>> {
+        if layers.iter().any(|l| l.adapter.is_some()) {
+            return layers.iter().map(|l| l.forward_infer(x, groups)).collect();
+        }
+        let ws: Vec<(&Tensor, Option<&Tensor>)> = layers
+            .iter()
+            .map(|l| (&l.weight, l.bias.as_ref()))
+            .collect();
+        cpu::linear::linear_many(x, &ws, groups)
+    }
+
     /// Inference mode: `x` is f32 `[tokens, in]`, `groups` the token count of each sequence
     /// (see [`cpu::linear`]); the CPU kernel reads the weight in its stored dtype.
     pub fn forward_infer(&self, x: &Tensor, groups: &[usize]) -> Result<Tensor> {

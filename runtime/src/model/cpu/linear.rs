@@ -97,6 +97,140 @@ pub fn linear(
     Ok(out.reshape(out_dims)?)
 }
 
+/// Several linear layers over the same input (q/k/v, gate/up) in one pass of the thread
+/// pool, so a decode step pays the pool's wake-up once per group instead of once per
+/// layer. Same numbers as calling [`linear`] on each; long groups simply do that.
+pub fn linear_many(
+    x: &Tensor,
+    layers: &[(&Tensor, Option<&Tensor>)],
+    groups: &[usize],
+) -> Result<Vec<Tensor>> {
+    let k = *x.dims().last().unwrap_or(&0);
+    let m = x.elem_count() / k.max(1);
+    let dtype = layers.first().map(|(w, _)| w.dtype());
+    let uniform = layers
+        .iter()
+        .all(|(w, _)| Some(w.dtype()) == dtype && w.dims().get(1) == Some(&k));
+    let short =
+        groups.iter().all(|&g| g < GEMM_MIN_ROWS) && (!groups.is_empty() || m < GEMM_MIN_ROWS);
+    if !uniform || !short || layers.len() < 2 {
+        return layers
+            .iter()
+            .map(|(w, b)| linear(x, w, *b, groups))
+            .collect();
+    }
+    let lead: Vec<usize> = x.dims()[..x.rank().saturating_sub(1)].to_vec();
+    let x = x.to_dtype(DType::F32)?.contiguous()?.reshape((m, k))?;
+    let widths: Vec<usize> = layers.iter().map(|(w, _)| w.dims()[0]).collect();
+    let guards: Vec<_> = layers.iter().map(|(w, _)| w.storage_and_layout()).collect();
+    let outs = with_f32_slice(&x, |xs| -> Result<Vec<Vec<f32>>> {
+        macro_rules! run {
+            ($variant:ident) => {{
+                let mut ws = Vec::with_capacity(guards.len());
+                for (storage, layout) in &guards {
+                    match (&**storage, layout.contiguous_offsets()) {
+                        (
+                            candle_core::Storage::Cpu(candle_core::CpuStorage::$variant(v)),
+                            Some((a, b)),
+                        ) => ws.push(&v[a..b]),
+                        _ => {
+                            return Err(ModelError::Input(
+                                "linear: weights must be contiguous CPU tensors".into(),
+                            ));
+                        }
+                    }
+                }
+                Ok(stream_many(xs, &ws, &widths, m, k))
+            }};
+        }
+        match dtype {
+            Some(DType::F32) => run!(F32),
+            Some(DType::BF16) => run!(BF16),
+            Some(DType::F16) => run!(F16),
+            other => Err(ModelError::Input(format!(
+                "linear: weight dtype {other:?} is not supported"
+            ))),
+        }
+    })??;
+    drop(guards);
+    outs.into_iter()
+        .zip(layers)
+        .map(|(y, (w, b))| {
+            let out = Tensor::from_vec(y, (m, w.dims()[0]), &Device::Cpu)?;
+            let out = match b {
+                Some(b) => out.broadcast_add(&b.to_dtype(DType::F32)?)?,
+                None => out,
+            };
+            let dims: Vec<usize> = lead.iter().copied().chain([w.dims()[0]]).collect();
+            Ok(out.reshape(dims)?)
+        })
+        .collect()
+}
+
+/// Column chunks of every weight, computed in one parallel pass; returns `[m, n_i]` each.
+fn stream_many<T: WeightElem>(
+    x: &[f32],
+    ws: &[&[T]],
+    widths: &[usize],
+    m: usize,
+    k: usize,
+) -> Vec<Vec<f32>> {
+    let total: usize = widths.iter().sum();
+    let threads = rayon::current_num_threads();
+    let chunk = if total * k < PARALLEL_MIN_ELEMS || threads == 1 {
+        usize::MAX
+    } else {
+        total.div_ceil(threads * 4).next_multiple_of(4).max(4)
+    };
+    let tasks: Vec<(usize, usize, usize)> = widths
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &n)| {
+            (0..n)
+                .step_by(chunk.min(n.max(1)))
+                .map(move |s| (i, s, (s.saturating_add(chunk)).min(n)))
+        })
+        .collect();
+    let blocks: Vec<(usize, usize, Vec<f32>)> = tasks
+        .into_par_iter()
+        .map(|(i, start, end)| {
+            let mut out = vec![0f32; m * (end - start)];
+            stream_cols(x, ws[i], m, k, start, end, &mut out);
+            (i, start, out)
+        })
+        .collect();
+    let mut outs: Vec<Vec<f32>> = widths.iter().map(|&n| vec![0f32; m * n]).collect();
+    for (i, start, block) in blocks {
+        let (n, width) = (widths[i], block.len() / m);
+        for row in 0..m {
+            outs[i][row * n + start..row * n + start + width]
+                .copy_from_slice(&block[row * width..(row + 1) * width]);
+        }
+    }
+    outs
+}
+
+/// `silu(gate) * up` elementwise, f32, one pass.
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if gate.dims() != up.dims() {
+        return Err(ModelError::Input(format!(
+            "silu_mul: {:?} vs {:?}",
+            gate.dims(),
+            up.dims()
+        )));
+    }
+    let (g, u) = (gate.contiguous()?, up.contiguous()?);
+    let out = with_f32_slice(&g, |g| {
+        with_f32_slice(&u, |u| {
+            g.iter()
+                .zip(u)
+                .map(|(&a, &b)| a / (1.0 + (-a).exp()) * b)
+                .collect::<Vec<f32>>()
+        })
+    })??;
+    Ok(Tensor::from_vec(out, gate.dims(), &Device::Cpu)?)
+}
+
 /// A weight's elements, borrowed from its storage.
 pub enum WeightSlice<'a> {
     F32(&'a [f32]),
@@ -260,6 +394,48 @@ mod tests {
         let alone: Vec<Vec<f32>> = linear(&long, &w, None, &[20]).unwrap().to_vec2().unwrap();
         assert_eq!(&got[2..22], &alone[..]);
         assert_eq!(&got[..2], &batch[..2]);
+    }
+
+    #[test]
+    fn many_layers_at_once_give_the_same_bits_as_one_by_one() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (3, 96), &dev).unwrap();
+        let ws: Vec<Tensor> = [600, 5, 130]
+            .iter()
+            .map(|&n| {
+                Tensor::randn(0f32, 1.0, (n, 96), &dev)
+                    .unwrap()
+                    .to_dtype(DType::BF16)
+                    .unwrap()
+            })
+            .collect();
+        let b = Tensor::randn(0f32, 1.0, 5, &dev).unwrap();
+        let layers = [(&ws[0], None), (&ws[1], Some(&b)), (&ws[2], None)];
+        let many = linear_many(&x, &layers, &[1, 2]).unwrap();
+        for (got, (w, b)) in many.iter().zip(layers) {
+            let want = linear(&x, w, b, &[1, 2]).unwrap();
+            assert_eq!(
+                got.to_vec2::<f32>().unwrap(),
+                want.to_vec2::<f32>().unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn silu_mul_matches_candle() {
+        let dev = Device::Cpu;
+        let g = Tensor::randn(0f32, 2.0, (2, 9), &dev).unwrap();
+        let u = Tensor::randn(0f32, 1.0, (2, 9), &dev).unwrap();
+        let want = (g.silu().unwrap() * &u).unwrap();
+        let diff: f32 = (silu_mul(&g, &u).unwrap() - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(diff < 1e-6);
     }
 
     #[test]
