@@ -12,6 +12,15 @@ pub fn run(command: Command, resolved: Resolved) -> ExitCode {
     if let Some(path) = &resolved.loaded_from {
         tracing::info!(path = %path.display(), "load_args: filled unset arguments from args.json");
     }
+    if command == Command::Infer {
+        return match crate::infer::command::run(&resolved.args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // No engine is built yet: say so in one line instead of pretending to run.
     eprintln!(
         "error: `swift {command}`: the {} engine is not built yet in this version of kubeswift",

@@ -3,6 +3,8 @@
 
 pub mod commands;
 pub mod data;
+pub mod infer;
+pub mod model;
 pub mod storage;
 pub mod template;
 pub mod train;

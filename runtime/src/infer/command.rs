@@ -1,0 +1,355 @@
+//! `swift infer`: interactive chat on a terminal, or batch inference over a dataset into
+//! ms-swift's result jsonl. A thin shell over the engine; decisions live in `params`,
+//! `result`, `metric`, the template and the data pipeline.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use candle_core::DType;
+use kubeswift_args::Args;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use super::engine::{Engine, Event, GenerationParams, Request};
+use super::error::InferError;
+use super::params::generation_params;
+use super::{metric, result};
+use crate::data::{DataOptions, sampling};
+use crate::model::pretrained::dtype_arg;
+use crate::model::{LoadOptions, Pretrained, PretrainedOptions};
+use crate::template::{Message, Role, Template};
+
+/// Runs `swift infer` with resolved arguments.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let Some(model_path) = args.str("model") else {
+        bail!(
+            "--model is required: a local model folder (config.json, safetensors, tokenizer.json)"
+        );
+    };
+    if !args.strings("adapters").is_empty() {
+        bail!("--adapters is not supported yet: adapters arrive with training (LoRA)");
+    }
+    let pretrained = load_model(args, Path::new(model_path))?;
+    let template = Template::from_args(
+        args,
+        pretrained.model_type.name,
+        pretrained.tokenizer.clone(),
+        &pretrained.tokenizer_config,
+    )?;
+    let session = Session::new(args, &pretrained, &template)?;
+    if args.strings("val_dataset").is_empty() && args.strings("dataset").is_empty() {
+        session.chat(&mut std::io::stdin().lock(), &mut std::io::stdout())
+    } else {
+        session.infer_dataset()
+    }
+}
+
+/// `--torch_dtype`, else float32: ms-swift's default on CPU, where half-precision matmul is
+/// slow in torch (config.json's dtype applies on GPU).
+fn load_model(args: &Args, folder: &Path) -> anyhow::Result<Pretrained> {
+    let dtype = dtype_arg(args.str("torch_dtype"))?.unwrap_or(DType::F32);
+    let opts = PretrainedOptions {
+        model_type: args.str("model_type").map(String::from),
+        load: LoadOptions {
+            dtype: Some(dtype),
+            ..LoadOptions::default()
+        },
+    };
+    Ok(Pretrained::load(folder, &opts)?)
+}
+
+struct Session<'a> {
+    args: &'a Args,
+    pretrained: &'a Pretrained,
+    template: &'a Template,
+    params: GenerationParams,
+}
+
+impl<'a> Session<'a> {
+    fn new(
+        args: &'a Args,
+        pretrained: &'a Pretrained,
+        template: &'a Template,
+    ) -> anyhow::Result<Self> {
+        // The template's end-of-turn tokens and the model's eos end generation (removed
+        // from the output); its multi-token stop words join --stop_words (kept).
+        let mut stop = template.stop_token_ids();
+        stop.extend(pretrained.eos_token_ids());
+        stop.sort_unstable();
+        stop.dedup();
+        let mut params = generation_params(args, &pretrained.generation_config, stop)?;
+        for word in template.stop_words() {
+            if template.tokenizer().token_to_id(&word).is_none()
+                && !params.stop_words.contains(&word)
+            {
+                params.stop_words.push(word);
+            }
+        }
+        Ok(Session {
+            args,
+            pretrained,
+            template,
+            params,
+        })
+    }
+
+    fn engine(&self) -> Engine<'_> {
+        let batch = self.args.int("max_batch_size").unwrap_or(1).max(1) as usize;
+        Engine::new(&self.pretrained.model, &self.pretrained.tokenizer, batch)
+    }
+
+    fn request(&self, messages: &[Message]) -> anyhow::Result<Request> {
+        let prompt = self.template.encode_prompt(messages)?;
+        if let Some(max) = self.args.int("max_length")
+            && prompt.len() > max.max(0) as usize
+        {
+            return Err(InferError::PromptTooLong {
+                prompt_tokens: prompt.len(),
+                limit: max as usize,
+                what: "--max_length".into(),
+            }
+            .into());
+        }
+        Ok(Request {
+            prompt,
+            params: self.params.clone(),
+        })
+    }
+
+    /// Multi-turn chat on a terminal, as ms-swift's `infer_cli`: `clear` forgets the
+    /// history, `exit`/`quit` leave, `reset-system` takes the next line as the system prompt
+    /// (`default-system` restores the template's).
+    fn chat(&self, input: &mut dyn BufRead, out: &mut dyn Write) -> anyhow::Result<()> {
+        writeln!(
+            out,
+            "Input `exit` or `quit` to leave, `clear` to clear the history, `reset-system` to set the system prompt."
+        )?;
+        let mut engine = self.engine();
+        let mut history: Vec<Message> = Vec::new();
+        let mut system: Option<String> = None;
+        let mut reading_system = false;
+        let result_path = self.args.str("result_path").map(PathBuf::from);
+        let with_system = |history: &[Message], system: &Option<String>| -> Vec<Message> {
+            let mut messages = history.to_vec();
+            if let Some(s) = system {
+                messages.insert(0, message(Role::System, s));
+            }
+            messages
+        };
+        loop {
+            write!(out, "{}", if reading_system { "<<<[S] " } else { "<<< " })?;
+            out.flush()?;
+            let mut line = String::new();
+            if input.read_line(&mut line)? == 0 {
+                break;
+            }
+            let query = line.trim_end_matches(['\n', '\r']).to_string();
+            if reading_system {
+                system = (query != "default-system").then_some(query);
+                reading_system = false;
+                history.clear();
+                continue;
+            }
+            match query.trim().to_lowercase().as_str() {
+                "exit" | "quit" => break,
+                "clear" => {
+                    history.clear();
+                    continue;
+                }
+                "reset-system" => {
+                    reading_system = true;
+                    continue;
+                }
+                "" => continue,
+                _ => {}
+            }
+            history.push(message(Role::User, &query));
+            let request = match self.request(&with_system(&history, &system)) {
+                Ok(r) => r,
+                Err(e) => {
+                    writeln!(out, "error: {e:#}")?;
+                    history.pop();
+                    continue;
+                }
+            };
+            let mut write_err = None;
+            let output = engine
+                .generate(vec![request], |event| {
+                    if let Event::Delta { text, .. } = event
+                        && let Err(e) = write!(out, "{text}").and_then(|_| out.flush())
+                    {
+                        write_err = Some(e);
+                    }
+                })?
+                .remove(0);
+            if let Some(e) = write_err {
+                return Err(e.into());
+            }
+            writeln!(out)?;
+            history.push(message(Role::Assistant, &output.text));
+            if let Some(path) = &result_path {
+                result::append(
+                    path,
+                    &[result::chat_record(
+                        &with_system(&history, &system),
+                        &output.text,
+                    )],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The validation conversations: `--val_dataset`, or the split of `--dataset`, then
+    /// `--val_dataset_sample` rows of them.
+    fn conversations(&self) -> anyhow::Result<Vec<Vec<Message>>> {
+        let model_len = self.pretrained.model.config.max_position_embeddings;
+        let opts = DataOptions::from_args(self.args, Some(model_len))?;
+        let loaded = crate::data::load(&opts)?;
+        let rows: Vec<Vec<Message>> = loaded.val.into_iter().map(|r| r.sample.messages).collect();
+        if rows.is_empty() {
+            bail!(
+                "no validation rows: give --val_dataset, or --dataset with --split_dataset_ratio > 0"
+            );
+        }
+        Ok(match self.args.int("val_dataset_sample") {
+            Some(n) => {
+                let mut rng = StdRng::seed_from_u64(opts.data_seed);
+                sampling::sample_indices(rows.len(), n.max(0) as usize, &mut rng)
+                    .into_iter()
+                    .map(|i| rows[i].clone())
+                    .collect()
+            }
+            None => rows,
+        })
+    }
+
+    /// Batch inference over the validation rows into `--result_path` (printed).
+    fn infer_dataset(&self) -> anyhow::Result<()> {
+        let mut rows = self.conversations()?;
+        // ms-swift's InferRequest.remove_response: a final assistant turn is the label.
+        let labels: Vec<Option<String>> = rows
+            .iter_mut()
+            .map(|m| match m.last() {
+                Some(last) if last.role == Role::Assistant => m.pop().map(|m| m.content),
+                _ => None,
+            })
+            .collect();
+        let requests: Vec<Request> = rows
+            .iter()
+            .map(|m| self.request(m))
+            .collect::<anyhow::Result<_>>()?;
+        let model = Path::new(self.args.str("model").unwrap_or("model"));
+        let path = result::default_path(self.args.str("result_path"), model);
+        let mut engine = self.engine();
+        let outputs = if self.args.bool("stream") {
+            // One row at a time, printed as it streams, as ms-swift does with --stream.
+            let mut outputs = Vec::with_capacity(requests.len());
+            for (i, request) in requests.into_iter().enumerate() {
+                println!(
+                    "[QUERY] {}",
+                    rows[i].last().map_or("", |m| m.content.as_str())
+                );
+                if let Some(l) = &labels[i] {
+                    println!("[LABELS] {l}");
+                }
+                print!("[RESPONSE] ");
+                let out = engine
+                    .generate(vec![request], |e| {
+                        if let Event::Delta { text, .. } = e {
+                            print!("{text}");
+                            let _ = std::io::stdout().flush();
+                        }
+                    })?
+                    .remove(0);
+                println!();
+                outputs.push(out);
+            }
+            outputs
+        } else {
+            let bar = indicatif::ProgressBar::new(requests.len() as u64);
+            let outs = engine.generate(requests, |e| {
+                if matches!(e, Event::Finished(_)) {
+                    bar.inc(1);
+                }
+            })?;
+            bar.finish_and_clear();
+            outs
+        };
+        let records: Vec<_> = rows
+            .iter()
+            .zip(&outputs)
+            .zip(&labels)
+            .map(|((messages, out), label)| {
+                result::dataset_record(messages, out, label.as_deref(), &self.pretrained.tokenizer)
+            })
+            .collect();
+        result::append(&path, &records).with_context(|| "writing the inference results")?;
+        println!(
+            "The inference results have been saved to result_path: `{}`.",
+            path.display()
+        );
+        if let Some(m) = self.args.str("metric") {
+            let pairs: Vec<(String, Option<String>)> =
+                outputs.iter().map(|o| o.text.clone()).zip(labels).collect();
+            let scores = if m == "acc" {
+                metric::accuracy(&pairs)
+            } else {
+                metric::rouge(&pairs)
+            };
+            println!("{scores}");
+        }
+        Ok(())
+    }
+}
+
+fn message(role: Role, content: &str) -> Message {
+    Message {
+        role,
+        content: content.to_string(),
+        loss: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/tiny-Qwen2.5")
+    }
+
+    fn args(extra: &[&str]) -> Args {
+        let model = fixture().display().to_string();
+        let mut argv = vec!["swift".to_string(), "infer".into(), "--model".into(), model];
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        match kubeswift_args::cli::parse(argv.into_iter().map(std::ffi::OsString::from)).unwrap() {
+            kubeswift_args::cli::Cli::Run { resolved, .. } => resolved.args,
+            kubeswift_args::cli::Cli::Exit { text, .. } => panic!("{text}"),
+        }
+    }
+
+    #[test]
+    fn chat_keeps_history_until_cleared_and_quits() {
+        let args = args(&["--max_new_tokens", "3", "--temperature", "0"]);
+        let pretrained = load_model(&args, &fixture()).unwrap();
+        let template = Template::from_args(
+            &args,
+            pretrained.model_type.name,
+            pretrained.tokenizer.clone(),
+            &pretrained.tokenizer_config,
+        )
+        .unwrap();
+        let session = Session::new(&args, &pretrained, &template).unwrap();
+        let mut out = Vec::new();
+        let mut input: &[u8] = b"hello\nagain\nclear\nhello\nquit\nnever read\n";
+        session.chat(&mut input, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        // Five prompts shown: hello, again, clear (a command), hello, quit.
+        assert_eq!(text.matches("<<< ").count(), 5, "{text}");
+        let answers: Vec<&str> = text.split("<<< ").skip(1).collect();
+        // The same first message on a fresh history gets the same greedy answer.
+        assert_eq!(answers[0], answers[3]);
+    }
+}

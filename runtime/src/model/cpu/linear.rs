@@ -1,0 +1,448 @@
+//! `y = x W^T + b` for inference: f32 activations, weights in their stored dtype.
+//!
+//! Few rows (decode: one row per running sequence) is a memory-bound pass over the weight:
+//! each weight row is read once for all input rows, split across threads by output column.
+//! Many rows (prefill) is compute-bound and goes to the gemm candle uses, on f32 weights
+//! (bf16/f16 weights are widened block by block, so no full f32 copy is ever held).
+//! Every output element is a dot product computed the same way whatever the batch, so a
+//! sequence's logits do not depend on which other sequences share its batch.
+
+use candle_core::{DType, Device, Tensor};
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use super::simd::WeightElem;
+use super::storage::{with_f32_slice, with_weight_slice};
+use crate::model::error::{CandleContext, ModelError, Result};
+
+/// Rows at or above which the gemm path wins over the streaming kernel.
+const GEMM_MIN_ROWS: usize = 16;
+/// Below this many weight elements one thread is faster than waking the pool.
+const PARALLEL_MIN_ELEMS: usize = 1 << 15;
+/// Weight rows widened to f32 at a time on the gemm path (bounds the scratch memory).
+const GEMM_BLOCK_ROWS: usize = 1024;
+
+/// `x` `[.., in]` f32, `weight` `[out, in]`, `bias` `[out]` -> `[.., out]` f32.
+///
+/// `groups` splits the rows into sequences (lengths summing to the row count; empty means
+/// one group). A long group goes through gemm on its own and short ones through the
+/// streaming kernel, so each sequence's rows are computed by the same calls whatever else
+/// is in the batch: batched and single-sequence generation agree bit for bit.
+pub fn linear(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    groups: &[usize],
+) -> Result<Tensor> {
+    let (n, k) = weight.dims2().ctx("linear weight")?;
+    let dims = x.dims().to_vec();
+    let Some((&last, lead)) = dims.split_last() else {
+        return Err(ModelError::Input("linear: input is a scalar".into()));
+    };
+    if last != k {
+        return Err(ModelError::Input(format!(
+            "linear: input has {last} features, weight expects {k}"
+        )));
+    }
+    let m: usize = lead.iter().product();
+    let whole = [m];
+    let groups = if groups.is_empty() {
+        &whole[..]
+    } else {
+        groups
+    };
+    if groups.iter().sum::<usize>() != m {
+        return Err(ModelError::Input(format!(
+            "linear: row groups {groups:?} do not cover {m} rows"
+        )));
+    }
+    let x = x.to_dtype(DType::F32)?.contiguous()?.reshape((m, k))?;
+    let mut y = vec![0f32; m * n];
+    let mut row = 0;
+    let mut i = 0;
+    while i < groups.len() {
+        if groups[i] >= GEMM_MIN_ROWS {
+            let rows = groups[i];
+            let block = gemm_path(&x.narrow(0, row, rows)?, weight, n)?;
+            let block: Vec<f32> = block.flatten_all()?.to_vec1()?;
+            y[row * n..(row + rows) * n].copy_from_slice(&block);
+            row += rows;
+            i += 1;
+            continue;
+        }
+        // A run of short groups: one streaming pass over the weight for all their rows.
+        let mut rows = 0;
+        while i < groups.len() && groups[i] < GEMM_MIN_ROWS {
+            rows += groups[i];
+            i += 1;
+        }
+        let out = &mut y[row * n..(row + rows) * n];
+        let xs = x.narrow(0, row, rows)?.contiguous()?;
+        with_f32_slice(&xs, |xs| {
+            with_weight_slice(weight, |w| match w {
+                WeightSlice::F32(w) => stream_rows(xs, w, out, rows, n, k),
+                WeightSlice::BF16(w) => stream_rows(xs, w, out, rows, n, k),
+                WeightSlice::F16(w) => stream_rows(xs, w, out, rows, n, k),
+            })
+        })??;
+        row += rows;
+    }
+    let out = Tensor::from_vec(y, (m, n), &Device::Cpu)?;
+    let out = match bias {
+        Some(b) => out.broadcast_add(&b.to_dtype(DType::F32)?)?,
+        None => out,
+    };
+    let mut out_dims = lead.to_vec();
+    out_dims.push(n);
+    Ok(out.reshape(out_dims)?)
+}
+
+/// Several linear layers over the same input (q/k/v, gate/up) in one pass of the thread
+/// pool, so a decode step pays the pool's wake-up once per group instead of once per
+/// layer. Same numbers as calling [`linear`] on each; long groups simply do that.
+pub fn linear_many(
+    x: &Tensor,
+    layers: &[(&Tensor, Option<&Tensor>)],
+    groups: &[usize],
+) -> Result<Vec<Tensor>> {
+    let k = *x.dims().last().unwrap_or(&0);
+    let m = x.elem_count() / k.max(1);
+    let dtype = layers.first().map(|(w, _)| w.dtype());
+    let uniform = layers
+        .iter()
+        .all(|(w, _)| Some(w.dtype()) == dtype && w.dims().get(1) == Some(&k));
+    let short =
+        groups.iter().all(|&g| g < GEMM_MIN_ROWS) && (!groups.is_empty() || m < GEMM_MIN_ROWS);
+    if !uniform || !short || layers.len() < 2 {
+        return layers
+            .iter()
+            .map(|(w, b)| linear(x, w, *b, groups))
+            .collect();
+    }
+    let lead: Vec<usize> = x.dims()[..x.rank().saturating_sub(1)].to_vec();
+    let x = x.to_dtype(DType::F32)?.contiguous()?.reshape((m, k))?;
+    let widths: Vec<usize> = layers.iter().map(|(w, _)| w.dims()[0]).collect();
+    let guards: Vec<_> = layers.iter().map(|(w, _)| w.storage_and_layout()).collect();
+    let outs = with_f32_slice(&x, |xs| -> Result<Vec<Vec<f32>>> {
+        macro_rules! run {
+            ($variant:ident) => {{
+                let mut ws = Vec::with_capacity(guards.len());
+                for (storage, layout) in &guards {
+                    match (&**storage, layout.contiguous_offsets()) {
+                        (
+                            candle_core::Storage::Cpu(candle_core::CpuStorage::$variant(v)),
+                            Some((a, b)),
+                        ) => ws.push(&v[a..b]),
+                        _ => {
+                            return Err(ModelError::Input(
+                                "linear: weights must be contiguous CPU tensors".into(),
+                            ));
+                        }
+                    }
+                }
+                Ok(stream_many(xs, &ws, &widths, m, k))
+            }};
+        }
+        match dtype {
+            Some(DType::F32) => run!(F32),
+            Some(DType::BF16) => run!(BF16),
+            Some(DType::F16) => run!(F16),
+            other => Err(ModelError::Input(format!(
+                "linear: weight dtype {other:?} is not supported"
+            ))),
+        }
+    })??;
+    drop(guards);
+    outs.into_iter()
+        .zip(layers)
+        .map(|(y, (w, b))| {
+            let out = Tensor::from_vec(y, (m, w.dims()[0]), &Device::Cpu)?;
+            let out = match b {
+                Some(b) => out.broadcast_add(&b.to_dtype(DType::F32)?)?,
+                None => out,
+            };
+            let dims: Vec<usize> = lead.iter().copied().chain([w.dims()[0]]).collect();
+            Ok(out.reshape(dims)?)
+        })
+        .collect()
+}
+
+/// Column chunks of every weight, computed in one parallel pass; returns `[m, n_i]` each.
+fn stream_many<T: WeightElem>(
+    x: &[f32],
+    ws: &[&[T]],
+    widths: &[usize],
+    m: usize,
+    k: usize,
+) -> Vec<Vec<f32>> {
+    let total: usize = widths.iter().sum();
+    let threads = rayon::current_num_threads();
+    let chunk = if total * k < PARALLEL_MIN_ELEMS || threads == 1 {
+        usize::MAX
+    } else {
+        total.div_ceil(threads * 4).next_multiple_of(4).max(4)
+    };
+    let tasks: Vec<(usize, usize, usize)> = widths
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &n)| {
+            (0..n)
+                .step_by(chunk.min(n.max(1)))
+                .map(move |s| (i, s, (s.saturating_add(chunk)).min(n)))
+        })
+        .collect();
+    let blocks: Vec<(usize, usize, Vec<f32>)> = tasks
+        .into_par_iter()
+        .map(|(i, start, end)| {
+            let mut out = vec![0f32; m * (end - start)];
+            stream_cols(x, ws[i], m, k, start, end, &mut out);
+            (i, start, out)
+        })
+        .collect();
+    let mut outs: Vec<Vec<f32>> = widths.iter().map(|&n| vec![0f32; m * n]).collect();
+    for (i, start, block) in blocks {
+        let (n, width) = (widths[i], block.len() / m);
+        for row in 0..m {
+            outs[i][row * n + start..row * n + start + width]
+                .copy_from_slice(&block[row * width..(row + 1) * width]);
+        }
+    }
+    outs
+}
+
+/// `silu(gate) * up` elementwise, f32, one pass.
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if gate.dims() != up.dims() {
+        return Err(ModelError::Input(format!(
+            "silu_mul: {:?} vs {:?}",
+            gate.dims(),
+            up.dims()
+        )));
+    }
+    let (g, u) = (gate.contiguous()?, up.contiguous()?);
+    let out = with_f32_slice(&g, |g| {
+        with_f32_slice(&u, |u| {
+            g.iter()
+                .zip(u)
+                .map(|(&a, &b)| a / (1.0 + (-a).exp()) * b)
+                .collect::<Vec<f32>>()
+        })
+    })??;
+    Ok(Tensor::from_vec(out, gate.dims(), &Device::Cpu)?)
+}
+
+/// A weight's elements, borrowed from its storage.
+pub enum WeightSlice<'a> {
+    F32(&'a [f32]),
+    BF16(&'a [bf16]),
+    F16(&'a [f16]),
+}
+
+fn gemm_path(x: &Tensor, weight: &Tensor, n: usize) -> Result<Tensor> {
+    if weight.dtype() == DType::F32 {
+        return Ok(x.matmul(&weight.t()?)?);
+    }
+    let mut blocks = Vec::with_capacity(n.div_ceil(GEMM_BLOCK_ROWS));
+    for start in (0..n).step_by(GEMM_BLOCK_ROWS) {
+        let rows = GEMM_BLOCK_ROWS.min(n - start);
+        let w = weight.narrow(0, start, rows)?.to_dtype(DType::F32)?;
+        blocks.push(x.matmul(&w.t()?)?);
+    }
+    Ok(Tensor::cat(&blocks, 1)?)
+}
+
+/// Output columns `[start, end)` of `y` (`m` rows of `n`), computed from weight rows.
+fn stream_cols<T: WeightElem>(
+    x: &[f32],
+    w: &[T],
+    m: usize,
+    k: usize,
+    start: usize,
+    end: usize,
+    out: &mut [f32],
+) {
+    // `out` is the [m, end - start] block, row-major.
+    let width = end - start;
+    let mut c = start;
+    while c < end {
+        let r = if end - c >= 4 && m <= 2 { 4 } else { 1 };
+        let w_rows = &w[c * k..(c + r) * k];
+        let mut row = 0;
+        while row < m {
+            let g = (m - row).min(8);
+            let xr = &x[row * k..(row + g) * k];
+            macro_rules! block {
+                ($r:literal, $g:literal) => {{
+                    let acc = T::dot_block::<$r, $g>(xr, w_rows, k);
+                    for (mi, accs) in acc.iter().enumerate() {
+                        for (ri, v) in accs.iter().enumerate() {
+                            out[(row + mi) * width + (c - start) + ri] = *v;
+                        }
+                    }
+                }};
+            }
+            match (r, g) {
+                (4, 1) => block!(4, 1),
+                (4, 2) => block!(4, 2),
+                (1, 1) => block!(1, 1),
+                (1, 2) => block!(1, 2),
+                (1, 3) => block!(1, 3),
+                (1, 4) => block!(1, 4),
+                (1, 5) => block!(1, 5),
+                (1, 6) => block!(1, 6),
+                (1, 7) => block!(1, 7),
+                _ => block!(1, 8),
+            }
+            row += g;
+        }
+        c += r;
+    }
+}
+
+fn stream_rows<T: WeightElem>(x: &[f32], w: &[T], y: &mut [f32], m: usize, n: usize, k: usize) {
+    let threads = rayon::current_num_threads();
+    if n * k < PARALLEL_MIN_ELEMS || threads == 1 {
+        stream_cols(x, w, m, k, 0, n, y);
+        return;
+    }
+    // Column chunks, a multiple of 4 wide, a few per thread for balance.
+    let chunk = n.div_ceil(threads * 4).next_multiple_of(4).max(4);
+    let blocks: Vec<(usize, Vec<f32>)> = (0..n)
+        .step_by(chunk)
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|start| {
+            let end = (start + chunk).min(n);
+            let mut out = vec![0f32; m * (end - start)];
+            stream_cols(x, w, m, k, start, end, &mut out);
+            (start, out)
+        })
+        .collect();
+    for (start, block) in blocks {
+        let width = block.len() / m;
+        for row in 0..m {
+            y[row * n + start..row * n + start + width]
+                .copy_from_slice(&block[row * width..(row + 1) * width]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
+        let y = x
+            .matmul(&w.to_dtype(DType::F32).unwrap().t().unwrap())
+            .unwrap();
+        match b {
+            Some(b) => y.broadcast_add(b).unwrap(),
+            None => y,
+        }
+    }
+
+    #[test]
+    fn matches_matmul_for_every_row_count_dtype_and_bias() {
+        let dev = Device::Cpu;
+        for (n, k) in [(5, 3), (300, 67), (1030, 64)] {
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, n, &dev).unwrap();
+            for m in [1, 2, 3, 9, 17] {
+                let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+                for dtype in [DType::F32, DType::BF16, DType::F16] {
+                    let wd = w.to_dtype(dtype).unwrap();
+                    for bias in [None, Some(&b)] {
+                        let got = linear(&x, &wd, bias, &[]).unwrap();
+                        let want = reference(&x, &wd, bias);
+                        let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+                        let diff: f32 = diff.to_scalar().unwrap();
+                        assert!(diff < 1e-3, "n={n} k={k} m={m} {dtype:?}: {diff}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_row_gives_the_same_bits_alone_or_in_a_batch() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (257, 96), &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (5, 96), &dev).unwrap();
+        let batch: Vec<Vec<f32>> = linear(&x, &w, None, &[]).unwrap().to_vec2().unwrap();
+        for (i, row) in batch.iter().enumerate() {
+            let alone: Vec<Vec<f32>> = linear(&x.narrow(0, i, 1).unwrap(), &w, None, &[])
+                .unwrap()
+                .to_vec2()
+                .unwrap();
+            assert_eq!(&alone[0], row);
+        }
+        // A long sequence next to short ones: its rows equal the sequence computed alone.
+        let long = Tensor::randn(0f32, 1.0, (20, 96), &dev).unwrap();
+        let mixed = Tensor::cat(
+            &[
+                &x.narrow(0, 0, 2).unwrap(),
+                &long,
+                &x.narrow(0, 2, 3).unwrap(),
+            ],
+            0,
+        )
+        .unwrap();
+        let got: Vec<Vec<f32>> = linear(&mixed, &w, None, &[1, 1, 20, 3])
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        let alone: Vec<Vec<f32>> = linear(&long, &w, None, &[20]).unwrap().to_vec2().unwrap();
+        assert_eq!(&got[2..22], &alone[..]);
+        assert_eq!(&got[..2], &batch[..2]);
+    }
+
+    #[test]
+    fn many_layers_at_once_give_the_same_bits_as_one_by_one() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (3, 96), &dev).unwrap();
+        let ws: Vec<Tensor> = [600, 5, 130]
+            .iter()
+            .map(|&n| {
+                Tensor::randn(0f32, 1.0, (n, 96), &dev)
+                    .unwrap()
+                    .to_dtype(DType::BF16)
+                    .unwrap()
+            })
+            .collect();
+        let b = Tensor::randn(0f32, 1.0, 5, &dev).unwrap();
+        let layers = [(&ws[0], None), (&ws[1], Some(&b)), (&ws[2], None)];
+        let many = linear_many(&x, &layers, &[1, 2]).unwrap();
+        for (got, (w, b)) in many.iter().zip(layers) {
+            let want = linear(&x, w, b, &[1, 2]).unwrap();
+            assert_eq!(
+                got.to_vec2::<f32>().unwrap(),
+                want.to_vec2::<f32>().unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn silu_mul_matches_candle() {
+        let dev = Device::Cpu;
+        let g = Tensor::randn(0f32, 2.0, (2, 9), &dev).unwrap();
+        let u = Tensor::randn(0f32, 1.0, (2, 9), &dev).unwrap();
+        let want = (g.silu().unwrap() * &u).unwrap();
+        let diff: f32 = (silu_mul(&g, &u).unwrap() - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(diff < 1e-6);
+    }
+
+    #[test]
+    fn keeps_leading_dims() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (4, 6), &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 6), &dev).unwrap();
+        assert_eq!(linear(&x, &w, None, &[]).unwrap().dims(), &[2, 3, 4]);
+    }
+}

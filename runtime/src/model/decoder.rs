@@ -1,0 +1,386 @@
+//! The decoder module tree shared by Qwen2, Qwen3 and Llama. Field names mirror the
+//! checkpoint keys (`model.layers.3.self_attn.q_proj.weight` is
+//! `model.layers[3].self_attn.q_proj.weight`), and every module has two forwards over the
+//! same weights:
+//!
+//! - `forward_train`: `[B, T]` batches with per-token positions and sample boundaries,
+//!   differentiable end to end through the seam in `ops`;
+//! - `forward_infer`: a ragged batch of sequences flattened to `[N, hidden]` f32, the KV
+//!   cache, and the fused CPU kernels in `cpu`.
+
+use candle_core::{DType, Tensor, Var};
+
+use super::config::DecoderConfig;
+use super::cpu::{self, AttentionInput, Heads, QkNorm, SeqSpan};
+use super::error::{CandleContext, ModelError, Result};
+use super::kv_cache::KvCache;
+use super::linear::Linear;
+use super::ops;
+use super::weights::Weights;
+
+/// Builds modules from checkpoint tensors, optionally as trainable variables.
+pub(crate) struct Loader<'a> {
+    pub weights: &'a Weights,
+    pub dtype: DType,
+    pub trainable: bool,
+    /// Every parameter created so far, by checkpoint name (variables when trainable).
+    pub params: Vec<(String, Tensor)>,
+    pub vars: Vec<(String, Var)>,
+}
+
+impl Loader<'_> {
+    pub fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.weights.get(name, shape, self.dtype)?;
+        let t = if self.trainable {
+            let var = Var::from_tensor(&t).ctx(name)?;
+            let t = var.as_tensor().clone();
+            self.vars.push((name.to_string(), var));
+            t
+        } else {
+            t
+        };
+        self.params.push((name.to_string(), t.clone()));
+        Ok(t)
+    }
+
+    fn linear(&mut self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
+        let w = self.tensor(&format!("{prefix}.weight"), &[out, inp])?;
+        let b = if bias {
+            Some(self.tensor(&format!("{prefix}.bias"), &[out])?)
+        } else {
+            None
+        };
+        Ok(Linear::new(w, b))
+    }
+
+    fn rms_norm(&mut self, prefix: &str, size: usize, eps: f64) -> Result<RmsNorm> {
+        Ok(RmsNorm {
+            weight: self.tensor(&format!("{prefix}.weight"), &[size])?,
+            eps,
+        })
+    }
+}
+
+/// Root-mean-square layer norm with a learned scale.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
+        ops::rms_norm(x, &self.weight, self.eps)
+    }
+
+    /// Fused f32 RMSNorm (no backward; inference only).
+    pub fn forward_infer(&self, x: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::rms_norm(x, &self.weight_f32()?, self.eps as f32).ctx("rms_norm")
+    }
+
+    fn weight_f32(&self) -> Result<Tensor> {
+        Ok(self.weight.to_dtype(DType::F32)?)
+    }
+}
+
+/// The per-forward context of a training batch, shared by every layer.
+pub struct TrainContext {
+    /// `[B, T, D/2]` each, f32.
+    pub cos: Tensor,
+    pub sin: Tensor,
+    /// Additive attention mask `[B, 1, T, T]` (f32).
+    pub mask: Tensor,
+}
+
+/// The per-forward context of an inference step, shared by every layer.
+pub struct InferContext<'a> {
+    pub spans: &'a [SeqSpan],
+    /// Token count of each span, for the linear layers' row groups.
+    pub groups: &'a [usize],
+    /// `[N, D/2]` each.
+    pub cos: &'a [f32],
+    pub sin: &'a [f32],
+}
+
+/// Multi-head self-attention with grouped key/value heads.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    /// Qwen3 only.
+    pub q_norm: Option<RmsNorm>,
+    pub k_norm: Option<RmsNorm>,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl Attention {
+    fn load(l: &mut Loader, prefix: &str, cfg: &DecoderConfig) -> Result<Self> {
+        let (h, d) = (cfg.hidden_size, cfg.head_dim);
+        let (nq, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let (q_norm, k_norm) = if cfg.qk_norm {
+            (
+                Some(l.rms_norm(&format!("{prefix}.q_norm"), d, cfg.rms_norm_eps)?),
+                Some(l.rms_norm(&format!("{prefix}.k_norm"), d, cfg.rms_norm_eps)?),
+            )
+        } else {
+            (None, None)
+        };
+        Ok(Attention {
+            q_proj: l.linear(&format!("{prefix}.q_proj"), nq * d, h, cfg.qkv_bias)?,
+            k_proj: l.linear(&format!("{prefix}.k_proj"), nkv * d, h, cfg.qkv_bias)?,
+            v_proj: l.linear(&format!("{prefix}.v_proj"), nkv * d, h, cfg.qkv_bias)?,
+            o_proj: l.linear(&format!("{prefix}.o_proj"), h, nq * d, cfg.o_bias)?,
+            q_norm,
+            k_norm,
+            num_heads: nq,
+            num_kv_heads: nkv,
+            head_dim: d,
+        })
+    }
+
+    fn forward_train(&self, x: &Tensor, ctx: &TrainContext) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let d = self.head_dim;
+        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
+            Ok(y.reshape((b, t, n, d))?.transpose(1, 2)?)
+        };
+        let mut q = heads(self.q_proj.forward_train(x)?, self.num_heads)?;
+        let mut k = heads(self.k_proj.forward_train(x)?, self.num_kv_heads)?;
+        let v = heads(self.v_proj.forward_train(x)?, self.num_kv_heads)?;
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = qn.forward_train(&q)?;
+            k = kn.forward_train(&k)?;
+        }
+        let q = ops::rope(&q, &ctx.cos, &ctx.sin)?;
+        let k = ops::rope(&k, &ctx.cos, &ctx.sin)?;
+        let y = ops::attention(&q, &k, &v, &ctx.mask)?;
+        let y = y.transpose(1, 2)?.reshape((b, t, self.num_heads * d))?;
+        self.o_proj.forward_train(&y)
+    }
+
+    fn forward_infer(
+        &self,
+        x: &Tensor,
+        ctx: &InferContext,
+        layer: usize,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let qkv =
+            Linear::forward_infer_many(&[&self.q_proj, &self.k_proj, &self.v_proj], x, ctx.groups)?;
+        let [q, k, v]: [Tensor; 3] = qkv
+            .try_into()
+            .map_err(|_| ModelError::Input("q/k/v projection count".into()))?;
+        let norms = match (&self.q_norm, &self.k_norm) {
+            (Some(qn), Some(kn)) => Some((
+                qn.weight_f32()?.to_vec1::<f32>()?,
+                kn.weight_f32()?.to_vec1::<f32>()?,
+                qn.eps,
+            )),
+            _ => None,
+        };
+        let heads = Heads {
+            q_heads: self.num_heads,
+            kv_heads: self.num_kv_heads,
+            head_dim: self.head_dim,
+        };
+        let n = x.dim(0)?;
+        let out = cpu::with_f32_slice(&q, |q| {
+            cpu::with_f32_slice(&k, |k| {
+                cpu::with_f32_slice(&v, |v| {
+                    let input = AttentionInput {
+                        q,
+                        k,
+                        v,
+                        cos: ctx.cos,
+                        sin: ctx.sin,
+                        qk_norm: norms.as_ref().map(|(q, k, eps)| QkNorm {
+                            q,
+                            k,
+                            eps: *eps as f32,
+                        }),
+                    };
+                    cpu::attention(input, heads, ctx.spans, layer, cache)
+                })
+            })
+        })????;
+        let y = Tensor::from_vec(out, (n, self.num_heads * self.head_dim), x.device())?;
+        self.o_proj.forward_infer(&y, ctx.groups)
+    }
+}
+
+/// The SiLU-gated feed-forward block.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    fn load(l: &mut Loader, prefix: &str, cfg: &DecoderConfig) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Mlp {
+            gate_proj: l.linear(&format!("{prefix}.gate_proj"), i, h, cfg.mlp_bias)?,
+            up_proj: l.linear(&format!("{prefix}.up_proj"), i, h, cfg.mlp_bias)?,
+            down_proj: l.linear(&format!("{prefix}.down_proj"), h, i, cfg.mlp_bias)?,
+        })
+    }
+
+    fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
+        let y = ops::silu_mul(
+            &self.gate_proj.forward_train(x)?,
+            &self.up_proj.forward_train(x)?,
+        )?;
+        self.down_proj.forward_train(&y)
+    }
+
+    fn forward_infer(&self, x: &Tensor, groups: &[usize]) -> Result<Tensor> {
+        let gate_up = Linear::forward_infer_many(&[&self.gate_proj, &self.up_proj], x, groups)?;
+        let h = cpu::linear::silu_mul(&gate_up[0], &gate_up[1])?;
+        self.down_proj.forward_infer(&h, groups)
+    }
+}
+
+/// One pre-norm transformer block.
+#[derive(Debug, Clone)]
+pub struct DecoderLayer {
+    pub self_attn: Attention,
+    pub mlp: Mlp,
+    pub input_layernorm: RmsNorm,
+    pub post_attention_layernorm: RmsNorm,
+}
+
+impl DecoderLayer {
+    fn load(l: &mut Loader, prefix: &str, cfg: &DecoderConfig) -> Result<Self> {
+        Ok(DecoderLayer {
+            self_attn: Attention::load(l, &format!("{prefix}.self_attn"), cfg)?,
+            mlp: Mlp::load(l, &format!("{prefix}.mlp"), cfg)?,
+            input_layernorm: l.rms_norm(
+                &format!("{prefix}.input_layernorm"),
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+            )?,
+            post_attention_layernorm: l.rms_norm(
+                &format!("{prefix}.post_attention_layernorm"),
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+            )?,
+        })
+    }
+
+    fn forward_train(&self, x: &Tensor, ctx: &TrainContext) -> Result<Tensor> {
+        let h = (x + self
+            .self_attn
+            .forward_train(&self.input_layernorm.forward_train(x)?, ctx)?)?;
+        let out = (&h
+            + self
+                .mlp
+                .forward_train(&self.post_attention_layernorm.forward_train(&h)?)?)?;
+        Ok(out)
+    }
+
+    fn forward_infer(
+        &self,
+        x: &Tensor,
+        ctx: &InferContext,
+        layer: usize,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let a = self.self_attn.forward_infer(
+            &self.input_layernorm.forward_infer(x)?,
+            ctx,
+            layer,
+            cache,
+        )?;
+        let h = (x + a)?;
+        let m = self.mlp.forward_infer(
+            &self.post_attention_layernorm.forward_infer(&h)?,
+            ctx.groups,
+        )?;
+        Ok((h + m)?)
+    }
+}
+
+/// `model.*`: embeddings, the decoder layers and the final norm.
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub embed_tokens: Tensor,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: RmsNorm,
+}
+
+impl Model {
+    pub(crate) fn load(l: &mut Loader, cfg: &DecoderConfig) -> Result<Self> {
+        let embed_tokens = l.tensor(
+            "model.embed_tokens.weight",
+            &[cfg.vocab_size, cfg.hidden_size],
+        )?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::load(l, &format!("model.layers.{i}"), cfg))
+            .collect::<Result<_>>()?;
+        let norm = l.rms_norm("model.norm", cfg.hidden_size, cfg.rms_norm_eps)?;
+        Ok(Model {
+            embed_tokens,
+            layers,
+            norm,
+        })
+    }
+
+    /// `[B, T]` ids -> hidden states `[B, T, hidden]` after the final norm.
+    pub fn forward_train(&self, input_ids: &Tensor, ctx: &TrainContext) -> Result<Tensor> {
+        let mut x = ops::embedding(input_ids, &self.embed_tokens)?;
+        for layer in &self.layers {
+            x = layer.forward_train(&x, ctx)?;
+        }
+        self.norm.forward_train(&x)
+    }
+
+    /// Flattened ids `[N]` -> hidden states `[N, hidden]` (f32) after the final norm.
+    pub fn forward_infer(
+        &self,
+        ids: &Tensor,
+        ctx: &InferContext,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let mut x = self
+            .embed_tokens
+            .index_select(ids, 0)?
+            .to_dtype(DType::F32)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward_infer(&x, ctx, i, cache)?;
+        }
+        self.norm.forward_infer(&x)
+    }
+
+    /// Every linear layer with its checkpoint prefix, for adapter injection.
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            let a = &mut layer.self_attn;
+            out.push((format!("{p}.self_attn.q_proj"), &mut a.q_proj));
+            out.push((format!("{p}.self_attn.k_proj"), &mut a.k_proj));
+            out.push((format!("{p}.self_attn.v_proj"), &mut a.v_proj));
+            out.push((format!("{p}.self_attn.o_proj"), &mut a.o_proj));
+            let m = &mut layer.mlp;
+            out.push((format!("{p}.mlp.gate_proj"), &mut m.gate_proj));
+            out.push((format!("{p}.mlp.up_proj"), &mut m.up_proj));
+            out.push((format!("{p}.mlp.down_proj"), &mut m.down_proj));
+        }
+        out
+    }
+}
+
+/// Checks ids against the vocabulary before they index the embedding.
+pub(crate) fn check_ids(ids: &[u32], vocab_size: usize) -> Result<()> {
+    match ids.iter().find(|&&id| id as usize >= vocab_size) {
+        Some(id) => Err(ModelError::Input(format!(
+            "token id {id} is outside the vocabulary (vocab_size {vocab_size})"
+        ))),
+        None => Ok(()),
+    }
+}

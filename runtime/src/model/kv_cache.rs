@@ -1,0 +1,263 @@
+//! The key/value cache of the inference mode: one slot per running sequence.
+//!
+//! A slot holds its sequence's keys and values from position 0, `[kv_heads, capacity,
+//! head_dim]` per layer, so sequences of different lengths share a batch without padding
+//! and a sequence can join or leave between decode steps (continuous batching). A slot's
+//! memory is reserved once when the sequence is admitted (prompt + max new tokens) and
+//! zero-initialised lazily by the OS, so nothing is copied or reallocated while decoding.
+
+use super::error::{ModelError, Result};
+
+/// Keys and values of one layer of one sequence.
+#[derive(Debug, Clone)]
+pub struct LayerKv {
+    /// `[kv_heads, capacity, head_dim]`.
+    pub k: Vec<f32>,
+    /// `[kv_heads, capacity, head_dim]`.
+    pub v: Vec<f32>,
+}
+
+/// One sequence's cache across all layers.
+#[derive(Debug, Clone)]
+pub struct SlotKv {
+    layers: Vec<LayerKv>,
+    capacity: usize,
+    len: usize,
+}
+
+impl SlotKv {
+    /// Tokens cached so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Tokens this slot can hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn layer(&self, i: usize) -> &LayerKv {
+        &self.layers[i]
+    }
+}
+
+/// The caches of every running sequence of one model.
+#[derive(Debug)]
+pub struct KvCache {
+    num_layers: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    slots: Vec<Option<SlotKv>>,
+}
+
+/// A slot index: which sequence's cache.
+pub type SlotId = usize;
+
+impl KvCache {
+    pub fn new(num_layers: usize, kv_heads: usize, head_dim: usize) -> Self {
+        KvCache {
+            num_layers,
+            kv_heads,
+            head_dim,
+            slots: Vec::new(),
+        }
+    }
+
+    pub fn kv_heads(&self) -> usize {
+        self.kv_heads
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+
+    /// Reserves a slot for a sequence of up to `capacity` tokens.
+    pub fn allocate(&mut self, capacity: usize) -> SlotId {
+        let per_layer = self.kv_heads * capacity * self.head_dim;
+        let slot = SlotKv {
+            // vec![0.0; n] asks the allocator for zeroed memory; large blocks come straight
+            // from the OS and pages stay unmapped until a token is written there.
+            layers: (0..self.num_layers)
+                .map(|_| LayerKv {
+                    k: vec![0.0; per_layer],
+                    v: vec![0.0; per_layer],
+                })
+                .collect(),
+            capacity,
+            len: 0,
+        };
+        match self.slots.iter().position(Option::is_none) {
+            Some(i) => {
+                self.slots[i] = Some(slot);
+                i
+            }
+            None => {
+                self.slots.push(Some(slot));
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    /// Frees a slot's memory; its id may be reused.
+    pub fn free(&mut self, slot: SlotId) {
+        if let Some(s) = self.slots.get_mut(slot) {
+            *s = None;
+        }
+    }
+
+    /// Copies the first `len` cached tokens of `src` into `dst` (beam search forks).
+    pub fn copy_prefix(&mut self, src: SlotId, dst: SlotId, len: usize) -> Result<()> {
+        if src == dst {
+            return Ok(());
+        }
+        let (kv_heads, head_dim) = (self.kv_heads, self.head_dim);
+        let source = self.slot(src)?.clone_prefix(len, kv_heads, head_dim);
+        let target = self.slot_mut(dst)?;
+        if len > target.capacity {
+            return Err(ModelError::Input(format!(
+                "kv cache: slot {dst} holds {} tokens, not {len}",
+                target.capacity
+            )));
+        }
+        let (cap_s, cap_t) = (source.capacity, target.capacity);
+        for (ls, lt) in source.layers.iter().zip(target.layers.iter_mut()) {
+            for h in 0..kv_heads {
+                let n = len * head_dim;
+                let (s0, t0) = (h * cap_s * head_dim, h * cap_t * head_dim);
+                lt.k[t0..t0 + n].copy_from_slice(&ls.k[s0..s0 + n]);
+                lt.v[t0..t0 + n].copy_from_slice(&ls.v[s0..s0 + n]);
+            }
+        }
+        target.len = len;
+        Ok(())
+    }
+
+    pub fn slot(&self, slot: SlotId) -> Result<&SlotKv> {
+        self.slots
+            .get(slot)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| ModelError::Input(format!("kv cache: slot {slot} is not allocated")))
+    }
+
+    pub fn slot_mut(&mut self, slot: SlotId) -> Result<&mut SlotKv> {
+        self.slots
+            .get_mut(slot)
+            .and_then(Option::as_mut)
+            .ok_or_else(|| ModelError::Input(format!("kv cache: slot {slot} is not allocated")))
+    }
+
+    /// Tokens cached in `slot`.
+    pub fn len(&self, slot: SlotId) -> Result<usize> {
+        Ok(self.slot(slot)?.len)
+    }
+
+    /// Writes one layer's new keys/values of a sequence at positions `start..start+n`.
+    /// `k` and `v` are `[n, kv_heads, head_dim]`.
+    pub(crate) fn write(
+        &mut self,
+        slot: SlotId,
+        layer: usize,
+        start: usize,
+        k: &[f32],
+        v: &[f32],
+    ) -> Result<()> {
+        let (kv_heads, d) = (self.kv_heads, self.head_dim);
+        let s = self.slot_mut(slot)?;
+        let n = k.len() / (kv_heads * d);
+        if start + n > s.capacity {
+            return Err(ModelError::Input(format!(
+                "kv cache: sequence in slot {slot} needs {} positions, reserved {}",
+                start + n,
+                s.capacity
+            )));
+        }
+        let cap = s.capacity;
+        let l = &mut s.layers[layer];
+        for t in 0..n {
+            for h in 0..kv_heads {
+                let src = (t * kv_heads + h) * d;
+                let dst = (h * cap + start + t) * d;
+                l.k[dst..dst + d].copy_from_slice(&k[src..src + d]);
+                l.v[dst..dst + d].copy_from_slice(&v[src..src + d]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks `n` more tokens of `slot` as cached (after every layer has written them).
+    pub(crate) fn advance(&mut self, slot: SlotId, n: usize) -> Result<()> {
+        let s = self.slot_mut(slot)?;
+        s.len += n;
+        Ok(())
+    }
+}
+
+impl SlotKv {
+    fn clone_prefix(&self, len: usize, kv_heads: usize, head_dim: usize) -> SlotKv {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                let mut k = Vec::with_capacity(kv_heads * len * head_dim);
+                let mut v = Vec::with_capacity(kv_heads * len * head_dim);
+                for h in 0..kv_heads {
+                    let s = h * self.capacity * head_dim;
+                    k.extend_from_slice(&l.k[s..s + len * head_dim]);
+                    v.extend_from_slice(&l.v[s..s + len * head_dim]);
+                }
+                LayerKv { k, v }
+            })
+            .collect();
+        SlotKv {
+            layers,
+            capacity: len,
+            len,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_reused_and_prefixes_copied() {
+        let mut c = KvCache::new(2, 2, 4);
+        let a = c.allocate(8);
+        let b = c.allocate(8);
+        assert_ne!(a, b);
+        let k: Vec<f32> = (0..3 * 2 * 4).map(|i| i as f32).collect();
+        let v: Vec<f32> = k.iter().map(|x| -x).collect();
+        for layer in 0..2 {
+            c.write(a, layer, 0, &k, &v).unwrap();
+        }
+        c.advance(a, 3).unwrap();
+        c.copy_prefix(a, b, 2).unwrap();
+        assert_eq!(c.len(b).unwrap(), 2);
+        let (sa, sb) = (c.slot(a).unwrap().layer(1), c.slot(b).unwrap().layer(1));
+        // head 1, position 1 of both.
+        assert_eq!(
+            sa.k[(8 + 1) * 4..(8 + 2) * 4],
+            sb.k[(8 + 1) * 4..(8 + 2) * 4]
+        );
+        assert_eq!(sa.k[(8 + 1) * 4], 12.0);
+        c.free(a);
+        assert!(c.len(a).is_err());
+        assert_eq!(c.allocate(4), a);
+    }
+
+    #[test]
+    fn writing_past_the_reservation_is_an_error() {
+        let mut c = KvCache::new(1, 1, 2);
+        let s = c.allocate(2);
+        let e = c
+            .write(s, 0, 1, &[0.0; 4], &[0.0; 4])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs 3"), "{e}");
+    }
+}

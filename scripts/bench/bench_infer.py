@@ -1,0 +1,324 @@
+#!/usr/bin/env python3
+"""Prefill and decode tokens/s of kubeswift's inference mode beside Hugging Face
+transformers `generate` and llama.cpp (llama-cpp-python), same weights, same machine, same
+run, and prints the table.
+
+Models: SmolLM2-135M-Instruct (scripts/fixtures/fetch_smollm2.sh puts it in .cache/models)
+and a random ~106M Qwen2 (hidden 1024, 8 layers, 16 heads, 4 kv heads, intermediate 2816,
+vocab 8192, untied), written here with a fixed seed. Dtypes: f32 (llama.cpp on an f32 GGUF)
+and bf16 (kubeswift and torch in bf16; llama.cpp on an f16 GGUF, its half-precision format).
+Batches 1 and 8: B prompts of --prompt random tokens, then --new greedy tokens each.
+Every engine uses --threads threads (default 2, the CI machine's cores).
+
+Run through scripts/bench/bench_infer.sh (it installs torch, transformers, gguf and
+llama-cpp-python into the ignored .venv/bench), or directly with a Python that has them:
+    python scripts/bench/bench_infer.py [--prompt 128 --new 64 --threads 2]
+"""
+
+import argparse
+import ctypes
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+CACHE = os.path.join(ROOT, ".cache", "bench")
+SMOLLM2 = os.path.join(ROOT, ".cache", "models", "SmolLM2-135M-Instruct")
+QWEN2 = os.path.join(CACHE, "Qwen2-100M")
+
+
+# ---------------------------------------------------------------- model preparation
+
+def write_qwen2_100m(folder: str) -> None:
+    """A random Qwen2 of ~106M parameters in HF layout (seeded; written once)."""
+    from safetensors.numpy import save_file
+
+    if os.path.exists(os.path.join(folder, "model.safetensors")):
+        return
+    os.makedirs(folder, exist_ok=True)
+    h, inter, layers, heads, kv, vocab = 1024, 2816, 8, 16, 4, 8192
+    d = h // heads
+    rng = np.random.default_rng(1234)
+    w = lambda *shape: (rng.standard_normal(shape, dtype=np.float32) * 0.02)  # noqa: E731
+    t = {"model.embed_tokens.weight": w(vocab, h), "lm_head.weight": w(vocab, h),
+         "model.norm.weight": np.ones(h, np.float32)}
+    for i in range(layers):
+        p = f"model.layers.{i}"
+        t[f"{p}.input_layernorm.weight"] = np.ones(h, np.float32)
+        t[f"{p}.post_attention_layernorm.weight"] = np.ones(h, np.float32)
+        t[f"{p}.self_attn.q_proj.weight"] = w(heads * d, h)
+        t[f"{p}.self_attn.q_proj.bias"] = w(heads * d)
+        t[f"{p}.self_attn.k_proj.weight"] = w(kv * d, h)
+        t[f"{p}.self_attn.k_proj.bias"] = w(kv * d)
+        t[f"{p}.self_attn.v_proj.weight"] = w(kv * d, h)
+        t[f"{p}.self_attn.v_proj.bias"] = w(kv * d)
+        t[f"{p}.self_attn.o_proj.weight"] = w(h, heads * d)
+        t[f"{p}.mlp.gate_proj.weight"] = w(inter, h)
+        t[f"{p}.mlp.up_proj.weight"] = w(inter, h)
+        t[f"{p}.mlp.down_proj.weight"] = w(h, inter)
+    save_file(t, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    config = {
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
+        "hidden_size": h, "intermediate_size": inter, "num_hidden_layers": layers,
+        "num_attention_heads": heads, "num_key_value_heads": kv, "vocab_size": vocab,
+        "max_position_embeddings": 4096, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": False, "use_sliding_window": False, "sliding_window": None,
+        "torch_dtype": "float32", "bos_token_id": 0, "eos_token_id": 1,
+    }
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    n = sum(v.size for v in t.values())
+    print(f"wrote {folder} ({n / 1e6:.0f}M parameters)", file=sys.stderr)
+
+
+GGUF_BLOCK = {
+    "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
+
+
+def permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's row order for q/k of the llama architecture (convert_hf_to_gguf)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_gguf(folder: str, out: str, half: bool) -> None:
+    """The folder's weights as a GGUF llama.cpp loads: llama (SmolLM2) or qwen2 arch."""
+    import gguf
+    from safetensors.numpy import load_file
+
+    if os.path.exists(out):
+        return
+    cfg = json.load(open(os.path.join(folder, "config.json")))
+    arch = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}[cfg["architectures"][0]]
+    tensors = load_file(os.path.join(folder, "model.safetensors"))
+    w = gguf.GGUFWriter(out, arch)
+    w.add_name(os.path.basename(folder))
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(cfg["num_attention_heads"])
+    w.add_head_count_kv(cfg["num_key_value_heads"])
+    w.add_rope_freq_base(cfg["rope_theta"])
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if half else gguf.LlamaFileType.ALL_F32)
+    tok = os.path.join(folder, "tokenizer.json")
+    if os.path.exists(tok):
+        # SmolLM2: byte-level BPE with llama.cpp's "smollm" pre-tokenizer.
+        t = json.load(open(tok))
+        vocab = sorted(t["model"]["vocab"].items(), key=lambda kv: kv[1])
+        specials = {a["content"] for a in t["added_tokens"]}
+        merges = [m if isinstance(m, str) else " ".join(m) for m in t["model"]["merges"]]
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("smollm")
+        w.add_token_list([k for k, _ in vocab])
+        w.add_token_types([gguf.TokenType.CONTROL if k in specials else gguf.TokenType.NORMAL for k, _ in vocab])
+        w.add_token_merges(merges)
+        w.add_bos_token_id(cfg["bos_token_id"])
+        w.add_eos_token_id(cfg["eos_token_id"])
+    else:
+        # Random model: no tokenizer; the benchmark feeds token ids.
+        w.add_tokenizer_model("none")
+        w.add_vocab_size(cfg["vocab_size"])
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+    for name, arr in tensors.items():
+        arr = arr.astype(np.float32)
+        if name in names:
+            gname = names[name]
+        else:
+            _, _, layer, *rest = name.split(".")
+            kind = ".".join(rest[:-1])
+            gname = f"blk.{layer}.{GGUF_BLOCK[kind]}.{rest[-1]}"
+            if arch == "llama" and kind == "self_attn.q_proj":
+                arr = permute(arr, cfg["num_attention_heads"])
+            if arch == "llama" and kind == "self_attn.k_proj":
+                arr = permute(arr, cfg["num_key_value_heads"])
+        if half and arr.ndim == 2:
+            arr = arr.astype(np.float16)
+        w.add_tensor(gname, arr)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    print(f"wrote {out}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------- engines
+
+def bench_kubeswift(folder, dtype, batch, prompt, new, threads):
+    cmd = ["cargo", "bench", "-q", "-p", "kubeswift-runtime", "--bench", "generate", "--",
+           "--model", folder, "--dtype", dtype, "--batch", str(batch), "--prompt", str(prompt),
+           "--new", str(new)]
+    env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    return r["prefill_tok_s"], r["decode_tok_s"]
+
+
+def bench_transformers(folder, dtype, batch, prompt, new, threads):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(threads)
+    torch_dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).eval()
+    vocab = model.config.vocab_size
+    g = torch.Generator().manual_seed(0)
+    best_p, best_d = float("inf"), float("inf")
+    with torch.no_grad():
+        warm = torch.randint(0, vocab, (batch, 8), generator=g)
+        model.generate(warm, attention_mask=torch.ones_like(warm), max_new_tokens=2, do_sample=False, pad_token_id=0)
+        for _ in range(2):
+            ids = torch.randint(0, vocab, (batch, prompt), generator=g)
+            mask = torch.ones_like(ids)
+            t0 = time.perf_counter()
+            model(ids, attention_mask=mask, use_cache=True)
+            prefill = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            model.generate(ids, attention_mask=mask, max_new_tokens=new + 1, min_new_tokens=new + 1,
+                           do_sample=False, eos_token_id=None, pad_token_id=0)
+            total = time.perf_counter() - t0
+            best_p = min(best_p, prefill)
+            best_d = min(best_d, max(total - prefill, 1e-9))
+    return batch * prompt / best_p, batch * new / best_d
+
+
+def bench_llamacpp(gguf_path, batch, prompt, new, threads):
+    import llama_cpp as L
+
+    L.llama_backend_init()
+    mp = L.llama_model_default_params()
+    model = L.llama_model_load_from_file(gguf_path.encode(), mp)
+    cp = L.llama_context_default_params()
+    cp.n_ctx = ((batch * (prompt + new + 8)) + 255) // 256 * 256
+    cp.n_batch = batch * prompt
+    cp.n_ubatch = batch * prompt
+    cp.n_seq_max = batch
+    cp.n_threads = threads
+    cp.n_threads_batch = threads
+    if hasattr(cp, "kv_unified"):
+        cp.kv_unified = True
+    ctx = L.llama_init_from_model(model, cp)
+    vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(model))
+    rng = np.random.default_rng(0)
+    big = L.llama_batch_init(batch * prompt, 0, batch)
+    small = L.llama_batch_init(batch, 0, batch)
+
+    def fill(b, entries):
+        for i, (tok, pos, seq, logits) in enumerate(entries):
+            b.token[i] = int(tok)
+            b.pos[i] = pos
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = seq
+            b.logits[i] = logits
+        b.n_tokens = len(entries)
+
+    def argmax_rows(rows):
+        out = []
+        for i in rows:
+            ptr = L.llama_get_logits_ith(ctx, i)
+            out.append(int(np.argmax(np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(vocab,)))))
+        return out
+
+    def run(p, n):
+        L.llama_memory_clear(L.llama_get_memory(ctx), True)
+        toks = rng.integers(0, vocab, size=(batch, p))
+        fill(big, [(toks[s, i], i, s, i == p - 1) for s in range(batch) for i in range(p)])
+        t0 = time.perf_counter()
+        if L.llama_decode(ctx, big) != 0:
+            raise RuntimeError("llama_decode (prefill) failed")
+        nxt = argmax_rows([s * p + p - 1 for s in range(batch)])
+        prefill = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for step in range(n):
+            fill(small, [(nxt[s], p + step, s, True) for s in range(batch)])
+            if L.llama_decode(ctx, small) != 0:
+                raise RuntimeError("llama_decode (decode) failed")
+            nxt = argmax_rows(range(batch))
+        return prefill, time.perf_counter() - t0
+
+    run(8, 2)
+    best_p, best_d = float("inf"), float("inf")
+    for _ in range(2):
+        p, d = run(prompt, new)
+        best_p, best_d = min(best_p, p), min(best_d, d)
+    L.llama_batch_free(big)
+    L.llama_batch_free(small)
+    L.llama_free(ctx)
+    L.llama_model_free(model)
+    return batch * prompt / best_p, batch * new / best_d
+
+
+# ---------------------------------------------------------------- table
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--new", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--models", default="SmolLM2-135M,Qwen2-100M")
+    ap.add_argument("--dtypes", default="f32,bf16")
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--engines", default="kubeswift,transformers,llama.cpp")
+    ap.add_argument("--json", help="also write the rows here")
+    args = ap.parse_args()
+
+    write_qwen2_100m(QWEN2)
+    folders = {"SmolLM2-135M": SMOLLM2, "Qwen2-100M": QWEN2}
+    engines = args.engines.split(",")
+    rows = []
+    for name in args.models.split(","):
+        folder = folders[name]
+        if not os.path.exists(os.path.join(folder, "model.safetensors")):
+            sys.exit(f"{folder} is missing (SmolLM2: run scripts/fixtures/fetch_smollm2.sh)")
+        for dtype in args.dtypes.split(","):
+            gguf_path = os.path.join(CACHE, f"{name}-{'f16' if dtype == 'bf16' else 'f32'}.gguf")
+            if "llama.cpp" in engines:
+                write_gguf(folder, gguf_path, half=dtype == "bf16")
+            for batch in map(int, args.batches.split(",")):
+                row = {"model": name, "dtype": dtype, "batch": batch}
+                for engine in engines:
+                    if engine == "kubeswift":
+                        r = bench_kubeswift(folder, dtype, batch, args.prompt, args.new, args.threads)
+                    elif engine == "transformers":
+                        r = bench_transformers(folder, dtype, batch, args.prompt, args.new, args.threads)
+                    else:
+                        r = bench_llamacpp(gguf_path, batch, args.prompt, args.new, args.threads)
+                    row[engine] = {"prefill": r[0], "decode": r[1]}
+                    print(f"{name} {dtype} b{batch} {engine}: prefill {r[0]:.0f} tok/s, decode {r[1]:.1f} tok/s",
+                          file=sys.stderr, flush=True)
+                rows.append(row)
+    print_table(rows, engines, args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+def print_table(rows, engines, args):
+    print(f"\nprompt {args.prompt} tokens, {args.new} new tokens, {args.threads} threads; tokens/s "
+          "(llama.cpp bf16 column: f16 GGUF)\n")
+    head = "| model | dtype | batch | " + " | ".join(f"{e} prefill | {e} decode" for e in engines)
+    ratios = "kubeswift" in engines and len(engines) > 1
+    if ratios:
+        head += " | " + " | ".join(f"decode vs {e}" for e in engines if e != "kubeswift")
+    print(head + " |")
+    print("|" + "---|" * (head.count("|") - 1))
+    for r in rows:
+        cells = [r["model"], r["dtype"], str(r["batch"])]
+        for e in engines:
+            cells += [f"{r[e]['prefill']:.0f}", f"{r[e]['decode']:.1f}"]
+        if ratios:
+            cells += [f"{r['kubeswift']['decode'] / r[e]['decode']:.2f}x" for e in engines if e != "kubeswift"]
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
