@@ -20,7 +20,8 @@ s3_server_install() {
     S3S_FS_BIN="$root/bin/s3s-fs"
     if [ ! -x "$S3S_FS_BIN" ]; then
         echo "installing s3s-fs $S3S_FS_VERSION into $root (once per clone)" >&2
-        cargo install "s3s-fs@$S3S_FS_VERSION" --features binary --locked --root "$root" >&2
+        # Our CI lint settings (RUSTFLAGS, the clippy wrapper) are for our crates, not this tool.
+        env -u RUSTFLAGS -u RUSTC_WORKSPACE_WRAPPER cargo install "s3s-fs@$S3S_FS_VERSION" --features binary --locked --root "$root" >&2
     fi
 }
 
