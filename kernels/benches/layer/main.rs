@@ -44,6 +44,15 @@ fn parse_args() -> Args {
         gemm: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo test --all-targets` runs this binary without `--bench`: a one-iteration smoke
+    // run at 16 tokens without PyTorch then, so the suite checks the bench still works
+    // without spending minutes in it.
+    if !argv.iter().any(|a| a == "--bench") {
+        args.iters = 1;
+        args.warmup = 0;
+        args.tokens = 16;
+        args.torch = false;
+    }
     let mut i = 0;
     while i < argv.len() {
         let value = argv.get(i + 1).cloned().unwrap_or_default();
