@@ -47,15 +47,11 @@ pub fn run(args: &Args) -> anyhow::Result<TrainSummary> {
         pretrained.tokenizer.clone(),
         &pretrained.tokenizer_config,
     )?;
-    let collator = Collator {
-        pad_token_id: template.pad_token_id(),
-        padding_side: DataOptions::default().padding_side,
-    };
     let data_opts =
         DataOptions::from_args(args, Some(pretrained.model.config.max_position_embeddings))?;
     let collator = Collator {
+        pad_token_id: template.pad_token_id(),
         padding_side: data_opts.padding_side,
-        ..collator
     };
     let prepared = prepare(&data_opts, Arc::new(template))?;
     if prepared.train.is_empty() {
