@@ -21,6 +21,15 @@ pub fn run(command: Command, resolved: Resolved) -> ExitCode {
             }
         };
     }
+    if matches!(command, Command::Sft | Command::Pt) {
+        return match crate::train::command::run(&resolved.args) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // No engine is built yet: say so in one line instead of pretending to run.
     eprintln!(
         "error: `swift {command}`: the {} engine is not built yet in this version of kubeswift",

@@ -93,6 +93,12 @@ impl Args {
         self.source(name).is_some_and(Source::is_given)
     }
 
+    /// Records a value the engine resolved itself (e.g. the detected `model_type`), so
+    /// args.json carries it as ms-swift's does and `load_args` finds it later.
+    pub fn set_resolved(&mut self, name: &str, value: Value) {
+        self.set(name, value, Source::Derived);
+    }
+
     /// Sets a value; the caller has already checked it against the row's type.
     pub(crate) fn set(&mut self, name: &str, value: Value, source: Source) {
         if let Some(i) = self.position(name) {

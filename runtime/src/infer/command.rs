@@ -19,6 +19,7 @@ use crate::data::{DataOptions, sampling};
 use crate::model::pretrained::dtype_arg;
 use crate::model::{LoadOptions, Pretrained, PretrainedOptions};
 use crate::template::{Message, Role, Template};
+use crate::tuner::lora::LoraAdapters;
 
 /// Runs `swift infer` with resolved arguments.
 pub fn run(args: &Args) -> anyhow::Result<()> {
@@ -27,10 +28,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             "--model is required: a local model folder (config.json, safetensors, tokenizer.json)"
         );
     };
-    if !args.strings("adapters").is_empty() {
-        bail!("--adapters is not supported yet: adapters arrive with training (LoRA)");
+    let mut pretrained = load_model(args, Path::new(model_path))?;
+    for adapter in args.strings("adapters") {
+        LoraAdapters::load(&mut pretrained.model, Path::new(&adapter), false)
+            .with_context(|| format!("--adapters {adapter}"))?;
+        tracing::info!(adapter, "LoRA adapter loaded");
     }
-    let pretrained = load_model(args, Path::new(model_path))?;
     let template = Template::from_args(
         args,
         pretrained.model_type.name,

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{D, DType, Device, Tensor, Var};
 
 use super::config::DecoderConfig;
 use super::cpu::SeqSpan;
@@ -11,6 +11,7 @@ use super::decoder::{InferContext, Loader, Model, TrainContext, check_ids};
 use super::error::{CandleContext, ModelError, Result};
 use super::kv_cache::KvCache;
 use super::linear::Linear;
+use super::ops::{self, AttnMask, CrossEntropy};
 use super::rope::Rope;
 use super::weights::Weights;
 
@@ -123,9 +124,17 @@ impl CausalLm {
     }
 
     /// Training mode: hidden states `[B, T, hidden]` before `lm_head`, differentiable.
-    /// The trainer fuses `lm_head` with its chunked cross-entropy; [`Self::logits_train`]
-    /// is the unfused product.
+    /// The trainer fuses `lm_head` with its chunked cross-entropy ([`Self::loss_train`]);
+    /// [`Self::logits_train`] is the unfused product.
     pub fn forward_train(&self, batch: &TrainBatch) -> Result<Tensor> {
+        let ctx = self.train_context(batch)?;
+        self.model.forward_train(batch.input_ids, &ctx)
+    }
+
+    /// What every layer of a training forward shares: RoPE tables, positions and the
+    /// attention mask of `batch`. Public so the trainer can run the layers one at a time
+    /// (gradient checkpointing).
+    pub fn train_context(&self, batch: &TrainBatch) -> Result<TrainContext> {
         let (b, t) = batch.input_ids.dims2().ctx("input_ids")?;
         let ids = batch.input_ids.flatten_all()?.to_vec1::<u32>()?;
         check_ids(&ids, self.config.vocab_size)?;
@@ -155,20 +164,72 @@ impl CausalLm {
                 .flat_map(|row| row.iter().flat_map(|&len| 0..len as u32))
                 .collect(),
         };
-        let angles = self.rope.angles(&positions, &self.device)?;
-        let half = self.config.head_dim / 2;
-        let mask = Tensor::from_vec(attention_mask(t, &segments), (b, 1, t, t), &self.device)?;
-        let ctx = TrainContext {
-            cos: angles.cos.reshape((b, t, half))?,
-            sin: angles.sin.reshape((b, t, half))?,
-            mask,
-        };
-        self.model.forward_train(batch.input_ids, &ctx)
+        let max_pos = positions.iter().copied().max().unwrap_or(0);
+        let table: Vec<u32> = (0..=max_pos).collect();
+        let angles = self.rope.angles(&table, &self.device)?;
+        let segment_ids = Tensor::from_vec(segment_ids(&segments), (b, t), &self.device)?;
+        Ok(TrainContext {
+            cos: angles.cos,
+            sin: angles.sin,
+            positions: Tensor::from_vec(positions, (b, t), &self.device)?,
+            mask: AttnMask::causal().with_segment_ids(segment_ids),
+        })
     }
 
     /// `lm_head` over hidden states, differentiable.
     pub fn logits_train(&self, hidden: &Tensor) -> Result<Tensor> {
         self.lm_head.forward_train(hidden)
+    }
+
+    /// Summed cross-entropy of `hidden` `[B, T, H]` against `labels` `[B, T]` (i64,
+    /// already shifted so that row t is scored against `labels[t]`; -100 = no loss),
+    /// fused with `lm_head` so the logits never exist at once.
+    pub fn loss_train(&self, hidden: &Tensor, labels: &Tensor) -> Result<CrossEntropy> {
+        if self.lm_head.adapter().is_some() {
+            return Err(ModelError::Input(
+                "a LoRA adapter on lm_head is not supported yet (use modules_to_save lm_head)"
+                    .into(),
+            ));
+        }
+        let h = hidden.dim(D::Minus1)?;
+        let hidden = hidden.reshape(((), h))?;
+        let labels = labels.flatten_all()?;
+        ops::linear_cross_entropy(&hidden, self.lm_head.weight(), &labels)
+    }
+
+    /// Turns the parameters whose checkpoint name `select` picks into trainable variables,
+    /// in place (the module tree then reads the variables), and returns them. Parameters
+    /// already trainable are returned again. Tied embeddings stay tied.
+    pub fn make_trainable(&mut self, select: impl Fn(&str) -> bool) -> Result<Vec<(String, Var)>> {
+        let mut made = Vec::new();
+        let mut tensors = self.model.tensors_mut();
+        if !self.config.tie_word_embeddings {
+            self.lm_head.push_tensors_mut("lm_head", &mut tensors);
+        }
+        for (name, t) in tensors {
+            if !select(&name) {
+                continue;
+            }
+            let var = match self.vars.iter().find(|(n, _)| *n == name) {
+                Some((_, v)) => v.clone(),
+                None => Var::from_tensor(t).ctx(name.clone())?,
+            };
+            *t = var.as_tensor().clone();
+            made.push((name, var));
+        }
+        if self.config.tie_word_embeddings {
+            let embed = self.model.embed_tokens.clone();
+            self.lm_head.set_weight(embed, None);
+        }
+        for (name, var) in &made {
+            if let Some(p) = self.params.iter_mut().find(|(n, _)| n == name) {
+                p.1 = var.as_tensor().clone();
+            }
+            if !self.vars.iter().any(|(n, _)| n == name) {
+                self.vars.push((name.clone(), var.clone()));
+            }
+        }
+        Ok(made)
     }
 
     /// A KV cache for this model's layer shape (slots are reserved per sequence).
@@ -262,22 +323,16 @@ impl CausalLm {
     }
 }
 
-/// Additive mask `[B, T, T]`: 0 where query i may attend key j (same sample, j <= i),
-/// -inf elsewhere.
-fn attention_mask(t: usize, segments: &[Vec<usize>]) -> Vec<f32> {
-    let mut mask = vec![f32::NEG_INFINITY; segments.len() * t * t];
-    for (b, row) in segments.iter().enumerate() {
-        let mut start = 0;
-        for &len in row {
-            for i in start..start + len {
-                for j in start..=i {
-                    mask[(b * t + i) * t + j] = 0.0;
-                }
-            }
-            start += len;
-        }
-    }
-    mask
+/// Per-token sample ids `[B * T]` from each row's sample lengths.
+fn segment_ids(segments: &[Vec<usize>]) -> Vec<u32> {
+    segments
+        .iter()
+        .flat_map(|row| {
+            row.iter()
+                .enumerate()
+                .flat_map(|(i, &len)| std::iter::repeat_n(i as u32, len))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -285,12 +340,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mask_is_causal_within_samples_only() {
-        let m = attention_mask(3, &[vec![2, 1]]);
-        let allowed: Vec<bool> = m.iter().map(|v| *v == 0.0).collect();
-        assert_eq!(
-            allowed,
-            vec![true, false, false, true, true, false, false, false, true]
-        );
+    fn each_sample_of_a_row_gets_its_own_segment_id() {
+        assert_eq!(segment_ids(&[vec![2, 1], vec![3]]), [0, 0, 1, 0, 0, 0]);
     }
 }

@@ -85,11 +85,13 @@ impl RmsNorm {
 
 /// The per-forward context of a training batch, shared by every layer.
 pub struct TrainContext {
-    /// `[B, T, D/2]` each, f32.
+    /// RoPE tables `[max_position + 1, D/2]` each, f32.
     pub cos: Tensor,
     pub sin: Tensor,
-    /// Additive attention mask `[B, 1, T, T]` (f32).
-    pub mask: Tensor,
+    /// `[B, T]` u32 position of every token.
+    pub positions: Tensor,
+    /// Causal, and within each token's sample (packing, padding).
+    pub mask: ops::AttnMask,
 }
 
 /// The per-forward context of an inference step, shared by every layer.
@@ -155,8 +157,8 @@ impl Attention {
             q = qn.forward_train(&q)?;
             k = kn.forward_train(&k)?;
         }
-        let q = ops::rope(&q, &ctx.cos, &ctx.sin)?;
-        let k = ops::rope(&k, &ctx.cos, &ctx.sin)?;
+        let q = ops::rope(&q, &ctx.cos, &ctx.sin, &ctx.positions)?;
+        let k = ops::rope(&k, &ctx.cos, &ctx.sin, &ctx.positions)?;
         let y = ops::attention(&q, &k, &v, &ctx.mask)?;
         let y = y.transpose(1, 2)?.reshape((b, t, self.num_heads * d))?;
         self.o_proj.forward_train(&y)
@@ -272,7 +274,8 @@ impl DecoderLayer {
         })
     }
 
-    fn forward_train(&self, x: &Tensor, ctx: &TrainContext) -> Result<Tensor> {
+    /// Training mode: `[B, T, hidden]` in and out, differentiable.
+    pub fn forward_train(&self, x: &Tensor, ctx: &TrainContext) -> Result<Tensor> {
         let h = (x + self
             .self_attn
             .forward_train(&self.input_layernorm.forward_train(x)?, ctx)?)?;
@@ -332,11 +335,16 @@ impl Model {
 
     /// `[B, T]` ids -> hidden states `[B, T, hidden]` after the final norm.
     pub fn forward_train(&self, input_ids: &Tensor, ctx: &TrainContext) -> Result<Tensor> {
-        let mut x = ops::embedding(input_ids, &self.embed_tokens)?;
+        let mut x = self.embed_train(input_ids)?;
         for layer in &self.layers {
             x = layer.forward_train(&x, ctx)?;
         }
         self.norm.forward_train(&x)
+    }
+
+    /// The embedding rows of `[B, T]` ids (differentiable in the table when it trains).
+    pub fn embed_train(&self, input_ids: &Tensor) -> Result<Tensor> {
+        ops::embedding(input_ids, &self.embed_tokens)
     }
 
     /// Flattened ids `[N]` -> hidden states `[N, hidden]` (f32) after the final norm.
@@ -371,6 +379,53 @@ impl Model {
             out.push((format!("{p}.mlp.up_proj"), &mut m.up_proj));
             out.push((format!("{p}.mlp.down_proj"), &mut m.down_proj));
         }
+        out
+    }
+}
+
+impl Model {
+    /// Every parameter tensor with its checkpoint name, mutable, so the caller can turn
+    /// chosen ones into trainable variables in place (full fine-tuning, modules_to_save).
+    pub fn tensors_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        let mut out: Vec<(String, &mut Tensor)> = Vec::new();
+        out.push(("model.embed_tokens.weight".into(), &mut self.embed_tokens));
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            let a = &mut layer.self_attn;
+            for (name, lin) in [
+                ("self_attn.q_proj", &mut a.q_proj),
+                ("self_attn.k_proj", &mut a.k_proj),
+                ("self_attn.v_proj", &mut a.v_proj),
+                ("self_attn.o_proj", &mut a.o_proj),
+            ] {
+                lin.push_tensors_mut(&format!("{p}.{name}"), &mut out);
+            }
+            for (name, norm) in [
+                ("self_attn.q_norm", &mut a.q_norm),
+                ("self_attn.k_norm", &mut a.k_norm),
+            ] {
+                if let Some(n) = norm {
+                    out.push((format!("{p}.{name}.weight"), &mut n.weight));
+                }
+            }
+            let m = &mut layer.mlp;
+            for (name, lin) in [
+                ("mlp.gate_proj", &mut m.gate_proj),
+                ("mlp.up_proj", &mut m.up_proj),
+                ("mlp.down_proj", &mut m.down_proj),
+            ] {
+                lin.push_tensors_mut(&format!("{p}.{name}"), &mut out);
+            }
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                &mut layer.input_layernorm.weight,
+            ));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                &mut layer.post_attention_layernorm.weight,
+            ));
+        }
+        out.push(("model.norm.weight".into(), &mut self.norm.weight));
         out
     }
 }

@@ -14,9 +14,18 @@ use super::ops;
 
 /// Something added to a linear layer's output, such as a LoRA pair `B(A(x)) * scale`.
 pub trait LinearAdapter: Send + Sync + std::fmt::Debug {
-    /// Returns `base + adapter(x)`; `x` is the layer's input, `base` its frozen output.
-    /// Used by both modes, so it must be differentiable for training.
-    fn forward(&self, x: &Tensor, base: Tensor) -> candle_core::Result<Tensor>;
+    /// Training mode: the whole layer, `x W^T + b + adapter(x)`, differentiable. The
+    /// adapter computes the frozen part too so it can fuse both in one kernel.
+    fn forward_train(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor>;
+
+    /// Inference mode: `base + adapter(x)` for f32 rows `x` `[N, in]` and the frozen
+    /// output `base` `[N, out]`.
+    fn forward_infer(&self, x: &Tensor, base: Tensor) -> candle_core::Result<Tensor>;
 }
 
 /// `y = x W^T + b` with the weight in checkpoint layout, plus an optional adapter.
@@ -66,11 +75,30 @@ impl Linear {
 
     /// Training mode: differentiable through the seam in `ops`.
     pub fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
-        let y = ops::linear(x, &self.weight, self.bias.as_ref())?;
         match &self.adapter {
-            Some(a) => a.forward(x, y).ctx("linear adapter"),
-            None => Ok(y),
+            Some(a) => a
+                .forward_train(x, &self.weight, self.bias.as_ref())
+                .ctx("linear adapter"),
+            None => ops::linear(x, &self.weight, self.bias.as_ref()),
         }
+    }
+
+    /// Appends `prefix.weight` (and `prefix.bias`) as mutable tensors.
+    pub fn push_tensors_mut<'a>(
+        &'a mut self,
+        prefix: &str,
+        out: &mut Vec<(String, &'a mut Tensor)>,
+    ) {
+        out.push((format!("{prefix}.weight"), &mut self.weight));
+        if let Some(b) = &mut self.bias {
+            out.push((format!("{prefix}.bias"), b));
+        }
+    }
+
+    /// Replaces the weight (and bias), e.g. by trainable copies for `modules_to_save`.
+    pub fn set_weight(&mut self, weight: Tensor, bias: Option<Tensor>) {
+        self.weight = weight;
+        self.bias = bias;
     }
 
     /// Inference mode for several layers over the same input (q/k/v, gate/up): one fused
@@ -95,7 +123,7 @@ impl Linear {
     pub fn forward_infer(&self, x: &Tensor, groups: &[usize]) -> Result<Tensor> {
         let y = cpu::linear::linear(x, &self.weight, self.bias.as_ref(), groups)?;
         match &self.adapter {
-            Some(a) => a.forward(x, y).ctx("linear adapter"),
+            Some(a) => a.forward_infer(x, y).ctx("linear adapter"),
             None => Ok(y),
         }
     }

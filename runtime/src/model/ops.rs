@@ -1,66 +1,49 @@
 //! The training seam: every op the training-mode forward uses, and nothing else.
 //!
-//! Implemented here with plain differentiable candle ops (candle 0.11's fused `rms_norm`,
-//! `softmax_last_dim` and `rope` have no backward and must never appear on this path).
-//! When `kubeswift-kernels` lands, each function body becomes a call to its CustomOp with
-//! the same signature; the module tree does not change.
+//! Each is a differentiable CustomOp from `kubeswift-kernels` (candle 0.11's fused
+//! `rms_norm`, `softmax_last_dim` and `rope` have no backward and must never appear on this
+//! path). The kernels compute gradients only for inputs that track them, so a frozen
+//! weight costs no backward work.
 
-use candle_core::{D, DType, Tensor};
+use candle_core::{DType, Tensor};
+pub use kubeswift_kernels::{AttnMask, CrossEntropy};
+use kubeswift_kernels::{CrossEntropyOptions, frozen_linear};
 
 use super::error::{CandleContext, Result};
 
-/// RMSNorm as transformers computes it: in f32, then back to the input dtype, times weight.
+/// RMSNorm over the last dim, statistics in f32, times `weight`.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    let dtype = x.dtype();
-    let xf = x.to_dtype(DType::F32)?;
-    let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
-    let normed = xf.broadcast_mul(&(var + eps)?.sqrt()?.recip()?)?;
-    normed
-        .to_dtype(dtype)?
-        .broadcast_mul(weight)
-        .ctx("rms_norm")
+    kubeswift_kernels::rms_norm(x, weight, eps).ctx("rms_norm")
 }
 
-/// Half-rotation RoPE of `x` `[B, H, T, D]` with `cos`/`sin` `[B, T, D/2]`.
-pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let (b, _h, t, d) = x.dims4()?;
-    let half = d / 2;
-    let cos = Tensor::cat(&[cos, cos], D::Minus1)?
-        .reshape((b, 1, t, d))?
-        .to_dtype(x.dtype())?;
-    let sin = Tensor::cat(&[sin, sin], D::Minus1)?
-        .reshape((b, 1, t, d))?
-        .to_dtype(x.dtype())?;
-    let x1 = x.narrow(D::Minus1, 0, half)?;
-    let x2 = x.narrow(D::Minus1, half, half)?;
-    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-    (x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?).ctx("rope")
+/// Half-rotation RoPE of `x` `[B, H, T, D]` at `positions` `[B, T]`, reading rows of the
+/// `cos`/`sin` tables `[max_position + 1, D/2]`.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, positions: &Tensor) -> Result<Tensor> {
+    kubeswift_kernels::rope(x, cos, sin, positions).ctx("rope")
 }
 
-/// Causal grouped-query attention: `q` `[B, Hq, T, D]`, `k`/`v` `[B, Hkv, T, D]`, `mask`
-/// additive `[B, 1, T, T]` (0 where a query may look, -inf elsewhere). Softmax in f32.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    let (b, hq, t, d) = q.dims4()?;
-    let hkv = k.dim(1)?;
-    let k = repeat_kv(k, hq / hkv)?;
-    let v = repeat_kv(v, hq / hkv)?;
-    let scale = 1.0 / (d as f64).sqrt();
-    let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
-    let scores = scores.to_dtype(DType::F32)?.broadcast_add(mask)?;
-    let probs = softmax_last_dim(&scores)?.to_dtype(q.dtype())?;
-    let out = probs.matmul(&v.contiguous()?)?;
-    debug_assert_eq!(out.dims(), &[b, hq, t, d]);
-    Ok(out)
+/// Grouped-query attention: `q` `[B, Hq, T, D]`, `k`/`v` `[B, Hkv, T, D]`; `mask` says
+/// which keys a query sees (causal, within its sample). Flash-style: no `[T, T]` matrix.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask) -> Result<Tensor> {
+    kubeswift_kernels::attention(q, k, v, mask).ctx("attention")
 }
 
 /// `silu(gate) * up`, the gated MLP product.
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    (gate.silu()? * up).ctx("silu_mul")
+    kubeswift_kernels::silu_mul(gate, up).ctx("silu_mul")
 }
 
-/// `x W^T + b` for `x` `[.., in]`, `W` `[out, in]`.
+/// `x W^T + b` for `x` `[.., in]`, `W` `[out, in]`. A frozen weight goes through the
+/// frozen-linear kernel (no weight gradient is ever computed); a trainable one (full
+/// fine-tuning) through candle's differentiable matmul.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let y = x.broadcast_matmul(&weight.t()?)?;
+    let trainable = weight.track_op() || bias.is_some_and(Tensor::track_op);
+    if !trainable {
+        return frozen_linear(x, weight, bias).ctx("frozen_linear");
+    }
+    let y = x
+        .broadcast_matmul(&weight.t()?)
+        .ctx("linear (trainable weight)")?;
     match bias {
         Some(b) => y.broadcast_add(b).ctx("linear bias"),
         None => Ok(y),
@@ -77,30 +60,35 @@ pub fn embedding(ids: &Tensor, table: &Tensor) -> Result<Tensor> {
         .ctx("embedding")
 }
 
-/// Softmax built from differentiable primitives (max-subtracted for stability).
-fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    let z = e.sum_keepdim(D::Minus1)?;
-    e.broadcast_div(&z).ctx("softmax")
-}
-
-fn repeat_kv(x: &Tensor, groups: usize) -> Result<Tensor> {
-    if groups == 1 {
-        return Ok(x.clone());
-    }
-    let (b, h, t, d) = x.dims4()?;
-    // [B, H, T, D] -> [B, H, G, T, D] -> [B, H*G, T, D]: each kv head serves G query heads.
-    x.unsqueeze(2)?
-        .broadcast_as((b, h, groups, t, d))?
-        .reshape((b, h * groups, t, d))
-        .ctx("repeat_kv")
+/// `lm_head` fused with cross-entropy: `hidden` `[N, H]`, `weight` `[V, H]`, `labels`
+/// `[N]` already aligned with the rows (-100 = not trained). Never materialises all logits.
+pub fn linear_cross_entropy(
+    hidden: &Tensor,
+    weight: &Tensor,
+    labels: &Tensor,
+) -> Result<CrossEntropy> {
+    let labels = labels.to_dtype(DType::I64)?;
+    kubeswift_kernels::linear_cross_entropy(hidden, weight, &labels, CrossEntropyOptions::default())
+        .ctx("linear_cross_entropy")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
 
     #[test]
     fn rms_norm_matches_candle_fused_forward() {
@@ -109,15 +97,7 @@ mod tests {
         let w = Tensor::randn(1f32, 0.1, 7, &dev).unwrap();
         let ours = rms_norm(&x, &w, 1e-6).unwrap();
         let fused = candle_nn::ops::rms_norm(&x, &w, 1e-6).unwrap();
-        let diff: f32 = (ours - fused)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
-        assert!(diff < 1e-5, "{diff}");
+        assert!(max_diff(&ours, &fused) < 1e-5);
     }
 
     #[test]
@@ -126,17 +106,32 @@ mod tests {
         let x = Tensor::randn(0f32, 1.0, (1, 2, 5, 8), &dev).unwrap();
         let cos = Tensor::randn(0f32, 1.0, (5, 4), &dev).unwrap();
         let sin = Tensor::randn(0f32, 1.0, (5, 4), &dev).unwrap();
-        let ours = rope(&x, &cos.unsqueeze(0).unwrap(), &sin.unsqueeze(0).unwrap()).unwrap();
+        let pos = Tensor::new(&[[0u32, 1, 2, 3, 4]], &dev).unwrap();
+        let ours = rope(&x, &cos, &sin, &pos).unwrap();
         let fused = candle_nn::rotary_emb::rope(&x, &cos, &sin).unwrap();
-        let diff: f32 = (ours - fused)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
-        assert!(diff < 1e-6, "{diff}");
+        assert!(max_diff(&ours, &fused) < 1e-6);
+    }
+
+    #[test]
+    fn a_frozen_linear_gives_no_weight_gradient_and_a_trainable_one_does() {
+        let dev = Device::Cpu;
+        let x = Var::randn(0f32, 1.0, (2, 3, 4), &dev).unwrap();
+        let frozen = Tensor::randn(0f32, 1.0, (5, 4), &dev).unwrap();
+        let trainable = Var::randn(0f32, 1.0, (5, 4), &dev).unwrap();
+        let a = linear(x.as_tensor(), &frozen, None).unwrap();
+        let b = linear(x.as_tensor(), trainable.as_tensor(), None).unwrap();
+        assert!(
+            max_diff(
+                &a,
+                &x.as_tensor()
+                    .broadcast_matmul(&frozen.t().unwrap())
+                    .unwrap()
+            ) < 1e-5
+        );
+        let grads = (a + b).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(&frozen).is_none());
+        assert!(grads.get(trainable.as_tensor()).is_some());
+        assert!(grads.get(x.as_tensor()).is_some());
     }
 
     #[test]
@@ -146,16 +141,17 @@ mod tests {
         let x = Var::randn(0f32, 1.0, (1, 2, 4, 8), &dev).unwrap();
         let w = Var::randn(1f32, 0.1, 8, &dev).unwrap();
         let k = Var::randn(0f32, 1.0, (1, 1, 4, 8), &dev).unwrap();
-        let cos = Tensor::randn(0f32, 1.0, (1, 4, 4), &dev).unwrap();
-        let sin = Tensor::randn(0f32, 1.0, (1, 4, 4), &dev).unwrap();
-        let mask = Tensor::zeros((1, 1, 4, 4), DType::F32, &dev).unwrap();
+        let cos = Tensor::randn(0f32, 1.0, (4, 4), &dev).unwrap();
+        let sin = Tensor::randn(0f32, 1.0, (4, 4), &dev).unwrap();
+        let pos = Tensor::new(&[[0u32, 1, 2, 3]], &dev).unwrap();
         let q = rope(
             &rms_norm(x.as_tensor(), w.as_tensor(), 1e-6).unwrap(),
             &cos,
             &sin,
+            &pos,
         )
         .unwrap();
-        let a = attention(&q, k.as_tensor(), k.as_tensor(), &mask).unwrap();
+        let a = attention(&q, k.as_tensor(), k.as_tensor(), &AttnMask::causal()).unwrap();
         let out = silu_mul(&a, &a).unwrap().sum_all().unwrap();
         let grads = out.backward().unwrap();
         for (name, v) in [("x", &x), ("w", &w), ("k", &k)] {

@@ -1,8 +1,15 @@
-//! Training: optimizer, learning-rate schedules, and what a run reports (logging.jsonl,
-//! trainer_state.json, TensorBoard).
+//! Training: the `sft`/`pt` command, the loop (`trainer`, `step`), what trains (`tuning`),
+//! its settings (`config`), checkpoint state (`state`), the optimizer, learning-rate
+//! schedules, and what a run reports (logging.jsonl, trainer_state.json, TensorBoard).
 
+pub mod command;
+pub mod config;
 pub mod optimizer;
 pub mod progress;
 pub mod report;
 pub mod schedule;
+pub mod state;
+pub mod step;
 pub mod tensorboard;
+pub mod trainer;
+pub mod tuning;

@@ -150,21 +150,37 @@ impl AdamW {
 
     /// The L2 norm of the accumulated gradients, scaled by `scale` (as torch's
     /// clip_grad_norm_ sees them after loss averaging).
+    /// Summed in fixed chunks, then in order: rayon's `sum` may combine partial sums in a
+    /// different order each run, and a resumed run must clip exactly as the original did.
     pub fn grad_norm(&self, scale: f32) -> f64 {
         let sum: f64 = self
             .params
             .iter()
             .map(|p| {
                 p.grad
-                    .par_iter()
-                    .map(|g| {
-                        let x = (g * scale) as f64;
-                        x * x
+                    .par_chunks(1 << 14)
+                    .map(|chunk| {
+                        chunk
+                            .iter()
+                            .map(|g| {
+                                let x = (g * scale) as f64;
+                                x * x
+                            })
+                            .sum::<f64>()
                     })
+                    .collect::<Vec<f64>>()
+                    .into_iter()
                     .sum::<f64>()
             })
             .sum();
         sum.sqrt()
+    }
+
+    /// The accumulated (unscaled) gradient of every parameter, by name.
+    pub fn grads(&self) -> impl Iterator<Item = (&str, &[f32])> {
+        self.params
+            .iter()
+            .map(|p| (p.param.name.as_str(), p.grad.as_slice()))
     }
 
     /// One AdamW step at learning rate `lr` on the accumulated gradients multiplied by

@@ -1,4 +1,5 @@
 //! Tuners: LoRA's configuration and PEFT's file formats (the adapter layers themselves sit on
 //! the model's linear layers).
 
+pub mod lora;
 pub mod lora_config;

@@ -1,0 +1,143 @@
+//! `swift sft` and `swift pt`: load the model, apply the tuner, prepare the data, open the
+//! run folder and train. A thin shell; decisions live in `config`, `tuning`, `trainer`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use candle_core::DType;
+use kubeswift_args::Args;
+
+use crate::data::{Collator, DataOptions, prepare, write_val_dataset};
+use crate::model::pretrained::dtype_arg;
+use crate::model::{LoadOptions, Pretrained, PretrainedOptions};
+use crate::storage::checkpoint::UploadOptions;
+use crate::storage::output::RunOutput;
+use crate::storage::resume::resolve_local;
+use crate::template::Template;
+use crate::train::config::TrainConfig;
+use crate::train::trainer::{TrainSummary, Trainer, TrainerParts};
+use crate::train::tuning::Tuning;
+
+/// Runs `swift sft` / `swift pt` with resolved arguments.
+pub fn run(args: &Args) -> anyhow::Result<TrainSummary> {
+    let Some(model_path) = args.str("model") else {
+        bail!(
+            "--model is required: a local model folder (config.json, safetensors, tokenizer.json)"
+        );
+    };
+    if args.bool("streaming") {
+        bail!("--streaming true: streaming datasets are not supported by the trainer yet");
+    }
+    let config = TrainConfig::from_args(args)?;
+    let model_dir = Path::new(model_path);
+    // f32 unless --torch_dtype says otherwise: ms-swift's choice on CPU.
+    let dtype = dtype_arg(args.str("torch_dtype"))?.unwrap_or(DType::F32);
+    let opts = PretrainedOptions {
+        model_type: args.str("model_type").map(String::from),
+        load: LoadOptions {
+            dtype: Some(dtype),
+            ..LoadOptions::default()
+        },
+    };
+    let mut pretrained = Pretrained::load(model_dir, &opts)?;
+    let template = Template::from_args(
+        args,
+        pretrained.model_type.name,
+        pretrained.tokenizer.clone(),
+        &pretrained.tokenizer_config,
+    )?;
+    let data_opts =
+        DataOptions::from_args(args, Some(pretrained.model.config.max_position_embeddings))?;
+    let collator = Collator {
+        pad_token_id: template.pad_token_id(),
+        padding_side: data_opts.padding_side,
+    };
+    let prepared = prepare(&data_opts, Arc::new(template))?;
+    if prepared.train.is_empty() {
+        bail!("--dataset: no training rows (give --dataset, and check that its rows encode)");
+    }
+    let tuning = Tuning::from_args(args, &mut pretrained.model, model_path)?;
+
+    let output = open_run(args)?;
+    // args.json names the detected model_type, so `swift infer --adapters CKPT` (load_args)
+    // knows the template without the model folder's name.
+    let mut resolved = args.clone();
+    if args.str("model_type").is_none() {
+        resolved.set_resolved("model_type", pretrained.model_type.name.into());
+    }
+    let args_json = kubeswift_args::args_json::write(&resolved, &output.local)
+        .with_context(|| format!("writing args.json into {}", output.local.display()))?;
+    write_val_dataset(&prepared.loaded, &output.local)?;
+    tracing::info!(
+        run = %output.local.display(),
+        train_rows = prepared.train.len(),
+        val_rows = prepared.val.len(),
+        "output"
+    );
+
+    let resume = resume_point(args)?;
+    let parts = TrainerParts {
+        model: &pretrained.model,
+        model_dir,
+        tuning: &tuning,
+        train: &prepared.train,
+        val: &prepared.val,
+        collator,
+        output,
+        args_json: args_json.clone(),
+    };
+    let mut trainer = Trainer::new(parts, config)?;
+    if let Some(dir) = resume {
+        trainer.resume(&dir, args.bool("resume_only_model"))?;
+    }
+    let summary = trainer.train()?;
+    if let Some(last) = &summary.last_checkpoint {
+        tracing::info!(last_model_checkpoint = %last.display(), best_model_checkpoint = ?summary.best_checkpoint, "done");
+        eprintln!("last_model_checkpoint: {}", last.display());
+    }
+    Ok(summary)
+}
+
+/// `output_dir/vN-YYYYMMDD-HHMMSS` (or `output_dir` itself with `--add_version false`).
+fn open_run(args: &Args) -> anyhow::Result<RunOutput> {
+    let output_dir = args.str("output_dir").unwrap_or("output");
+    let timestamp = chrono::Local::now().format("%Y%m%d-%H%M%S").to_string();
+    if args.opt_bool("add_version") == Some(false) && !output_dir.contains("://") {
+        let local = PathBuf::from(output_dir);
+        std::fs::create_dir_all(&local).with_context(|| format!("creating {output_dir}"))?;
+        return Ok(RunOutput {
+            local,
+            remote: None,
+            upload: UploadOptions::default(),
+        });
+    }
+    let staging = std::env::temp_dir().join("kubeswift-staging");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(rt.block_on(RunOutput::create(output_dir, &staging, &timestamp))?)
+}
+
+/// `--resume_from_checkpoint`: a checkpoint folder, a run folder or an output root (the
+/// newest complete checkpoint wins).
+fn resume_point(args: &Args) -> anyhow::Result<Option<PathBuf>> {
+    let Some(path) = args.str("resume_from_checkpoint") else {
+        return Ok(None);
+    };
+    match resolve_local(Path::new(path))? {
+        Some(point) => match point.location {
+            crate::storage::location::Location::Local(dir) => Ok(Some(dir)),
+            _ => {
+                bail!("--resume_from_checkpoint {path}: only local checkpoints can be resumed yet")
+            }
+        },
+        None => {
+            tracing::info!(
+                path,
+                "no complete checkpoint to resume from: starting fresh"
+            );
+            Ok(None)
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! One micro-batch through the model: forward, loss and backward, with or without
+//! gradient checkpointing; and the no-gradient evaluation forward.
+//!
+//! Gradient checkpointing keeps only each decoder layer's input during the forward (the
+//! layer's graph is dropped at once), then walks the layers backwards: it recomputes a
+//! layer from its saved input, and backpropagates the incoming gradient through it with
+//! the surrogate `sum(layer(x) * g)`, whose gradient is exactly the chain rule's. Peak
+//! memory is then one layer's activations instead of all of them.
+
+use candle_core::{DType, Device, Tensor, Var};
+
+use crate::data::Batch;
+use crate::model::{CausalLm, ModelError, TrainBatch};
+use crate::train::optimizer::{AdamW, OptimizerError};
+
+/// A collated batch as tensors, labels shifted to line up with the hidden states.
+#[derive(Debug)]
+pub struct MicroBatch {
+    pub input_ids: Tensor,
+    pub position_ids: Tensor,
+    /// `[B, T]` i64, -100 where no loss is taken.
+    pub labels: Tensor,
+    /// Per row, the lengths of its runs of tokens of one sample (padding is a run too).
+    pub sample_lengths: Vec<Vec<usize>>,
+    /// Tokens that carry a loss.
+    pub tokens: usize,
+}
+
+/// Sum of the losses of a micro-batch, how many tokens they cover and how many of those
+/// the model predicted right (token accuracy).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LossStats {
+    pub loss_sum: f64,
+    pub tokens: usize,
+    pub correct: usize,
+}
+
+impl LossStats {
+    pub fn add(&mut self, other: LossStats) {
+        self.loss_sum += other.loss_sum;
+        self.tokens += other.tokens;
+        self.correct += other.correct;
+    }
+
+    /// Mean loss per trained token (0 without tokens).
+    pub fn mean_loss(&self) -> f64 {
+        self.loss_sum / self.tokens.max(1) as f64
+    }
+
+    pub fn token_acc(&self) -> f64 {
+        self.correct as f64 / self.tokens.max(1) as f64
+    }
+}
+
+/// Errors of a step; both sources already name what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Optimizer(#[from] OptimizerError),
+    #[error("tensor op in the training step: {0}")]
+    Tensor(#[from] candle_core::Error),
+}
+
+/// Runs of equal segment ids, per row: the attention blocks of a padded or packed row.
+pub fn runs(segment_ids: &[u32], seq_len: usize) -> Vec<Vec<usize>> {
+    segment_ids
+        .chunks(seq_len.max(1))
+        .map(|row| {
+            let mut lens = Vec::new();
+            let mut start = 0;
+            for i in 1..=row.len() {
+                if i == row.len() || row[i] != row[start] {
+                    lens.push(i - start);
+                    start = i;
+                }
+            }
+            lens
+        })
+        .collect()
+}
+
+impl MicroBatch {
+    pub fn from_batch(batch: &Batch, device: &Device) -> candle_core::Result<Self> {
+        let shape = (batch.batch_size, batch.seq_len);
+        let labels = batch.shifted_labels();
+        let tokens = labels.iter().filter(|&&l| l >= 0).count();
+        Ok(MicroBatch {
+            input_ids: Tensor::from_slice(&batch.input_ids, shape, device)?,
+            position_ids: Tensor::from_slice(&batch.position_ids, shape, device)?,
+            labels: Tensor::from_vec(labels, shape, device)?,
+            sample_lengths: runs(&batch.segment_ids, batch.seq_len),
+            tokens,
+        })
+    }
+
+    fn train_batch(&self) -> TrainBatch<'_> {
+        TrainBatch {
+            input_ids: &self.input_ids,
+            position_ids: Some(&self.position_ids),
+            sample_lengths: Some(&self.sample_lengths),
+        }
+    }
+}
+
+/// Forward and backward of one micro-batch; gradients of the summed loss are added to the
+/// optimizer's accumulators.
+pub fn forward_backward(
+    model: &CausalLm,
+    batch: &MicroBatch,
+    optimizer: &mut AdamW,
+    checkpointing: bool,
+) -> Result<LossStats, StepError> {
+    if checkpointing {
+        return forward_backward_checkpointed(model, batch, optimizer);
+    }
+    let hidden = model.forward_train(&batch.train_batch())?;
+    let ce = model.loss_train(&hidden, &batch.labels)?;
+    let stats = stats_of(&ce)?;
+    let grads = ce.loss_sum.backward()?;
+    optimizer.accumulate(&grads)?;
+    Ok(stats)
+}
+
+fn stats_of(ce: &crate::model::ops::CrossEntropy) -> Result<LossStats, StepError> {
+    Ok(LossStats {
+        loss_sum: ce.loss_sum.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+        tokens: ce.count,
+        correct: ce.correct,
+    })
+}
+
+fn forward_backward_checkpointed(
+    model: &CausalLm,
+    batch: &MicroBatch,
+    optimizer: &mut AdamW,
+) -> Result<LossStats, StepError> {
+    let ctx = model.train_context(&batch.train_batch())?;
+    let layers = &model.model.layers;
+    // Forward: keep each layer's input, drop its graph.
+    let embedded = model.model.embed_train(&batch.input_ids)?;
+    let mut inputs = Vec::with_capacity(layers.len());
+    let mut x = embedded.detach();
+    for layer in layers {
+        let y = layer.forward_train(&x, &ctx)?.detach();
+        inputs.push(x);
+        x = y;
+    }
+    // The head: final norm and fused lm_head + loss.
+    let top = Var::from_tensor(&x)?;
+    let hidden = model.model.norm.forward_train(top.as_tensor())?;
+    let ce = model.loss_train(&hidden, &batch.labels)?;
+    let stats = stats_of(&ce)?;
+    let grads = ce.loss_sum.backward()?;
+    optimizer.accumulate(&grads)?;
+    let mut g = grads
+        .get(top.as_tensor())
+        .cloned()
+        .ok_or_else(|| ModelError::Input("no gradient reached the last hidden state".into()))?;
+    drop(grads);
+    // Backward: recompute one layer at a time.
+    for (layer, input) in layers.iter().zip(inputs).rev() {
+        let x = Var::from_tensor(&input)?;
+        let y = layer.forward_train(x.as_tensor(), &ctx)?;
+        let surrogate = y.mul(&g)?.sum_all()?;
+        let grads = surrogate.backward()?;
+        optimizer.accumulate(&grads)?;
+        g = grads
+            .get(x.as_tensor())
+            .cloned()
+            .ok_or_else(|| ModelError::Input("no gradient reached a layer input".into()))?;
+    }
+    if embedded.track_op() {
+        let grads = embedded.mul(&g)?.sum_all()?.backward()?;
+        optimizer.accumulate(&grads)?;
+    }
+    Ok(stats)
+}
+
+/// Loss and accuracy of a micro-batch without any gradient work.
+pub fn evaluate(model: &CausalLm, batch: &MicroBatch) -> Result<LossStats, StepError> {
+    let hidden = model.forward_train(&batch.train_batch())?.detach();
+    let ce = model.loss_train(&hidden, &batch.labels)?;
+    stats_of(&ce)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_split_rows_at_sample_and_padding_boundaries() {
+        let seg = [0, 0, 1, u32::MAX, u32::MAX, 0, 0, 0];
+        assert_eq!(runs(&seg, 4), vec![vec![2, 1, 1], vec![1, 3]]);
+        // A row whose padding (MAX) comes first.
+        assert_eq!(runs(&[7, 7, 0, 0], 4), vec![vec![2, 2]]);
+    }
+}

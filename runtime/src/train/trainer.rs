@@ -1,0 +1,487 @@
+//! The training loop: batches -> forward/backward -> gradient accumulation -> clipping ->
+//! AdamW with the schedule; logging, evaluation and checkpoints at their intervals; exact
+//! resume from our checkpoint state.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use serde_json::{Map, Value, json};
+
+use crate::data::{Collator, TrainData, epoch_batches};
+use crate::model::CausalLm;
+use crate::storage::checkpoint::LocalCheckpoint;
+use crate::storage::output::RunOutput;
+use crate::train::config::{Strategy, TrainConfig};
+use crate::train::optimizer::AdamW;
+use crate::train::progress::{ProgressDisplay, StepReport};
+use crate::train::report::{Progress, TrainerState, eval_line, train_line};
+use crate::train::schedule::{Schedule, warmup_steps};
+use crate::train::state::{RunState, load_optimizer, save_optimizer};
+use crate::train::step::{LossStats, MicroBatch, evaluate, forward_backward};
+use crate::train::tensorboard::{EventWriter, tag_for};
+use crate::train::tuning::Tuning;
+
+/// What a run needs besides its configuration.
+pub struct TrainerParts<'a> {
+    pub model: &'a CausalLm,
+    pub model_dir: &'a Path,
+    pub tuning: &'a Tuning,
+    pub train: &'a TrainData,
+    pub val: &'a TrainData,
+    pub collator: Collator,
+    pub output: RunOutput,
+    /// The run's args.json, copied into every checkpoint.
+    pub args_json: PathBuf,
+}
+
+/// The outcome of a finished run.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub global_step: u64,
+    pub last_checkpoint: Option<PathBuf>,
+    pub best_checkpoint: Option<String>,
+    pub log_history: Vec<Map<String, Value>>,
+}
+
+pub struct Trainer<'a> {
+    parts: TrainerParts<'a>,
+    config: TrainConfig,
+    optimizer: AdamW,
+    schedule: Schedule,
+    state: RunState,
+    trainer_state: TrainerState,
+    batches_per_epoch: usize,
+    runtime: tokio::runtime::Runtime,
+    tensorboard: Option<EventWriter>,
+    started: Instant,
+    /// Losses of the steps since the last log line.
+    window: LossStats,
+    last_checkpoint: Option<PathBuf>,
+}
+
+/// A stable mix of a seed and a counter (splitmix64), for dropout seeds.
+fn mix(seed: u64, counter: u64) -> u64 {
+    let mut z = seed ^ counter.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Resident memory of this process in GiB (ms-swift reports device memory; on CPU this
+/// is the honest equivalent).
+fn memory_gib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / (1024.0 * 1024.0))
+}
+
+impl<'a> Trainer<'a> {
+    pub fn new(parts: TrainerParts<'a>, config: TrainConfig) -> anyhow::Result<Self> {
+        let batches_per_epoch = epoch_batches(
+            parts.train.len(),
+            config.batch_size,
+            config.data_seed,
+            0,
+            true,
+            config.drop_last,
+        )
+        .len();
+        if batches_per_epoch == 0 {
+            anyhow::bail!(
+                "the training set has {} rows, fewer than one batch of --per_device_train_batch_size {} with --dataloader_drop_last",
+                parts.train.len(),
+                config.batch_size
+            );
+        }
+        let total = config.total_steps(batches_per_epoch);
+        let schedule = Schedule {
+            kind: config.schedule,
+            base_lr: config.learning_rate,
+            warmup_steps: warmup_steps(config.warmup_steps, config.warmup_ratio, total),
+            total_steps: total,
+        };
+        let optimizer = AdamW::new(parts.tuning.trainables(), config.adamw)?;
+        let tensorboard = if config.tensorboard {
+            Some(
+                EventWriter::create(&parts.output.local.join("runs"))
+                    .context("TensorBoard event file")?,
+            )
+        } else {
+            None
+        };
+        let trainer_state = TrainerState {
+            best_metric: None,
+            best_model_checkpoint: None,
+            epoch: 0.0,
+            eval_steps: json!(config.eval_steps.steps(total)),
+            global_step: 0,
+            is_hyper_param_search: false,
+            is_local_process_zero: true,
+            is_world_process_zero: true,
+            log_history: Vec::new(),
+            logging_steps: json!(config.logging_steps.steps(total)),
+            max_steps: total,
+            num_input_tokens_seen: 0,
+            num_train_epochs: config.num_train_epochs,
+            save_steps: json!(config.save_steps.steps(total)),
+            total_flos: 0.0,
+            train_batch_size: config.batch_size as u64,
+            trial_name: None,
+            trial_params: None,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the I/O runtime")?;
+        let state = RunState {
+            seed: config.seed,
+            data_seed: config.data_seed,
+            ..RunState::default()
+        };
+        tracing::info!(
+            trainable_parameters = optimizer.numel(),
+            batches_per_epoch,
+            max_steps = total,
+            "training"
+        );
+        Ok(Trainer {
+            parts,
+            config,
+            optimizer,
+            schedule,
+            state,
+            trainer_state,
+            batches_per_epoch,
+            runtime,
+            tensorboard,
+            started: Instant::now(),
+            window: LossStats::default(),
+            last_checkpoint: None,
+        })
+    }
+
+    /// Restores a checkpoint: weights always; with `only_model` false also the optimizer,
+    /// the step, the data cursor and the log history.
+    pub fn resume(&mut self, dir: &Path, only_model: bool) -> anyhow::Result<()> {
+        if only_model {
+            self.parts.tuning.load_weights(dir)?;
+            // The optimizer's master weights start from the loaded values.
+            self.optimizer = AdamW::new(self.parts.tuning.trainables(), self.config.adamw)?;
+            tracing::info!(checkpoint = %dir.display(), "resumed the weights only");
+            return Ok(());
+        }
+        load_optimizer(&mut self.optimizer, dir)?;
+        self.state = RunState::load(dir)?;
+        if let Ok(ts) = TrainerState::load(&dir.join("trainer_state.json")) {
+            self.trainer_state.log_history = ts.log_history;
+            self.trainer_state.best_metric = ts.best_metric;
+            self.trainer_state.best_model_checkpoint = ts.best_model_checkpoint;
+        }
+        tracing::info!(
+            checkpoint = %dir.display(),
+            step = self.state.global_step,
+            epoch = self.state.epoch,
+            batch = self.state.batch_in_epoch,
+            "resumed"
+        );
+        Ok(())
+    }
+
+    fn progress(&self) -> Progress {
+        Progress {
+            step: self.state.global_step,
+            max_steps: self.schedule.total_steps,
+            epoch: self.epoch_float(),
+            elapsed_s: self.started.elapsed().as_secs_f64(),
+        }
+    }
+
+    fn epoch_float(&self) -> f64 {
+        self.state.epoch as f64 + self.state.batch_in_epoch as f64 / self.batches_per_epoch as f64
+    }
+
+    fn order(&self, epoch: u64) -> Vec<Vec<usize>> {
+        epoch_batches(
+            self.parts.train.len(),
+            self.config.batch_size,
+            self.config.data_seed,
+            epoch,
+            true,
+            self.config.drop_last,
+        )
+    }
+
+    fn micro_batch(&self, rows: &[usize], data: &TrainData) -> anyhow::Result<MicroBatch> {
+        let rows = rows
+            .iter()
+            .map(|&i| data.get(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let batch = self.parts.collator.collate(&rows);
+        Ok(MicroBatch::from_batch(&batch, self.parts.model.device())?)
+    }
+
+    /// Runs to `max_steps`, then saves the final checkpoint.
+    pub fn train(mut self) -> anyhow::Result<TrainSummary> {
+        let total = self.schedule.total_steps;
+        let display = ProgressDisplay::new(
+            total,
+            self.config.disable_tqdm,
+            self.config.logging_steps.steps(total),
+        );
+        let mut order = self.order(self.state.epoch);
+        let mut steps_this_run = 0u64;
+        while self.state.global_step < total {
+            let step_start = Instant::now();
+            let mut stats = LossStats::default();
+            let mut window_batches = Vec::new();
+            for _ in 0..self.config.grad_accum {
+                if self.state.batch_in_epoch as usize >= order.len() {
+                    break;
+                }
+                window_batches.push(order[self.state.batch_in_epoch as usize].clone());
+                self.state.batch_in_epoch += 1;
+            }
+            for rows in &window_batches {
+                let mb = self.micro_batch(rows, self.parts.train)?;
+                self.parts
+                    .tuning
+                    .set_mode(true, mix(self.state.seed, self.state.micro_step));
+                self.state.micro_step += 1;
+                let s = forward_backward(
+                    self.parts.model,
+                    &mb,
+                    &mut self.optimizer,
+                    self.config.gradient_checkpointing,
+                )
+                .with_context(|| format!("training step {}", self.state.global_step + 1))?;
+                stats.add(s);
+            }
+            let epoch_done = self.state.batch_in_epoch as usize >= order.len();
+            let grad_norm = self.optimizer_step(&stats)?;
+            self.state.tokens_seen += stats.tokens as u64;
+            if epoch_done {
+                self.state.epoch += 1;
+                self.state.batch_in_epoch = 0;
+                order = self.order(self.state.epoch);
+            }
+            self.window.add(stats);
+            steps_this_run += 1;
+            let step = self.state.global_step;
+            let lr_now = self.schedule.lr(step);
+            display.step(&StepReport {
+                step,
+                loss: stats.mean_loss(),
+                learning_rate: lr_now,
+                tokens_per_second: stats.tokens as f64
+                    / step_start.elapsed().as_secs_f64().max(1e-9),
+            });
+            let log_every = self.config.logging_steps.steps(total);
+            if step.is_multiple_of(log_every)
+                || (steps_this_run == 1 && self.config.logging_first_step && step == 1)
+                || step == total
+            {
+                self.log_train(grad_norm, lr_now)?;
+            }
+            let eval_now = match self.config.eval_strategy {
+                Strategy::No => false,
+                Strategy::Steps => step.is_multiple_of(self.config.eval_steps.steps(total)),
+                Strategy::Epoch => epoch_done,
+            } || (step == total && self.config.eval_strategy != Strategy::No);
+            let mut metrics = None;
+            if eval_now && !self.parts.val.is_empty() {
+                metrics = Some(self.evaluate()?);
+            }
+            let save_now = match self.config.save_strategy {
+                Strategy::No => false,
+                Strategy::Steps => step.is_multiple_of(self.config.save_steps.steps(total)),
+                Strategy::Epoch => epoch_done,
+            } || step == total;
+            if save_now {
+                self.save_checkpoint(metrics)?;
+            }
+        }
+        display.finish();
+        if self.config.create_checkpoint_symlink
+            && let Some(best) = self.trainer_state.best_model_checkpoint.clone()
+        {
+            let name = Path::new(&best)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or(best);
+            self.runtime
+                .block_on(self.parts.output.set_pointer("best", &name))?;
+        }
+        Ok(TrainSummary {
+            global_step: self.state.global_step,
+            last_checkpoint: self.last_checkpoint.clone(),
+            best_checkpoint: self.trainer_state.best_model_checkpoint.clone(),
+            log_history: self.trainer_state.log_history.clone(),
+        })
+    }
+
+    /// Scales the accumulated gradients to the mean over the window's tokens, clips them
+    /// and steps; returns the gradient norm before clipping.
+    fn optimizer_step(&mut self, stats: &LossStats) -> anyhow::Result<f64> {
+        let scale = 1.0 / stats.tokens.max(1) as f32;
+        let norm = self.optimizer.grad_norm(scale);
+        let clip = if self.config.max_grad_norm > 0.0 && norm > self.config.max_grad_norm {
+            (self.config.max_grad_norm / (norm + 1e-6)) as f32
+        } else {
+            1.0
+        };
+        // HF steps the optimizer with the scheduler's current lr, then advances it.
+        let lr = self.schedule.lr(self.state.global_step);
+        self.optimizer.step(lr, scale * clip)?;
+        self.state.global_step += 1;
+        Ok(norm)
+    }
+
+    fn record(&mut self, line: Map<String, Value>) -> anyhow::Result<()> {
+        let path = self.parts.output.local.join("logging.jsonl");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("{}", path.display()))?;
+        writeln!(f, "{}", Value::Object(line.clone()))
+            .with_context(|| format!("{}", path.display()))?;
+        if let Some(tb) = &mut self.tensorboard {
+            for (k, v) in &line {
+                if let Some(x) = v.as_f64()
+                    && k != "epoch"
+                    && !k.contains('(')
+                {
+                    tb.scalar(&tag_for(k), x, self.state.global_step)?;
+                }
+            }
+        }
+        let mut history = line;
+        history.insert("step".into(), json!(self.state.global_step));
+        self.trainer_state.log_history.push(history);
+        Ok(())
+    }
+
+    fn log_train(&mut self, grad_norm: f64, lr: f64) -> anyhow::Result<()> {
+        let w = std::mem::take(&mut self.window);
+        let progress = self.progress();
+        let speed = progress.elapsed_s / self.state.global_step.max(1) as f64;
+        let line = train_line(
+            &[
+                ("loss", w.mean_loss()),
+                ("grad_norm", grad_norm),
+                ("learning_rate", lr),
+                ("token_acc", w.token_acc()),
+            ],
+            memory_gib(),
+            speed,
+            &progress,
+        );
+        self.record(line)
+    }
+
+    /// Eval loss and token accuracy over the validation set, dropout off.
+    fn evaluate(&mut self) -> anyhow::Result<Map<String, Value>> {
+        self.parts.tuning.set_mode(false, 0);
+        let order = epoch_batches(
+            self.parts.val.len(),
+            self.config.eval_batch_size,
+            0,
+            0,
+            false,
+            false,
+        );
+        let mut total = LossStats::default();
+        for rows in &order {
+            let mb = self.micro_batch(rows, self.parts.val)?;
+            total.add(evaluate(self.parts.model, &mb).context("evaluation")?);
+        }
+        let line = eval_line(
+            &[
+                ("loss", total.mean_loss()),
+                ("token_acc", total.token_acc()),
+            ],
+            &self.progress(),
+        );
+        tracing::info!(
+            eval_loss = total.mean_loss(),
+            eval_token_acc = total.token_acc(),
+            step = self.state.global_step,
+            "eval"
+        );
+        self.record(line.clone())?;
+        Ok(line)
+    }
+
+    fn save_checkpoint(&mut self, metrics: Option<Map<String, Value>>) -> anyhow::Result<()> {
+        let step = self.state.global_step;
+        let name = format!("checkpoint-{step}");
+        let run_dir = self.parts.output.local.clone();
+        let final_dir = run_dir.join(&name);
+        if let Some(m) = &metrics
+            && let Some(value) = m
+                .get(&self.config.best_metric_key())
+                .and_then(Value::as_f64)
+        {
+            let better = match self.trainer_state.best_metric {
+                None => true,
+                Some(best) if self.config.greater_is_better => value > best,
+                Some(best) => value < best,
+            };
+            if better {
+                self.trainer_state.best_metric = Some(value);
+                self.trainer_state.best_model_checkpoint = Some(final_dir.display().to_string());
+            }
+        }
+        self.trainer_state.global_step = step;
+        self.trainer_state.epoch = self.epoch_float();
+        self.trainer_state.num_input_tokens_seen = self.state.tokens_seen;
+        let ck = self
+            .runtime
+            .block_on(LocalCheckpoint::begin(&run_dir, step))?;
+        let dir = ck.dir().to_path_buf();
+        self.parts
+            .tuning
+            .save(&dir, self.parts.model, self.parts.model_dir)?;
+        std::fs::copy(&self.parts.args_json, dir.join("args.json"))
+            .with_context(|| format!("copying {}", self.parts.args_json.display()))?;
+        self.trainer_state
+            .save(&dir.join("trainer_state.json"))
+            .context("trainer_state.json")?;
+        if !self.config.save_only_model {
+            save_optimizer(&self.optimizer, &dir)?;
+            self.state.save(&dir)?;
+        }
+        let committed = self.runtime.block_on(ck.commit())?;
+        let best = self
+            .trainer_state
+            .best_model_checkpoint
+            .as_deref()
+            .and_then(|b| Path::new(b).file_name())
+            .map(|n| n.to_string_lossy().into_owned());
+        self.runtime.block_on(self.parts.output.publish_checkpoint(
+            &committed,
+            self.config.save_total_limit,
+            best.as_deref(),
+        ))?;
+        tracing::info!(checkpoint = %committed.display(), "saved");
+        self.last_checkpoint = Some(committed);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropout_seeds_differ_per_micro_step_and_repeat_per_seed() {
+        assert_ne!(mix(42, 0), mix(42, 1));
+        assert_eq!(mix(42, 7), mix(42, 7));
+        assert_ne!(mix(1, 7), mix(2, 7));
+    }
+}

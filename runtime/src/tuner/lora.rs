@@ -1,0 +1,506 @@
+//! LoRA layers on the model's linear layers, saved and loaded in PEFT's format.
+//!
+//! Injection attaches a [`LoraLayer`] to each targeted [`Linear`] through its adapter slot;
+//! the base weights are shared, never copied. Training runs the fused `lora_linear`
+//! kernel (frozen base, gradients only for A and B); inference adds `scale * x A^T B^T` to
+//! the frozen output of the fast CPU kernel.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use candle_core::{DType, Device, Tensor, Var};
+use kubeswift_kernels::{LoraDropout, lora_linear_with_dropout};
+use rand::SeedableRng;
+use rand::distr::{Distribution, Uniform};
+use rand::rngs::StdRng;
+use rand_distr::Normal;
+
+use super::lora_config::{Init, LoraConfig, PeftLoraConfig, peft_key};
+use crate::model::{CausalLm, Linear, LinearAdapter};
+use crate::train::optimizer::{Trainable, decays};
+
+/// File names of a PEFT adapter folder.
+pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+pub const ADAPTER_CONFIG: &str = "adapter_config.json";
+
+/// Errors of injecting, saving and loading adapters; they name the module or file.
+#[derive(Debug, thiserror::Error)]
+pub enum LoraError {
+    #[error("{0}")]
+    Config(#[from] super::lora_config::LoraConfigError),
+    #[error("--{arg}: {reason}")]
+    Unsupported { arg: &'static str, reason: String },
+    #[error("LoRA target_modules/target_regex match no linear layer of the model")]
+    NoTargets,
+    #[error("{file}: {message}")]
+    File { file: String, message: String },
+    #[error("{what}: {source}")]
+    Tensor {
+        what: String,
+        #[source]
+        source: candle_core::Error,
+    },
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
+}
+
+type Result<T> = std::result::Result<T, LoraError>;
+
+fn terr(what: impl Into<String>) -> impl FnOnce(candle_core::Error) -> LoraError {
+    let what = what.into();
+    move |source| LoraError::Tensor { what, source }
+}
+
+/// Train/eval switch and dropout seed, shared by every layer of one model. The trainer sets
+/// a new seed per micro-batch; a layer mixes in its own index, so the mask of every
+/// (micro-batch, layer) is reproducible, including when gradient checkpointing recomputes
+/// a layer and after a resume.
+#[derive(Debug, Default)]
+pub struct DropoutControl {
+    training: AtomicBool,
+    seed: AtomicU64,
+}
+
+impl DropoutControl {
+    pub fn set_training(&self, training: bool) {
+        self.training.store(training, Ordering::Relaxed);
+    }
+
+    pub fn set_seed(&self, seed: u64) {
+        self.seed.store(seed, Ordering::Relaxed);
+    }
+
+    fn dropout(&self, p: f32, layer: u64) -> Option<LoraDropout> {
+        (p > 0.0 && self.training.load(Ordering::Relaxed)).then(|| LoraDropout {
+            p,
+            seed: self.seed.load(Ordering::Relaxed) ^ layer.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        })
+    }
+}
+
+/// One LoRA pair on a linear layer: `y = x W^T + b + scale * dropout(x) A^T B^T`.
+#[derive(Debug)]
+pub struct LoraLayer {
+    /// `lora_A`, `[r, in]`.
+    pub a: Var,
+    /// `lora_B`, `[out, r]`.
+    pub b: Var,
+    /// With `lora_bias all`: a trainable copy of the layer's bias, and the frozen original
+    /// (which the inference kernel still adds).
+    pub bias: Option<Var>,
+    frozen_bias: Option<Tensor>,
+    pub scale: f64,
+    dropout_p: f32,
+    index: u64,
+    control: Arc<DropoutControl>,
+}
+
+impl LinearAdapter for LoraLayer {
+    fn forward_train(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let dropout = self.control.dropout(self.dropout_p, self.index);
+        let frozen_bias = if self.bias.is_some() { None } else { bias };
+        let y = lora_linear_with_dropout(
+            x,
+            weight,
+            frozen_bias,
+            self.a.as_tensor(),
+            self.b.as_tensor(),
+            self.scale,
+            dropout,
+        )?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.as_tensor().to_dtype(y.dtype())?),
+            None => Ok(y),
+        }
+    }
+
+    fn forward_infer(&self, x: &Tensor, base: Tensor) -> candle_core::Result<Tensor> {
+        let a = self.a.as_tensor().to_dtype(DType::F32)?;
+        let b = self.b.as_tensor().to_dtype(DType::F32)?;
+        let delta = (x.matmul(&a.t()?)?.matmul(&b.t()?)? * self.scale)?;
+        let y = (base + delta)?;
+        match (&self.bias, &self.frozen_bias) {
+            // The frozen output already holds the original bias: swap it for the trained one.
+            (Some(trained), Some(frozen)) => {
+                let shift =
+                    (trained.as_tensor().to_dtype(DType::F32)? - frozen.to_dtype(DType::F32)?)?;
+                y.broadcast_add(&shift)
+            }
+            _ => Ok(y),
+        }
+    }
+}
+
+/// The adapters of one model: every LoRA layer by module path, the `modules_to_save`
+/// variables by checkpoint name, and the PEFT config they save with.
+#[derive(Debug)]
+pub struct LoraAdapters {
+    pub layers: Vec<(String, Arc<LoraLayer>)>,
+    pub saved: Vec<(String, Var)>,
+    pub peft: PeftLoraConfig,
+    pub control: Arc<DropoutControl>,
+}
+
+/// Every linear layer of the model with its module path; `lm_head` last.
+fn linears(model: &mut CausalLm) -> Vec<(String, &mut Linear)> {
+    let mut out = model.model.linears_mut();
+    if !model.config.tie_word_embeddings {
+        out.push(("lm_head".into(), &mut model.lm_head));
+    }
+    out
+}
+
+fn module_name(path: &str) -> &str {
+    path.rsplit('.').next().unwrap_or(path)
+}
+
+fn adapter_dtype(cfg: &LoraConfig) -> Result<DType> {
+    match cfg.dtype.as_deref() {
+        None | Some("float32") | Some("fp32") => Ok(DType::F32),
+        Some("bfloat16") | Some("bf16") => Ok(DType::BF16),
+        Some("float16") | Some("fp16") => Ok(DType::F16),
+        Some(other) => Err(LoraError::Unsupported {
+            arg: "lora_dtype",
+            reason: format!("{other} is not a float dtype"),
+        }),
+    }
+}
+
+/// Initial `(A, B)` as PEFT makes them (`init_lora_weights`): `true` Kaiming-uniform A
+/// (bound `1/sqrt(in)`) and zero B; `gaussian` A ~ N(0, 1/r) and zero B; `false` both
+/// with nn.Linear's default init, so the adapter changes the output from the start.
+fn init_pair(
+    init: &Init,
+    rank: usize,
+    inp: usize,
+    out: usize,
+    rng: &mut StdRng,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let uniform = |fan_in: usize, n: usize, rng: &mut StdRng| -> Vec<f32> {
+        let bound = 1.0 / (fan_in as f32).sqrt();
+        match Uniform::new(-bound, bound) {
+            Ok(u) => (0..n).map(|_| u.sample(rng)).collect(),
+            Err(_) => vec![0.0; n],
+        }
+    };
+    match init {
+        Init::Default => Ok((uniform(inp, rank * inp, rng), vec![0.0; out * rank])),
+        Init::Random => Ok((
+            uniform(inp, rank * inp, rng),
+            uniform(rank, out * rank, rng),
+        )),
+        Init::Gaussian => {
+            let normal =
+                Normal::new(0.0f32, 1.0 / rank as f32).map_err(|e| LoraError::Unsupported {
+                    arg: "init_weights",
+                    reason: e.to_string(),
+                })?;
+            Ok((
+                (0..rank * inp).map(|_| normal.sample(rng)).collect(),
+                vec![0.0; out * rank],
+            ))
+        }
+        Init::Pissa => Err(LoraError::Unsupported {
+            arg: "init_weights",
+            reason: "pissa is not supported yet (use true, false or gaussian)".into(),
+        }),
+    }
+}
+
+fn var(
+    values: Vec<f32>,
+    shape: (usize, usize),
+    dtype: DType,
+    device: &Device,
+    what: &str,
+) -> Result<Var> {
+    let t = Tensor::from_vec(values, shape, device)
+        .and_then(|t| t.to_dtype(dtype))
+        .map_err(terr(what))?;
+    Var::from_tensor(&t).map_err(terr(what))
+}
+
+impl LoraAdapters {
+    /// Adds fresh adapters to every linear layer `cfg` targets (random init from `seed`)
+    /// and makes the `modules_to_save` parameters trainable.
+    pub fn inject(
+        model: &mut CausalLm,
+        cfg: &LoraConfig,
+        seed: u64,
+        base_model: &str,
+    ) -> Result<Self> {
+        if cfg.use_dora {
+            return Err(LoraError::Unsupported {
+                arg: "use_dora",
+                reason: "DoRA is not supported yet".into(),
+            });
+        }
+        let dtype = adapter_dtype(cfg)?;
+        let device = model.device().clone();
+        let control = Arc::new(DropoutControl::default());
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut layers = Vec::new();
+        let mut names = Vec::new();
+        for (index, (path, linear)) in linears(model).into_iter().enumerate() {
+            if !cfg.targets_module(&path, path == "lm_head") {
+                continue;
+            }
+            if path == "lm_head" {
+                return Err(LoraError::Unsupported {
+                    arg: "target_modules",
+                    reason: "LoRA on lm_head is not supported yet (use --modules_to_save lm_head)"
+                        .into(),
+                });
+            }
+            let (out, inp) = (linear.out_features(), linear.in_features());
+            let (a, b) = init_pair(&cfg.init, cfg.rank, inp, out, &mut rng)?;
+            let a = var(
+                a,
+                (cfg.rank, inp),
+                dtype,
+                &device,
+                &format!("{path}.lora_A"),
+            )?;
+            let b = var(
+                b,
+                (out, cfg.rank),
+                dtype,
+                &device,
+                &format!("{path}.lora_B"),
+            )?;
+            let frozen_bias = linear.bias().filter(|_| cfg.train_bias).cloned();
+            let bias = match &frozen_bias {
+                Some(b) => Some(Var::from_tensor(b).map_err(terr(format!("{path}.bias")))?),
+                None => None,
+            };
+            let layer = Arc::new(LoraLayer {
+                a,
+                b,
+                bias,
+                frozen_bias,
+                scale: cfg.scale(),
+                dropout_p: cfg.dropout as f32,
+                index: index as u64,
+                control: control.clone(),
+            });
+            linear.set_adapter(Some(layer.clone()));
+            let name = module_name(&path).to_string();
+            if !names.contains(&name) {
+                names.push(name);
+            }
+            layers.push((path, layer));
+        }
+        if layers.is_empty() {
+            return Err(LoraError::NoTargets);
+        }
+        let saved = make_modules_to_save(model, &cfg.modules_to_save)?;
+        Ok(LoraAdapters {
+            layers,
+            saved,
+            peft: cfg.to_peft(base_model, names),
+            control,
+        })
+    }
+
+    /// Loads a PEFT adapter folder (ours or PEFT's) onto the model. With `trainable` the
+    /// weights become variables that keep training; otherwise they are plain tensors.
+    pub fn load(model: &mut CausalLm, dir: &Path, trainable: bool) -> Result<Self> {
+        let config_path = dir.join(ADAPTER_CONFIG);
+        let peft = PeftLoraConfig::load(&config_path)?;
+        let weights_path = dir.join(ADAPTER_WEIGHTS);
+        let file_err = |message: String| LoraError::File {
+            file: weights_path.display().to_string(),
+            message,
+        };
+        if !weights_path.is_file() {
+            return Err(file_err("not found (an adapter folder holds adapter_model.safetensors and adapter_config.json)".into()));
+        }
+        let device = model.device().clone();
+        let mut tensors: HashMap<String, Tensor> =
+            candle_core::safetensors::load(&weights_path, &device)
+                .map_err(|e| file_err(e.to_string()))?;
+        let control = Arc::new(DropoutControl::default());
+        let scale = peft.scale();
+        let model_dtype = model.dtype();
+        let mut layers = Vec::new();
+        for (index, (path, linear)) in linears(model).into_iter().enumerate() {
+            let ka = peft_key(&path, "lora_A");
+            let kb = peft_key(&path, "lora_B");
+            let (Some(a), Some(b)) = (tensors.remove(&ka), tensors.remove(&kb)) else {
+                continue;
+            };
+            let (out, inp) = (linear.out_features(), linear.in_features());
+            if a.dims() != [peft.r, inp] || b.dims() != [out, peft.r] {
+                return Err(file_err(format!(
+                    "{path}: lora_A {:?} / lora_B {:?} do not fit a [{out}, {inp}] layer with r {}",
+                    a.dims(),
+                    b.dims(),
+                    peft.r
+                )));
+            }
+            let bias_key = format!("base_model.model.{path}.base_layer.bias");
+            let bias = match tensors.remove(&bias_key) {
+                Some(t) => Some(
+                    Var::from_tensor(&t.to_dtype(model_dtype).map_err(terr(&bias_key))?)
+                        .map_err(terr(&bias_key))?,
+                ),
+                None => None,
+            };
+            let frozen_bias = bias.as_ref().and(linear.bias().cloned());
+            let layer = Arc::new(LoraLayer {
+                a: Var::from_tensor(&a).map_err(terr(&ka))?,
+                b: Var::from_tensor(&b).map_err(terr(&kb))?,
+                bias,
+                frozen_bias,
+                scale,
+                dropout_p: if trainable {
+                    peft.lora_dropout as f32
+                } else {
+                    0.0
+                },
+                index: index as u64,
+                control: control.clone(),
+            });
+            linear.set_adapter(Some(layer.clone()));
+            layers.push((path, layer));
+        }
+        // What is left: modules_to_save weights (`base_model.model.<param name>`).
+        let mut saved = Vec::new();
+        let mut leftover: Vec<String> = tensors.keys().cloned().collect();
+        leftover.sort();
+        if !leftover.is_empty() {
+            let wanted: HashMap<String, Tensor> = tensors
+                .into_iter()
+                .filter_map(|(k, v)| {
+                    k.strip_prefix("base_model.model.")
+                        .map(|n| (n.to_string(), v))
+                })
+                .collect();
+            let made = model.make_trainable(|name| wanted.contains_key(name))?;
+            for (name, v) in made {
+                let value = &wanted[&name];
+                if value.dims() != v.dims() {
+                    return Err(file_err(format!(
+                        "{name}: shape {:?}, the model has {:?}",
+                        value.dims(),
+                        v.dims()
+                    )));
+                }
+                v.set(&value.to_dtype(v.dtype()).map_err(terr(&name))?)
+                    .map_err(terr(&name))?;
+                saved.push((name, v));
+            }
+            if saved.len() != wanted.len() || wanted.len() != leftover.len() {
+                let known: Vec<&String> = saved.iter().map(|(n, _)| n).collect();
+                let unknown: Vec<&String> = leftover
+                    .iter()
+                    .filter(|k| !known.iter().any(|n| k.ends_with(n.as_str())))
+                    .take(3)
+                    .collect();
+                return Err(file_err(format!(
+                    "tensors that fit no module of the model: {unknown:?}"
+                )));
+            }
+        }
+        if layers.is_empty() && saved.is_empty() {
+            return Err(file_err(
+                "holds no LoRA weight for any linear layer of this model".into(),
+            ));
+        }
+        if !trainable {
+            control.set_training(false);
+        }
+        Ok(LoraAdapters {
+            layers,
+            saved,
+            peft,
+            control,
+        })
+    }
+
+    /// The trainable parameters for the optimizer, by PEFT key. LoRA+ (`lorap_lr_ratio`)
+    /// scales the learning rate of every `lora_B`.
+    pub fn trainables(&self, lorap_lr_ratio: Option<f64>) -> Vec<Trainable> {
+        let mut out = Vec::new();
+        for (path, layer) in &self.layers {
+            out.push(Trainable {
+                name: peft_key(path, "lora_A"),
+                var: layer.a.clone(),
+                decay: true,
+                lr_scale: 1.0,
+            });
+            out.push(Trainable {
+                name: peft_key(path, "lora_B"),
+                var: layer.b.clone(),
+                decay: true,
+                lr_scale: lorap_lr_ratio.unwrap_or(1.0),
+            });
+            if let Some(b) = &layer.bias {
+                out.push(Trainable {
+                    name: format!("base_model.model.{path}.base_layer.bias"),
+                    var: b.clone(),
+                    decay: false,
+                    lr_scale: 1.0,
+                });
+            }
+        }
+        for (name, v) in &self.saved {
+            out.push(Trainable {
+                name: format!("base_model.model.{name}"),
+                var: v.clone(),
+                decay: decays(name),
+                lr_scale: 1.0,
+            });
+        }
+        out
+    }
+
+    /// Writes `adapter_model.safetensors` (PEFT's keys, A `[r, in]`, B `[out, r]`) and
+    /// `adapter_config.json` into `dir`.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let map: HashMap<String, Tensor> = self
+            .trainables(None)
+            .into_iter()
+            .map(|t| (t.name, t.var.as_tensor().clone()))
+            .collect();
+        let path = dir.join(ADAPTER_WEIGHTS);
+        candle_core::safetensors::save(&map, &path).map_err(|e| LoraError::File {
+            file: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let config = dir.join(ADAPTER_CONFIG);
+        self.peft.save(&config).map_err(|e| LoraError::File {
+            file: config.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// `--modules_to_save`: the parameters of modules whose path equals a name or ends with
+/// `.name` train fully and are saved with the adapter.
+fn make_modules_to_save(model: &mut CausalLm, names: &[String]) -> Result<Vec<(String, Var)>> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let matches = |param: &str| {
+        let module = param.rsplit_once('.').map_or(param, |(m, _)| m);
+        names
+            .iter()
+            .any(|n| module == n || module.ends_with(&format!(".{n}")))
+    };
+    let made = model.make_trainable(matches)?;
+    if made.is_empty() {
+        return Err(LoraError::Unsupported {
+            arg: "modules_to_save",
+            reason: format!("{names:?} match no module of the model"),
+        });
+    }
+    Ok(made)
+}

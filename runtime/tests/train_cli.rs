@@ -1,0 +1,418 @@
+//! `swift sft` / `swift pt` through the built binary on the tiny fixture models: ms-swift's
+//! output layout, PEFT-format checkpoints that `swift infer --adapters` loads (the README's
+//! main-job command shape), exact resume after SIGKILL, and clear errors on bad input.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn repo(path: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+        .display()
+        .to_string()
+}
+
+fn model(name: &str) -> String {
+    repo(&format!("runtime/tests/fixtures/models/{name}"))
+}
+
+/// One compute thread: tiny models gain nothing from more, and spinning barrier threads
+/// crawl when other test binaries share the two CI cores.
+fn swift_cmd(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_swift"));
+    cmd.args(args)
+        .env("SWIFT_LOG", "warn")
+        .env("RAYON_NUM_THREADS", "1");
+    cmd
+}
+
+fn swift(args: &[&str]) -> (i32, String, String) {
+    let out = swift_cmd(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The single `vN-*` run folder under `root`.
+fn run_dir(root: &Path) -> PathBuf {
+    let runs: Vec<PathBuf> = std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let name = runs[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        name.starts_with("v0-") && name.len() == "v0-20260101-000000".len(),
+        "{name}"
+    );
+    runs[0].clone()
+}
+
+fn jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn sft_lora_writes_ms_swift_layout_and_infer_answers_with_the_adapter() {
+    let out = tempfile::tempdir().unwrap();
+    let output_dir = out.path().display().to_string();
+    let data = repo("examples/data/self_cognition.jsonl");
+    let (code, _, stderr) = swift(&[
+        "sft",
+        "--model",
+        &model("tiny-Qwen2.5"),
+        "--train_type",
+        "lora",
+        "--dataset",
+        &data,
+        "--model_name",
+        "Kuby",
+        "--model_author",
+        "kubeswift",
+        "--max_steps",
+        "6",
+        "--per_device_train_batch_size",
+        "2",
+        "--gradient_accumulation_steps",
+        "2",
+        "--save_steps",
+        "3",
+        "--eval_steps",
+        "3",
+        "--logging_steps",
+        "2",
+        "--save_total_limit",
+        "1",
+        "--split_dataset_ratio",
+        "0.1",
+        "--output_dir",
+        &output_dir,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let run = run_dir(out.path());
+    for f in ["args.json", "logging.jsonl", "val_dataset.jsonl"] {
+        assert!(run.join(f).is_file(), "{f} missing in {}", run.display());
+    }
+    assert!(
+        std::fs::read_dir(run.join("runs")).unwrap().count() > 0,
+        "no TensorBoard file"
+    );
+    // save_total_limit 1 keeps only the last checkpoint, written complete.
+    assert!(!run.join("checkpoint-3").exists());
+    let ck = run.join("checkpoint-6");
+    for f in [
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "args.json",
+        "trainer_state.json",
+        "optimizer.safetensors",
+        "kubeswift_state.json",
+    ] {
+        assert!(ck.join(f).is_file(), "{f} missing in checkpoint-6");
+    }
+    let adapter = candle_core::safetensors::load(
+        ck.join("adapter_model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let a = &adapter["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"];
+    let b = &adapter["base_model.model.model.layers.1.mlp.down_proj.lora_B.weight"];
+    assert_eq!(a.dims(), [8, 64]);
+    assert_eq!(b.dims(), [64, 8]);
+    assert_eq!(
+        adapter.len(),
+        2 * 7 * 2,
+        "all-linear: 7 linears x 2 layers x (A, B)"
+    );
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(ck.join("trainer_state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["global_step"], 6);
+    assert!(state["log_history"].as_array().unwrap().len() >= 3);
+    let logs = jsonl(&run.join("logging.jsonl"));
+    let train: Vec<&Value> = logs.iter().filter(|l| l.get("loss").is_some()).collect();
+    let eval: Vec<&Value> = logs
+        .iter()
+        .filter(|l| l.get("eval_loss").is_some())
+        .collect();
+    assert!(!train.is_empty() && eval.len() == 2, "{logs:?}");
+    for key in [
+        "loss",
+        "grad_norm",
+        "learning_rate",
+        "token_acc",
+        "epoch",
+        "global_step/max_steps",
+        "percentage",
+        "elapsed_time",
+        "remaining_time",
+        "memory(GiB)",
+        "train_speed(s/it)",
+    ] {
+        assert!(train[0].get(key).is_some(), "{key} missing in {}", train[0]);
+    }
+    assert!(eval[0].get("eval_token_acc").is_some());
+    assert_eq!(train.last().unwrap()["global_step/max_steps"], "6/6");
+
+    // `swift infer --adapters CKPT`: the model and template come from the checkpoint's
+    // args.json (load_args), the adapter is applied, and the chat answers.
+    let mut child = swift_cmd(&[
+        "infer",
+        "--adapters",
+        &ck.display().to_string(),
+        "--temperature",
+        "0",
+        "--max_new_tokens",
+        "8",
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"who are you?\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).trim().is_empty());
+}
+
+#[test]
+fn bad_training_input_fails_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out").display().to_string();
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let broken = dir.path().join("broken.jsonl");
+    std::fs::write(
+        &broken,
+        "{\"query\": \"hi\", \"response\": \"yo\"}\n{not json\n",
+    )
+    .unwrap();
+    let m = model("tiny-Qwen2.5");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--dataset".into(), "/no/such.jsonl".into()],
+            "/no/such.jsonl",
+        ),
+        (
+            vec!["--dataset".into(), empty.display().to_string()],
+            "empty",
+        ),
+        (
+            vec![
+                "--dataset".into(),
+                broken.display().to_string(),
+                "--strict".into(),
+                "true".into(),
+            ],
+            "broken.jsonl:2",
+        ),
+        (
+            vec![
+                "--dataset".into(),
+                broken.display().to_string(),
+                "--train_type".into(),
+                "full".into(),
+                "--freeze_parameters_ratio".into(),
+                "1".into(),
+            ],
+            "freeze_parameters",
+        ),
+        (
+            vec![
+                "--dataset".into(),
+                broken.display().to_string(),
+                "--target_modules".into(),
+                "no_such_proj".into(),
+            ],
+            "target_modules",
+        ),
+    ];
+    for (extra, needle) in cases {
+        let mut args: Vec<String> = [
+            "sft",
+            "--model",
+            &m,
+            "--output_dir",
+            &out,
+            "--max_steps",
+            "1",
+            "--split_dataset_ratio",
+            "0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.clone());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, _, stderr) = swift(&refs);
+        assert_eq!(code, 1, "{extra:?}: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{extra:?}: expected '{needle}' in: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+/// A deterministic dataset big enough for a run of several dozen steps.
+fn write_dataset(path: &Path, rows: usize) {
+    let words = [
+        "alpha", "beta", "gamma", "delta", "omega", "kappa", "sigma", "zeta",
+    ];
+    let mut f = std::fs::File::create(path).unwrap();
+    for i in 0..rows {
+        let q: Vec<&str> = (0..4)
+            .map(|k| words[(i * 7 + k * 3) % words.len()])
+            .collect();
+        let r: Vec<&str> = q.iter().rev().copied().collect();
+        writeln!(
+            f,
+            "{}",
+            serde_json::json!({"query": format!("reverse: {}", q.join(" ")), "response": r.join(" ")})
+        )
+        .unwrap();
+    }
+}
+
+fn resume_args<'a>(model: &'a str, data: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "sft",
+        "--model",
+        model,
+        "--dataset",
+        data,
+        "--split_dataset_ratio",
+        "0",
+        "--max_steps",
+        "40",
+        "--save_steps",
+        "4",
+        "--per_device_train_batch_size",
+        "2",
+        "--gradient_accumulation_steps",
+        "2",
+        "--lora_dropout",
+        "0.1",
+        "--learning_rate",
+        "1e-3",
+        "--seed",
+        "7",
+        "--report_to",
+        "none",
+        "--output_dir",
+        out,
+    ]
+}
+
+fn adapter_bits(ck: &Path) -> Vec<(String, Vec<u32>)> {
+    let t = candle_core::safetensors::load(
+        ck.join("adapter_model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let mut out: Vec<(String, Vec<u32>)> = t
+        .into_iter()
+        .map(|(k, v)| {
+            let bits = v
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect();
+            (k, bits)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_run_killed_with_sigkill_resumes_to_bit_identical_adapter_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.jsonl");
+    write_dataset(&data, 200);
+    let data = data.display().to_string();
+    let m = model("tiny-Qwen2.5");
+
+    let full_out = dir.path().join("full").display().to_string();
+    let (code, _, stderr) = swift(&resume_args(&m, &data, &full_out));
+    assert_eq!(code, 0, "{stderr}");
+    let expected = adapter_bits(&run_dir(Path::new(&full_out)).join("checkpoint-40"));
+
+    // Kill right after a checkpoint picked at random (from the clock), steps 8 to 24.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    let kill_after = 8 + 4 * (nanos % 5);
+    let killed_out = dir.path().join("killed");
+    let killed_str = killed_out.display().to_string();
+    let mut child = swift_cmd(&resume_args(&m, &data, &killed_str))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let seen = loop {
+        if let Some(run) = std::fs::read_dir(&killed_out)
+            .ok()
+            .and_then(|mut d| d.next())
+            .map(|e| e.unwrap().path())
+            && run.join(format!("checkpoint-{kill_after}")).is_dir()
+        {
+            break run;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before checkpoint-{kill_after}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint-{kill_after} after 300 s"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+    assert!(
+        !seen.join("checkpoint-40").exists(),
+        "the run finished before the kill"
+    );
+
+    // Resume into a new run folder from the killed run's newest complete checkpoint.
+    let resumed_out = dir.path().join("resumed").display().to_string();
+    let mut args = resume_args(&m, &data, &resumed_out);
+    let seen_str = seen.display().to_string();
+    args.extend(["--resume_from_checkpoint", &seen_str]);
+    let (code, _, stderr) = swift(&args);
+    assert_eq!(code, 0, "{stderr}");
+    let got = adapter_bits(&run_dir(Path::new(&resumed_out)).join("checkpoint-40"));
+    assert_eq!(got.len(), expected.len());
+    for ((k, a), (_, b)) in got.iter().zip(&expected) {
+        assert!(
+            a == b,
+            "{k} differs after resuming at or after step {kill_after}"
+        );
+    }
+}
