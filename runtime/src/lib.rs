@@ -5,6 +5,7 @@ pub mod commands;
 pub mod data;
 pub mod infer;
 pub mod model;
+pub mod serve;
 pub mod storage;
 pub mod template;
 pub mod train;
