@@ -67,7 +67,19 @@ async fn thirty_two_streams_each_equal_their_answer_alone() {
     // The settings really differ: not every answer is the same text.
     let distinct: std::collections::HashSet<&String> = alone.iter().map(|a| &a.0).collect();
     assert!(distinct.len() > 8, "{distinct:?}");
+    // And they really ran together: some steps decoded more than 8 sequences.
     let (_, metrics) = s.get("/metrics").await;
-    assert!(metrics.contains("kubeswift_serve_batch_size"), "{metrics}");
+    let steps = |le: &str| -> f64 {
+        let key = format!("kubeswift_serve_step_batch_size_bucket{{le=\"{le}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(key.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{key} missing:\n{metrics}"))
+    };
+    assert!(
+        steps("+Inf") > steps("8.0"),
+        "no step batched more than 8:\n{metrics}"
+    );
     s.shutdown().await;
 }

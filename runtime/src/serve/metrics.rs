@@ -31,6 +31,8 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     /// Requests in the running batch.
     pub batch_size: Gauge,
+    /// Sequences decoded by each engine step (how full batches really are).
+    step_batch: Histogram,
     time_to_first_token: Histogram,
     inter_token_latency: Histogram,
     request_duration: Histogram,
@@ -47,6 +49,7 @@ impl Default for Metrics {
             rejected: Counter::default(),
             queue_depth: Gauge::default(),
             batch_size: Gauge::default(),
+            step_batch: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             // 1 ms .. ~33 s
             time_to_first_token: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             // 0.5 ms .. ~4 s
@@ -91,6 +94,11 @@ impl Default for Metrics {
             m.batch_size.clone(),
         );
         registry.register(
+            "step_batch_size",
+            "Sequences decoded together by one engine step",
+            m.step_batch.clone(),
+        );
+        registry.register(
             "time_to_first_token_seconds",
             "From request arrival to its first generated text",
             m.time_to_first_token.clone(),
@@ -118,6 +126,11 @@ impl Metrics {
                 status,
             })
             .inc();
+    }
+
+    /// One engine step over `sequences` sequences.
+    pub fn step(&self, sequences: usize) {
+        self.step_batch.observe(sequences as f64);
     }
 
     pub fn first_token(&self, after: Duration) {

@@ -179,6 +179,7 @@ impl EngineLoop<'_> {
                 self.metrics.batch_size.set(0);
                 continue;
             }
+            self.metrics.step(self.engine.running_sequences());
             match self.engine.step() {
                 Ok(events) => {
                     self.metrics
