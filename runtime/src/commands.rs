@@ -12,18 +12,15 @@ pub fn run(command: Command, resolved: Resolved) -> ExitCode {
     if let Some(path) = &resolved.loaded_from {
         tracing::info!(path = %path.display(), "load_args: filled unset arguments from args.json");
     }
-    if command == Command::Infer {
-        return match crate::infer::command::run(&resolved.args) {
+    let engine: Option<fn(&kubeswift_args::Args) -> anyhow::Result<()>> = match command {
+        Command::Infer => Some(crate::infer::command::run),
+        Command::Deploy => Some(crate::serve::command::run),
+        Command::Sft | Command::Pt => Some(|args| crate::train::command::run(args).map(|_| ())),
+        _ => None,
+    };
+    if let Some(run) = engine {
+        return match run(&resolved.args) {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    if matches!(command, Command::Sft | Command::Pt) {
-        return match crate::train::command::run(&resolved.args) {
-            Ok(_) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
                 ExitCode::FAILURE

@@ -6,6 +6,7 @@ pub mod data;
 pub mod infer;
 pub mod model;
 pub mod progress;
+pub mod serve;
 pub mod storage;
 pub mod template;
 pub mod train;

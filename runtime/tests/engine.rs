@@ -306,3 +306,58 @@ fn a_prompt_longer_than_the_context_is_refused() {
     assert_eq!(out.tokens.len(), 6);
     assert_eq!(out.finish_reason, FinishReason::Length);
 }
+
+#[test]
+fn an_aborted_request_frees_its_place_and_leaves_the_others_unchanged() {
+    let p = load("tiny-Qwen2.5");
+    let refs = references("tiny-Qwen2.5");
+    let request = |i: usize| Request {
+        prompt: refs[i].0.clone(),
+        params: greedy(10),
+    };
+    let mut engine = Engine::new(&p.model, &p.tokenizer, 2);
+    let a = engine.add_request(request(0)).unwrap();
+    let b = engine.add_request(request(1)).unwrap();
+    let c = engine.add_request(request(2)).unwrap();
+    engine.step().unwrap();
+    assert_eq!(
+        (engine.running_requests(), engine.waiting_requests()),
+        (2, 1)
+    );
+    assert!(engine.abort(a), "a running request");
+    assert!(engine.abort(c), "a waiting request");
+    assert!(!engine.abort(a), "already gone");
+    assert_eq!(
+        (engine.running_requests(), engine.waiting_requests()),
+        (1, 0)
+    );
+    let mut finished = Vec::new();
+    while !engine.is_idle() {
+        for e in engine.step().unwrap() {
+            if let Event::Finished(o) = e {
+                finished.push(o);
+            }
+        }
+    }
+    assert_eq!(finished.len(), 1);
+    assert_eq!(finished[0].id, b);
+    assert_eq!(finished[0].tokens, run(&p, vec![request(1)], 1)[0]);
+}
+
+#[test]
+fn an_exact_seed_draws_the_same_whatever_the_request_id() {
+    let p = load("tiny-Qwen3");
+    let prompt = references("tiny-Qwen3")[0].0.clone();
+    let params = GenerationParams {
+        exact_seed: true,
+        ..sampled(5)
+    };
+    let request = Request {
+        prompt,
+        params: params.clone(),
+    };
+    // Alone (id 0) and third in a batch (id 2): the same draws.
+    let alone = run(&p, vec![request.clone()], 1);
+    let batched = run(&p, vec![request.clone(), request.clone(), request], 4);
+    assert!(batched.iter().all(|b| *b == alone[0]));
+}

@@ -13,7 +13,6 @@ use rand::rngs::StdRng;
 
 use super::engine::{Engine, Event, GenerationParams, Request};
 use super::error::InferError;
-use super::params::generation_params;
 use super::{metric, result};
 use crate::data::{DataOptions, sampling};
 use crate::model::pretrained::dtype_arg;
@@ -50,7 +49,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
 /// `--torch_dtype`, else float32: ms-swift's default on CPU, where half-precision matmul is
 /// slow in torch (config.json's dtype applies on GPU).
-fn load_model(args: &Args, folder: &Path) -> anyhow::Result<Pretrained> {
+pub fn load_model(args: &Args, folder: &Path) -> anyhow::Result<Pretrained> {
     let dtype = dtype_arg(args.str("torch_dtype"))?.unwrap_or(DType::F32);
     let opts = PretrainedOptions {
         model_type: args.str("model_type").map(String::from),
@@ -75,20 +74,7 @@ impl<'a> Session<'a> {
         pretrained: &'a Pretrained,
         template: &'a Template,
     ) -> anyhow::Result<Self> {
-        // The template's end-of-turn tokens and the model's eos end generation (removed
-        // from the output); its multi-token stop words join --stop_words (kept).
-        let mut stop = template.stop_token_ids();
-        stop.extend(pretrained.eos_token_ids());
-        stop.sort_unstable();
-        stop.dedup();
-        let mut params = generation_params(args, &pretrained.generation_config, stop)?;
-        for word in template.stop_words() {
-            if template.tokenizer().token_to_id(&word).is_none()
-                && !params.stop_words.contains(&word)
-            {
-                params.stop_words.push(word);
-            }
-        }
+        let params = super::params::for_model(args, pretrained, template)?;
         Ok(Session {
             args,
             pretrained,

@@ -39,6 +39,10 @@ pub struct GenerationParams {
     pub logprobs: bool,
     pub top_logprobs: usize,
     pub seed: u64,
+    /// Seeds the generator with `seed` alone, so a server request that names a seed draws
+    /// the same whatever else runs; otherwise `seed + request id`, so the rows of one
+    /// `swift infer` run draw differently.
+    pub exact_seed: bool,
 }
 
 impl Default for GenerationParams {
@@ -52,6 +56,7 @@ impl Default for GenerationParams {
             logprobs: false,
             top_logprobs: 0,
             seed: 42,
+            exact_seed: false,
         }
     }
 }
@@ -101,6 +106,8 @@ pub enum Event {
     Delta {
         id: RequestId,
         text: String,
+        /// The tokens this text completes, when `logprobs` was requested (else empty).
+        logprobs: Vec<TokenLogprob>,
     },
     Finished(Output),
 }
@@ -114,6 +121,8 @@ struct SampleState {
     /// Text released so far (for stop words).
     text: String,
     logprobs: Vec<TokenLogprob>,
+    /// Entries of `logprobs` already reported with a delta.
+    logprobs_released: usize,
 }
 
 /// One hypothesis of a beam search.
@@ -192,6 +201,38 @@ impl<'m> Engine<'m> {
     /// True when nothing is waiting or running.
     pub fn is_idle(&self) -> bool {
         self.waiting.is_empty() && self.running.is_empty()
+    }
+
+    /// Requests queued and not yet admitted to the batch.
+    pub fn waiting_requests(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Requests in the running batch.
+    pub fn running_requests(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Drops a request wherever it is (its client went away) and frees its cache slots;
+    /// no event is reported for it. False when the id is unknown or already finished.
+    pub fn abort(&mut self, id: RequestId) -> bool {
+        if let Some(i) = self.waiting.iter().position(|(w, _)| *w == id) {
+            self.waiting.remove(i);
+            return true;
+        }
+        let Some(i) = self.running.iter().position(|r| r.id == id) else {
+            return false;
+        };
+        let r = self.running.remove(i);
+        match r.state {
+            State::Sample(s) => self.cache.free(s.slot),
+            State::Beams(b) => {
+                for slot in b.beams.iter().map(|beam| beam.slot).chain(b.spare) {
+                    self.cache.free(slot);
+                }
+            }
+        }
+        true
     }
 
     /// Sequences decoded together right now.
@@ -314,10 +355,15 @@ impl<'m> Engine<'m> {
             State::Sample(Box::new(SampleState {
                 slot: self.cache.allocate(capacity),
                 generated: Vec::new(),
-                rng: StdRng::seed_from_u64(params.seed.wrapping_add(id)),
+                rng: StdRng::seed_from_u64(if params.exact_seed {
+                    params.seed
+                } else {
+                    params.seed.wrapping_add(id)
+                }),
                 decoder: IncrementalDecoder::new(),
                 text: String::new(),
                 logprobs: Vec::new(),
+                logprobs_released: 0,
             }))
         };
         Running {
@@ -451,7 +497,13 @@ fn sample_step(
     if !delta.is_empty() {
         let tail_start = s.text.len().saturating_sub(max_stop_word_len(params));
         s.text.push_str(&delta);
-        events.push(Event::Delta { id, text: delta });
+        let logprobs = s.logprobs[s.logprobs_released..].to_vec();
+        s.logprobs_released = s.logprobs.len();
+        events.push(Event::Delta {
+            id,
+            text: delta,
+            logprobs,
+        });
         let tail = s
             .text
             .get(floor_char_boundary(&s.text, tail_start)..)

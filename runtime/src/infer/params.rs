@@ -6,7 +6,8 @@ use kubeswift_args::Args;
 use super::engine::GenerationParams;
 use super::error::{InferError, Result};
 use super::sampler::SamplingConfig;
-use crate::model::GenerationConfig;
+use crate::model::{GenerationConfig, Pretrained};
+use crate::template::Template;
 
 /// transformers' GenerationConfig defaults, used when neither the user nor the model says.
 const HF_TOP_K: usize = 50;
@@ -78,7 +79,29 @@ pub fn generation_params(
         logprobs,
         top_logprobs,
         seed: args.int("seed").unwrap_or(42) as u64,
+        exact_seed: false,
     })
+}
+
+/// The generation settings of a model served through `template`: the arguments over
+/// generation_config.json, stopping at the template's end-of-turn tokens and the model's eos
+/// (removed from the output) and at the template's multi-token stop words (kept).
+pub fn for_model(
+    args: &Args,
+    pretrained: &Pretrained,
+    template: &Template,
+) -> Result<GenerationParams> {
+    let mut stop = template.stop_token_ids();
+    stop.extend(pretrained.eos_token_ids());
+    stop.sort_unstable();
+    stop.dedup();
+    let mut params = generation_params(args, &pretrained.generation_config, stop)?;
+    for word in template.stop_words() {
+        if template.tokenizer().token_to_id(&word).is_none() && !params.stop_words.contains(&word) {
+            params.stop_words.push(word);
+        }
+    }
+    Ok(params)
 }
 
 fn arg_err(arg: &'static str, message: String) -> InferError {

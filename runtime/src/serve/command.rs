@@ -1,0 +1,64 @@
+//! `swift deploy`: binds the port (failing fast when it is taken), loads the model and its
+//! template, serves until SIGTERM or Ctrl-C, then drains in-flight requests and exits.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use kubeswift_args::Args;
+
+use super::config::ServeConfig;
+use super::server::{self, shutdown_signal};
+use crate::infer::command::load_model;
+use crate::infer::params;
+use crate::template::Template;
+
+/// Runs `swift deploy` with resolved arguments.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let Some(model_path) = args.str("model") else {
+        bail!(
+            "--model is required: a local model folder (config.json, safetensors, tokenizer.json)"
+        );
+    };
+    if !args.strings("adapters").is_empty() {
+        bail!("--adapters is not supported yet: serving adapters arrives with training (LoRA)");
+    }
+    let model_name = Path::new(model_path)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or(model_path);
+    let config = ServeConfig::from_args(args, model_name);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("swift-http")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listener = server::bind(&config).await?;
+        let pretrained = load_model(args, Path::new(model_path))?;
+        let template = Template::from_args(
+            args,
+            pretrained.model_type.name,
+            pretrained.tokenizer.clone(),
+            &pretrained.tokenizer_config,
+        )?;
+        let defaults = params::for_model(args, &pretrained, &template)?;
+        let batch = config.max_batch_size;
+        let name = config.served_model_name.clone();
+        let mut running =
+            server::start(listener, Arc::new(pretrained), template, defaults, config)?;
+        // One stable line on stdout for scripts and tests that start the server on port 0.
+        println!("kubeswift serving {name} on http://{}", running.addr);
+        tracing::info!(addr = %running.addr, model = %name, max_batch_size = batch, "serving");
+        let trigger = running.take_shutdown();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            if let Some(t) = trigger {
+                let _ = t.send(());
+            }
+        });
+        running.wait().await?;
+        tracing::info!("server stopped");
+        anyhow::Ok(())
+    })
+}

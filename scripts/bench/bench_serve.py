@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Serving benchmark of `swift deploy`: aggregate generated tokens/s and p50/p99 time to
+first token at 1, 4 and 16 concurrent streaming clients, printed as a table.
+
+Starts the server itself (SWIFT binary, release build by default) on an ephemeral port
+over SmolLM2-135M-Instruct (scripts/fixtures/fetch_smollm2.sh puts it in .cache/models),
+or --model. Each client sends --requests-per-client streaming chat requests back to back
+(greedy, --new tokens, a prompt of about --prompt words); time to first token is measured
+to the first chunk with text. Standard library only.
+
+    python scripts/bench/bench_serve.py [--swift target/release/swift] [--new 64]
+"""
+
+import argparse
+import http.client
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+SMOLLM2 = os.path.join(ROOT, ".cache", "models", "SmolLM2-135M-Instruct")
+
+
+def start_server(swift, model, batch):
+    proc = subprocess.Popen(
+        [swift, "deploy", "--model", model, "--host", "127.0.0.1", "--port", "0",
+         "--max_batch_size", str(batch), "--verbose", "false", "--log_interval", "-1"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = proc.stdout.readline()
+    m = re.search(r"http://([0-9.]+):(\d+)", line)
+    if not m:
+        proc.kill()
+        sys.exit(f"swift deploy did not start: {line!r}")
+    return proc, m.group(1), int(m.group(2))
+
+
+def one_request(host, port, model, prompt, new):
+    body = json.dumps({
+        "model": model, "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": new, "temperature": 0, "stream": True,
+        "stream_options": {"include_usage": True},
+    })
+    conn = http.client.HTTPConnection(host, port, timeout=600)
+    t0 = time.perf_counter()
+    conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    if resp.status != 200:
+        raise RuntimeError(f"HTTP {resp.status}: {resp.read()[:200]!r}")
+    ttft, tokens = None, 0
+    for raw in resp:
+        line = raw.decode().strip()
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        chunk = json.loads(line[6:])
+        if chunk.get("usage"):
+            tokens = chunk["usage"]["completion_tokens"]
+        for c in chunk.get("choices", []):
+            if ttft is None and c.get("delta", {}).get("content"):
+                ttft = time.perf_counter() - t0
+    conn.close()
+    return ttft if ttft is not None else time.perf_counter() - t0, tokens
+
+
+def run_level(host, port, model, clients, per_client, prompt, new):
+    ttfts, tokens, errors = [], [], []
+    lock = threading.Lock()
+
+    def client(i):
+        for j in range(per_client):
+            try:
+                t, n = one_request(host, port, model, f"[{i}.{j}] {prompt}", new)
+            except Exception as e:  # noqa: BLE001 - reported in the table
+                with lock:
+                    errors.append(str(e))
+                continue
+            with lock:
+                ttfts.append(t)
+                tokens.append(n)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    return sum(tokens) / wall, ttfts, errors
+
+
+def pct(values, p):
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--swift", default=os.path.join(ROOT, "target", "release", "swift"))
+    ap.add_argument("--model", default=SMOLLM2)
+    ap.add_argument("--levels", default="1,4,16")
+    ap.add_argument("--requests-per-client", type=int, default=2)
+    ap.add_argument("--prompt", type=int, default=32, help="prompt length in words")
+    ap.add_argument("--new", type=int, default=64, help="generated tokens per request")
+    args = ap.parse_args()
+    levels = [int(x) for x in args.levels.split(",")]
+    proc, host, port = start_server(args.swift, args.model, max(levels))
+    name = os.path.basename(os.path.normpath(args.model))
+    prompt = " ".join(["Tell me about the history of the city and its rivers."] * 8)
+    prompt = " ".join(prompt.split()[: args.prompt])
+    try:
+        one_request(host, port, name, "warm up", 4)
+        rows = []
+        for c in levels:
+            tps, ttfts, errors = run_level(host, port, name, c, args.requests_per_client, prompt, args.new)
+            rows.append((c, tps, pct(ttfts, 50), pct(ttfts, 99), len(ttfts), len(errors)))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=120)
+    print(f"\nswift deploy, {name}, {args.new} new tokens, ~{args.prompt}-word prompt, "
+          f"{args.requests_per_client} requests per client, {os.cpu_count()} CPUs")
+    print(f"{'streams':>7} | {'gen tok/s':>9} | {'TTFT p50 ms':>11} | {'TTFT p99 ms':>11} | {'requests':>8} | errors")
+    print("-" * 68)
+    for c, tps, p50, p99, n, e in rows:
+        print(f"{c:>7} | {tps:>9.1f} | {p50 * 1e3:>11.1f} | {p99 * 1e3:>11.1f} | {n:>8} | {e}")
+    base = rows[0][1] if rows and rows[0][1] > 0 else float("nan")
+    print(f"\nscaling: " + ", ".join(f"{c} streams {tps / base:.2f}x" for c, tps, *_ in rows))
+
+
+if __name__ == "__main__":
+    main()
