@@ -416,3 +416,61 @@ fn a_run_killed_with_sigkill_resumes_to_bit_identical_adapter_weights() {
         );
     }
 }
+
+/// Under the operator (`KUBESWIFT_PROGRESS_TOKEN` set) rank 0 leaves its final report as the
+/// termination message: the last step, the loss and the last complete checkpoint
+/// (operator/PROGRESS.md). Off-cluster nothing is written.
+#[test]
+fn under_the_operator_the_final_report_is_the_termination_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("reverse.jsonl");
+    write_dataset(&data, 16);
+    let log = tmp.path().join("termination-log");
+    let out = tmp.path().join("out");
+    let model = model("tiny-Qwen2.5");
+    let (data_s, out_s) = (data.display().to_string(), out.display().to_string());
+    let mut args = resume_args(&model, &data_s, &out_s);
+    let steps = args.iter().position(|a| *a == "--max_steps").unwrap();
+    args[steps + 1] = "6";
+    let status = swift_cmd(&args)
+        .env("KUBESWIFT_PROGRESS_TOKEN", "t0ken")
+        .env("KUBESWIFT_PROGRESS_PORT", "0")
+        .env("KUBESWIFT_TERMINATION_LOG", &log)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&log).unwrap()).unwrap();
+    assert_eq!(report["version"], 1);
+    assert_eq!(report["step"], 6);
+    assert_eq!(report["total_steps"], 6);
+    assert_eq!(report["finished"], true);
+    assert!(report["loss"].as_f64().unwrap().is_finite(), "{report}");
+    let checkpoint = report["checkpoint"].as_str().unwrap();
+    assert!(checkpoint.ends_with("checkpoint-6"), "{checkpoint}");
+    assert!(
+        Path::new(checkpoint)
+            .join("adapter_model.safetensors")
+            .exists()
+    );
+
+    // A failing run still leaves a finished report (step 0 here) instead of nothing.
+    let bad_log = tmp.path().join("bad-termination-log");
+    let status = swift_cmd(&[
+        "sft",
+        "--model",
+        &tmp.path().join("no-such-model").display().to_string(),
+        "--dataset",
+        &data_s,
+        "--output_dir",
+        &tmp.path().join("out2").display().to_string(),
+    ])
+    .env("KUBESWIFT_PROGRESS_TOKEN", "t0ken")
+    .env("KUBESWIFT_PROGRESS_PORT", "0")
+    .env("KUBESWIFT_TERMINATION_LOG", &bad_log)
+    .status()
+    .unwrap();
+    assert!(!status.success());
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&bad_log).unwrap()).unwrap();
+    assert_eq!(report["step"], 0);
+    assert_eq!(report["finished"], true);
+}

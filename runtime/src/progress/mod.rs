@@ -8,10 +8,12 @@
 //! (the token is set): on a laptop nothing listens and nothing is written.
 
 mod report;
+mod reporter;
 mod server;
 mod termination;
 
 pub use report::{PROGRESS_VERSION, ProgressReport};
+pub use reporter::ProgressReporter;
 pub use server::ProgressServer;
 pub use termination::{
     MAX_TERMINATION_MESSAGE_BYTES, termination_message, write_termination_message,

@@ -11,6 +11,7 @@ use kubeswift_args::Args;
 use crate::data::{Collator, DataOptions, prepare, write_val_dataset};
 use crate::model::pretrained::dtype_arg;
 use crate::model::{LoadOptions, Pretrained, PretrainedOptions};
+use crate::progress::ProgressReporter;
 use crate::storage::checkpoint::UploadOptions;
 use crate::storage::output::RunOutput;
 use crate::storage::resume::resolve_local;
@@ -21,6 +22,15 @@ use crate::train::tuning::Tuning;
 
 /// Runs `swift sft` / `swift pt` with resolved arguments.
 pub fn run(args: &Args) -> anyhow::Result<TrainSummary> {
+    // Under the operator, rank 0 serves /progress and leaves a final report on exit,
+    // whether training succeeds or fails (operator/PROGRESS.md).
+    let reporter = Arc::new(ProgressReporter::from_env()?);
+    let trained = train(args, &reporter);
+    reporter.finish();
+    trained
+}
+
+fn train(args: &Args, reporter: &Arc<ProgressReporter>) -> anyhow::Result<TrainSummary> {
     let Some(model_path) = args.str("model") else {
         bail!(
             "--model is required: a local model folder (config.json, safetensors, tokenizer.json)"
@@ -87,7 +97,7 @@ pub fn run(args: &Args) -> anyhow::Result<TrainSummary> {
         output,
         args_json: args_json.clone(),
     };
-    let mut trainer = Trainer::new(parts, config)?;
+    let mut trainer = Trainer::new(parts, config)?.with_reporter(reporter.clone());
     if let Some(dir) = resume {
         trainer.resume(&dir, args.bool("resume_only_model"))?;
     }

@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -11,6 +12,7 @@ use serde_json::{Map, Value, json};
 
 use crate::data::{Collator, TrainData, epoch_batches};
 use crate::model::CausalLm;
+use crate::progress::{ProgressReport, ProgressReporter};
 use crate::storage::checkpoint::LocalCheckpoint;
 use crate::storage::output::RunOutput;
 use crate::train::config::{Strategy, TrainConfig};
@@ -59,6 +61,8 @@ pub struct Trainer<'a> {
     /// Losses of the steps since the last log line.
     window: LossStats,
     last_checkpoint: Option<PathBuf>,
+    /// `/progress` and the termination message for the operator (a no-op off-cluster).
+    reporter: Arc<ProgressReporter>,
 }
 
 /// A stable mix of a seed and a counter (splitmix64), for dropout seeds.
@@ -162,7 +166,31 @@ impl<'a> Trainer<'a> {
             started: Instant::now(),
             window: LossStats::default(),
             last_checkpoint: None,
+            reporter: Arc::new(ProgressReporter::disabled()),
         })
+    }
+
+    /// Reports progress through `reporter` (rank 0 under the operator).
+    pub fn with_reporter(mut self, reporter: Arc<ProgressReporter>) -> Self {
+        self.reporter = reporter;
+        self
+    }
+
+    /// Publishes the operator's view of the run (see operator/PROGRESS.md).
+    fn publish_progress(&self, loss: Option<f64>, learning_rate: Option<f64>) {
+        let progress = self.progress();
+        self.reporter.publish(ProgressReport {
+            total_steps: Some(progress.max_steps),
+            epoch: Some(progress.epoch),
+            loss,
+            learning_rate,
+            eta_seconds: Some(progress.remaining_s().round() as u64),
+            checkpoint: self
+                .last_checkpoint
+                .as_ref()
+                .map(|c| c.display().to_string()),
+            ..ProgressReport::at_step(progress.step)
+        });
     }
 
     /// Restores a checkpoint: weights always; with `only_model` false also the optimizer,
@@ -368,6 +396,7 @@ impl<'a> Trainer<'a> {
 
     fn log_train(&mut self, grad_norm: f64, lr: f64) -> anyhow::Result<()> {
         let w = std::mem::take(&mut self.window);
+        self.publish_progress(Some(w.mean_loss()), Some(lr));
         let progress = self.progress();
         let speed = progress.elapsed_s / self.state.global_step.max(1) as f64;
         let line = train_line(
@@ -469,6 +498,8 @@ impl<'a> Trainer<'a> {
             best.as_deref(),
         ))?;
         tracing::info!(checkpoint = %committed.display(), "saved");
+        self.reporter
+            .set_checkpoint(committed.display().to_string());
         self.last_checkpoint = Some(committed);
         Ok(())
     }
