@@ -314,6 +314,15 @@ async fn a_full_queue_answers_429_with_retry_after() {
         c.max_queue = 0;
     })
     .await;
+    // More choices than the server ever holds at once is a 400, not an endless 429.
+    let mut two = chat("hi", 2);
+    two["n"] = json!(2);
+    let (status, e) = s.post("/v1/chat/completions", &two).await;
+    assert_eq!(
+        (status, e["error"]["param"].as_str()),
+        (400, Some("n")),
+        "{e}"
+    );
     let mut body = chat("Write a long story", 200);
     body["stream"] = json!(true);
     let busy = s
