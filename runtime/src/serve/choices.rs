@@ -82,6 +82,17 @@ impl Generation {
         prompt: Vec<u32>,
         sampling: &SamplingRequest,
     ) -> Result<Generation, ApiError> {
+        if sampling.n > state.scheduler.capacity() {
+            // It would be refused with 429 forever: say so instead.
+            return Err(ApiError::invalid(
+                "n",
+                format!(
+                    "'n' = {} exceeds what this server holds at once ({})",
+                    sampling.n,
+                    state.scheduler.capacity()
+                ),
+            ));
+        }
         let seed = sampling.seed.unwrap_or_else(rand::random);
         let requests: Vec<Request> = (0..sampling.n)
             .map(|i| Request {

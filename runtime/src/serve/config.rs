@@ -64,7 +64,7 @@ impl ServeConfig {
                 .map(|s| Duration::from_secs(s as u64)),
             max_logprobs: args.int("max_logprobs").unwrap_or(20).max(0) as usize,
             max_batch_size,
-            max_queue: max_batch_size * QUEUE_PER_SLOT,
+            max_queue: max_batch_size.saturating_mul(QUEUE_PER_SLOT),
             max_new_tokens: args.int("max_new_tokens").map(|m| m.max(1) as usize),
             ..ServeConfig::for_model(model_name)
         }

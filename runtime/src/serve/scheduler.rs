@@ -61,7 +61,7 @@ impl InFlight {
     fn reserve(&self, n: usize) -> Result<(), SubmitError> {
         self.count
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
-                (c + n <= self.capacity).then_some(c + n)
+                (c.saturating_add(n) <= self.capacity).then_some(c + n)
             })
             .map(|_| ())
             .map_err(SubmitError::QueueFull)
@@ -92,7 +92,7 @@ impl Scheduler {
         let (commands, rx) = mpsc::channel();
         let in_flight = Arc::new(InFlight {
             count: AtomicUsize::new(0),
-            capacity: max_batch_size.max(1) + max_queue,
+            capacity: max_batch_size.max(1).saturating_add(max_queue),
         });
         let loop_in_flight = in_flight.clone();
         let thread = std::thread::Builder::new()
@@ -141,6 +141,11 @@ impl Scheduler {
             receivers.push(rx);
         }
         Ok(receivers)
+    }
+
+    /// Most generations in flight at once.
+    pub fn capacity(&self) -> usize {
+        self.in_flight.capacity
     }
 
     /// Generations running or waiting.
