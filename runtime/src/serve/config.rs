@@ -25,7 +25,7 @@ pub struct ServeConfig {
     pub max_batch_size: usize,
     /// Requests allowed to wait for a batch slot; beyond them the server answers 429.
     pub max_queue: usize,
-    /// Default and cap of a request's `max_tokens` (`--max_new_tokens`).
+    /// A request's `max_tokens` when it sets none (`--max_new_tokens`, as ms-swift).
     pub max_new_tokens: Option<usize>,
     /// Largest request body accepted (413 beyond).
     pub max_body_bytes: usize,
