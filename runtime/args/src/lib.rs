@@ -18,6 +18,7 @@ pub mod group;
 pub mod help;
 pub mod load_args;
 pub mod model_kwargs;
+pub mod progress;
 pub mod resolve;
 pub mod schema;
 pub mod spec;

@@ -21,12 +21,9 @@ pub use termination::{
 
 use std::path::PathBuf;
 
-/// The env var holding the bearer token `/progress` requires; set by the operator.
-pub const PROGRESS_TOKEN_ENV: &str = "KUBESWIFT_PROGRESS_TOKEN";
-/// The env var holding the port `/progress` listens on.
-pub const PROGRESS_PORT_ENV: &str = "KUBESWIFT_PROGRESS_PORT";
-/// The port when the env var is unset (the operator's default).
-pub const DEFAULT_PROGRESS_PORT: u16 = 29400;
+pub use kubeswift_args::progress::{
+    PROGRESS_PORT as DEFAULT_PROGRESS_PORT, PROGRESS_PORT_ENV, PROGRESS_TOKEN_ENV,
+};
 /// Where the kubelet reads the termination message (overridable for tests).
 pub const TERMINATION_LOG_ENV: &str = "KUBESWIFT_TERMINATION_LOG";
 const DEFAULT_TERMINATION_LOG: &str = "/dev/termination-log";

@@ -1,52 +1,7 @@
-//! The report document. It mirrors `kubeswift_crds::progress::ProgressReport` field for
-//! field (the runtime must not link the Kubernetes crates); a test in this module pins the
-//! JSON both sides agree on.
+//! The report document: the contract type shared with the operator
+//! (`kubeswift_args::progress`); the test pins the JSON operator/PROGRESS.md documents.
 
-use serde::{Deserialize, Serialize};
-
-/// The schema version of [`ProgressReport`].
-pub const PROGRESS_VERSION: u32 = 1;
-
-/// One progress report, in the key names ms-swift's `logging.jsonl` uses.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-pub struct ProgressReport {
-    pub version: u32,
-    /// Optimizer steps done (`global_step`).
-    pub step: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub total_steps: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub epoch: Option<f64>,
-    /// Training loss of the last logging window.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub loss: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub learning_rate: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub eta_seconds: Option<u64>,
-    /// The last complete checkpoint (where a restart resumes from).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub checkpoint: Option<String>,
-    #[serde(default)]
-    pub finished: bool,
-}
-
-impl ProgressReport {
-    /// A report at `step` with nothing else known yet.
-    pub fn at_step(step: u64) -> Self {
-        ProgressReport {
-            version: PROGRESS_VERSION,
-            step,
-            total_steps: None,
-            epoch: None,
-            loss: None,
-            learning_rate: None,
-            eta_seconds: None,
-            checkpoint: None,
-            finished: false,
-        }
-    }
-}
+pub use kubeswift_args::progress::{PROGRESS_VERSION, ProgressReport};
 
 #[cfg(test)]
 mod tests {
