@@ -29,6 +29,15 @@ pub trait Elem: candle_core::WithDType + sealed::Sealed + Copy + Send + Sync + '
     fn load(src: &[Self], dst: &mut [f32]);
     /// Rounds a slice (same lengths).
     fn store(src: &[f32], dst: &mut [Self]);
+    /// Rounds a vector of f32 to this type, in parallel (no copy for f32).
+    fn from_f32_vec(values: Vec<f32>) -> Vec<Self> {
+        let mut out = vec![Self::from_f32(0.0); values.len()];
+        crate::cpu::par::for_each_chunk_mut(&mut out, 1 << 16, |i, chunk| {
+            let start = i << 16;
+            Self::store(&values[start..start + chunk.len()], chunk);
+        });
+        out
+    }
     /// The slice with its concrete type (for SIMD loads and the native bf16 GEMM).
     fn typed(src: &[Self]) -> Typed<'_>;
     /// The slice as bf16 if this is bf16.
@@ -41,6 +50,9 @@ pub trait Elem: candle_core::WithDType + sealed::Sealed + Copy + Send + Sync + '
 }
 
 impl Elem for f32 {
+    fn from_f32_vec(values: Vec<f32>) -> Vec<Self> {
+        values
+    }
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self

@@ -3,7 +3,13 @@
 //! and in PyTorch (scripts/torch_layer.py, run in the same invocation), f32 and bf16.
 //!
 //! `cargo bench -p kubeswift-kernels --bench layer -- [--iters N] [--tokens T]
-//!  [--dtypes f32,bf16] [--no-torch] [--no-plain] [--no-layer] [--ops] [--gemm]`
+//!  [--dtypes f32,bf16] [--no-torch] [--no-plain] [--no-layer] [--ops] [--gemm]
+//!  [--malloc-defaults]`
+//!
+//! By default glibc malloc is tuned as the `swift` binary tunes it
+//! (`cpu::alloc::keep_freed_memory`), in this process and through `MALLOC_*` variables in
+//! PyTorch's, so neither side pays page faults for memory it just freed.
+//! `--malloc-defaults` leaves glibc's defaults on both sides.
 //!
 //! `--ops` adds a per-kernel breakdown and `--gemm` the GEMM throughput at the layer's
 //! shapes (ours vs candle's matmul). PyTorch runs with `$KUBESWIFT_BENCH_PYTHON`, else
@@ -27,6 +33,7 @@ struct Args {
     torch: bool,
     plain: bool,
     layer: bool,
+    keep_freed_memory: bool,
     ops: bool,
     gemm: bool,
 }
@@ -40,6 +47,7 @@ fn parse_args() -> Args {
         torch: true,
         plain: true,
         layer: true,
+        keep_freed_memory: true,
         ops: false,
         gemm: false,
     };
@@ -83,6 +91,7 @@ fn parse_args() -> Args {
             "--no-torch" => args.torch = false,
             "--no-plain" => args.plain = false,
             "--no-layer" => args.layer = false,
+            "--malloc-defaults" => args.keep_freed_memory = false,
             "--ops" => args.ops = true,
             "--gemm" => args.gemm = true,
             _ => {} // `cargo bench` passes `--bench`
@@ -182,7 +191,12 @@ fn bench_torch(args: &Args) -> Vec<Row> {
     let script = std::env::var("KUBESWIFT_BENCH_TORCH_SCRIPT")
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/torch_layer.py").into());
     let dtypes: Vec<&str> = args.dtypes.iter().map(|d| dtype_name(*d)).collect();
-    let out = Command::new(&python)
+    let mut cmd = Command::new(&python);
+    if args.keep_freed_memory {
+        cmd.env("MALLOC_MMAP_THRESHOLD_", "33554432")
+            .env("MALLOC_TRIM_THRESHOLD_", "2147483647");
+    }
+    let out = cmd
         .arg(&script)
         .args(["--tokens", &args.tokens.to_string()])
         .args(["--iters", &args.iters.to_string()])
@@ -226,10 +240,15 @@ fn print_layer_table(args: &Args, rows: &[Row]) {
         args.tokens
     );
     println!(
-        "{}, threads {}, kernel ISA {:?}, median of {} iterations (ms)\n",
+        "{}, threads {}, kernel ISA {:?}, malloc {}, median of {} iterations (ms)\n",
         cpu_model(),
         threads(),
         isa::active(),
+        if args.keep_freed_memory {
+            "keeps freed memory"
+        } else {
+            "glibc defaults"
+        },
         args.iters
     );
     println!("| implementation | dtype | forward ms | backward ms | total ms |");
@@ -425,6 +444,9 @@ fn threads() -> usize {
 
 fn main() -> Result<()> {
     let args = parse_args();
+    if args.keep_freed_memory && !kubeswift_kernels::cpu::alloc::keep_freed_memory() {
+        eprintln!("not a glibc target: allocator left as is");
+    }
     if args.gemm {
         bench_gemm(&args)?;
     }

@@ -3,6 +3,7 @@
 //! Hot loops are compiled several times for different instruction sets and picked at run
 //! time ([`isa`]), so one binary runs everywhere and still uses AVX2/AVX-512 where present.
 
+pub mod alloc;
 pub(crate) mod convert;
 pub mod gemm;
 pub mod isa;

@@ -5,13 +5,14 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 
 use crate::cpu::gemm::{MatRef, gemm};
 use crate::elem::Elem;
 use crate::error::{shape_err, value_err};
+use crate::ops::f32_storage;
 use crate::storage::{
-    check_float, contiguous_range, floats, owned, with_cpu, with_floats, with_tensor_floats,
+    check_float, contiguous_range, floats, with_cpu, with_floats, with_tensor_floats,
 };
 
 const FROZEN: &str = "frozen_linear";
@@ -188,23 +189,6 @@ impl Frozen {
             *last = self.out;
         }
         Shape::from(dims)
-    }
-}
-
-/// f32 values as storage of `dtype`, reusing the buffer when `dtype` is f32.
-fn f32_storage(values: Vec<f32>, dtype: DType) -> CpuStorage {
-    match dtype {
-        DType::BF16 => {
-            let mut out = vec![half::bf16::ZERO; values.len()];
-            half::bf16::store(&values, &mut out);
-            owned(out)
-        }
-        DType::F16 => {
-            let mut out = vec![half::f16::ZERO; values.len()];
-            half::f16::store(&values, &mut out);
-            owned(out)
-        }
-        _ => owned(values),
     }
 }
 

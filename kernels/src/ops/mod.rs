@@ -38,12 +38,22 @@ pub(crate) fn tensor_from(storage: candle_core::CpuStorage, shape: &candle_core:
     )
 }
 
-/// Builds a tensor of `like`'s dtype, device and `shape` from f32 values (rounding them).
+/// A tensor of `like`'s dtype and device with the given f32 values (rounded), built
+/// without a trip through candle's single-threaded casts.
 pub(crate) fn from_f32_vec(values: Vec<f32>, shape: &[usize], like: &Tensor) -> Result<Tensor> {
-    let t = Tensor::from_vec(values, shape, like.device())?;
-    if like.dtype() == candle_core::DType::F32 {
-        Ok(t)
-    } else {
-        t.to_dtype(like.dtype())
+    Ok(tensor_from(
+        f32_storage(values, like.dtype()),
+        &shape.into(),
+    ))
+}
+
+/// f32 values as CPU storage of `dtype` (f32, bf16 or f16; other dtypes get f32).
+pub(crate) fn f32_storage(values: Vec<f32>, dtype: candle_core::DType) -> candle_core::CpuStorage {
+    use crate::elem::Elem;
+    use crate::storage::owned;
+    match dtype {
+        candle_core::DType::BF16 => owned(half::bf16::from_f32_vec(values)),
+        candle_core::DType::F16 => owned(half::f16::from_f32_vec(values)),
+        _ => owned(values),
     }
 }

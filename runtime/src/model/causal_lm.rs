@@ -287,8 +287,7 @@ impl CausalLm {
             cos: &cos,
             sin: &sin,
         };
-        let ids = Tensor::new(tokens, &self.device)?;
-        let hidden = self.model.forward_infer(&ids, &ctx, cache)?;
+        let hidden = self.model.forward_infer(tokens, &ctx, cache)?;
         for s in spans {
             cache.advance(s.slot, s.len)?;
         }

@@ -73,13 +73,9 @@ impl RmsNorm {
         ops::rms_norm(x, &self.weight, self.eps)
     }
 
-    /// Fused f32 RMSNorm (no backward; inference only).
+    /// f32 RMSNorm on the calling thread (no backward; inference only).
     pub fn forward_infer(&self, x: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::rms_norm(x, &self.weight_f32()?, self.eps as f32).ctx("rms_norm")
-    }
-
-    fn weight_f32(&self) -> Result<Tensor> {
-        Ok(self.weight.to_dtype(DType::F32)?)
+        cpu::elementwise::rms_norm(x, &self.weight, self.eps)
     }
 }
 
@@ -178,8 +174,8 @@ impl Attention {
             .map_err(|_| ModelError::Input("q/k/v projection count".into()))?;
         let norms = match (&self.q_norm, &self.k_norm) {
             (Some(qn), Some(kn)) => Some((
-                qn.weight_f32()?.to_vec1::<f32>()?,
-                kn.weight_f32()?.to_vec1::<f32>()?,
+                cpu::elementwise::to_f32_vec(&qn.weight)?,
+                cpu::elementwise::to_f32_vec(&kn.weight)?,
                 qn.eps,
             )),
             _ => None,
@@ -299,7 +295,7 @@ impl DecoderLayer {
             layer,
             cache,
         )?;
-        let h = (x + a)?;
+        let h = cpu::elementwise::add(x, &a)?;
         let m = self.mlp.forward_infer(
             &self.post_attention_layernorm.forward_infer(&h)?,
             ctx.groups,
@@ -350,14 +346,11 @@ impl Model {
     /// Flattened ids `[N]` -> hidden states `[N, hidden]` (f32) after the final norm.
     pub fn forward_infer(
         &self,
-        ids: &Tensor,
+        ids: &[u32],
         ctx: &InferContext,
         cache: &mut KvCache,
     ) -> Result<Tensor> {
-        let mut x = self
-            .embed_tokens
-            .index_select(ids, 0)?
-            .to_dtype(DType::F32)?;
+        let mut x = cpu::elementwise::embedding(&self.embed_tokens, ids)?;
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward_infer(&x, ctx, i, cache)?;
         }

@@ -232,7 +232,7 @@ unsafe fn orchestrate<K: Microkernel, TA: Elem, TB: Elem>(
         return;
     }
     let mut shared = Buffer::take(K::P::shared(), shared_len);
-    let shared = &mut shared[..shared_len];
+    let shared = &mut shared[..];
     // SAFETY: the CPU has K's features (caller).
     unsafe {
         if split_n {
@@ -314,9 +314,12 @@ impl Packed for bf16 {
 /// A buffer borrowed from a thread-local cache and returned on drop. (A guard rather than
 /// a closure: closures do not inherit `#[target_feature]`, and the loops using the buffer
 /// must be compiled with the kernel's features.) A nested borrow finds the cache empty and
-/// allocates.
+/// allocates. The usable part starts on a 64-byte boundary, so the microkernels' vector
+/// loads of packed panels never straddle cache lines.
 pub(super) struct Buffer<P: Packed> {
     data: Vec<P>,
+    start: usize,
+    len: usize,
     home: &'static LocalKey<Cell<Vec<P>>>,
 }
 
@@ -324,23 +327,35 @@ impl<P: Packed> Buffer<P> {
     #[inline(always)]
     pub(super) fn take(home: &'static LocalKey<Cell<Vec<P>>>, len: usize) -> Self {
         let mut data = home.with(Cell::take);
-        if data.len() < len {
-            data.resize(len, P::default());
+        let slack = 64 / std::mem::size_of::<P>();
+        if data.len() < len + slack {
+            data.resize(len + slack, P::default());
         }
-        Buffer { data, home }
+        let misalign = (data.as_ptr() as usize) % 64;
+        let start = if misalign == 0 {
+            0
+        } else {
+            (64 - misalign) / std::mem::size_of::<P>()
+        };
+        Buffer {
+            data,
+            start,
+            len,
+            home,
+        }
     }
 }
 
 impl<P: Packed> std::ops::Deref for Buffer<P> {
     type Target = [P];
     fn deref(&self) -> &[P] {
-        &self.data
+        &self.data[self.start..self.start + self.len]
     }
 }
 
 impl<P: Packed> std::ops::DerefMut for Buffer<P> {
     fn deref_mut(&mut self) -> &mut [P] {
-        &mut self.data
+        &mut self.data[self.start..self.start + self.len]
     }
 }
 
@@ -379,6 +394,8 @@ unsafe fn blocked<K: Microkernel, TA: Elem, TB: Elem>(
         Prepacked::A(_) => (0, nc_max * kcp_max),
         Prepacked::B(_) => (mc_max * kcp_max, 0),
     };
+    // B's part starts on a cache line too.
+    let len_a = len_a.next_multiple_of(64 / std::mem::size_of::<K::P>());
     let mut scratch = Buffer::take(K::P::scratch(), len_a + len_b);
     let (abuf, bbuf) = scratch.split_at_mut(len_a);
     {

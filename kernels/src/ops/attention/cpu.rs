@@ -17,7 +17,10 @@ use crate::elem::Elem;
 /// Keys per tile.
 const BK: usize = 64;
 /// Target rows (query positions x heads per KV head) per tile.
-const ROWS: usize = 64;
+const ROWS: usize = 72;
+/// Tile rows are kept a multiple of this (the GEMM microkernels' row counts, 6 and 12), so
+/// the tile products have no partial microkernel tiles.
+const ROW_QUANTUM: usize = 12;
 
 /// A 4-D `[batch, heads, seq, head_dim]` view whose head dim is contiguous.
 #[derive(Clone, Copy)]
@@ -35,9 +38,15 @@ impl<T: Elem> View<'_, T> {
     }
 }
 
-/// Query positions per tile for `group` query heads per KV head.
+/// Query positions per tile for `group` query heads per KV head: about `ROWS` rows, a
+/// multiple of `ROW_QUANTUM` rows when the sequence is long enough to fill such tiles.
 fn q_tile(group: usize) -> usize {
-    (ROWS / group).max(1)
+    let step = ROW_QUANTUM / gcd(ROW_QUANTUM, group);
+    ROWS.div_ceil(group).next_multiple_of(step)
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// Output of the forward: `o` with strides `out_strides`, `lse` as `[b, h, t]`.

@@ -11,6 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+use super::elementwise::{to_f32, to_f32_vec};
 use super::simd::WeightElem;
 use super::storage::{with_f32_slice, with_weight_slice};
 use crate::model::error::{CandleContext, ModelError, Result};
@@ -63,9 +64,12 @@ pub fn linear(
     while i < groups.len() {
         if groups[i] >= GEMM_MIN_ROWS {
             let rows = groups[i];
-            let block = gemm_path(&x.narrow(0, row, rows)?, weight, n)?;
-            let block: Vec<f32> = block.flatten_all()?.to_vec1()?;
-            y[row * n..(row + rows) * n].copy_from_slice(&block);
+            gemm_path(
+                &x.narrow(0, row, rows)?,
+                weight,
+                n,
+                &mut y[row * n..(row + rows) * n],
+            )?;
             row += rows;
             i += 1;
             continue;
@@ -87,11 +91,10 @@ pub fn linear(
         })??;
         row += rows;
     }
+    if let Some(b) = bias {
+        add_bias(&mut y, &to_f32_vec(b)?);
+    }
     let out = Tensor::from_vec(y, (m, n), &Device::Cpu)?;
-    let out = match bias {
-        Some(b) => out.broadcast_add(&b.to_dtype(DType::F32)?)?,
-        None => out,
-    };
     let mut out_dims = lead.to_vec();
     out_dims.push(n);
     Ok(out.reshape(out_dims)?)
@@ -155,12 +158,11 @@ pub fn linear_many(
     drop(guards);
     outs.into_iter()
         .zip(layers)
-        .map(|(y, (w, b))| {
+        .map(|(mut y, (w, b))| {
+            if let Some(b) = b {
+                add_bias(&mut y, &to_f32_vec(b)?);
+            }
             let out = Tensor::from_vec(y, (m, w.dims()[0]), &Device::Cpu)?;
-            let out = match b {
-                Some(b) => out.broadcast_add(&b.to_dtype(DType::F32)?)?,
-                None => out,
-            };
             let dims: Vec<usize> = lead.iter().copied().chain([w.dims()[0]]).collect();
             Ok(out.reshape(dims)?)
         })
@@ -238,17 +240,37 @@ pub enum WeightSlice<'a> {
     F16(&'a [f16]),
 }
 
-fn gemm_path(x: &Tensor, weight: &Tensor, n: usize) -> Result<Tensor> {
+/// `x W^T` by gemm into `out` (`[m, n]`); half-precision weights are widened to f32 a
+/// block of rows at a time.
+fn gemm_path(x: &Tensor, weight: &Tensor, n: usize, out: &mut [f32]) -> Result<()> {
+    let m = x.dim(0)?;
+    let write = |out: &mut [f32], block: &Tensor, col: usize| -> Result<()> {
+        let width = block.dim(1)?;
+        with_f32_slice(block, |b| {
+            for r in 0..m {
+                out[r * n + col..r * n + col + width]
+                    .copy_from_slice(&b[r * width..(r + 1) * width]);
+            }
+        })
+    };
     if weight.dtype() == DType::F32 {
-        return Ok(x.matmul(&weight.t()?)?);
+        return write(out, &x.matmul(&weight.t()?)?, 0);
     }
-    let mut blocks = Vec::with_capacity(n.div_ceil(GEMM_BLOCK_ROWS));
     for start in (0..n).step_by(GEMM_BLOCK_ROWS) {
         let rows = GEMM_BLOCK_ROWS.min(n - start);
-        let w = weight.narrow(0, start, rows)?.to_dtype(DType::F32)?;
-        blocks.push(x.matmul(&w.t()?)?);
+        let w = to_f32(&weight.narrow(0, start, rows)?)?;
+        write(out, &x.matmul(&w.t()?)?, start)?;
     }
-    Ok(Tensor::cat(&blocks, 1)?)
+    Ok(())
+}
+
+/// Adds `bias` (`[n]`) to every row of `y` (`[m, n]`).
+fn add_bias(y: &mut [f32], bias: &[f32]) {
+    for row in y.chunks_mut(bias.len()) {
+        for (v, b) in row.iter_mut().zip(bias) {
+            *v += b;
+        }
+    }
 }
 
 /// Output columns `[start, end)` of `y` (`m` rows of `n`), computed from weight rows.

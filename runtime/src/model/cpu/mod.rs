@@ -3,6 +3,7 @@
 //! training mode never calls these; it goes through `model::ops`.
 
 pub mod attention;
+pub mod elementwise;
 pub mod linear;
 pub mod simd;
 mod storage;
