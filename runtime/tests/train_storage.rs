@@ -347,6 +347,55 @@ async fn a_run_in_the_bucket_matches_local_disk_and_resumes_from_the_output_root
         ),
         "fresh checkpoint-6",
     );
+
+    // `--adapters` from the bucket: the checkpoint is fetched (manifest-checked) and
+    // training continues from it.
+    let adapter_uri = run.join("checkpoint-6").location.to_string();
+    let stderr = swift_ok(&mut swift_cmd(
+        &with(
+            train_args(
+                &model_uri,
+                &format!("{data_uri}#30"),
+                &s.join("more").display().to_string(),
+                1,
+                1,
+            ),
+            &["--adapters", &adapter_uri],
+        ),
+        s,
+    ));
+    assert!(
+        stderr.contains(&format!("downloading {adapter_uri}")),
+        "{stderr}"
+    );
+
+    // Inputs that are not there: one clear error naming the URI, no panic.
+    for (arg, uri) in [
+        ("--model", format!("{base}/models/missing")),
+        ("--dataset", format!("{base}/data/missing.jsonl#3")),
+        ("--adapters", format!("{base}/out/missing/checkpoint-1")),
+    ] {
+        let mut args = train_args(
+            &model_uri,
+            &data_uri,
+            &s.join("bad").display().to_string(),
+            1,
+            1,
+        );
+        match args.iter().position(|a| a == arg) {
+            Some(i) => args[i + 1] = uri.clone(),
+            None => args.extend([arg.to_string(), uri.clone()]),
+        }
+        let out = swift_cmd(&args, s).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{arg}: {stderr}");
+        let named = uri.split('#').next().unwrap();
+        assert!(
+            stderr.contains(named) && stderr.contains(arg),
+            "{arg}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
 }
 
 fn signal(pid: u32, sig: &str) {
