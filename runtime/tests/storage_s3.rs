@@ -564,7 +564,7 @@ async fn run_output_rotates_points_and_syncs_logs_remotely() {
 
     for step in [10, 20, 30] {
         let ck = local_checkpoint(&run.local, step, step).await;
-        run.publish_checkpoint(&ck, Some(2), Some("checkpoint-10"))
+        run.publish_checkpoint(&ck, Some(2), Some("checkpoint-10"), true)
             .await
             .unwrap();
     }

@@ -111,6 +111,13 @@ fn sft_lora_writes_ms_swift_layout_and_infer_answers_with_the_adapter() {
     );
     // save_total_limit 1 keeps only the last checkpoint, written complete.
     assert!(!run.join("checkpoint-3").exists());
+    // No `--create_checkpoint_symlink`: no best/last links (ms-swift's default).
+    for link in ["best", "last"] {
+        assert!(
+            std::fs::symlink_metadata(run.join(link)).is_err(),
+            "{link} exists without --create_checkpoint_symlink"
+        );
+    }
     let ck = run.join("checkpoint-6");
     for f in [
         "adapter_model.safetensors",
@@ -473,4 +480,93 @@ fn under_the_operator_the_final_report_is_the_termination_message() {
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&bad_log).unwrap()).unwrap();
     assert_eq!(report["step"], 0);
     assert_eq!(report["finished"], true);
+}
+
+/// `--save_strategy no` saves nothing, not even at the end (ms-swift adds no final save
+/// after `trainer.train()`); `--create_checkpoint_symlink true` links `best` and `last`
+/// inside the run folder.
+#[test]
+fn save_strategy_no_saves_nothing_and_links_exist_only_on_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("reverse.jsonl");
+    write_dataset(&data, 24);
+    let model = model("tiny-Qwen2.5");
+    let data_s = data.display().to_string();
+    let base = |out: &str, extra: &[&'static str]| -> Vec<String> {
+        let mut args: Vec<String> = [
+            "sft",
+            "--model",
+            &model,
+            "--dataset",
+            &data_s,
+            "--max_steps",
+            "4",
+            "--report_to",
+            "none",
+            "--output_dir",
+            out,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let run = |args: Vec<String>| {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, _, stderr) = swift(&refs);
+        assert_eq!(code, 0, "{stderr}");
+        stderr
+    };
+
+    let no_save = tmp.path().join("no-save");
+    let stderr = run(base(
+        &no_save.display().to_string(),
+        &["--save_strategy", "no", "--split_dataset_ratio", "0"],
+    ));
+    let dir = run_dir(&no_save);
+    let entries: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !entries.iter().any(|e| e.contains("checkpoint")),
+        "{entries:?}"
+    );
+    assert!(stderr.contains("last_model_checkpoint: None"), "{stderr}");
+    let logs = jsonl(&dir.join("logging.jsonl"));
+    assert_eq!(
+        logs.last().unwrap()["global_step/max_steps"],
+        "4/4",
+        "it still trained"
+    );
+
+    let linked = tmp.path().join("linked");
+    run(base(
+        &linked.display().to_string(),
+        &[
+            "--save_steps",
+            "2",
+            "--eval_steps",
+            "2",
+            "--split_dataset_ratio",
+            "0.25",
+            "--create_checkpoint_symlink",
+            "true",
+        ],
+    ));
+    let dir = run_dir(&linked);
+    assert_eq!(
+        std::fs::read_link(dir.join("last")).unwrap(),
+        PathBuf::from("checkpoint-4")
+    );
+    let state: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("last/trainer_state.json")).unwrap(),
+    )
+    .unwrap();
+    let best = state["best_model_checkpoint"].as_str().unwrap();
+    assert_eq!(
+        std::fs::read_link(dir.join("best")).unwrap(),
+        PathBuf::from(Path::new(best).file_name().unwrap())
+    );
 }

@@ -6,6 +6,7 @@
 //! - [`cache`]: download remote folders once into the local cache ([`materialize`]).
 //! - [`download`]: one object, ranged, parallel, resumable, pinned by ETag.
 //! - [`dataset`]: `.jsonl` streamed line by line, per-rank byte-range shards.
+//! - [`localize`]: `--model`/`--dataset`/`--adapters` URIs replaced by cached copies.
 //! - [`checkpoint`]: complete-or-invisible checkpoints (manifest written last).
 //! - [`output`]: run folders, `save_total_limit`, `best`/`last` pointers, log sync.
 //! - [`resume`]: `--resume_from_checkpoint` picks the newest complete checkpoint.
@@ -16,6 +17,7 @@ pub mod client;
 pub mod dataset;
 pub mod download;
 pub mod error;
+pub mod localize;
 pub mod location;
 pub mod lock;
 pub mod output;

@@ -153,13 +153,24 @@ impl RunOutput {
         })
     }
 
+    /// Where a checkpoint of this run ends up: its URI when the run is mirrored to a
+    /// bucket (what the operator and the user should be told), else the local folder.
+    pub fn checkpoint_uri(&self, name: &str) -> String {
+        match &self.remote {
+            Some(remote) => remote.location.join(name).to_string(),
+            None => self.local.join(name).display().to_string(),
+        }
+    }
+
     /// Publishes a committed local checkpoint: uploads it (manifest last), rotates old
-    /// checkpoints on both sides, and points `last` at it.
+    /// checkpoints on both sides, and — only with `--create_checkpoint_symlink`
+    /// (`pointers`) — points `last` (and `best`, when known) at it.
     pub async fn publish_checkpoint(
         &self,
         checkpoint_dir: &Path,
         save_total_limit: Option<usize>,
         best: Option<&str>,
+        pointers: bool,
     ) -> Result<()> {
         let name = checkpoint_dir
             .file_name()
@@ -176,11 +187,27 @@ impl RunOutput {
         if let Some(limit) = save_total_limit {
             self.rotate(limit, best).await?;
         }
-        self.set_pointer("last", &name).await?;
-        if let Some(best) = best {
-            self.set_pointer("best", best).await?;
+        self.sync_run_files().await;
+        if pointers {
+            self.set_pointer("last", &name).await?;
+            if let Some(best) = best {
+                self.set_pointer("best", best).await?;
+            }
         }
         Ok(())
+    }
+
+    /// Mirrors the run's log files (args.json, logging.jsonl, TensorBoard events, ...) to
+    /// the bucket; called with every checkpoint and at the end of training. A failure is
+    /// logged, not returned: losing a log upload must not stop training.
+    pub async fn sync_run_files(&self) {
+        let Some(remote) = &self.remote else {
+            return;
+        };
+        let mut sync = RunFileSync::new(self.local.clone(), remote.clone());
+        if let Err(e) = sync.sync_once().await {
+            tracing::warn!(error = %e, "syncing the run's log files failed");
+        }
     }
 
     /// Deletes the checkpoints `save_total_limit` no longer keeps, locally and remotely.

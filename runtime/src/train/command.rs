@@ -12,9 +12,12 @@ use crate::data::{Collator, DataOptions, prepare, write_val_dataset};
 use crate::model::pretrained::dtype_arg;
 use crate::model::{LoadOptions, Pretrained, PretrainedOptions};
 use crate::progress::ProgressReporter;
+use crate::storage::Cache;
 use crate::storage::checkpoint::UploadOptions;
+use crate::storage::localize::{localize_dataset_spec, localize_folder};
+use crate::storage::location::is_remote_uri;
 use crate::storage::output::RunOutput;
-use crate::storage::resume::resolve_local;
+use crate::storage::resume::{fetch_resume_point, resolve_resume};
 use crate::template::Template;
 use crate::train::config::TrainConfig;
 use crate::train::trainer::{TrainSummary, Trainer, TrainerParts};
@@ -30,7 +33,18 @@ pub fn run(args: &Args) -> anyhow::Result<TrainSummary> {
     trained
 }
 
-fn train(args: &Args, reporter: &Arc<ProgressReporter>) -> anyhow::Result<TrainSummary> {
+fn train(user_args: &Args, reporter: &Arc<ProgressReporter>) -> anyhow::Result<TrainSummary> {
+    // One background worker that outlives the trainer: the bucket clients made here keep
+    // pooled connections whose tasks live on this runtime, and the trainer reuses them
+    // from its own runtime; a runtime nobody drives would leave those requests hanging.
+    let io = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the I/O runtime")?;
+    // Everything below reads local paths; args.json keeps what the user gave.
+    let local_args = localize_inputs(user_args, &io)?;
+    let args = &local_args;
     let Some(model_path) = args.str("model") else {
         bail!(
             "--model is required: a local model folder (config.json, safetensors, tokenizer.json)"
@@ -69,10 +83,10 @@ fn train(args: &Args, reporter: &Arc<ProgressReporter>) -> anyhow::Result<TrainS
     }
     let tuning = Tuning::from_args(args, &mut pretrained.model, model_path)?;
 
-    let output = open_run(args)?;
+    let output = open_run(args, &io)?;
     // args.json names the detected model_type, so `swift infer --adapters CKPT` (load_args)
     // knows the template without the model folder's name.
-    let mut resolved = args.clone();
+    let mut resolved = user_args.clone();
     if args.str("model_type").is_none() {
         resolved.set_resolved("model_type", pretrained.model_type.name.into());
     }
@@ -86,7 +100,7 @@ fn train(args: &Args, reporter: &Arc<ProgressReporter>) -> anyhow::Result<TrainS
         "output"
     );
 
-    let resume = resume_point(args)?;
+    let resume = resume_point(args, &io)?;
     let parts = TrainerParts {
         model: &pretrained.model,
         model_dir,
@@ -102,15 +116,59 @@ fn train(args: &Args, reporter: &Arc<ProgressReporter>) -> anyhow::Result<TrainS
         trainer.resume(&dir, args.bool("resume_only_model"))?;
     }
     let summary = trainer.train()?;
-    if let Some(last) = &summary.last_checkpoint {
-        tracing::info!(last_model_checkpoint = %last.display(), best_model_checkpoint = ?summary.best_checkpoint, "done");
-        eprintln!("last_model_checkpoint: {}", last.display());
-    }
+    // As ms-swift logs it; None after `--save_strategy no`.
+    let last = summary.last_checkpoint_uri.as_deref().unwrap_or("None");
+    tracing::info!(last_model_checkpoint = %last, best_model_checkpoint = ?summary.best_checkpoint, "done");
+    eprintln!("last_model_checkpoint: {last}");
     Ok(summary)
 }
 
+/// `--model`, `--adapters`, `--dataset` and `--val_dataset` given as URIs, replaced by
+/// their copies in the local cache (`$MODELSCOPE_CACHE`).
+fn localize_inputs(args: &Args, io: &tokio::runtime::Runtime) -> anyhow::Result<Args> {
+    let datasets = |name| args.strings(name);
+    let any_remote = args.str("model").is_some_and(is_remote_uri)
+        || ["adapters", "dataset", "val_dataset"]
+            .into_iter()
+            .flat_map(datasets)
+            .any(|s| is_remote_uri(crate::storage::localize::split_sample_suffix(&s).0));
+    if !any_remote {
+        return Ok(args.clone());
+    }
+    let cache = Cache::from_env();
+    let mut local = args.clone();
+    io.block_on(async {
+        if let Some(model) = args.str("model") {
+            let path = localize_folder(model, &cache)
+                .await
+                .with_context(|| format!("--model {model}"))?;
+            local.set_resolved("model", path.into());
+        }
+        for (name, is_data) in [
+            ("adapters", false),
+            ("dataset", true),
+            ("val_dataset", true),
+        ] {
+            let mut out = Vec::new();
+            for entry in args.strings(name) {
+                let path = if is_data {
+                    localize_dataset_spec(&entry, &cache).await
+                } else {
+                    localize_folder(&entry, &cache).await
+                };
+                out.push(path.with_context(|| format!("--{name} {entry}"))?);
+            }
+            if !out.is_empty() {
+                local.set_resolved(name, out.into());
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    Ok(local)
+}
+
 /// `output_dir/vN-YYYYMMDD-HHMMSS` (or `output_dir` itself with `--add_version false`).
-fn open_run(args: &Args) -> anyhow::Result<RunOutput> {
+fn open_run(args: &Args, io: &tokio::runtime::Runtime) -> anyhow::Result<RunOutput> {
     let output_dir = args.str("output_dir").unwrap_or("output");
     let timestamp = chrono::Local::now().format("%Y%m%d-%H%M%S").to_string();
     if args.opt_bool("add_version") == Some(false) && !output_dir.contains("://") {
@@ -123,31 +181,27 @@ fn open_run(args: &Args) -> anyhow::Result<RunOutput> {
         });
     }
     let staging = std::env::temp_dir().join("kubeswift-staging");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    Ok(rt.block_on(RunOutput::create(output_dir, &staging, &timestamp))?)
+    Ok(io.block_on(RunOutput::create(output_dir, &staging, &timestamp))?)
 }
 
-/// `--resume_from_checkpoint`: a checkpoint folder, a run folder or an output root (the
-/// newest complete checkpoint wins).
-fn resume_point(args: &Args) -> anyhow::Result<Option<PathBuf>> {
-    let Some(path) = args.str("resume_from_checkpoint") else {
+/// `--resume_from_checkpoint`: a checkpoint folder, a run folder or an output root, local
+/// or in a bucket (the newest complete checkpoint wins; remote ones count only with a
+/// valid manifest and are downloaded into the cache). Nothing there: start fresh.
+fn resume_point(args: &Args, io: &tokio::runtime::Runtime) -> anyhow::Result<Option<PathBuf>> {
+    let Some(arg) = args.str("resume_from_checkpoint") else {
         return Ok(None);
     };
-    match resolve_local(Path::new(path))? {
-        Some(point) => match point.location {
-            crate::storage::location::Location::Local(dir) => Ok(Some(dir)),
-            _ => {
-                bail!("--resume_from_checkpoint {path}: only local checkpoints can be resumed yet")
-            }
-        },
-        None => {
-            tracing::info!(
-                path,
-                "no complete checkpoint to resume from: starting fresh"
-            );
-            Ok(None)
-        }
-    }
+    let context = || format!("--resume_from_checkpoint {arg}");
+    let Some(point) = io.block_on(resolve_resume(arg)).with_context(context)? else {
+        tracing::info!(
+            resume_from_checkpoint = arg,
+            "no complete checkpoint to resume from: starting fresh"
+        );
+        return Ok(None);
+    };
+    let dir = io
+        .block_on(fetch_resume_point(&point, &Cache::from_env()))
+        .with_context(context)?;
+    tracing::info!(checkpoint = %point.location, step = ?point.step, "resuming");
+    Ok(Some(dir))
 }

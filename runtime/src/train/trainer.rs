@@ -43,6 +43,8 @@ pub struct TrainerParts<'a> {
 pub struct TrainSummary {
     pub global_step: u64,
     pub last_checkpoint: Option<PathBuf>,
+    /// Where the last checkpoint is published: its URI for a bucket `--output_dir`.
+    pub last_checkpoint_uri: Option<String>,
     pub best_checkpoint: Option<String>,
     pub log_history: Vec<Map<String, Value>>,
 }
@@ -61,6 +63,8 @@ pub struct Trainer<'a> {
     /// Losses of the steps since the last log line.
     window: LossStats,
     last_checkpoint: Option<PathBuf>,
+    /// The last checkpoint as users see it (a URI when the output is in a bucket).
+    last_checkpoint_uri: Option<String>,
     /// `/progress` and the termination message for the operator (a no-op off-cluster).
     reporter: Arc<ProgressReporter>,
 }
@@ -166,6 +170,7 @@ impl<'a> Trainer<'a> {
             started: Instant::now(),
             window: LossStats::default(),
             last_checkpoint: None,
+            last_checkpoint_uri: None,
             reporter: Arc::new(ProgressReporter::disabled()),
         })
     }
@@ -185,10 +190,7 @@ impl<'a> Trainer<'a> {
             loss,
             learning_rate,
             eta_seconds: Some(progress.remaining_s().round() as u64),
-            checkpoint: self
-                .last_checkpoint
-                .as_ref()
-                .map(|c| c.display().to_string()),
+            checkpoint: self.last_checkpoint_uri.clone(),
             ..ProgressReport::at_step(progress.step)
         });
     }
@@ -324,11 +326,18 @@ impl<'a> Trainer<'a> {
             if eval_now && !self.parts.val.is_empty() {
                 metrics = Some(self.evaluate()?);
             }
+            // The last step saves too, except with `--save_strategy no`. The seed lists
+            // save_strategy as "保存模型的策略,可选为'no'、'steps'、'epoch'" and ms-swift adds
+            // no save of its own after `trainer.train()` (SwiftSft.train only writes
+            // logging.jsonl and the best/last links); HF's DefaultFlowCallback saves at the
+            // end only under a save strategy. So `no` leaves no checkpoint at all.
             let save_now = match self.config.save_strategy {
                 Strategy::No => false,
-                Strategy::Steps => step.is_multiple_of(self.config.save_steps.steps(total)),
-                Strategy::Epoch => epoch_done,
-            } || step == total;
+                Strategy::Steps => {
+                    step.is_multiple_of(self.config.save_steps.steps(total)) || step == total
+                }
+                Strategy::Epoch => epoch_done || step == total,
+            };
             if save_now {
                 self.save_checkpoint(metrics)?;
             }
@@ -344,9 +353,11 @@ impl<'a> Trainer<'a> {
             self.runtime
                 .block_on(self.parts.output.set_pointer("best", &name))?;
         }
+        self.runtime.block_on(self.parts.output.sync_run_files());
         Ok(TrainSummary {
             global_step: self.state.global_step,
             last_checkpoint: self.last_checkpoint.clone(),
+            last_checkpoint_uri: self.last_checkpoint_uri.clone(),
             best_checkpoint: self.trainer_state.best_model_checkpoint.clone(),
             log_history: self.trainer_state.log_history.clone(),
         })
@@ -496,11 +507,13 @@ impl<'a> Trainer<'a> {
             &committed,
             self.config.save_total_limit,
             best.as_deref(),
+            self.config.create_checkpoint_symlink,
         ))?;
-        tracing::info!(checkpoint = %committed.display(), "saved");
-        self.reporter
-            .set_checkpoint(committed.display().to_string());
+        let uri = self.parts.output.checkpoint_uri(&name);
+        tracing::info!(checkpoint = %uri, "saved");
+        self.reporter.set_checkpoint(uri.clone());
         self.last_checkpoint = Some(committed);
+        self.last_checkpoint_uri = Some(uri);
         Ok(())
     }
 }
