@@ -17,11 +17,23 @@ use super::{metric, result};
 use crate::data::{DataOptions, sampling};
 use crate::model::pretrained::dtype_arg;
 use crate::model::{LoadOptions, Pretrained, PretrainedOptions};
+use crate::storage::Cache;
+use crate::storage::localize::{localize_args, publish_file, staging_path};
+use crate::storage::location::is_remote_uri;
 use crate::template::{Message, Role, Template};
 use crate::tuner::lora::LoraAdapters;
 
 /// Runs `swift infer` with resolved arguments.
-pub fn run(args: &Args) -> anyhow::Result<()> {
+pub fn run(user_args: &Args) -> anyhow::Result<()> {
+    // Models, adapters and datasets in a bucket are read from the local cache.
+    let io = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the I/O runtime")?;
+    let local_args = localize_args(user_args, &io)?;
+    drop(io);
+    let args = &local_args;
     let Some(model_path) = args.str("model") else {
         bail!(
             "--model is required: a local model folder (config.json, safetensors, tokenizer.json)"
@@ -118,7 +130,11 @@ impl<'a> Session<'a> {
         let mut history: Vec<Message> = Vec::new();
         let mut system: Option<String> = None;
         let mut reading_system = false;
-        let result_path = self.args.str("result_path").map(PathBuf::from);
+        let results = self
+            .args
+            .str("result_path")
+            .map(ResultTarget::new)
+            .transpose()?;
         let with_system = |history: &[Message], system: &Option<String>| -> Vec<Message> {
             let mut messages = history.to_vec();
             if let Some(s) = system {
@@ -177,14 +193,17 @@ impl<'a> Session<'a> {
             }
             writeln!(out)?;
             history.push(message(Role::Assistant, &output.text));
-            if let Some(path) = &result_path {
+            if let Some(results) = &results {
                 result::append(
-                    path,
+                    &results.local,
                     &[result::chat_record(
                         &with_system(&history, &system),
                         &output.text,
                     )],
                 )?;
+                // Published after every turn: an interactive session ends with Ctrl-C as
+                // often as with `exit`.
+                results.publish()?;
             }
         }
         Ok(())
@@ -230,7 +249,10 @@ impl<'a> Session<'a> {
             .map(|m| self.request(m))
             .collect::<anyhow::Result<_>>()?;
         let model = Path::new(self.args.str("model").unwrap_or("model"));
-        let path = result::default_path(self.args.str("result_path"), model);
+        let results = match self.args.str("result_path") {
+            Some(p) => ResultTarget::new(p)?,
+            None => ResultTarget::local(result::default_path(None, model)),
+        };
         let mut engine = self.engine();
         let outputs = if self.args.bool("stream") {
             // One row at a time, printed as it streams, as ms-swift does with --stream.
@@ -274,10 +296,12 @@ impl<'a> Session<'a> {
                 result::dataset_record(messages, out, label.as_deref(), &self.pretrained.tokenizer)
             })
             .collect();
-        result::append(&path, &records).with_context(|| "writing the inference results")?;
+        result::append(&results.local, &records)
+            .with_context(|| "writing the inference results")?;
+        results.publish()?;
         println!(
             "The inference results have been saved to result_path: `{}`.",
-            path.display()
+            results.shown()
         );
         if let Some(m) = self.args.str("metric") {
             let pairs: Vec<(String, Option<String>)> =
@@ -298,6 +322,60 @@ fn message(role: Role, content: &str) -> Message {
         role,
         content: content.to_string(),
         loss: None,
+    }
+}
+
+/// Where results go: the local file rows are appended to and, for a `--result_path` in a
+/// bucket, the URI that file is uploaded to (a staging copy in the cache holds this run's
+/// rows only, so an existing object is replaced, not appended to).
+struct ResultTarget {
+    local: PathBuf,
+    remote: Option<String>,
+}
+
+impl ResultTarget {
+    fn new(path: &str) -> anyhow::Result<ResultTarget> {
+        if !is_remote_uri(path) {
+            return Ok(Self::local(PathBuf::from(path)));
+        }
+        let local = staging_path(path, &Cache::from_env())
+            .with_context(|| format!("--result_path {path}"))?;
+        match std::fs::remove_file(&local) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("clearing {}", local.display())),
+        }
+        Ok(ResultTarget {
+            local,
+            remote: Some(path.to_string()),
+        })
+    }
+
+    fn local(path: PathBuf) -> ResultTarget {
+        ResultTarget {
+            local: path,
+            remote: None,
+        }
+    }
+
+    /// Uploads the local file when the target is in a bucket.
+    fn publish(&self) -> anyhow::Result<()> {
+        let Some(uri) = &self.remote else {
+            return Ok(());
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the upload runtime")?;
+        rt.block_on(publish_file(&self.local, uri))
+            .with_context(|| format!("--result_path {uri}"))
+    }
+
+    /// What the user named.
+    fn shown(&self) -> String {
+        self.remote
+            .clone()
+            .unwrap_or_else(|| self.local.display().to_string())
     }
 }
 

@@ -3,9 +3,119 @@
 //! file that keeps its `#N` sampling suffix. Local paths pass through untouched, so the
 //! data pipeline and the model loader only ever see local paths.
 
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use kubeswift_args::Args;
+use object_store::{ObjectStoreExt, PutPayload};
+
 use crate::storage::cache::Cache;
-use crate::storage::error::Result;
-use crate::storage::location::is_remote_uri;
+use crate::storage::client::Remote;
+use crate::storage::error::{Result, StorageError};
+use crate::storage::location::{Location, is_remote_uri};
+
+/// `--adapters` entries may be `name=path` (named adapters for `swift deploy`); the path
+/// part is what gets localized.
+pub fn split_adapter_name(entry: &str) -> (Option<&str>, &str) {
+    match entry.split_once('=') {
+        Some((name, path)) if !name.is_empty() && !name.contains('/') && !name.contains(':') => {
+            (Some(name), path)
+        }
+        _ => (None, entry),
+    }
+}
+
+/// `--model`, `--adapters` (also `name=uri`), `--dataset` and `--val_dataset` given as URIs,
+/// replaced by their copies in the local cache (`$MODELSCOPE_CACHE`), so every engine reads
+/// local paths only. The arguments as the user gave them are what `args.json` records.
+/// `io` drives the downloads (its clients are dropped before this returns).
+pub fn localize_args(args: &Args, io: &tokio::runtime::Runtime) -> anyhow::Result<Args> {
+    let adapter_path = |s: &str| split_adapter_name(s).1.to_string();
+    let data_name = |s: &str| split_sample_suffix(s).0.to_string();
+    let any_remote = args.str("model").is_some_and(is_remote_uri)
+        || args
+            .strings("adapters")
+            .iter()
+            .map(|s| adapter_path(s))
+            .any(|p| is_remote_uri(&p))
+        || ["dataset", "val_dataset"]
+            .into_iter()
+            .flat_map(|n| args.strings(n))
+            .any(|s| is_remote_uri(&data_name(&s)));
+    if !any_remote {
+        return Ok(args.clone());
+    }
+    let cache = Cache::from_env();
+    let mut local = args.clone();
+    io.block_on(async {
+        if let Some(model) = args.str("model") {
+            let path = localize_folder(model, &cache)
+                .await
+                .with_context(|| format!("--model {model}"))?;
+            local.set_resolved("model", path.into());
+        }
+        let mut adapters = Vec::new();
+        for entry in args.strings("adapters") {
+            let (name, path) = split_adapter_name(&entry);
+            let path = localize_folder(path, &cache)
+                .await
+                .with_context(|| format!("--adapters {entry}"))?;
+            adapters.push(match name {
+                Some(n) => format!("{n}={path}"),
+                None => path,
+            });
+        }
+        if !adapters.is_empty() {
+            local.set_resolved("adapters", adapters.into());
+        }
+        for name in ["dataset", "val_dataset"] {
+            let mut out = Vec::new();
+            for entry in args.strings(name) {
+                let path = localize_dataset_spec(&entry, &cache).await;
+                out.push(path.with_context(|| format!("--{name} {entry}"))?);
+            }
+            if !out.is_empty() {
+                local.set_resolved(name, out.into());
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    Ok(local)
+}
+
+/// Where a result file for `uri` is written before upload: the file itself when local, a
+/// staging path in the cache when remote.
+pub fn staging_path(uri: &str, cache: &Cache) -> Result<PathBuf> {
+    Ok(match Location::parse(uri)? {
+        Location::Local(path) => path,
+        Location::Remote(remote) => cache
+            .root()
+            .join("results")
+            .join(cache_rel(&remote.to_string())),
+    })
+}
+
+fn cache_rel(uri: &str) -> String {
+    uri.replace("://", "/")
+}
+
+/// Uploads a finished local file to `uri` (one PUT: result files are small). A no-op for
+/// local URIs, which were written in place.
+pub async fn publish_file(local: &Path, uri: &str) -> Result<()> {
+    let Location::Remote(loc) = Location::parse(uri)? else {
+        return Ok(());
+    };
+    let bytes = tokio::fs::read(local)
+        .await
+        .map_err(|e| StorageError::io("read", local, e))?;
+    let remote = Remote::open(&loc)?;
+    remote
+        .store
+        .put(&loc.object_path(), PutPayload::from(bytes))
+        .await
+        .map_err(|e| StorageError::remote("upload", &loc, e))?;
+    Ok(())
+}
 
 /// Splits a `--dataset` entry into the part that names the data and its `#N` sampling
 /// suffix (with the `#`). Only a `#` followed by digits is a suffix, as `DatasetSpec`
@@ -59,6 +169,27 @@ mod tests {
         );
         assert_eq!(split_sample_suffix("a.jsonl#"), ("a.jsonl#", ""));
         assert_eq!(split_sample_suffix("a.jsonl#0"), ("a.jsonl", "#0"));
+    }
+
+    #[test]
+    fn adapter_names_are_split_only_from_a_plain_name() {
+        assert_eq!(split_adapter_name("a=s3://b/x"), (Some("a"), "s3://b/x"));
+        assert_eq!(split_adapter_name("s3://b/x=y"), (None, "s3://b/x=y"));
+        assert_eq!(split_adapter_name("out/ckpt-5"), (None, "out/ckpt-5"));
+        assert_eq!(split_adapter_name("=x"), (None, "=x"));
+    }
+
+    #[test]
+    fn remote_results_are_staged_under_the_cache() {
+        let cache = Cache::new("/c");
+        assert_eq!(
+            staging_path("s3://b/r/out.jsonl", &cache).unwrap(),
+            PathBuf::from("/c/results/s3/b/r/out.jsonl")
+        );
+        assert_eq!(
+            staging_path("res/out.jsonl", &cache).unwrap(),
+            PathBuf::from("res/out.jsonl")
+        );
     }
 
     #[tokio::test]

@@ -14,8 +14,7 @@ use crate::model::{LoadOptions, Pretrained, PretrainedOptions};
 use crate::progress::ProgressReporter;
 use crate::storage::Cache;
 use crate::storage::checkpoint::UploadOptions;
-use crate::storage::localize::{localize_dataset_spec, localize_folder};
-use crate::storage::location::is_remote_uri;
+use crate::storage::localize::localize_args;
 use crate::storage::output::RunOutput;
 use crate::storage::resume::{fetch_resume_point, resolve_resume};
 use crate::template::Template;
@@ -43,7 +42,7 @@ fn train(user_args: &Args, reporter: &Arc<ProgressReporter>) -> anyhow::Result<T
         .build()
         .context("starting the I/O runtime")?;
     // Everything below reads local paths; args.json keeps what the user gave.
-    let local_args = localize_inputs(user_args, &io)?;
+    let local_args = localize_args(user_args, &io)?;
     let args = &local_args;
     let Some(model_path) = args.str("model") else {
         bail!(
@@ -121,50 +120,6 @@ fn train(user_args: &Args, reporter: &Arc<ProgressReporter>) -> anyhow::Result<T
     tracing::info!(last_model_checkpoint = %last, best_model_checkpoint = ?summary.best_checkpoint, "done");
     eprintln!("last_model_checkpoint: {last}");
     Ok(summary)
-}
-
-/// `--model`, `--adapters`, `--dataset` and `--val_dataset` given as URIs, replaced by
-/// their copies in the local cache (`$MODELSCOPE_CACHE`).
-fn localize_inputs(args: &Args, io: &tokio::runtime::Runtime) -> anyhow::Result<Args> {
-    let datasets = |name| args.strings(name);
-    let any_remote = args.str("model").is_some_and(is_remote_uri)
-        || ["adapters", "dataset", "val_dataset"]
-            .into_iter()
-            .flat_map(datasets)
-            .any(|s| is_remote_uri(crate::storage::localize::split_sample_suffix(&s).0));
-    if !any_remote {
-        return Ok(args.clone());
-    }
-    let cache = Cache::from_env();
-    let mut local = args.clone();
-    io.block_on(async {
-        if let Some(model) = args.str("model") {
-            let path = localize_folder(model, &cache)
-                .await
-                .with_context(|| format!("--model {model}"))?;
-            local.set_resolved("model", path.into());
-        }
-        for (name, is_data) in [
-            ("adapters", false),
-            ("dataset", true),
-            ("val_dataset", true),
-        ] {
-            let mut out = Vec::new();
-            for entry in args.strings(name) {
-                let path = if is_data {
-                    localize_dataset_spec(&entry, &cache).await
-                } else {
-                    localize_folder(&entry, &cache).await
-                };
-                out.push(path.with_context(|| format!("--{name} {entry}"))?);
-            }
-            if !out.is_empty() {
-                local.set_resolved(name, out.into());
-            }
-        }
-        anyhow::Ok(())
-    })?;
-    Ok(local)
 }
 
 /// `output_dir/vN-YYYYMMDD-HHMMSS` (or `output_dir` itself with `--add_version false`).

@@ -1,0 +1,188 @@
+//! `swift infer` with its model, adapter, dataset and result file in a bucket, against the
+//! real S3 server that scripts/test starts: the same results as the run on local disk, and
+//! a missing remote model is one clear error naming the argument and the URI.
+
+mod storage_support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use object_store::ObjectStoreExt;
+use serde_json::Value;
+use storage_support::*;
+
+fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
+}
+
+fn swift(args: &[String], cache: &Path) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_swift"))
+        .args(args)
+        .env("SWIFT_LOG", "warn")
+        .env("RAYON_NUM_THREADS", "1")
+        .env("MODELSCOPE_CACHE", cache)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn infer_args(model: &str, adapter: &str, data: &str, result: &str) -> Vec<String> {
+    [
+        "infer",
+        "--model",
+        model,
+        "--adapters",
+        adapter,
+        "--val_dataset",
+        data,
+        "--max_new_tokens",
+        "6",
+        "--temperature",
+        "0",
+        "--result_path",
+        result,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+async fn upload_folder(local: &Path, remote: &kubeswift_runtime::storage::Remote) {
+    for entry in std::fs::read_dir(local).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            put(remote, &name, std::fs::read(&path).unwrap()).await;
+        }
+    }
+}
+
+fn responses(jsonl: &str) -> Vec<String> {
+    jsonl
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            v["response"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inference_from_and_into_the_bucket_matches_local_disk() {
+    let Some(bucket) = bucket() else { return };
+    let base = unique_uri(&bucket, "infer-bucket");
+    let scratch = tempfile::tempdir().unwrap();
+    let s = scratch.path();
+    let data = s.join("val.jsonl");
+    std::fs::write(
+        &data,
+        [
+            r#"{"query": "What is the capital of France?", "response": "Paris"}"#,
+            r#"{"query": "Hello, world!"}"#,
+            r#"{"query": "1 + 1 = 2"}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let model = fixture("models/tiny-Qwen2.5");
+    let adapter = fixture("training/adapter");
+    upload_folder(&model, &open(&format!("{base}/models/tiny-Qwen2.5"))).await;
+    upload_folder(&adapter, &open(&format!("{base}/adapters/a"))).await;
+    put(
+        &open(&format!("{base}/data")),
+        "val.jsonl",
+        std::fs::read(&data).unwrap(),
+    )
+    .await;
+
+    let local_result = s.join("local.jsonl");
+    let (code, _, stderr) = swift(
+        &infer_args(
+            &model.display().to_string(),
+            &adapter.display().to_string(),
+            &data.display().to_string(),
+            &local_result.display().to_string(),
+        ),
+        &s.join("cache"),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let local = std::fs::read_to_string(&local_result).unwrap();
+
+    let result_uri = format!("{base}/results/out.jsonl");
+    let (code, stdout, stderr) = swift(
+        &infer_args(
+            &format!("{base}/models/tiny-Qwen2.5"),
+            &format!("{base}/adapters/a"),
+            &format!("{base}/data/val.jsonl"),
+            &result_uri,
+        ),
+        &s.join("cache"),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains(&result_uri), "{stdout}");
+    let remote = open(&result_uri);
+    let uploaded = remote
+        .store
+        .get(&remote.location.object_path())
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let uploaded = std::str::from_utf8(&uploaded).unwrap();
+    assert_eq!(responses(uploaded).len(), 3);
+    assert_eq!(responses(uploaded), responses(&local));
+
+    // A second run replaces the object rather than appending to it.
+    let (code, _, stderr) = swift(
+        &infer_args(
+            &format!("{base}/models/tiny-Qwen2.5"),
+            &format!("{base}/adapters/a"),
+            &format!("{base}/data/val.jsonl"),
+            &result_uri,
+        ),
+        &s.join("cache"),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let again = remote
+        .store
+        .get(&remote.location.object_path())
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(responses(std::str::from_utf8(&again).unwrap()).len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_remote_model_is_one_error_naming_it() {
+    let Some(bucket) = bucket() else { return };
+    let missing = format!(
+        "{}/models/nothing-here",
+        unique_uri(&bucket, "infer-missing")
+    );
+    let scratch = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = swift(
+        &[
+            "infer".to_string(),
+            "--model".to_string(),
+            missing.clone(),
+            "--val_dataset".to_string(),
+            "x.jsonl".to_string(),
+        ],
+        &scratch.path().join("cache"),
+    );
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("--model") && stderr.contains(&missing),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
