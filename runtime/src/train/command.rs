@@ -9,6 +9,7 @@ use candle_core::DType;
 use kubeswift_args::Args;
 
 use crate::data::{Collator, DataOptions, prepare, write_val_dataset};
+use crate::dist::DataParallel;
 use crate::model::pretrained::dtype_arg;
 use crate::model::{LoadOptions, Pretrained, PretrainedOptions};
 use crate::progress::ProgressReporter;
@@ -40,6 +41,8 @@ fn train(args: &Args, reporter: &Arc<ProgressReporter>) -> anyhow::Result<TrainS
         bail!("--streaming true: streaming datasets are not supported by the trainer yet");
     }
     let config = TrainConfig::from_args(args)?;
+    // A launched worker meets the other ranks first, so a wrong address fails fast.
+    let dist = DataParallel::from_args(args)?;
     let model_dir = Path::new(model_path);
     // f32 unless --torch_dtype says otherwise: ms-swift's choice on CPU.
     let dtype = dtype_arg(args.str("torch_dtype"))?.unwrap_or(DType::F32);
@@ -69,7 +72,13 @@ fn train(args: &Args, reporter: &Arc<ProgressReporter>) -> anyhow::Result<TrainS
     }
     let tuning = Tuning::from_args(args, &mut pretrained.model, model_path)?;
 
-    let output = open_run(args)?;
+    // Only rank 0 creates the run folder; the others write into a private scratch one.
+    let output = if dist.is_main() {
+        open_run(args)?
+    } else {
+        scratch_run(dist.rank())?
+    };
+    let scratch = (!dist.is_main()).then(|| output.local.clone());
     // args.json names the detected model_type, so `swift infer --adapters CKPT` (load_args)
     // knows the template without the model folder's name.
     let mut resolved = args.clone();
@@ -97,11 +106,15 @@ fn train(args: &Args, reporter: &Arc<ProgressReporter>) -> anyhow::Result<TrainS
         output,
         args_json: args_json.clone(),
     };
-    let mut trainer = Trainer::new(parts, config)?.with_reporter(reporter.clone());
+    let mut trainer = Trainer::data_parallel(parts, config, dist)?.with_reporter(reporter.clone());
     if let Some(dir) = resume {
         trainer.resume(&dir, args.bool("resume_only_model"))?;
     }
-    let summary = trainer.train()?;
+    let summary = trainer.train();
+    if let Some(dir) = scratch {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let summary = summary?;
     if let Some(last) = &summary.last_checkpoint {
         tracing::info!(last_model_checkpoint = %last.display(), best_model_checkpoint = ?summary.best_checkpoint, "done");
         eprintln!("last_model_checkpoint: {}", last.display());
@@ -127,6 +140,17 @@ fn open_run(args: &Args) -> anyhow::Result<RunOutput> {
         .enable_all()
         .build()?;
     Ok(rt.block_on(RunOutput::create(output_dir, &staging, &timestamp))?)
+}
+
+/// A non-zero rank's run folder: nothing there is published.
+fn scratch_run(rank: usize) -> anyhow::Result<RunOutput> {
+    let local = std::env::temp_dir().join(format!("kubeswift-rank{rank}-{}", std::process::id()));
+    std::fs::create_dir_all(&local).with_context(|| format!("creating {}", local.display()))?;
+    Ok(RunOutput {
+        local,
+        remote: None,
+        upload: UploadOptions::default(),
+    })
 }
 
 /// `--resume_from_checkpoint`: a checkpoint folder, a run folder or an output root (the
