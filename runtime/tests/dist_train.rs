@@ -125,6 +125,7 @@ fn norm(v: impl Iterator<Item = f32>) -> f64 {
 fn assert_close(got: &[(String, Vec<f32>)], want: &[(String, Vec<f32>)], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}");
     let mut trained = 0;
+    let mut worst = 0f64;
     for ((k, a), (k2, b)) in got.iter().zip(want) {
         assert_eq!(k, k2, "{what}");
         let diff = norm(a.iter().zip(b).map(|(x, y)| x - y));
@@ -133,11 +134,18 @@ fn assert_close(got: &[(String, Vec<f32>)], want: &[(String, Vec<f32>)], what: &
             diff <= 1e-5 * scale,
             "{what}: {k}: |a-b| {diff:e} vs |b| {scale:e}"
         );
+        if scale > 0.0 {
+            worst = worst.max(diff / scale);
+        }
         if k.contains("lora_B") && scale > 0.0 {
             trained += 1;
         }
     }
     assert!(trained > 0, "{what}: no LoRA B matrix was trained");
+    eprintln!(
+        "{what}: largest relative difference {worst:e} over {} tensors",
+        got.len()
+    );
 }
 
 #[test]

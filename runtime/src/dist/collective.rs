@@ -91,6 +91,16 @@ fn io_kind_is_timeout(e: &std::io::Error) -> bool {
     matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
 }
 
+/// What a broken link means, in words: a closed stream is a peer that went away.
+pub(crate) fn describe(e: &std::io::Error) -> String {
+    match e.kind() {
+        ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe => {
+            format!("the connection closed ({e}): the process exited or was killed")
+        }
+        _ => e.to_string(),
+    }
+}
+
 impl Ring {
     /// Wraps connected streams; every blocking read and write gets `timeout`.
     pub fn new(
@@ -105,7 +115,7 @@ impl Ring {
             rank,
             peer: (rank + 1) % world_size,
             op: "ring setup".into(),
-            detail: e.to_string(),
+            detail: describe(&e),
         };
         for s in [&to_next, &from_prev] {
             s.set_nodelay(true).map_err(setup)?;
@@ -146,7 +156,7 @@ impl Ring {
                 rank: self.rank,
                 peer: self.prev(),
                 op: op.into(),
-                detail: e.to_string(),
+                detail: describe(&e),
             }
         }
     }
@@ -164,7 +174,7 @@ impl Ring {
                 rank: self.rank,
                 peer: self.next(),
                 op: op.into(),
-                detail: e.to_string(),
+                detail: describe(&e),
             }
         }
     }

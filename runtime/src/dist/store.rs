@@ -211,7 +211,12 @@ fn serve(state: Arc<StoreState>, mut stream: TcpStream) {
             Ok(r) => r,
             Err(e) => {
                 if let Some(rank) = rank {
-                    state.lost(rank, &e.to_string());
+                    let why = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                        "connection closed".to_string()
+                    } else {
+                        e.to_string()
+                    };
+                    state.lost(rank, &why);
                 }
                 return;
             }
