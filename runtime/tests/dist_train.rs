@@ -327,3 +327,50 @@ fn the_launcher_stops_the_others_when_one_worker_dies() {
         );
     }
 }
+
+fn bits(dir: &Path) -> Vec<(String, Vec<u32>)> {
+    adapter(dir)
+        .into_iter()
+        .map(|(k, v)| (k, v.iter().map(|x| x.to_bits()).collect()))
+        .collect()
+}
+
+#[test]
+fn a_distributed_run_resumes_bit_identically_from_rank_zeros_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.jsonl");
+    write_dataset(&data, 11);
+    let launch = |out: &Path, resume: Option<&Path>| {
+        let mut args = train_args(&data, out, 2, 6);
+        let i = args.iter().position(|a| a == "--save_steps").unwrap();
+        args[i + 1] = "3".into();
+        if let Some(ck) = resume {
+            args.extend(["--resume_from_checkpoint".into(), ck.display().to_string()]);
+        }
+        finish(
+            swift(
+                &args,
+                &[
+                    ("NPROC_PER_NODE", "2".into()),
+                    ("MASTER_PORT", free_port().to_string()),
+                ],
+            )
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+            "NPROC_PER_NODE=2",
+        );
+    };
+    let full = dir.path().join("full");
+    launch(&full, None);
+    let resumed = dir.path().join("resumed");
+    launch(&resumed, Some(&full.join("checkpoint-3")));
+    assert!(
+        !resumed.join("checkpoint-3").exists(),
+        "the resumed run restarted"
+    );
+    assert_eq!(
+        bits(&resumed.join("checkpoint-6")),
+        bits(&full.join("checkpoint-6"))
+    );
+}
