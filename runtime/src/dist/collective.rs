@@ -82,6 +82,21 @@ impl Element for f32 {}
 impl Element for f64 {}
 impl Element for u64 {}
 
+/// Bytes received before they are summed: small enough to stay in cache and to overlap
+/// the sum with the rest of the transfer.
+const SEGMENT_BYTES: usize = 256 << 10;
+
+/// `buf[a]` to read and `buf[b]` to write; the ranges must not overlap.
+fn disjoint<T>(buf: &mut [T], a: Range<usize>, b: Range<usize>) -> (&[T], &mut [T]) {
+    if a.end <= b.start {
+        let (lo, hi) = buf.split_at_mut(b.start);
+        (&lo[a], &mut hi[..b.len()])
+    } else {
+        let (lo, hi) = buf.split_at_mut(a.start);
+        (&hi[..a.len()], &mut lo[b])
+    }
+}
+
 /// The `i`th of `parts` balanced pieces of `0..n`.
 pub fn chunk(n: usize, parts: usize, i: usize) -> Range<usize> {
     (i * n / parts)..((i + 1) * n / parts)
@@ -194,18 +209,32 @@ impl Ring {
         }
     }
 
-    /// Sends `send` to the next rank while receiving `recv.len()` values from the previous.
+    /// Sends `send` to the next rank while receiving `recv.len()` values from the previous
+    /// into `recv`, segment by segment; with `scratch` each segment lands there and is added
+    /// into `recv` while the rest is still in flight (reduce), without it is copied (gather).
     fn exchange<T: Element>(
         &mut self,
         op: &str,
         send: &[T],
         recv: &mut [T],
+        scratch: Option<&mut [T]>,
     ) -> Result<(), DistError> {
         let (to_next, from_prev) = (&mut self.to_next, &mut self.from_prev);
         let control = &self.to_next_control;
         let (sent, received) = std::thread::scope(|s| {
             let sender = s.spawn(|| to_next.write_all(bytemuck::cast_slice(send)));
-            let received = from_prev.read_exact(bytemuck::cast_slice_mut(recv));
+            let seg = (SEGMENT_BYTES / size_of::<T>()).max(1);
+            let received = match scratch {
+                None => from_prev.read_exact(bytemuck::cast_slice_mut(recv)),
+                Some(scratch) => recv.chunks_mut(seg).try_for_each(|dst| {
+                    let incoming = &mut scratch[..dst.len()];
+                    from_prev.read_exact(bytemuck::cast_slice_mut(incoming))?;
+                    for (acc, x) in dst.iter_mut().zip(incoming.iter()) {
+                        *acc += *x;
+                    }
+                    Ok(())
+                }),
+            };
             if received.is_err() {
                 // The sender may be blocked on a peer that will never read again.
                 let _ = control.shutdown(Shutdown::Both);
@@ -226,7 +255,7 @@ impl Ring {
     fn handshake(&mut self, op: &str, code: u64, len: usize) -> Result<(), DistError> {
         let mine = [code, len as u64];
         let mut theirs = [0u64; 2];
-        self.exchange(op, &mine, &mut theirs)
+        self.exchange(op, &mine, &mut theirs, None)
             .map_err(|e| self.fail(op, e))?;
         if theirs != mine {
             let err = DistError::Length {
@@ -248,26 +277,22 @@ impl Ring {
         }
         self.handshake(op, code, buf.len())?;
         let n = buf.len();
-        let mut scratch: Vec<T> = vec![T::zeroed(); n.div_ceil(w) + 1];
+        let mut scratch: Vec<T> = vec![T::zeroed(); (SEGMENT_BYTES / size_of::<T>()).max(1)];
         // Reduce-scatter: after w-1 steps rank r holds the full sum of chunk r+1.
         for step in 0..w - 1 {
             let send = chunk(n, w, (self.rank + w - step) % w);
             let recv = chunk(n, w, (self.rank + w - step - 1) % w);
-            let incoming = &mut scratch[..recv.len()];
-            self.exchange(op, &buf[send], incoming)
+            let (send, recv) = disjoint(buf, send, recv);
+            self.exchange(op, send, recv, Some(&mut scratch))
                 .map_err(|e| self.fail(op, e))?;
-            for (acc, x) in buf[recv].iter_mut().zip(incoming.iter()) {
-                *acc += *x;
-            }
         }
-        // All-gather: pass the finished chunks around.
+        // All-gather: pass the finished chunks around, straight into place.
         for step in 0..w - 1 {
             let send = chunk(n, w, (self.rank + 1 + w - step) % w);
             let recv = chunk(n, w, (self.rank + w - step) % w);
-            let incoming = &mut scratch[..recv.len()];
-            self.exchange(op, &buf[send], incoming)
+            let (send, recv) = disjoint(buf, send, recv);
+            self.exchange(op, send, recv, None)
                 .map_err(|e| self.fail(op, e))?;
-            buf[recv].copy_from_slice(incoming);
         }
         Ok(())
     }
