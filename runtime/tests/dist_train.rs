@@ -374,3 +374,44 @@ fn a_distributed_run_resumes_bit_identically_from_rank_zeros_checkpoint() {
         bits(&full.join("checkpoint-6"))
     );
 }
+
+#[test]
+fn sigterm_to_the_launcher_reaches_every_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.jsonl");
+    write_dataset(&data, 64);
+    let out = dir.path().join("out");
+    let mut launcher = swift(
+        &train_args(&data, &out, 2, 100_000),
+        &[
+            ("NPROC_PER_NODE", "2".into()),
+            ("MASTER_PORT", free_port().to_string()),
+        ],
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let log = out.join("logging.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::fs::read_to_string(&log).map_or(true, |t| t.lines().count() < 2) {
+        assert!(
+            launcher.try_wait().unwrap().is_none(),
+            "the job ended early"
+        );
+        assert!(Instant::now() < deadline, "no training step after 120 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", launcher.id())).unwrap();
+    // SAFETY: our own child process, still running.
+    unsafe { libc::kill(launcher.id() as i32, libc::SIGTERM) };
+    let out = launcher.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    for pid in children.split_whitespace() {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "worker {pid} outlived the launcher"
+        );
+    }
+}
