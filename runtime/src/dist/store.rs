@@ -246,6 +246,7 @@ fn serve(state: Arc<StoreState>, mut stream: TcpStream) {
 pub struct Store {
     kind: Kind,
     rank: usize,
+    world_size: usize,
     addr: String,
 }
 
@@ -287,6 +288,7 @@ impl Store {
         Ok(Store {
             kind: Kind::Host(state),
             rank: 0,
+            world_size,
             addr,
         })
     }
@@ -313,6 +315,7 @@ impl Store {
         Ok(Store {
             kind: Kind::Remote(Arc::new(Mutex::new(stream))),
             rank,
+            world_size,
             addr,
         })
     }
@@ -391,7 +394,7 @@ impl Store {
             Response::Done => Ok(()),
             Response::BarrierMissing(missing) => Err(DistError::Missing {
                 what: format!("barrier {name}"),
-                world_size: self.world_size_hint(&missing),
+                world_size: self.world_size,
                 missing,
                 waited: wait,
             }),
@@ -401,13 +404,6 @@ impl Store {
                 cause,
             }),
             other => Err(self.unexpected(&other)),
-        }
-    }
-
-    fn world_size_hint(&self, missing: &[usize]) -> usize {
-        match &self.kind {
-            Kind::Host(state) => state.world_size,
-            Kind::Remote(_) => missing.iter().max().map_or(0, |m| m + 1),
         }
     }
 
