@@ -12,6 +12,17 @@ pub fn run(command: Command, resolved: Resolved) -> ExitCode {
     if let Some(path) = &resolved.loaded_from {
         tracing::info!(path = %path.display(), "load_args: filled unset arguments from args.json");
     }
+    // NPROC_PER_NODE > 1 or NNODES > 1: this process becomes torchrun (dist/launcher.rs).
+    if matches!(command, Command::Sft | Command::Pt) {
+        match crate::dist::launcher::maybe_launch() {
+            Ok(Some(code)) => return ExitCode::from(code),
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let engine: Option<fn(&kubeswift_args::Args) -> anyhow::Result<()>> = match command {
         Command::Infer => Some(crate::infer::command::run),
         Command::Deploy => Some(crate::serve::command::run),

@@ -3,6 +3,7 @@
 
 pub mod commands;
 pub mod data;
+pub mod dist;
 pub mod infer;
 pub mod model;
 pub mod progress;

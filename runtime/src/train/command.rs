@@ -9,6 +9,7 @@ use candle_core::DType;
 use kubeswift_args::Args;
 
 use crate::data::{Collator, DataOptions, prepare, write_val_dataset};
+use crate::dist::DataParallel;
 use crate::model::pretrained::dtype_arg;
 use crate::model::{LoadOptions, Pretrained, PretrainedOptions};
 use crate::progress::ProgressReporter;
@@ -53,6 +54,8 @@ fn train(user_args: &Args, reporter: &Arc<ProgressReporter>) -> anyhow::Result<T
         bail!("--streaming true: streaming datasets are not supported by the trainer yet");
     }
     let config = TrainConfig::from_args(args)?;
+    // A launched worker meets the other ranks first, so a wrong address fails fast.
+    let dist = DataParallel::from_args(args)?;
     let model_dir = Path::new(model_path);
     // f32 unless --torch_dtype says otherwise: ms-swift's choice on CPU.
     let dtype = dtype_arg(args.str("torch_dtype"))?.unwrap_or(DType::F32);
@@ -82,7 +85,13 @@ fn train(user_args: &Args, reporter: &Arc<ProgressReporter>) -> anyhow::Result<T
     }
     let tuning = Tuning::from_args(args, &mut pretrained.model, model_path)?;
 
-    let output = open_run(args, &io)?;
+    // Only rank 0 creates the run folder; the others write into a private scratch one.
+    let output = if dist.is_main() {
+        open_run(args, &io)?
+    } else {
+        scratch_run(dist.rank())?
+    };
+    let scratch = (!dist.is_main()).then(|| output.local.clone());
     // args.json names the detected model_type, so `swift infer --adapters CKPT` (load_args)
     // knows the template without the model folder's name.
     let mut resolved = user_args.clone();
@@ -110,11 +119,15 @@ fn train(user_args: &Args, reporter: &Arc<ProgressReporter>) -> anyhow::Result<T
         output,
         args_json: args_json.clone(),
     };
-    let mut trainer = Trainer::new(parts, config)?.with_reporter(reporter.clone());
+    let mut trainer = Trainer::data_parallel(parts, config, dist)?.with_reporter(reporter.clone());
     if let Some(dir) = resume {
         trainer.resume(&dir, args.bool("resume_only_model"))?;
     }
-    let summary = trainer.train()?;
+    let summary = trainer.train();
+    if let Some(dir) = scratch {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let summary = summary?;
     // As ms-swift logs it; None after `--save_strategy no`.
     let last = summary.last_checkpoint_uri.as_deref().unwrap_or("None");
     tracing::info!(last_model_checkpoint = %last, best_model_checkpoint = ?summary.best_checkpoint, "done");
@@ -137,6 +150,17 @@ fn open_run(args: &Args, io: &tokio::runtime::Runtime) -> anyhow::Result<RunOutp
     }
     let staging = std::env::temp_dir().join("kubeswift-staging");
     Ok(io.block_on(RunOutput::create(output_dir, &staging, &timestamp))?)
+}
+
+/// A non-zero rank's run folder: nothing there is published.
+fn scratch_run(rank: usize) -> anyhow::Result<RunOutput> {
+    let local = std::env::temp_dir().join(format!("kubeswift-rank{rank}-{}", std::process::id()));
+    std::fs::create_dir_all(&local).with_context(|| format!("creating {}", local.display()))?;
+    Ok(RunOutput {
+        local,
+        remote: None,
+        upload: UploadOptions::default(),
+    })
 }
 
 /// `--resume_from_checkpoint`: a checkpoint folder, a run folder or an output root, local

@@ -227,6 +227,46 @@ impl AdamW {
         Ok(())
     }
 
+    // --- Data parallel (dist/data_parallel.rs): flat views for one collective per step.
+
+    /// Every accumulated gradient concatenated in parameter order.
+    pub fn flat_grads(&self) -> Vec<f32> {
+        self.params
+            .iter()
+            .flat_map(|p| p.grad.iter().copied())
+            .collect()
+    }
+
+    /// Replaces the accumulated gradients with `flat` (the layout of [`Self::flat_grads`]).
+    pub fn set_flat_grads(&mut self, flat: &[f32]) {
+        let mut at = 0;
+        for p in &mut self.params {
+            let n = p.grad.len();
+            p.grad.copy_from_slice(&flat[at..at + n]);
+            at += n;
+        }
+    }
+
+    /// Every master weight concatenated in parameter order.
+    pub fn flat_masters(&self) -> Vec<f32> {
+        self.params
+            .iter()
+            .flat_map(|p| p.master.iter().copied())
+            .collect()
+    }
+
+    /// Replaces the master weights with `flat` and writes them into the parameters.
+    pub fn set_flat_masters(&mut self, flat: &[f32]) -> Result<(), OptimizerError> {
+        let mut at = 0;
+        for p in &mut self.params {
+            let n = p.master.len();
+            p.master.copy_from_slice(&flat[at..at + n]);
+            at += n;
+            write_back(&p.param, &p.master)?;
+        }
+        Ok(())
+    }
+
     /// Drops accumulated gradients without stepping (e.g. a skipped non-finite step).
     pub fn zero_grad(&mut self) {
         for p in &mut self.params {

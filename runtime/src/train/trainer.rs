@@ -11,6 +11,7 @@ use anyhow::Context;
 use serde_json::{Map, Value, json};
 
 use crate::data::{Collator, TrainData, epoch_batches};
+use crate::dist::DataParallel;
 use crate::model::CausalLm;
 use crate::progress::{ProgressReport, ProgressReporter};
 use crate::storage::checkpoint::LocalCheckpoint;
@@ -67,6 +68,8 @@ pub struct Trainer<'a> {
     last_checkpoint_uri: Option<String>,
     /// `/progress` and the termination message for the operator (a no-op off-cluster).
     reporter: Arc<ProgressReporter>,
+    /// The other ranks (dist/): batch shares, gradient sums, who writes files.
+    dist: DataParallel,
 }
 
 /// A stable mix of a seed and a counter (splitmix64), for dropout seeds.
@@ -90,9 +93,19 @@ fn memory_gib() -> f64 {
 
 impl<'a> Trainer<'a> {
     pub fn new(parts: TrainerParts<'a>, config: TrainConfig) -> anyhow::Result<Self> {
+        Self::data_parallel(parts, config, DataParallel::single())
+    }
+
+    /// A trainer that is one rank of a data-parallel job: batches are global
+    /// (`per_device_train_batch_size` × world size rows) and each rank trains its share.
+    pub fn data_parallel(
+        parts: TrainerParts<'a>,
+        config: TrainConfig,
+        mut dist: DataParallel,
+    ) -> anyhow::Result<Self> {
         let batches_per_epoch = epoch_batches(
             parts.train.len(),
-            config.batch_size,
+            config.batch_size * dist.world_size(),
             config.data_seed,
             0,
             true,
@@ -113,8 +126,9 @@ impl<'a> Trainer<'a> {
             warmup_steps: warmup_steps(config.warmup_steps, config.warmup_ratio, total),
             total_steps: total,
         };
-        let optimizer = AdamW::new(parts.tuning.trainables(), config.adamw)?;
-        let tensorboard = if config.tensorboard {
+        let mut optimizer = AdamW::new(parts.tuning.trainables(), config.adamw)?;
+        dist.broadcast_weights(&mut optimizer)?;
+        let tensorboard = if config.tensorboard && dist.is_main() {
             Some(
                 EventWriter::create(&parts.output.local.join("runs"))
                     .context("TensorBoard event file")?,
@@ -129,8 +143,8 @@ impl<'a> Trainer<'a> {
             eval_steps: json!(config.eval_steps.steps(total)),
             global_step: 0,
             is_hyper_param_search: false,
-            is_local_process_zero: true,
-            is_world_process_zero: true,
+            is_local_process_zero: dist.is_main(),
+            is_world_process_zero: dist.is_main(),
             log_history: Vec::new(),
             logging_steps: json!(config.logging_steps.steps(total)),
             max_steps: total,
@@ -172,6 +186,7 @@ impl<'a> Trainer<'a> {
             last_checkpoint: None,
             last_checkpoint_uri: None,
             reporter: Arc::new(ProgressReporter::disabled()),
+            dist,
         })
     }
 
@@ -238,7 +253,7 @@ impl<'a> Trainer<'a> {
     fn order(&self, epoch: u64) -> Vec<Vec<usize>> {
         epoch_batches(
             self.parts.train.len(),
-            self.config.batch_size,
+            self.config.batch_size * self.dist.world_size(),
             self.config.data_seed,
             epoch,
             true,
@@ -277,11 +292,16 @@ impl<'a> Trainer<'a> {
                 self.state.batch_in_epoch += 1;
             }
             for rows in &window_batches {
-                let mb = self.micro_batch(rows, self.parts.train)?;
                 self.parts
                     .tuning
                     .set_mode(true, mix(self.state.seed, self.state.micro_step));
                 self.state.micro_step += 1;
+                // This rank's share of the global batch; an empty share adds nothing.
+                let rows = self.dist.my_rows(rows);
+                if rows.is_empty() {
+                    continue;
+                }
+                let mb = self.micro_batch(rows, self.parts.train)?;
                 let s = forward_backward(
                     self.parts.model,
                     &mb,
@@ -292,7 +312,9 @@ impl<'a> Trainer<'a> {
                 stats.add(s);
             }
             let epoch_done = self.state.batch_in_epoch as usize >= order.len();
-            let grad_norm = self.optimizer_step(&stats)?;
+            // Sum gradients and token counts over ranks (identity in one process).
+            let (stats, grad_scale) = self.dist.reduce_gradients(&mut self.optimizer, stats)?;
+            let grad_norm = self.optimizer_step(grad_scale)?;
             self.state.tokens_seen += stats.tokens as u64;
             if epoch_done {
                 self.state.epoch += 1;
@@ -343,7 +365,9 @@ impl<'a> Trainer<'a> {
             }
         }
         display.finish();
-        if self.config.create_checkpoint_symlink
+        self.dist.finish();
+        if self.dist.is_main()
+            && self.config.create_checkpoint_symlink
             && let Some(best) = self.trainer_state.best_model_checkpoint.clone()
         {
             let name = Path::new(&best)
@@ -363,10 +387,9 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// Scales the accumulated gradients to the mean over the window's tokens, clips them
-    /// and steps; returns the gradient norm before clipping.
-    fn optimizer_step(&mut self, stats: &LossStats) -> anyhow::Result<f64> {
-        let scale = 1.0 / stats.tokens.max(1) as f32;
+    /// Scales the accumulated gradients by `scale` (to the mean over the window's tokens),
+    /// clips them and steps; returns the gradient norm before clipping.
+    fn optimizer_step(&mut self, scale: f32) -> anyhow::Result<f64> {
         let norm = self.optimizer.grad_norm(scale);
         let clip = if self.config.max_grad_norm > 0.0 && norm > self.config.max_grad_norm {
             (self.config.max_grad_norm / (norm + 1e-6)) as f32
@@ -381,6 +404,9 @@ impl<'a> Trainer<'a> {
     }
 
     fn record(&mut self, line: Map<String, Value>) -> anyhow::Result<()> {
+        if !self.dist.is_main() {
+            return Ok(());
+        }
         let path = self.parts.output.local.join("logging.jsonl");
         let mut f = std::fs::OpenOptions::new()
             .create(true)
@@ -458,6 +484,15 @@ impl<'a> Trainer<'a> {
     }
 
     fn save_checkpoint(&mut self, metrics: Option<Map<String, Value>>) -> anyhow::Result<()> {
+        let step = self.state.global_step;
+        // Rank 0 alone writes; every rank leaves the save together.
+        if self.dist.is_main() {
+            self.write_checkpoint(metrics)?;
+        }
+        self.dist.barrier(&format!("checkpoint-{step}"))
+    }
+
+    fn write_checkpoint(&mut self, metrics: Option<Map<String, Value>>) -> anyhow::Result<()> {
         let step = self.state.global_step;
         let name = format!("checkpoint-{step}");
         let run_dir = self.parts.output.local.clone();

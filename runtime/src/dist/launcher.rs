@@ -1,0 +1,230 @@
+//! The launcher, torchrun's role: `swift sft|pt` with NPROC_PER_NODE > 1 or NNODES > 1
+//! re-executes itself once per local worker with WORLD_SIZE, RANK, LOCAL_RANK,
+//! LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT set, the CPU threads split evenly
+//! (RAYON_NUM_THREADS, OMP_NUM_THREADS, unless the user set them). It forwards SIGTERM and
+//! SIGINT to the workers, and when one fails it stops the others (SIGTERM, then SIGKILL
+//! after a grace period) and exits with the first failing worker's code.
+//!
+//! A process with RANK/WORLD_SIZE set is a worker and never launches again.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use kubeswift_args::DistEnv;
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::world::WorldInfo;
+
+/// How long stopped workers get to exit before SIGKILL.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// One worker to start: its global and local rank and its extra environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerPlan {
+    pub rank: usize,
+    pub local_rank: usize,
+    pub env: Vec<(String, String)>,
+}
+
+/// The workers of this node. `cpus` is the node's parallelism; `user_threads` is
+/// RAYON_NUM_THREADS when the user set it (then it is kept).
+pub fn plan(dist: &DistEnv, cpus: usize, user_threads: Option<&str>) -> Vec<WorkerPlan> {
+    let nproc = dist.nproc_per_node;
+    let threads = user_threads
+        .map(str::to_string)
+        .unwrap_or_else(|| (cpus / nproc).max(1).to_string());
+    let master_addr = dist
+        .master_addr
+        .clone()
+        .unwrap_or_else(|| "127.0.0.1".into());
+    (0..nproc)
+        .map(|local_rank| {
+            let rank = dist.node_rank * nproc + local_rank;
+            let env = [
+                ("WORLD_SIZE", dist.world_size().to_string()),
+                ("RANK", rank.to_string()),
+                ("LOCAL_RANK", local_rank.to_string()),
+                ("LOCAL_WORLD_SIZE", nproc.to_string()),
+                ("GROUP_RANK", dist.node_rank.to_string()),
+                ("MASTER_ADDR", master_addr.clone()),
+                ("MASTER_PORT", dist.master_port.to_string()),
+                ("RAYON_NUM_THREADS", threads.clone()),
+                ("OMP_NUM_THREADS", threads.clone()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+            WorkerPlan {
+                rank,
+                local_rank,
+                env,
+            }
+        })
+        .collect()
+}
+
+/// The exit code a shell would report for `status` (128 + signal when killed).
+pub fn exit_code(status: &ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code.clamp(0, 255) as u8,
+        (None, Some(sig)) => (128 + sig).clamp(0, 255) as u8,
+        _ => 1,
+    }
+}
+
+/// Launches the workers when this process is the launcher; `Ok(None)` when it should
+/// train itself (a worker, or a single-process job).
+pub fn maybe_launch() -> anyhow::Result<Option<u8>> {
+    let env = |k: &str| std::env::var(k).ok();
+    if WorldInfo::from_env(env)?.is_some() {
+        return Ok(None);
+    }
+    let dist = DistEnv::from_env(env)?;
+    if dist.world_size() == 1 {
+        return Ok(None);
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = plan(&dist, cpus, env("RAYON_NUM_THREADS").as_deref());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the launcher")?;
+    runtime.block_on(supervise(workers)).map(Some)
+}
+
+fn send(pid: u32, sig: i32) {
+    // SAFETY: kill(2) with a pid we spawned and have not reaped (it is still in `live`).
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+async fn supervise(workers: Vec<WorkerPlan>) -> anyhow::Result<u8> {
+    let exe = std::env::current_exe().context("finding the swift binary to start workers")?;
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let mut live: HashMap<usize, u32> = HashMap::new();
+    let mut waits = FuturesUnordered::new();
+    for w in &workers {
+        let mut child = tokio::process::Command::new(&exe)
+            .args(&args)
+            .envs(w.env.iter().map(|(k, v)| (k, v)))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting worker rank {}", w.rank))?;
+        if let Some(pid) = child.id() {
+            live.insert(w.rank, pid);
+        }
+        let rank = w.rank;
+        waits.push(async move { (rank, child.wait().await) });
+    }
+    tracing::info!(workers = workers.len(), "launched");
+    let mut failure: Option<(usize, u8)> = None;
+    let mut kill_at: Option<tokio::time::Instant> = None;
+    while !waits.is_empty() {
+        let deadline =
+            kill_at.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86400));
+        tokio::select! {
+            Some((rank, status)) = waits.next() => {
+                live.remove(&rank);
+                let code = match status {
+                    Ok(s) => exit_code(&s),
+                    Err(e) => {
+                        tracing::error!(rank, error = %e, "waiting for a worker");
+                        1
+                    }
+                };
+                if code != 0 && failure.is_none() {
+                    eprintln!(
+                        "error: worker rank {rank} exited with code {code}{}; stopping the other workers",
+                        if code > 128 { format!(" (killed by signal {})", code - 128) } else { String::new() }
+                    );
+                    failure = Some((rank, code));
+                    for &pid in live.values() {
+                        send(pid, libc::SIGTERM);
+                    }
+                    kill_at = Some(tokio::time::Instant::now() + GRACE);
+                }
+            }
+            _ = sigterm.recv() => {
+                tracing::warn!("SIGTERM: forwarding to the workers");
+                live.values().for_each(|&pid| send(pid, libc::SIGTERM));
+                kill_at = kill_at.or(Some(tokio::time::Instant::now() + GRACE));
+            }
+            _ = sigint.recv() => {
+                tracing::warn!("SIGINT: forwarding to the workers");
+                live.values().for_each(|&pid| send(pid, libc::SIGINT));
+                kill_at = kill_at.or(Some(tokio::time::Instant::now() + GRACE));
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::warn!(workers = ?live.keys().collect::<Vec<_>>(), "workers did not stop in time: SIGKILL");
+                live.values().for_each(|&pid| send(pid, libc::SIGKILL));
+                kill_at = Some(tokio::time::Instant::now() + Duration::from_secs(86400));
+            }
+        }
+    }
+    Ok(failure.map_or(0, |(_, code)| code))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get<'a>(w: &'a WorkerPlan, k: &str) -> &'a str {
+        w.env
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+            .unwrap()
+    }
+
+    #[test]
+    fn plans_global_ranks_and_splits_threads() {
+        let dist = DistEnv {
+            nproc_per_node: 2,
+            nnodes: 3,
+            node_rank: 1,
+            master_addr: Some("job-node-0.job".into()),
+            master_port: 1234,
+            launcher_requested: true,
+        };
+        let workers = plan(&dist, 8, None);
+        assert_eq!(workers.len(), 2);
+        assert_eq!((workers[0].rank, workers[1].rank), (2, 3));
+        assert_eq!(get(&workers[1], "LOCAL_RANK"), "1");
+        assert_eq!(get(&workers[1], "WORLD_SIZE"), "6");
+        assert_eq!(get(&workers[0], "MASTER_ADDR"), "job-node-0.job");
+        assert_eq!(get(&workers[0], "RAYON_NUM_THREADS"), "4");
+        let kept = plan(&dist, 8, Some("1"));
+        assert_eq!(get(&kept[0], "RAYON_NUM_THREADS"), "1");
+        let single_node = DistEnv {
+            nnodes: 1,
+            node_rank: 0,
+            master_addr: None,
+            nproc_per_node: 4,
+            ..dist
+        };
+        let w = plan(&single_node, 2, None);
+        assert_eq!(get(&w[3], "MASTER_ADDR"), "127.0.0.1");
+        assert_eq!(
+            get(&w[3], "RAYON_NUM_THREADS"),
+            "1",
+            "at least one thread each"
+        );
+    }
+
+    #[test]
+    fn exit_codes_follow_the_shell() {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(exit_code(&ExitStatus::from_raw(0)), 0);
+        assert_eq!(exit_code(&ExitStatus::from_raw(3 << 8)), 3);
+        assert_eq!(exit_code(&ExitStatus::from_raw(9)), 137);
+    }
+}

@@ -1,0 +1,417 @@
+//! Data-parallel training through the built `swift` binary on the tiny Qwen2.5 fixture:
+//! NPROC_PER_NODE=2 (the launcher) and NNODES=2 on one machine end with the same LoRA
+//! weights as one process with the same global batch; a worker killed mid-step makes the
+//! other exit within --ddp_timeout with an error naming the lost rank.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One compute thread per process: the CI machine has two cores.
+fn swift(args: &[String], env: &[(&str, String)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_swift"));
+    cmd.args(args)
+        .env("SWIFT_LOG", "warn")
+        .env("RAYON_NUM_THREADS", "1")
+        .env_remove("RANK")
+        .env_remove("WORLD_SIZE")
+        .env_remove("NPROC_PER_NODE")
+        .env_remove("NNODES")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+    cmd
+}
+
+fn finish(child: Child, what: &str) {
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: {:?}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Rows whose lengths differ, so batches pad differently on 1 and 2 ranks.
+fn write_dataset(path: &Path, rows: usize) {
+    let words = ["alpha", "beta", "gamma", "delta", "omega", "kappa", "sigma"];
+    let mut f = std::fs::File::create(path).unwrap();
+    for i in 0..rows {
+        let q: Vec<&str> = (0..2 + i % 5)
+            .map(|k| words[(i * 3 + k) % words.len()])
+            .collect();
+        let r: Vec<&str> = q.iter().rev().copied().collect();
+        let row = serde_json::json!({"query": format!("reverse: {}", q.join(" ")), "response": r.join(" ")});
+        writeln!(f, "{row}").unwrap();
+    }
+}
+
+fn train_args(data: &Path, out: &Path, per_device: usize, steps: usize) -> Vec<String> {
+    [
+        "sft",
+        "--model",
+        &repo("runtime/tests/fixtures/models/tiny-Qwen2.5")
+            .display()
+            .to_string(),
+        "--train_type",
+        "lora",
+        "--dataset",
+        &data.display().to_string(),
+        "--split_dataset_ratio",
+        "0",
+        "--max_steps",
+        &steps.to_string(),
+        "--save_steps",
+        &steps.to_string(),
+        "--logging_steps",
+        "1",
+        "--per_device_train_batch_size",
+        &per_device.to_string(),
+        "--gradient_accumulation_steps",
+        "2",
+        "--lora_dropout",
+        "0",
+        "--learning_rate",
+        "1e-3",
+        "--seed",
+        "7",
+        "--average_tokens_across_devices",
+        "true",
+        "--ddp_timeout",
+        "20",
+        "--report_to",
+        "none",
+        "--add_version",
+        "false",
+        "--output_dir",
+        &out.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn adapter(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let t = candle_core::safetensors::load(
+        dir.join("adapter_model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let mut out: Vec<(String, Vec<f32>)> = t
+        .into_iter()
+        .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn norm(v: impl Iterator<Item = f32>) -> f64 {
+    v.map(|x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt()
+}
+
+/// Every tensor equal within 1e-5 of its norm; the LoRA B matrices (zero at init) moved.
+fn assert_close(got: &[(String, Vec<f32>)], want: &[(String, Vec<f32>)], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    let mut trained = 0;
+    let mut worst = 0f64;
+    for ((k, a), (k2, b)) in got.iter().zip(want) {
+        assert_eq!(k, k2, "{what}");
+        let diff = norm(a.iter().zip(b).map(|(x, y)| x - y));
+        let scale = norm(b.iter().copied());
+        assert!(
+            diff <= 1e-5 * scale,
+            "{what}: {k}: |a-b| {diff:e} vs |b| {scale:e}"
+        );
+        if scale > 0.0 {
+            worst = worst.max(diff / scale);
+        }
+        if k.contains("lora_B") && scale > 0.0 {
+            trained += 1;
+        }
+    }
+    assert!(trained > 0, "{what}: no LoRA B matrix was trained");
+    eprintln!(
+        "{what}: largest relative difference {worst:e} over {} tensors",
+        got.len()
+    );
+}
+
+#[test]
+fn two_ranks_match_one_process_with_the_same_global_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.jsonl");
+    // 9 rows, global batch 4, accumulation 2: windows of 4+4, then 1 (rank 1 gets no row),
+    // then the next epoch — uneven remainders on the way.
+    write_dataset(&data, 9);
+    let steps = 3;
+
+    let single = dir.path().join("single");
+    finish(
+        swift(&train_args(&data, &single, 4, steps), &[])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+        "1 process",
+    );
+    let want = adapter(&single.join(format!("checkpoint-{steps}")));
+
+    // NPROC_PER_NODE=2: the launcher starts two workers.
+    let launched = dir.path().join("nproc");
+    finish(
+        swift(
+            &train_args(&data, &launched, 2, steps),
+            &[
+                ("NPROC_PER_NODE", "2".into()),
+                ("MASTER_PORT", free_port().to_string()),
+            ],
+        )
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap(),
+        "NPROC_PER_NODE=2",
+    );
+    assert_close(
+        &adapter(&launched.join(format!("checkpoint-{steps}"))),
+        &want,
+        "NPROC_PER_NODE=2",
+    );
+    let lines = std::fs::read_to_string(launched.join("logging.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), steps, "rank 0 alone logs: {lines}");
+
+    // NNODES=2 on one machine: two launchers, one worker each.
+    let nodes = dir.path().join("nnodes");
+    let port = free_port().to_string();
+    let start = |node: usize| {
+        swift(
+            &train_args(&data, &nodes, 2, steps),
+            &[
+                ("NNODES", "2".into()),
+                ("NODE_RANK", node.to_string()),
+                ("NPROC_PER_NODE", "1".into()),
+                ("MASTER_ADDR", "127.0.0.1".into()),
+                ("MASTER_PORT", port.clone()),
+            ],
+        )
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
+    let (node1, node0) = (start(1), start(0));
+    finish(node0, "NNODES=2 node 0");
+    finish(node1, "NNODES=2 node 1");
+    assert_close(
+        &adapter(&nodes.join(format!("checkpoint-{steps}"))),
+        &want,
+        "NNODES=2",
+    );
+}
+
+#[test]
+fn a_worker_killed_mid_run_ends_the_job_naming_its_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.jsonl");
+    write_dataset(&data, 64);
+    let out = dir.path().join("out");
+    let port = free_port().to_string();
+    let mut args = train_args(&data, &out, 2, 1000);
+    // Workers started by hand (as torchrun would): RANK/WORLD_SIZE make them workers.
+    let timeout = 5;
+    let i = args.iter().position(|a| a == "--ddp_timeout").unwrap();
+    args[i + 1] = timeout.to_string();
+    let start = |rank: usize| {
+        swift(
+            &args,
+            &[
+                ("WORLD_SIZE", "2".into()),
+                ("RANK", rank.to_string()),
+                ("LOCAL_RANK", rank.to_string()),
+                ("MASTER_ADDR", "127.0.0.1".into()),
+                ("MASTER_PORT", port.clone()),
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
+    let (mut rank0, mut rank1) = (start(0), start(1));
+    // Wait until training is under way (rank 0 logged a step), then kill rank 1.
+    let log = out.join("logging.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::fs::read_to_string(&log).map_or(true, |t| t.lines().count() < 2) {
+        assert!(rank0.try_wait().unwrap().is_none(), "rank 0 ended early");
+        assert!(Instant::now() < deadline, "no training step after 120 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    rank1.kill().unwrap();
+    rank1.wait().unwrap();
+    let killed = Instant::now();
+    let status = rank0.wait().unwrap();
+    let waited = killed.elapsed();
+    let mut stderr = String::new();
+    for line in BufReader::new(rank0.stderr.take().unwrap()).lines() {
+        stderr.push_str(&line.unwrap());
+        stderr.push('\n');
+    }
+    assert!(!status.success(), "rank 0 survived its peer: {stderr}");
+    assert!(
+        waited < Duration::from_secs(timeout + 10),
+        "rank 0 took {waited:?} to notice"
+    );
+    assert!(stderr.contains("rank 1"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn the_launcher_stops_the_others_when_one_worker_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.jsonl");
+    write_dataset(&data, 64);
+    let out = dir.path().join("out");
+    let mut launcher = swift(
+        &train_args(&data, &out, 2, 1000),
+        &[
+            ("NPROC_PER_NODE", "2".into()),
+            ("MASTER_PORT", free_port().to_string()),
+        ],
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let log = out.join("logging.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::fs::read_to_string(&log).map_or(true, |t| t.lines().count() < 2) {
+        assert!(
+            launcher.try_wait().unwrap().is_none(),
+            "the job ended early"
+        );
+        assert!(Instant::now() < deadline, "no training step after 120 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", launcher.id())).unwrap();
+    let workers: Vec<i32> = children
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(workers.len(), 2, "{children}");
+    // SAFETY: a pid of our launcher's child, alive (the job is running).
+    unsafe { libc::kill(workers[1], libc::SIGKILL) };
+    let started = Instant::now();
+    let out = launcher.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(137), "{stderr}");
+    assert!(
+        stderr.contains("exited with code 137 (killed by signal 9); stopping the other workers"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    for pid in workers {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z ")),
+            "worker {pid} still runs"
+        );
+    }
+}
+
+fn bits(dir: &Path) -> Vec<(String, Vec<u32>)> {
+    adapter(dir)
+        .into_iter()
+        .map(|(k, v)| (k, v.iter().map(|x| x.to_bits()).collect()))
+        .collect()
+}
+
+#[test]
+fn a_distributed_run_resumes_bit_identically_from_rank_zeros_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.jsonl");
+    write_dataset(&data, 11);
+    let launch = |out: &Path, resume: Option<&Path>| {
+        let mut args = train_args(&data, out, 2, 6);
+        let i = args.iter().position(|a| a == "--save_steps").unwrap();
+        args[i + 1] = "3".into();
+        if let Some(ck) = resume {
+            args.extend(["--resume_from_checkpoint".into(), ck.display().to_string()]);
+        }
+        finish(
+            swift(
+                &args,
+                &[
+                    ("NPROC_PER_NODE", "2".into()),
+                    ("MASTER_PORT", free_port().to_string()),
+                ],
+            )
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+            "NPROC_PER_NODE=2",
+        );
+    };
+    let full = dir.path().join("full");
+    launch(&full, None);
+    let resumed = dir.path().join("resumed");
+    launch(&resumed, Some(&full.join("checkpoint-3")));
+    assert!(
+        !resumed.join("checkpoint-3").exists(),
+        "the resumed run restarted"
+    );
+    assert_eq!(
+        bits(&resumed.join("checkpoint-6")),
+        bits(&full.join("checkpoint-6"))
+    );
+}
+
+#[test]
+fn sigterm_to_the_launcher_reaches_every_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.jsonl");
+    write_dataset(&data, 64);
+    let out = dir.path().join("out");
+    let mut launcher = swift(
+        &train_args(&data, &out, 2, 100_000),
+        &[
+            ("NPROC_PER_NODE", "2".into()),
+            ("MASTER_PORT", free_port().to_string()),
+        ],
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let log = out.join("logging.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::fs::read_to_string(&log).map_or(true, |t| t.lines().count() < 2) {
+        assert!(
+            launcher.try_wait().unwrap().is_none(),
+            "the job ended early"
+        );
+        assert!(Instant::now() < deadline, "no training step after 120 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", launcher.id())).unwrap();
+    // SAFETY: our own child process, still running.
+    unsafe { libc::kill(launcher.id() as i32, libc::SIGTERM) };
+    let out = launcher.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    for pid in children.split_whitespace() {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "worker {pid} outlived the launcher"
+        );
+    }
+}
