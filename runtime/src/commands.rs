@@ -12,8 +12,9 @@ pub fn run(command: Command, resolved: Resolved) -> ExitCode {
     if let Some(path) = &resolved.loaded_from {
         tracing::info!(path = %path.display(), "load_args: filled unset arguments from args.json");
     }
-    // NPROC_PER_NODE > 1 or NNODES > 1: this process becomes torchrun (dist/launcher.rs).
-    if matches!(command, Command::Sft | Command::Pt) {
+    // NPROC_PER_NODE > 1 or NNODES > 1: this process becomes torchrun (dist/launcher.rs);
+    // `swift infer` then splits its dataset across the workers.
+    if matches!(command, Command::Sft | Command::Pt | Command::Infer) {
         match crate::dist::launcher::maybe_launch() {
             Ok(Some(code)) => return ExitCode::from(code),
             Ok(None) => {}

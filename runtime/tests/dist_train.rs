@@ -415,3 +415,74 @@ fn sigterm_to_the_launcher_reaches_every_worker() {
         );
     }
 }
+
+/// `swift infer` with NPROC_PER_NODE=2: each worker answers half of the rows and rank 0
+/// writes one result file in dataset order, equal to the single-process results.
+#[test]
+fn two_workers_split_inference_and_merge_results_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("val.jsonl");
+    let rows: Vec<String> = (0..5)
+        .map(|i| format!(r#"{{"query": "question number {i}: what is {i} + {i}?"}}"#))
+        .collect();
+    std::fs::write(&data, rows.join("\n")).unwrap();
+    let model = repo("runtime/tests/fixtures/models/tiny-Qwen2.5");
+    let args = |result: &Path| -> Vec<String> {
+        [
+            "infer",
+            "--model",
+            &model.display().to_string(),
+            "--val_dataset",
+            &data.display().to_string(),
+            "--max_new_tokens",
+            "5",
+            "--temperature",
+            "0",
+            "--result_path",
+            &result.display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let single = dir.path().join("single.jsonl");
+    let out = swift(&args(&single), &[]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let split = dir.path().join("split.jsonl");
+    let out = swift(
+        &args(&split),
+        &[
+            ("NPROC_PER_NODE", "2".into()),
+            ("MASTER_ADDR", "127.0.0.1".into()),
+            ("MASTER_PORT", free_port().to_string()),
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |p: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (single, split) = (read(&single), read(&split));
+    assert_eq!(split.len(), 5, "every row answered once");
+    assert_eq!(single, split);
+    for (i, row) in split.iter().enumerate() {
+        let query = row["messages"][0]["content"].as_str().unwrap();
+        assert!(
+            query.starts_with(&format!("question number {i}:")),
+            "{query}"
+        );
+    }
+}

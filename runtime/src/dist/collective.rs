@@ -30,6 +30,9 @@ pub trait Collective: Send {
     fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<(), DistError>;
     /// Returns when every rank called it; the error names the ranks that did not.
     fn barrier(&mut self, name: &str) -> Result<(), DistError>;
+    /// Collects one string from every rank on rank 0, in rank order; `None` on the others
+    /// (distributed inference merges its results this way).
+    fn gather(&mut self, name: &str, value: String) -> Result<Option<Vec<String>>, DistError>;
     /// Leaves the job on purpose (after the last collective).
     fn finish(&mut self) {}
 }
@@ -56,6 +59,9 @@ impl Collective for Solo {
     }
     fn barrier(&mut self, _: &str) -> Result<(), DistError> {
         Ok(())
+    }
+    fn gather(&mut self, _: &str, value: String) -> Result<Option<Vec<String>>, DistError> {
+        Ok(Some(vec![value]))
     }
 }
 
@@ -351,14 +357,94 @@ impl Collective for Ring {
             .barrier(&format!("{name}#{}", self.barriers), self.timeout)
     }
 
+    /// Through rank 0's store, in pieces under its frame limit: every rank sets
+    /// `gather/NAME/RANK/i` and a piece count; rank 0 waits for each (up to the timeout,
+    /// naming a rank that never delivered).
+    fn gather(&mut self, name: &str, value: String) -> Result<Option<Vec<String>>, DistError> {
+        let pieces = utf8_pieces(&value, GATHER_PIECE);
+        for (i, piece) in pieces.iter().enumerate() {
+            self.store
+                .set(&format!("gather/{name}/{}/{i}", self.rank), piece)?;
+        }
+        self.store.set(
+            &format!("gather/{name}/{}/n", self.rank),
+            &pieces.len().to_string(),
+        )?;
+        if self.rank != 0 {
+            return Ok(None);
+        }
+        let wait = |key: String, from: usize| -> Result<String, DistError> {
+            self.store
+                .get(&key, self.timeout)?
+                .ok_or_else(|| DistError::Missing {
+                    what: format!("gather {name}"),
+                    missing: vec![from],
+                    world_size: self.world_size,
+                    waited: self.timeout,
+                })
+        };
+        let mut out = Vec::with_capacity(self.world_size);
+        for r in 0..self.world_size {
+            let count = wait(format!("gather/{name}/{r}/n"), r)?;
+            let count: usize = count.parse().map_err(|_| DistError::Store {
+                addr: self.store.addr().to_string(),
+                message: format!("gather {name}: rank {r} sent a bad piece count {count:?}"),
+            })?;
+            let mut joined = String::new();
+            for i in 0..count {
+                joined.push_str(&wait(format!("gather/{name}/{r}/{i}"), r)?);
+            }
+            out.push(joined);
+        }
+        Ok(Some(out))
+    }
+
     fn finish(&mut self) {
         self.store.bye();
+    }
+}
+
+/// Bytes per gathered piece: well under the store's frame limit.
+const GATHER_PIECE: usize = 4 << 20;
+
+/// `s` cut into pieces of at most `max` bytes, at character boundaries (at least one
+/// piece, so an empty value still arrives).
+fn utf8_pieces(s: &str, max: usize) -> Vec<&str> {
+    let mut pieces = Vec::new();
+    let mut rest = s;
+    loop {
+        if rest.len() <= max {
+            pieces.push(rest);
+            return pieces;
+        }
+        let mut cut = max;
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        if cut == 0 {
+            // One character longer than `max`: it travels whole.
+            cut = (1..=rest.len())
+                .find(|&i| rest.is_char_boundary(i))
+                .unwrap_or(rest.len());
+        }
+        pieces.push(&rest[..cut]);
+        rest = &rest[cut..];
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gathered_values_are_cut_at_character_boundaries() {
+        assert_eq!(utf8_pieces("", 4), vec![""]);
+        assert_eq!(utf8_pieces("abcdefghij", 4), vec!["abcd", "efgh", "ij"]);
+        let s = "aé中b";
+        let pieces = utf8_pieces(s, 2);
+        assert_eq!(pieces.concat(), s);
+        assert!(pieces.iter().all(|p| p.len() <= 3 && !p.is_empty()));
+    }
 
     #[test]
     fn chunks_cover_the_buffer_in_balanced_pieces() {

@@ -95,8 +95,13 @@ impl DataParallel {
         let Some(world) = WorldInfo::from_env(|k| std::env::var(k).ok())? else {
             return Ok(Self::single());
         };
-        Backend::from_arg(args.str("ddp_backend"))?;
-        let seconds = args.int("ddp_timeout").unwrap_or(1800).max(1) as u64;
+        // `swift infer` owns none of the ddp arguments: it runs on their defaults.
+        Backend::from_arg(args.lookup("ddp_backend").and_then(|v| v.as_str()))?;
+        let seconds = args
+            .lookup("ddp_timeout")
+            .and_then(|v| v.as_i64())
+            .unwrap_or(1800)
+            .max(1) as u64;
         let timeout = Duration::from_secs(seconds);
         let options = RendezvousOptions {
             deadline: timeout,
@@ -111,7 +116,11 @@ impl DataParallel {
                 world.master()
             )
         })?;
-        Ok(Self::new(comm, args.bool("average_tokens_across_devices")))
+        let average_tokens = args
+            .lookup("average_tokens_across_devices")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        Ok(Self::new(comm, average_tokens))
     }
 
     pub fn rank(&self) -> usize {
@@ -186,6 +195,13 @@ impl DataParallel {
         self.comm
             .barrier(name)
             .with_context(|| format!("barrier {name}"))
+    }
+
+    /// One string from every rank on rank 0, in rank order; `None` on the others.
+    pub fn gather(&mut self, name: &str, value: String) -> anyhow::Result<Option<Vec<String>>> {
+        self.comm
+            .gather(name, value)
+            .with_context(|| format!("gathering {name}"))
     }
 
     /// Leaves the job cleanly after the last collective.

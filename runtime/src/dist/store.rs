@@ -21,6 +21,8 @@ use super::error::DistError;
 pub const ABORT_KEY: &str = "abort";
 /// Messages above this are refused (a stray client, not a rank).
 const MAX_FRAME: usize = 16 << 20;
+/// How long rank 0 waits at the end for the other ranks to leave.
+const HOST_LEAVE_GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Request {
@@ -84,6 +86,8 @@ pub(crate) fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
 struct Inner {
     map: HashMap<String, String>,
     barriers: HashMap<String, BTreeSet<usize>>,
+    /// Ranks whose connection ended (goodbye or lost): the host may leave once all have.
+    gone: BTreeSet<usize>,
 }
 
 /// The store's data, shared by the host's own rank and one thread per connected rank.
@@ -196,8 +200,31 @@ impl StoreState {
         let cause = format!(
             "rank {rank} lost its connection to the rendezvous store ({why}): the process exited or was killed"
         );
-        self.lock().map.entry(ABORT_KEY.into()).or_insert(cause);
+        let mut inner = self.lock();
+        inner.map.entry(ABORT_KEY.into()).or_insert(cause);
+        inner.gone.insert(rank);
+        drop(inner);
         self.changed.notify_all();
+    }
+
+    /// Records that `rank` said goodbye and got its answer.
+    fn left(&self, rank: usize) {
+        self.lock().gone.insert(rank);
+        self.changed.notify_all();
+    }
+
+    /// Waits (up to `grace`) until every other rank's connection ended, so the host's
+    /// process does not exit while a peer still waits on an answer from it (the last
+    /// barrier's reply would otherwise race the host's exit).
+    fn wait_for_others(&self, grace: Duration) {
+        let others = self.world_size.saturating_sub(1);
+        let guard = self.wait_until(self.lock(), Instant::now() + grace, |i| {
+            i.gone.len() >= others
+        });
+        let missing = others.saturating_sub(guard.gone.len());
+        if missing > 0 {
+            tracing::warn!(missing, "leaving before every rank said goodbye");
+        }
     }
 }
 
@@ -233,8 +260,10 @@ fn serve(state: Arc<StoreState>, mut stream: TcpStream) {
             .map_err(std::io::Error::other)
             .and_then(|b| write_frame(&mut stream, &b));
         if bye || sent.is_err() {
-            if let (Err(e), Some(rank)) = (sent, rank) {
-                state.lost(rank, &e.to_string());
+            match (sent, rank) {
+                (Err(e), Some(rank)) => state.lost(rank, &e.to_string()),
+                (Ok(()), Some(rank)) => state.left(rank),
+                _ => {}
             }
             return;
         }
@@ -407,10 +436,14 @@ impl Store {
         }
     }
 
-    /// Tells the host this rank leaves on purpose (so its disconnect is not a failure).
+    /// Tells the host this rank leaves on purpose (so its disconnect is not a failure). The
+    /// host itself waits (a bounded time) for the others to leave first.
     pub fn bye(&self) {
-        if let Kind::Remote(_) = self.kind {
-            let _ = self.request(Request::Bye, Duration::ZERO);
+        match &self.kind {
+            Kind::Remote(_) => {
+                let _ = self.request(Request::Bye, Duration::ZERO);
+            }
+            Kind::Host(state) => state.wait_for_others(HOST_LEAVE_GRACE),
         }
     }
 

@@ -10,11 +10,13 @@ use candle_core::DType;
 use kubeswift_args::Args;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
+use serde_json::Value;
 
 use super::engine::{Engine, Event, GenerationParams, Request};
 use super::error::InferError;
 use super::{metric, result};
 use crate::data::{DataOptions, sampling};
+use crate::dist::{DataParallel, WorldInfo};
 use crate::model::pretrained::dtype_arg;
 use crate::model::{LoadOptions, Pretrained, PretrainedOptions};
 use crate::storage::Cache;
@@ -39,6 +41,15 @@ pub fn run(user_args: &Args) -> anyhow::Result<()> {
             "--model is required: a local model folder (config.json, safetensors, tokenizer.json)"
         );
     };
+    // A launched worker meets the other ranks before loading anything (fails fast on a
+    // wrong address); one process gets a single-rank handle.
+    let dataset_mode =
+        !(args.strings("val_dataset").is_empty() && args.strings("dataset").is_empty());
+    let dist = if dataset_mode {
+        DataParallel::from_args(args)?
+    } else {
+        DataParallel::single()
+    };
     let mut pretrained = load_model(args, Path::new(model_path))?;
     for adapter in args.strings("adapters") {
         LoraAdapters::load(&mut pretrained.model, Path::new(&adapter), false)
@@ -53,9 +64,14 @@ pub fn run(user_args: &Args) -> anyhow::Result<()> {
     )?;
     let session = Session::new(args, &pretrained, &template)?;
     if args.strings("val_dataset").is_empty() && args.strings("dataset").is_empty() {
+        if WorldInfo::from_env(|k| std::env::var(k).ok())?.is_some_and(|w| w.world_size > 1) {
+            bail!(
+                "interactive `swift infer` runs in one process: unset NPROC_PER_NODE/NNODES, or give --val_dataset to split a dataset across workers"
+            );
+        }
         session.chat(&mut std::io::stdin().lock(), &mut std::io::stdout())
     } else {
-        session.infer_dataset()
+        session.infer_dataset(dist)
     }
 }
 
@@ -234,25 +250,27 @@ impl<'a> Session<'a> {
     }
 
     /// Batch inference over the validation rows into `--result_path` (printed).
-    fn infer_dataset(&self) -> anyhow::Result<()> {
-        let mut rows = self.conversations()?;
+    fn infer_dataset(&self, mut dist: DataParallel) -> anyhow::Result<()> {
+        let mut all_rows = self.conversations()?;
         // ms-swift's InferRequest.remove_response: a final assistant turn is the label.
-        let labels: Vec<Option<String>> = rows
+        let all_labels: Vec<Option<String>> = all_rows
             .iter_mut()
             .map(|m| match m.last() {
                 Some(last) if last.role == Role::Assistant => m.pop().map(|m| m.content),
                 _ => None,
             })
             .collect();
+        // Several workers (NPROC_PER_NODE/NNODES): each answers a contiguous share of the
+        // rows and rank 0 joins the shares in rank order, so the result file keeps the
+        // dataset's order (ms-swift's multi-process inference). One process: every row.
+        let indices: Vec<usize> = (0..all_rows.len()).collect();
+        let mine = dist.my_rows(&indices).to_vec();
+        let rows: Vec<Vec<Message>> = mine.iter().map(|&i| all_rows[i].clone()).collect();
+        let labels: Vec<Option<String>> = mine.iter().map(|&i| all_labels[i].clone()).collect();
         let requests: Vec<Request> = rows
             .iter()
             .map(|m| self.request(m))
             .collect::<anyhow::Result<_>>()?;
-        let model = Path::new(self.args.str("model").unwrap_or("model"));
-        let results = match self.args.str("result_path") {
-            Some(p) => ResultTarget::new(p)?,
-            None => ResultTarget::local(result::default_path(None, model)),
-        };
         let mut engine = self.engine();
         let outputs = if self.args.bool("stream") {
             // One row at a time, printed as it streams, as ms-swift does with --stream.
@@ -296,6 +314,23 @@ impl<'a> Session<'a> {
                 result::dataset_record(messages, out, label.as_deref(), &self.pretrained.tokenizer)
             })
             .collect();
+        let share: String = records.iter().map(|r| format!("{r}\n")).collect();
+        let gathered = dist.gather("infer-results", share)?;
+        dist.finish();
+        let Some(shares) = gathered else {
+            return Ok(()); // not rank 0: rank 0 writes the merged results
+        };
+        let records: Vec<Value> = shares
+            .iter()
+            .flat_map(|s| s.lines())
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()
+            .context("merging the workers' results")?;
+        let model = Path::new(self.args.str("model").unwrap_or("model"));
+        let results = match self.args.str("result_path") {
+            Some(p) => ResultTarget::new(p)?,
+            None => ResultTarget::local(result::default_path(None, model)),
+        };
         result::append(&results.local, &records)
             .with_context(|| "writing the inference results")?;
         results.publish()?;
@@ -304,8 +339,11 @@ impl<'a> Session<'a> {
             results.shown()
         );
         if let Some(m) = self.args.str("metric") {
-            let pairs: Vec<(String, Option<String>)> =
-                outputs.iter().map(|o| o.text.clone()).zip(labels).collect();
+            let text = |v: &Value| v.as_str().map(String::from);
+            let pairs: Vec<(String, Option<String>)> = records
+                .iter()
+                .map(|r| (text(&r["response"]).unwrap_or_default(), text(&r["labels"])))
+                .collect();
             let scores = if m == "acc" {
                 metric::accuracy(&pairs)
             } else {
