@@ -3,6 +3,7 @@
 
 pub mod commands;
 pub mod data;
+pub mod export;
 pub mod infer;
 pub mod model;
 pub mod progress;

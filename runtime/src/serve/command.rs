@@ -7,11 +7,13 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use kubeswift_args::Args;
 
+use super::adapters::ServedAdapters;
 use super::config::ServeConfig;
 use super::server::{self, shutdown_signal};
 use crate::infer::command::load_model;
 use crate::infer::params;
 use crate::template::Template;
+use crate::tuner::multi_lora::AdapterSet;
 
 /// Runs `swift deploy` with resolved arguments.
 pub fn run(args: &Args) -> anyhow::Result<()> {
@@ -20,14 +22,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             "--model is required: a local model folder (config.json, safetensors, tokenizer.json)"
         );
     };
-    if !args.strings("adapters").is_empty() {
-        bail!("--adapters is not supported yet: serving adapters arrives with training (LoRA)");
-    }
     let model_name = Path::new(model_path)
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or(model_path);
-    let config = ServeConfig::from_args(args, model_name);
+    let mut config = ServeConfig::from_args(args, model_name);
+    config.adapters = ServedAdapters::parse(&args.strings("adapters"), &config.served_model_name)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("swift-http")
@@ -35,7 +35,16 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async {
         let listener = server::bind(&config).await?;
-        let pretrained = load_model(args, Path::new(model_path))?;
+        let mut pretrained = load_model(args, Path::new(model_path))?;
+        if !config.adapters.is_empty() {
+            let set = AdapterSet::attach(&mut pretrained.model, &config.adapters.dirs())?;
+            tracing::info!(
+                adapters = ?config.adapters.names().collect::<Vec<_>>(),
+                default = ?config.adapters.default,
+                layers = set.adapted_layers,
+                "LoRA adapters loaded (multi-LoRA)"
+            );
+        }
         let template = Template::from_args(
             args,
             pretrained.model_type.name,

@@ -61,6 +61,46 @@ pub fn load(args: &Args) -> Loaded {
     }
 }
 
+/// The fixture model with `adapters` attached for multi-LoRA (adapter `i` of the list gets
+/// id `i`).
+pub fn load_with_adapters(args: &Args, adapters: &[PathBuf]) -> Loaded {
+    let mut model = load_model(args, &fixture(MODEL)).unwrap();
+    kubeswift_runtime::tuner::multi_lora::AdapterSet::attach(&mut model.model, adapters).unwrap();
+    let template = Template::from_args(
+        args,
+        model.model_type.name,
+        model.tokenizer.clone(),
+        &model.tokenizer_config,
+    )
+    .unwrap();
+    let defaults = params::for_model(args, &model, &template).unwrap();
+    Loaded {
+        model: Arc::new(model),
+        template,
+        defaults,
+    }
+}
+
+/// Starts a server over an already loaded model (e.g. with adapters attached).
+pub async fn start_loaded(loaded: Loaded, tune: impl FnOnce(&mut ServeConfig)) -> TestServer {
+    let mut config = ServeConfig::for_model(MODEL);
+    tune(&mut config);
+    let listener = serve::bind(&config).await.unwrap();
+    let server = serve::start(
+        listener,
+        loaded.model,
+        loaded.template,
+        loaded.defaults,
+        config,
+    )
+    .unwrap();
+    TestServer {
+        url: format!("http://{}", server.addr),
+        client: reqwest::Client::new(),
+        server: Some(server),
+    }
+}
+
 pub struct TestServer {
     pub url: String,
     pub client: reqwest::Client,
