@@ -10,40 +10,17 @@ use std::path::{Path, PathBuf};
 use kubeswift_runtime::infer::{Engine, Event, Request};
 use kubeswift_runtime::serve::adapters::ServedAdapters;
 use kubeswift_runtime::template::{Message, Role};
-use kubeswift_runtime::tuner::lora::LoraAdapters;
-use kubeswift_runtime::tuner::lora_config::{Init, LoraConfig, Targets};
 use serde_json::{Value, json};
 use serve_support::*;
 
 const MAX_TOKENS: usize = 12;
 
-/// The PEFT-made fixture adapter (random A and B, so it changes the output).
 fn alpha() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/training/adapter")
+    fixture_adapter()
 }
 
-/// A second adapter of our own, saved in PEFT's format: every linear, other rank.
 fn make_beta(dir: &Path) -> PathBuf {
-    let mut model = load(&deploy_args(&[])).model;
-    let model = std::sync::Arc::get_mut(&mut model).unwrap();
-    let cfg = LoraConfig {
-        rank: 8,
-        alpha: 16.0,
-        dropout: 0.0,
-        train_bias: false,
-        dtype: None,
-        targets: Targets::AllLinear,
-        modules_to_save: Vec::new(),
-        use_rslora: false,
-        use_dora: false,
-        lorap_lr_ratio: None,
-        init: Init::Random,
-    };
-    let adapters = LoraAdapters::inject(&mut model.model, &cfg, 5, MODEL).unwrap();
-    let out = dir.join("beta");
-    std::fs::create_dir_all(&out).unwrap();
-    adapters.save(&out).unwrap();
-    out
+    make_adapter(dir, "beta", 5)
 }
 
 fn user(text: &str) -> Vec<Message> {
