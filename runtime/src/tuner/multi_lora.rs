@@ -11,8 +11,10 @@
 //! change; the linear layers run on the thread that called the forward, and a layer that
 //! finds no routing fails loudly instead of guessing.
 //!
-//! The delta is computed row by row with plain loops in a fixed order, so a sequence gets
-//! the same bits whatever other sequences and adapters share its batch.
+//! The delta is computed one sequence (run of rows) at a time: a short run (decode) row by
+//! row with plain loops, a long one (prefill) with gemm. Which path a run takes depends only
+//! on its own length, so a sequence gets the same bits whatever other sequences and
+//! adapters share its batch.
 
 use std::cell::RefCell;
 use std::path::PathBuf;
@@ -59,9 +61,15 @@ fn current_routing() -> Option<Vec<RowRun>> {
     ROUTING.with(|r| r.borrow().clone())
 }
 
+/// Rows at or above which a run's delta goes through gemm (as the base linear's kernel).
+const GEMM_MIN_ROWS: usize = 16;
+
 /// One adapter's LoRA pair on one layer, in f32 for the inference kernel.
 #[derive(Debug, Clone)]
 struct Pair {
+    /// `a` and `b` as tensors, for the gemm path.
+    a_t: Tensor,
+    b_t: Tensor,
     /// `[rank, in]`, row-major.
     a: Vec<f32>,
     /// `[out, rank]`, row-major.
@@ -87,7 +95,7 @@ fn tensor_err(e: candle_core::Error) -> candle_core::Error {
 
 impl MultiLoraLayer {
     /// Adds `scale * (x A^T) B^T` of each row's adapter to `y` (`rows` x `out`).
-    fn add_deltas(&self, x: &[f32], y: &mut [f32], routing: &Routing) {
+    fn add_deltas(&self, x: &[f32], y: &mut [f32], routing: &Routing) -> candle_core::Result<()> {
         let (inp, out) = (self.in_features, self.out_features);
         let mut row = 0;
         for run in routing {
@@ -95,7 +103,28 @@ impl MultiLoraLayer {
                 .adapter
                 .and_then(|id| self.pairs.get(id))
                 .and_then(Option::as_ref);
-            if let Some(p) = pair {
+            if let Some(p) = pair
+                && run.rows >= GEMM_MIN_ROWS
+            {
+                let xs = Tensor::from_slice(
+                    &x[row * inp..(row + run.rows) * inp],
+                    (run.rows, inp),
+                    p.a_t.device(),
+                )?;
+                let delta = (xs.matmul(&p.a_t.t()?)? * p.scale as f64)?.matmul(&p.b_t.t()?)?;
+                let delta: Vec<f32> = delta.flatten_all()?.to_vec1()?;
+                let ys = &mut y[row * out..(row + run.rows) * out];
+                for (yo, d) in ys.iter_mut().zip(&delta) {
+                    *yo += d;
+                }
+                if let Some(shift) = &p.bias_shift {
+                    for yr in ys.chunks_exact_mut(out) {
+                        for (yo, s) in yr.iter_mut().zip(shift) {
+                            *yo += s;
+                        }
+                    }
+                }
+            } else if let Some(p) = pair {
                 let mut t = vec![0f32; p.rank];
                 for r in row..row + run.rows {
                     let xr = &x[r * inp..(r + 1) * inp];
@@ -115,6 +144,7 @@ impl MultiLoraLayer {
             }
             row += run.rows;
         }
+        Ok(())
     }
 }
 
@@ -172,7 +202,7 @@ impl LinearAdapter for MultiLoraLayer {
             .to_vec1()
             .map_err(tensor_err)?;
         let mut y: Vec<f32> = base.flatten_all()?.to_vec1().map_err(tensor_err)?;
-        self.add_deltas(&x, &mut y, &routing);
+        self.add_deltas(&x, &mut y, &routing)?;
         Tensor::from_vec(y, (n, out), base.device())
     }
 }
@@ -262,7 +292,11 @@ impl AdapterSet {
                     }
                     _ => None,
                 };
+                let a_t = layer.a.as_tensor().to_dtype(DType::F32);
+                let b_t = layer.b.as_tensor().to_dtype(DType::F32);
                 let pair = Pair {
+                    a_t: a_t.map_err(terr("lora_A"))?,
+                    b_t: b_t.map_err(terr("lora_B"))?,
                     a: to_f32_vec(layer.a.as_tensor()).map_err(terr("lora_A"))?,
                     b: to_f32_vec(layer.b.as_tensor()).map_err(terr("lora_B"))?,
                     rank: layer.a.as_tensor().dims()[0],
@@ -311,29 +345,42 @@ impl AdapterSet {
 mod tests {
     use super::*;
 
+    fn pair(a: Vec<f32>, b: Vec<f32>, rank: usize, scale: f32, shift: Option<Vec<f32>>) -> Pair {
+        let dev = candle_core::Device::Cpu;
+        let inp = a.len() / rank;
+        let out = b.len() / rank;
+        Pair {
+            a_t: Tensor::from_vec(a.clone(), (rank, inp), &dev).unwrap(),
+            b_t: Tensor::from_vec(b.clone(), (out, rank), &dev).unwrap(),
+            a,
+            b,
+            rank,
+            scale,
+            bias_shift: shift,
+        }
+    }
+
     fn layer() -> MultiLoraLayer {
         // in 3, out 2; adapter 0 rank 1, adapter 1 absent, adapter 2 rank 2 with a bias.
         MultiLoraLayer {
             in_features: 3,
             out_features: 2,
             pairs: vec![
-                Some(Pair {
-                    a: vec![1.0, 0.0, 1.0],
-                    b: vec![1.0, 2.0],
-                    rank: 1,
-                    scale: 2.0,
-                    bias_shift: None,
-                }),
+                Some(pair(vec![1.0, 0.0, 1.0], vec![1.0, 2.0], 1, 2.0, None)),
                 None,
-                Some(Pair {
-                    a: vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
-                    b: vec![1.0, 0.0, 0.0, 1.0],
-                    rank: 2,
-                    scale: 1.0,
-                    bias_shift: Some(vec![10.0, 20.0]),
-                }),
+                Some(pair(
+                    vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+                    vec![1.0, 0.0, 0.0, 1.0],
+                    2,
+                    1.0,
+                    Some(vec![10.0, 20.0]),
+                )),
             ],
         }
+    }
+
+    fn run(rows: usize, adapter: Option<AdapterId>) -> RowRun {
+        RowRun { rows, adapter }
     }
 
     #[test]
@@ -341,28 +388,34 @@ mod tests {
         let x = [1.0, 2.0, 3.0, 1.0, 1.0, 1.0, 5.0, 6.0, 7.0, 0.5, 0.5, 0.5];
         let mut y = vec![0f32; 8];
         let routing = [
-            RowRun {
-                rows: 1,
-                adapter: Some(0),
-            },
-            RowRun {
-                rows: 1,
-                adapter: None,
-            },
-            RowRun {
-                rows: 1,
-                adapter: Some(2),
-            },
-            RowRun {
-                rows: 1,
-                adapter: Some(1),
-            },
+            run(1, Some(0)),
+            run(1, None),
+            run(1, Some(2)),
+            run(1, Some(1)),
         ];
-        layer().add_deltas(&x, &mut y, &routing);
+        layer().add_deltas(&x, &mut y, &routing).unwrap();
         // Row 0: A x = 1 + 3 = 4, times scale 2 = 8, B -> [8, 16].
         // Row 1: base. Row 2: A x = [5, 6], B = I, bias [10, 20] -> [15, 26].
         // Row 3: adapter 1 does not touch this layer.
         assert_eq!(y, [8.0, 16.0, 0.0, 0.0, 15.0, 26.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn long_runs_take_gemm_and_agree_with_the_row_loop() {
+        let l = layer();
+        let rows = GEMM_MIN_ROWS + 3;
+        let x: Vec<f32> = (0..rows * 3).map(|i| (i as f32 * 0.37).sin()).collect();
+        for adapter in [0, 2] {
+            let mut long = vec![0f32; rows * 2];
+            l.add_deltas(&x, &mut long, &[run(rows, Some(adapter))])
+                .unwrap();
+            let mut short = vec![0f32; rows * 2];
+            let one_by_one = vec![run(1, Some(adapter)); rows];
+            l.add_deltas(&x, &mut short, &one_by_one).unwrap();
+            for (a, b) in long.iter().zip(&short) {
+                assert!((a - b).abs() < 1e-5, "adapter {adapter}: {a} vs {b}");
+            }
+        }
     }
 
     #[test]
@@ -371,18 +424,10 @@ mod tests {
         let x = Tensor::ones((1, 3), DType::F32, &candle_core::Device::Cpu).unwrap();
         let base = Tensor::zeros((1, 2), DType::F32, &candle_core::Device::Cpu).unwrap();
         assert!(l.forward_infer(&x, base.clone()).is_err());
-        let routing = [RowRun {
-            rows: 1,
-            adapter: Some(0),
-        }];
-        let y = with_routing(&routing, || l.forward_infer(&x, base.clone())).unwrap();
+        let y = with_routing(&[run(1, Some(0))], || l.forward_infer(&x, base.clone())).unwrap();
         assert_eq!(y.to_vec2::<f32>().unwrap(), [[4.0, 8.0]]);
         assert!(current_routing().is_none());
         // Rows that do not match the routing are an error, not a silent mix-up.
-        let two = [RowRun {
-            rows: 2,
-            adapter: Some(0),
-        }];
-        assert!(with_routing(&two, || l.forward_infer(&x, base)).is_err());
+        assert!(with_routing(&[run(2, Some(0))], || l.forward_infer(&x, base)).is_err());
     }
 }
