@@ -27,6 +27,7 @@ pub fn run(command: Command, resolved: Resolved) -> ExitCode {
     let engine: Option<fn(&kubeswift_args::Args) -> anyhow::Result<()>> = match command {
         Command::Infer => Some(crate::infer::command::run),
         Command::Deploy => Some(crate::serve::command::run),
+        Command::Export => Some(crate::export::command::run),
         Command::Sft | Command::Pt => Some(|args| crate::train::command::run(args).map(|_| ())),
         _ => None,
     };

@@ -4,6 +4,7 @@
 pub mod commands;
 pub mod data;
 pub mod dist;
+pub mod export;
 pub mod infer;
 pub mod model;
 pub mod progress;

@@ -186,3 +186,93 @@ async fn a_missing_remote_model_is_one_error_naming_it() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// `swift deploy` with the model and a named adapter in the bucket (a SwiftDeployment's
+/// usual arguments): it serves them under the names the user gave, and the adapter answers
+/// as it does from local disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_serves_a_model_and_a_named_adapter_from_the_bucket() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let Some(bucket) = bucket() else { return };
+    let base = unique_uri(&bucket, "deploy-bucket");
+    let model = fixture("models/tiny-Qwen2.5");
+    let adapter = fixture("training/adapter");
+    upload_folder(&model, &open(&format!("{base}/models/tiny-Qwen2.5"))).await;
+    upload_folder(&adapter, &open(&format!("{base}/adapters/a"))).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let spawn = |model: String, adapter: String| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_swift"))
+            .args(["deploy", "--model", &model, "--adapters", &adapter])
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .env("SWIFT_LOG", "warn")
+            .env("RAYON_NUM_THREADS", "1")
+            .env("MODELSCOPE_CACHE", scratch.path().join("cache"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line.trim().rsplit(' ').next().unwrap().to_string();
+        assert!(url.starts_with("http://"), "{line:?}");
+        (child, url)
+    };
+    let ask = |url: String| async move {
+        let client = reqwest::Client::new();
+        let models: Value = client
+            .get(format!("{url}/v1/models"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut ids: Vec<String> = models["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        let body = serde_json::json!({
+            "model": "a",
+            "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            "max_tokens": 6,
+            "temperature": 0
+        });
+        let answer: Value = client
+            .post(format!("{url}/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let text = answer["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{answer}"))
+            .to_string();
+        (ids, text)
+    };
+    let (mut remote, url) = spawn(
+        format!("{base}/models/tiny-Qwen2.5"),
+        format!("a={base}/adapters/a"),
+    );
+    let (ids, remote_text) = ask(url).await;
+    let _ = remote.kill();
+    let _ = remote.wait();
+    assert_eq!(ids, ["a", "tiny-Qwen2.5"]);
+    let (mut local, url) = spawn(
+        model.display().to_string(),
+        format!("a={}", adapter.display()),
+    );
+    let (_, local_text) = ask(url).await;
+    let _ = local.kill();
+    let _ = local.wait();
+    assert_eq!(remote_text, local_text);
+}

@@ -1,11 +1,15 @@
 //! Continuous batching under load: 32 simultaneous streaming requests with different
-//! sampling settings all complete, and each equals the answer it gets alone (greedy ones,
-//! and seeded samples too, since every request has its own generator).
+//! sampling settings and LoRA adapters (the base model and two adapters, multi-LoRA) all
+//! complete, and each equals the answer it gets alone (greedy ones, and seeded samples
+//! too, since every request has its own generator).
 
 mod serve_support;
 
 use serde_json::{Value, json};
 use serve_support::*;
+
+/// The base model and the two adapters the server holds.
+const MODELS: [&str; 3] = [MODEL, "alpha", "beta"];
 
 fn request(i: usize) -> Value {
     let prompt = format!(
@@ -13,7 +17,7 @@ fn request(i: usize) -> Value {
         ["cats", "rust", "rain", "maps"][i % 4]
     );
     let mut body = json!({
-        "model": MODEL,
+        "model": MODELS[i % 3],
         "messages": [{"role": "user", "content": prompt}],
         "max_tokens": 8 + (i % 5) * 4,
         "stream": true,
@@ -44,14 +48,24 @@ async fn text_of(s: &TestServer, body: &Value) -> (String, Value) {
     let lines = s.stream("/v1/chat/completions", body).await;
     assert_eq!(lines.last().map(String::as_str), Some("[DONE]"));
     let usage: Value = serde_json::from_str(&lines[lines.len() - 2]).unwrap();
+    assert_eq!(usage["model"], body["model"], "answered by another model");
     (chat_stream_text(&lines, 0), usage["usage"].clone())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_two_streams_each_equal_their_answer_alone() {
-    let s = start(|c| {
+    let tmp = tempfile::tempdir().unwrap();
+    let beta = make_adapter(tmp.path(), "beta", 5);
+    let entries = vec![
+        format!("alpha={}", fixture_adapter().display()),
+        format!("beta={}", beta.display()),
+    ];
+    let loaded = load_with_adapters(&deploy_args(&[]), &[fixture_adapter(), beta]);
+    let s = start_loaded(loaded, |c| {
         c.max_batch_size = 16;
         c.max_queue = 64;
+        c.adapters =
+            kubeswift_runtime::serve::adapters::ServedAdapters::parse(&entries, MODEL).unwrap();
     })
     .await;
     let bodies: Vec<Value> = (0..32).map(request).collect();

@@ -8,7 +8,12 @@ or --model. Each client sends --requests-per-client streaming chat requests back
 (greedy, --new tokens, a prompt of about --prompt words); time to first token is measured
 to the first chunk with text. Standard library only.
 
+With --adapters NAME=PATH ... the server holds those LoRA adapters too (multi-LoRA) and
+client i asks for model i mod (1 + adapters): the base model and every adapter share the
+batches. Any PEFT adapter of the model works (a `swift sft` checkpoint, or PEFT's).
+
     python scripts/bench/bench_serve.py [--swift target/release/swift] [--new 64]
+        [--adapters a=path/to/checkpoint b=path/to/other]
 """
 
 import argparse
@@ -26,10 +31,11 @@ ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)),
 SMOLLM2 = os.path.join(ROOT, ".cache", "models", "SmolLM2-135M-Instruct")
 
 
-def start_server(swift, model, batch):
+def start_server(swift, model, batch, adapters):
+    extra = ["--adapters", *adapters] if adapters else []
     proc = subprocess.Popen(
         [swift, "deploy", "--model", model, "--host", "127.0.0.1", "--port", "0",
-         "--max_batch_size", str(batch), "--verbose", "false", "--log_interval", "-1"],
+         "--max_batch_size", str(batch), "--verbose", "false", "--log_interval", "-1", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = proc.stdout.readline()
     m = re.search(r"http://([0-9.]+):(\d+)", line)
@@ -66,13 +72,14 @@ def one_request(host, port, model, prompt, new):
     return ttft if ttft is not None else time.perf_counter() - t0, tokens
 
 
-def run_level(host, port, model, clients, per_client, prompt, new):
+def run_level(host, port, models, clients, per_client, prompt, new):
     ttfts, tokens, errors = [], [], []
     lock = threading.Lock()
 
     def client(i):
         for j in range(per_client):
             try:
+                model = models[i % len(models)]
                 t, n = one_request(host, port, model, f"[{i}.{j}] {prompt}", new)
             except Exception as e:  # noqa: BLE001 - reported in the table
                 with lock:
@@ -107,23 +114,26 @@ def main():
     ap.add_argument("--requests-per-client", type=int, default=2)
     ap.add_argument("--prompt", type=int, default=32, help="prompt length in words")
     ap.add_argument("--new", type=int, default=64, help="generated tokens per request")
+    ap.add_argument("--adapters", nargs="*", default=[], help="NAME=PATH LoRA adapters to serve")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
-    proc, host, port = start_server(args.swift, args.model, max(levels))
+    proc, host, port = start_server(args.swift, args.model, max(levels), args.adapters)
     name = os.path.basename(os.path.normpath(args.model))
+    models = [name, *(a.split("=", 1)[0] for a in args.adapters)]
     prompt = " ".join(["Tell me about the history of the city and its rivers."] * 8)
     prompt = " ".join(prompt.split()[: args.prompt])
     try:
         one_request(host, port, name, "warm up", 4)
         rows = []
         for c in levels:
-            tps, ttfts, errors = run_level(host, port, name, c, args.requests_per_client, prompt, args.new)
+            tps, ttfts, errors = run_level(host, port, models, c, args.requests_per_client, prompt, args.new)
             rows.append((c, tps, pct(ttfts, 50), pct(ttfts, 99), len(ttfts), len(errors)))
     finally:
         proc.terminate()
         proc.wait(timeout=120)
     print(f"\nswift deploy, {name}, {args.new} new tokens, ~{args.prompt}-word prompt, "
-          f"{args.requests_per_client} requests per client, {os.cpu_count()} CPUs")
+          f"{args.requests_per_client} requests per client, {os.cpu_count()} CPUs, "
+          f"models {', '.join(models)}")
     print(f"{'streams':>7} | {'gen tok/s':>9} | {'TTFT p50 ms':>11} | {'TTFT p99 ms':>11} | {'requests':>8} | errors")
     print("-" * 68)
     for c, tps, p50, p99, n, e in rows:

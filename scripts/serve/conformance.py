@@ -1,7 +1,9 @@
 """Conformance of `swift deploy` with the official `openai` Python client.
 
 Run by scripts/serve/conformance (which installs the client and starts the server):
-    python conformance.py BASE_URL API_KEY MODEL
+    python conformance.py BASE_URL API_KEY MODEL ADAPTER...
+where each ADAPTER is a LoRA adapter name the server was started with (--adapters
+NAME=PATH); the first must change the model's greedy answers.
 Each check raises on a mismatch; the script prints one line per check and exits 0 when
 all pass.
 """
@@ -12,6 +14,7 @@ import openai
 from openai import OpenAI
 
 base_url, api_key, model = sys.argv[1], sys.argv[2], sys.argv[3]
+adapters = sys.argv[4:]
 client = OpenAI(base_url=f"{base_url}/v1", api_key=api_key, max_retries=0)
 checks = []
 
@@ -24,8 +27,9 @@ def check(fn):
 @check
 def models_list():
     ids = [m.id for m in client.models.list()]
-    assert ids == [model], ids
-    assert client.models.retrieve(model).id == model
+    assert ids == [model, *adapters], ids
+    for name in [model, *adapters]:
+        assert client.models.retrieve(name).id == name
 
 
 @check
@@ -110,6 +114,40 @@ def completions_text_and_stream():
     assert text == r.choices[0].text, (text, r.choices[0].text)
 
 
+def greedy(name, prompt, stream=False):
+    kw = dict(model=name, messages=[{"role": "user", "content": prompt}], max_tokens=10, temperature=0)
+    if not stream:
+        r = client.chat.completions.create(**kw)
+        assert r.model == name, (r.model, name)
+        return r.choices[0].message.content
+    return "".join(
+        c.choices[0].delta.content or ""
+        for c in client.chat.completions.create(**kw, stream=True)
+        if c.choices
+    )
+
+
+@check
+def adapters_are_picked_by_model_name():
+    """Each adapter answers under its own name, streaming or not, the same alone as when
+    requests for every adapter and the base run at once; the first adapter changes the
+    answers (so the base model is not silently served under its name)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    prompts = ["Tell me about cats", "Write a haiku about rust", "What is rain?"]
+    names = [model, *adapters]
+    alone = {(n, p): greedy(n, p) for n in names for p in prompts}
+    for n in names:
+        assert greedy(n, prompts[0], stream=True) == alone[(n, prompts[0])]
+    if adapters:
+        assert any(alone[(model, p)] != alone[(adapters[0], p)] for p in prompts), alone
+    keys = list(alone) * 2
+    with ThreadPoolExecutor(len(keys)) as pool:
+        together = list(pool.map(lambda k: greedy(*k), keys))
+    for k, got in zip(keys, together):
+        assert got == alone[k], (k, got, alone[k])
+
+
 @check
 def wrong_api_key():
     bad = OpenAI(base_url=f"{base_url}/v1", api_key="wrong", max_retries=0)
@@ -127,7 +165,8 @@ def unknown_model():
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
     except openai.NotFoundError as e:
         assert e.code == "model_not_found", e.code
-        assert model in e.message
+        for name in [model, *adapters]:
+            assert name in e.message, (name, e.message)
     else:
         raise AssertionError("an unknown model was accepted")
 

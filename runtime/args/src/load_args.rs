@@ -39,7 +39,12 @@ pub fn checkpoint_dir(args: &Args) -> Option<PathBuf> {
         candidates.push(c.to_string());
     }
     if owns("adapters") {
-        candidates.extend(args.strings("adapters"));
+        // `name=path` (multi-LoRA serving) names the adapter; its folder is the path, as
+        // ms-swift parses it before load_args.
+        candidates.extend(args.strings("adapters").into_iter().map(|a| {
+            a.split_once('=')
+                .map_or(a.clone(), |(_, path)| path.trim().to_string())
+        }));
     }
     if owns("model")
         && let Some(m) = args.str("model")

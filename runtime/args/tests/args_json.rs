@@ -155,6 +155,13 @@ fn load_args_fills_only_unset_base_arguments() {
     ]));
     assert_eq!(a.str("model"), None);
 
+    // A named adapter (`name=path`, multi-LoRA serving) is read from its path.
+    let named = format!("kuby={ckpt_s}");
+    let (a, loaded) = ok(&argv(&["deploy", "--adapters", &named]));
+    assert_eq!(loaded.as_deref(), Some(ckpt.join("args.json").as_path()));
+    assert_eq!(a.str("model"), Some("Qwen/Qwen2.5-0.5B-Instruct"));
+    assert_eq!(a.strings("adapters"), [named.as_str()]);
+
     // Training does not load by default; with --load_args it does, max_length included.
     let (a, loaded) = ok(&argv(&["sft", "--resume_from_checkpoint", ckpt_s]));
     assert!(loaded.is_none());

@@ -19,6 +19,7 @@ use super::detokenizer::{IncrementalDecoder, decode};
 use super::error::{InferError, Result};
 use super::sampler::{self, SamplingConfig};
 use crate::model::{CausalLm, KvCache, LogitRows, SeqSpan, SlotId};
+use crate::tuner::multi_lora::{AdapterId, RowRun, with_routing};
 
 /// Identifies a request within one engine.
 pub type RequestId = u64;
@@ -149,6 +150,8 @@ struct Running {
     id: RequestId,
     prompt: Vec<u32>,
     params: GenerationParams,
+    /// The LoRA adapter its sequences run with (multi-LoRA serving); `None`: the base model.
+    adapter: Option<AdapterId>,
     /// Most new tokens this request may produce (max_new_tokens and context).
     budget: usize,
     prefilled: bool,
@@ -161,7 +164,7 @@ pub struct Engine<'m> {
     tokenizer: &'m Tokenizer,
     max_batch_size: usize,
     cache: KvCache,
-    waiting: VecDeque<(RequestId, Request)>,
+    waiting: VecDeque<(RequestId, Request, Option<AdapterId>)>,
     running: Vec<Running>,
     next_id: RequestId,
 }
@@ -181,6 +184,17 @@ impl<'m> Engine<'m> {
 
     /// Queues a request; checks that its prompt fits the model's context.
     pub fn add_request(&mut self, request: Request) -> Result<RequestId> {
+        self.add_request_for(request, None)
+    }
+
+    /// Queues a request that runs with `adapter` (an id of the model's multi-LoRA
+    /// [`crate::tuner::multi_lora::AdapterSet`]); it shares the batch with requests for other
+    /// adapters and for the base model.
+    pub fn add_request_for(
+        &mut self,
+        request: Request,
+        adapter: Option<AdapterId>,
+    ) -> Result<RequestId> {
         let context = self.model.config.max_position_embeddings;
         if request.prompt.is_empty() {
             return Err(InferError::EmptyPrompt);
@@ -194,7 +208,7 @@ impl<'m> Engine<'m> {
         }
         let id = self.next_id;
         self.next_id += 1;
-        self.waiting.push_back((id, request));
+        self.waiting.push_back((id, request, adapter));
         Ok(id)
     }
 
@@ -216,7 +230,7 @@ impl<'m> Engine<'m> {
     /// Drops a request wherever it is (its client went away) and frees its cache slots;
     /// no event is reported for it. False when the id is unknown or already finished.
     pub fn abort(&mut self, id: RequestId) -> bool {
-        if let Some(i) = self.waiting.iter().position(|(w, _)| *w == id) {
+        if let Some(i) = self.waiting.iter().position(|(w, _, _)| *w == id) {
             self.waiting.remove(i);
             return true;
         }
@@ -246,10 +260,11 @@ impl<'m> Engine<'m> {
         if self.running.is_empty() {
             return Ok(Vec::new());
         }
-        let (tokens, spans) = self.batch()?;
-        let logits = self
-            .model
-            .forward_infer(&tokens, &spans, &mut self.cache, LogitRows::Last)?;
+        let (tokens, spans, routing) = self.batch()?;
+        let (model, cache) = (self.model, &mut self.cache);
+        let logits = with_routing(&routing, || {
+            model.forward_infer(&tokens, &spans, cache, LogitRows::Last)
+        })?;
         let logits: Vec<Vec<f32>> = logits.to_vec2().map_err(crate::model::ModelError::from)?;
         let mut rows = logits.into_iter();
         let mut events = Vec::new();
@@ -317,21 +332,21 @@ impl<'m> Engine<'m> {
     }
 
     fn admit(&mut self) {
-        while let Some((_, front)) = self.waiting.front() {
+        while let Some((_, front, _)) = self.waiting.front() {
             let need = front.params.num_beams.max(1);
             let used = self.running_sequences();
             if used > 0 && used + need > self.max_batch_size {
                 break;
             }
-            let Some((id, request)) = self.waiting.pop_front() else {
+            let Some((id, request, adapter)) = self.waiting.pop_front() else {
                 break;
             };
-            let running = self.start(id, request);
+            let running = self.start(id, request, adapter);
             self.running.push(running);
         }
     }
 
-    fn start(&mut self, id: RequestId, request: Request) -> Running {
+    fn start(&mut self, id: RequestId, request: Request, adapter: Option<AdapterId>) -> Running {
         let context = self.model.config.max_position_embeddings;
         let room = context - request.prompt.len();
         let budget = request.params.max_new_tokens.map_or(room, |m| m.min(room));
@@ -370,6 +385,7 @@ impl<'m> Engine<'m> {
             id,
             prompt: request.prompt,
             params,
+            adapter,
             budget,
             prefilled: false,
             state,
@@ -377,10 +393,11 @@ impl<'m> Engine<'m> {
     }
 
     /// The tokens and spans of this step: whole prompts for new requests, the last token
-    /// of every live sequence otherwise.
-    fn batch(&self) -> Result<(Vec<u32>, Vec<SeqSpan>)> {
+    /// of every live sequence otherwise; and the adapter of each span's rows.
+    fn batch(&self) -> Result<(Vec<u32>, Vec<SeqSpan>, Vec<RowRun>)> {
         let mut tokens = Vec::new();
-        let mut spans = Vec::new();
+        let mut spans: Vec<SeqSpan> = Vec::new();
+        let mut routing = Vec::new();
         for r in &self.running {
             let seqs: Vec<(SlotId, &[u32])> = match &r.state {
                 State::Sample(s) => vec![(s.slot, &s.generated)],
@@ -391,6 +408,7 @@ impl<'m> Engine<'m> {
                     .collect(),
             };
             for (slot, generated) in seqs {
+                let before = tokens.len();
                 if !r.prefilled {
                     tokens.extend_from_slice(&r.prompt);
                     spans.push(SeqSpan {
@@ -409,9 +427,13 @@ impl<'m> Engine<'m> {
                         len: 1,
                     });
                 }
+                routing.push(RowRun {
+                    rows: tokens.len() - before,
+                    adapter: r.adapter,
+                });
             }
         }
-        Ok((tokens, spans))
+        Ok((tokens, spans, routing))
     }
 
     fn finish(&mut self, r: Running, reason: FinishReason) -> Output {

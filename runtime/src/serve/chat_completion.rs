@@ -39,7 +39,7 @@ async fn run(
 ) -> Result<Response, ApiError> {
     let body = Body::parse(&body_bytes(body, &state)?)?;
     let model: String = body.required("model")?;
-    state.resolve_model(&model)?;
+    let target = state.resolve_model(&model)?;
     let messages = messages(&body)?;
     let mut sampling = SamplingRequest::parse(&body, limits(&state))?;
     sampling.logprobs = chat_logprobs(&body, limits(&state))?;
@@ -56,7 +56,14 @@ async fn run(
         )
     })?;
     state.check_length(prompt.len(), "messages", sampling.max_tokens)?;
-    let generation = Generation::start(&state, ROUTE, "chatcmpl", model, prompt, &sampling)?;
+    let generation = Generation::start(
+        &state,
+        ROUTE,
+        "chatcmpl",
+        (model, target),
+        prompt,
+        &sampling,
+    )?;
     if sampling.stream {
         let format = ChatChunks {
             state: state.clone(),

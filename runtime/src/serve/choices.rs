@@ -12,7 +12,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use super::error::ApiError;
 use super::sampling::SamplingRequest;
 use super::scheduler::{GenEvent, SubmitError};
-use super::state::AppState;
+use super::state::{AppState, Target};
 use super::stop::StopFilter;
 use crate::infer::{FinishReason, Request, TokenLogprob};
 
@@ -73,12 +73,13 @@ pub struct Choice {
 }
 
 impl Generation {
-    /// Submits `n` choices of `prompt` (429 when the queue is full).
+    /// Submits `n` choices of `prompt` for the requested `model` name and what it resolved
+    /// to (429 when the queue is full).
     pub fn start(
         state: &AppState,
         route: &'static str,
         id_prefix: &str,
-        model: String,
+        (model, target): (String, Target),
         prompt: Vec<u32>,
         sampling: &SamplingRequest,
     ) -> Result<Generation, ApiError> {
@@ -105,13 +106,17 @@ impl Generation {
             .map(|r| r.params.stop_words.clone())
             .unwrap_or_default();
         let logprobs = sampling.logprobs.is_some();
-        let receivers = state.scheduler.submit(requests).map_err(|e| match e {
-            SubmitError::QueueFull(_) => {
-                state.metrics.rejected.inc();
-                ApiError::queue_full(1)
-            }
-            SubmitError::Stopped => ApiError::unavailable("The server is shutting down"),
-        })?;
+        let receivers =
+            state
+                .scheduler
+                .submit(requests, target.adapter())
+                .map_err(|e| match e {
+                    SubmitError::QueueFull(_) => {
+                        state.metrics.rejected.inc();
+                        ApiError::queue_full(1)
+                    }
+                    SubmitError::Stopped => ApiError::unavailable("The server is shutting down"),
+                })?;
         Ok(Generation {
             id: format!("{id_prefix}-{:032x}", rand::random::<u128>()),
             created: unix_now(),

@@ -7,27 +7,34 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use kubeswift_args::Args;
 
+use super::adapters::ServedAdapters;
 use super::config::ServeConfig;
 use super::server::{self, shutdown_signal};
 use crate::infer::command::load_model;
 use crate::infer::params;
+use crate::storage::localize::localize_args;
 use crate::template::Template;
+use crate::tuner::multi_lora::AdapterSet;
 
 /// Runs `swift deploy` with resolved arguments.
-pub fn run(args: &Args) -> anyhow::Result<()> {
-    let Some(model_path) = args.str("model") else {
+pub fn run(user_args: &Args) -> anyhow::Result<()> {
+    let Some(given_model) = user_args.str("model") else {
         bail!(
             "--model is required: a local model folder (config.json, safetensors, tokenizer.json)"
         );
     };
-    if !args.strings("adapters").is_empty() {
-        bail!("--adapters is not supported yet: serving adapters arrives with training (LoRA)");
-    }
-    let model_name = Path::new(model_path)
+    // Served under the name the user gave (`s3://b/models/qwen` -> `qwen`), read from the
+    // local cache when it lives in a bucket (a SwiftDeployment's usual case).
+    let model_name = Path::new(given_model)
         .file_name()
         .and_then(|n| n.to_str())
-        .unwrap_or(model_path);
-    let config = ServeConfig::from_args(args, model_name);
+        .unwrap_or(given_model)
+        .to_string();
+    let local_args = localize(user_args)?;
+    let args = &local_args;
+    let model_path = args.str("model").unwrap_or(given_model);
+    let mut config = ServeConfig::from_args(args, &model_name);
+    config.adapters = ServedAdapters::parse(&args.strings("adapters"), &config.served_model_name)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("swift-http")
@@ -35,7 +42,16 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async {
         let listener = server::bind(&config).await?;
-        let pretrained = load_model(args, Path::new(model_path))?;
+        let mut pretrained = load_model(args, Path::new(model_path))?;
+        if !config.adapters.is_empty() {
+            let set = AdapterSet::attach(&mut pretrained.model, &config.adapters.dirs())?;
+            tracing::info!(
+                adapters = ?config.adapters.names().collect::<Vec<_>>(),
+                default = ?config.adapters.default,
+                layers = set.adapted_layers,
+                "LoRA adapters loaded (multi-LoRA)"
+            );
+        }
         let template = Template::from_args(
             args,
             pretrained.model_type.name,
@@ -61,4 +77,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         tracing::info!("server stopped");
         anyhow::Ok(())
     })
+}
+
+/// `--model` and `--adapters` (`name=uri` too) from a bucket, downloaded into the cache on a
+/// runtime of their own, before the server's starts.
+fn localize(args: &Args) -> anyhow::Result<Args> {
+    let io = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the I/O runtime")?;
+    localize_args(args, &io)
 }

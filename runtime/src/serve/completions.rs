@@ -37,7 +37,7 @@ async fn run(
 ) -> Result<Response, ApiError> {
     let body = Body::parse(&body_bytes(body, &state)?)?;
     let model: String = body.required("model")?;
-    state.resolve_model(&model)?;
+    let target = state.resolve_model(&model)?;
     refuse_unsupported(&body)?;
     let prompt = prompt_tokens(&body, &state)?;
     let mut sampling = SamplingRequest::parse(&body, limits(&state))?;
@@ -60,7 +60,7 @@ async fn run(
         ));
     }
     state.check_length(prompt.len(), "prompt", sampling.max_tokens)?;
-    let generation = Generation::start(&state, ROUTE, "cmpl", model, prompt, &sampling)?;
+    let generation = Generation::start(&state, ROUTE, "cmpl", (model, target), prompt, &sampling)?;
     if sampling.stream {
         let format = TextChunks {
             state: state.clone(),

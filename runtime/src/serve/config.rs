@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use kubeswift_args::Args;
 
+use super::adapters::ServedAdapters;
+
 /// How `swift deploy` serves.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServeConfig {
@@ -31,6 +33,9 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// Largest `n` (choices per request).
     pub max_n: usize,
+    /// LoRA adapters served beside the base model (`--adapters`, parsed by the command
+    /// since it can fail).
+    pub adapters: ServedAdapters,
 }
 
 /// Batch size when `--max_batch_size` is not given: ms-swift's default of 1 suits its
@@ -86,6 +91,7 @@ impl ServeConfig {
             max_new_tokens: None,
             max_body_bytes: 4 << 20,
             max_n: 16,
+            adapters: ServedAdapters::default(),
         }
     }
 }

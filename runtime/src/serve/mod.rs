@@ -5,6 +5,7 @@
 //! engine on its own thread with continuous batching. `choices` is the pipeline between
 //! them (stop strings, latency metrics, request logs).
 
+pub mod adapters;
 pub mod body;
 pub mod chat_completion;
 pub mod choices;

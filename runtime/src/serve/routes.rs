@@ -26,7 +26,7 @@ fn model_card(state: &AppState, id: &str) -> Value {
     })
 }
 
-/// `GET /v1/models`: the served model (and, with multi-LoRA, every adapter).
+/// `GET /v1/models`: the served model, then every named adapter (multi-LoRA).
 pub async fn models(State(state): State<Arc<AppState>>) -> Response {
     let data: Vec<Value> = state
         .model_names()

@@ -7,8 +7,8 @@
 //! `submit` refuses at once, and the HTTP layer answers 429 with Retry-After, instead of
 //! queueing without limit and running out of memory.
 //!
-//! Multi-LoRA plugs in here: a `Generation` will carry an adapter id that the engine
-//! applies per sequence; the loop itself does not change.
+//! Multi-LoRA: a generation carries the id of its adapter, which the engine applies to
+//! its sequences' rows; generations for different adapters share the batch.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,6 +20,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use super::metrics::Metrics;
 use crate::infer::{Engine, Event, Output, Request, RequestId, TokenLogprob};
 use crate::model::Pretrained;
+use crate::tuner::multi_lora::AdapterId;
 
 /// What a generation reports to its HTTP handler, in order.
 #[derive(Debug, Clone)]
@@ -46,6 +47,7 @@ pub enum SubmitError {
 enum Command {
     Submit {
         request: Request,
+        adapter: Option<AdapterId>,
         events: UnboundedSender<GenEvent>,
     },
 }
@@ -118,11 +120,13 @@ impl Scheduler {
         ))
     }
 
-    /// Queues generations that must run together (the `n` choices of one request): all
-    /// are accepted or none. Each gets its own ordered event stream.
+    /// Queues generations that must run together (the `n` choices of one request), with
+    /// `adapter` or the base model: all are accepted or none. Each gets its own ordered
+    /// event stream.
     pub fn submit(
         &self,
         requests: Vec<Request>,
+        adapter: Option<AdapterId>,
     ) -> Result<Vec<UnboundedReceiver<GenEvent>>, SubmitError> {
         let n = requests.len();
         self.in_flight.reserve(n)?;
@@ -131,7 +135,11 @@ impl Scheduler {
             let (events, rx) = unbounded_channel();
             if self
                 .commands
-                .send(Command::Submit { request, events })
+                .send(Command::Submit {
+                    request,
+                    adapter,
+                    events,
+                })
                 .is_err()
             {
                 // The loop is gone: nothing it will release for the unsent ones.
@@ -201,7 +209,11 @@ impl EngineLoop<'_> {
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Submit { request, events } => match self.engine.add_request(request) {
+            Command::Submit {
+                request,
+                adapter,
+                events,
+            } => match self.engine.add_request_for(request, adapter) {
                 Ok(id) => {
                     self.active.insert(id, events);
                 }

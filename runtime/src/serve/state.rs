@@ -10,6 +10,7 @@ use super::scheduler::Scheduler;
 use crate::infer::GenerationParams;
 use crate::model::Pretrained;
 use crate::template::Template;
+use crate::tuner::multi_lora::AdapterId;
 
 /// Shared state of the HTTP layer.
 pub struct AppState {
@@ -24,23 +25,41 @@ pub struct AppState {
     pub started: u64,
 }
 
-/// What a request's `model` selects. Multi-LoRA adds `Adapter(name)` here; the engine
-/// request will carry it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a request's `model` selects: the base model or one of the served adapters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
     Base,
+    Adapter(AdapterId),
+}
+
+impl Target {
+    /// The adapter the engine runs the request's sequences with.
+    pub fn adapter(self) -> Option<AdapterId> {
+        match self {
+            Target::Base => None,
+            Target::Adapter(id) => Some(id),
+        }
+    }
 }
 
 impl AppState {
-    /// The model names this server answers to.
+    /// The model names this server answers to: the served model, then every named adapter.
     pub fn model_names(&self) -> Vec<String> {
-        vec![self.config.served_model_name.clone()]
+        std::iter::once(self.config.served_model_name.as_str())
+            .chain(self.config.adapters.names())
+            .map(String::from)
+            .collect()
     }
 
-    /// Resolves a request's `model`; unknown names are a 404 naming the known ones.
+    /// Resolves a request's `model`; unknown names are a 404 naming the known ones. The
+    /// served model name gets the default adapter when there is one (a bare `--adapters`
+    /// path), else the base model.
     pub fn resolve_model(&self, name: &str) -> Result<Target, ApiError> {
+        let adapters = &self.config.adapters;
         if name == self.config.served_model_name {
-            Ok(Target::Base)
+            Ok(adapters.default_id().map_or(Target::Base, Target::Adapter))
+        } else if let Some(id) = adapters.id_of(name) {
+            Ok(Target::Adapter(id))
         } else {
             Err(ApiError::model_not_found(name, &self.model_names()))
         }

@@ -3,3 +3,4 @@
 
 pub mod lora;
 pub mod lora_config;
+pub mod multi_lora;

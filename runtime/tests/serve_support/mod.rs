@@ -61,6 +61,78 @@ pub fn load(args: &Args) -> Loaded {
     }
 }
 
+/// The PEFT-made fixture LoRA adapter of the tiny Qwen2.5 model (random A and B, so it
+/// changes the answers).
+pub fn fixture_adapter() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/training/adapter")
+}
+
+/// A LoRA adapter of our own on every linear layer (rank 8, random A and B from `seed`),
+/// saved in PEFT's format to `dir/name`.
+pub fn make_adapter(dir: &Path, name: &str, seed: u64) -> PathBuf {
+    use kubeswift_runtime::tuner::lora::LoraAdapters;
+    use kubeswift_runtime::tuner::lora_config::{Init, LoraConfig, Targets};
+    let mut model = load_model(&deploy_args(&[]), &fixture(MODEL)).unwrap();
+    let cfg = LoraConfig {
+        rank: 8,
+        alpha: 16.0,
+        dropout: 0.0,
+        train_bias: false,
+        dtype: None,
+        targets: Targets::AllLinear,
+        modules_to_save: Vec::new(),
+        use_rslora: false,
+        use_dora: false,
+        lorap_lr_ratio: None,
+        init: Init::Random,
+    };
+    let adapters = LoraAdapters::inject(&mut model.model, &cfg, seed, MODEL).unwrap();
+    let out = dir.join(name);
+    std::fs::create_dir_all(&out).unwrap();
+    adapters.save(&out).unwrap();
+    out
+}
+
+/// The fixture model with `adapters` attached for multi-LoRA (adapter `i` of the list gets
+/// id `i`).
+pub fn load_with_adapters(args: &Args, adapters: &[PathBuf]) -> Loaded {
+    let mut model = load_model(args, &fixture(MODEL)).unwrap();
+    kubeswift_runtime::tuner::multi_lora::AdapterSet::attach(&mut model.model, adapters).unwrap();
+    let template = Template::from_args(
+        args,
+        model.model_type.name,
+        model.tokenizer.clone(),
+        &model.tokenizer_config,
+    )
+    .unwrap();
+    let defaults = params::for_model(args, &model, &template).unwrap();
+    Loaded {
+        model: Arc::new(model),
+        template,
+        defaults,
+    }
+}
+
+/// Starts a server over an already loaded model (e.g. with adapters attached).
+pub async fn start_loaded(loaded: Loaded, tune: impl FnOnce(&mut ServeConfig)) -> TestServer {
+    let mut config = ServeConfig::for_model(MODEL);
+    tune(&mut config);
+    let listener = serve::bind(&config).await.unwrap();
+    let server = serve::start(
+        listener,
+        loaded.model,
+        loaded.template,
+        loaded.defaults,
+        config,
+    )
+    .unwrap();
+    TestServer {
+        url: format!("http://{}", server.addr),
+        client: reqwest::Client::new(),
+        server: Some(server),
+    }
+}
+
 pub struct TestServer {
     pub url: String,
     pub client: reqwest::Client,
