@@ -323,6 +323,11 @@ fn resume_args<'a>(model: &'a str, data: &'a str, out: &'a str) -> Vec<&'a str> 
         "1e-3",
         "--seed",
         "7",
+        // NEFTune noise and sequence accuracy ride along: their draws must resume exactly too.
+        "--neftune_noise_alpha",
+        "5",
+        "--acc_strategy",
+        "seq",
         "--report_to",
         "none",
         "--output_dir",
@@ -366,6 +371,14 @@ fn a_run_killed_with_sigkill_resumes_to_bit_identical_adapter_weights() {
     let (code, _, stderr) = swift(&resume_args(&m, &data, &full_out));
     assert_eq!(code, 0, "{stderr}");
     let expected = adapter_bits(&run_dir(Path::new(&full_out)).join("checkpoint-40"));
+    let logs = jsonl(&run_dir(Path::new(&full_out)).join("logging.jsonl"));
+    let train_lines: Vec<&Value> = logs.iter().filter(|l| l.get("loss").is_some()).collect();
+    assert!(!train_lines.is_empty());
+    for line in &train_lines {
+        let acc = line["seq_acc"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc), "{line}");
+        assert!(line.get("token_acc").is_none(), "{line}");
+    }
 
     // Kill right after a checkpoint picked at random (from the clock), steps 8 to 24.
     let nanos = std::time::SystemTime::now()
