@@ -3,3 +3,5 @@
 
 pub mod lora;
 pub mod lora_config;
+pub mod pissa;
+pub mod svd;
