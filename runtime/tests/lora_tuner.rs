@@ -149,3 +149,133 @@ fn modules_to_save_and_lora_bias_train_and_round_trip_through_peft_files() {
     assert_eq!(cfg["peft_type"], "LORA");
     assert_eq!(cfg["modules_to_save"][0], "lm_head");
 }
+
+fn pissa_args() -> Args {
+    args(&[
+        "--init_weights",
+        "pissa",
+        "--lora_rank",
+        "4",
+        "--lora_alpha",
+        "8",
+        "--target_modules",
+        "q_proj",
+        "v_proj",
+        "down_proj",
+    ])
+}
+
+fn rel(a: &Tensor, b: &Tensor) -> f32 {
+    let scale: f32 = b
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    max_diff(a, b) / scale.max(1e-12)
+}
+
+/// PiSSA against PEFT (fixture: scripts/fixtures/make_lora_parity.py): the same
+/// `scale * B A` and the same residual base weight for every adapted layer, and the model's
+/// output unchanged at step 0.
+#[test]
+fn pissa_init_matches_peft() {
+    let base = logits(&load());
+    let fixture = candle_core::safetensors::load(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/training/pissa.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let mut p = load();
+    let cfg = LoraConfig::from_args(&pissa_args()).unwrap();
+    let adapters = LoraAdapters::inject(&mut p.model, &cfg, 1, "m").unwrap();
+    assert_eq!(adapters.layers.len() * 2, fixture.len());
+    for (path, layer) in &adapters.layers {
+        let delta =
+            (layer.b.as_tensor().matmul(layer.a.as_tensor()).unwrap() * layer.scale).unwrap();
+        let want = &fixture[&format!("{path}.delta")];
+        assert!(
+            rel(&delta, want) < 1e-4,
+            "{path}: delta {}",
+            rel(&delta, want)
+        );
+    }
+    for (path, linear) in p.model.model.linears_mut() {
+        if let Some(want) = fixture.get(&format!("{path}.residual")) {
+            let r = rel(linear.weight(), want);
+            assert!(r < 1e-4, "{path}: residual {r}");
+        }
+    }
+    assert!(max_diff(&logits(&p), &base) < 1e-4);
+    assert_eq!(adapters.peft.init_lora_weights, serde_json::json!("pissa"));
+}
+
+/// A trained PiSSA adapter reloads onto the original base (the residual is recomputed, as
+/// PEFT does), and its `converted/default` plain LoRA (rank 2r) gives the same model too.
+#[test]
+fn pissa_checkpoints_reload_directly_and_converted() {
+    let mut p = load();
+    let cfg = LoraConfig::from_args(&pissa_args()).unwrap();
+    let adapters = LoraAdapters::inject(&mut p.model, &cfg, 1, "m").unwrap();
+    // "Train": move every A and B.
+    for (_, layer) in &adapters.layers {
+        for v in [&layer.a, &layer.b] {
+            let moved = (v.as_tensor() * 1.1).unwrap().affine(1.0, 0.01).unwrap();
+            v.set(&moved).unwrap();
+        }
+    }
+    let trained = logits(&p);
+    assert!(
+        max_diff(&trained, &logits(&load())) > 1e-3,
+        "training moved nothing"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    adapters.save(dir.path()).unwrap();
+
+    let mut direct = load();
+    LoraAdapters::load(&mut direct.model, dir.path(), false).unwrap();
+    let d = max_diff(&logits(&direct), &trained);
+    assert!(d < 1e-4, "reloaded PiSSA adapter differs by {d}");
+
+    let converted_dir = dir.path().join("converted/default");
+    let mut converted = load();
+    let c = LoraAdapters::load(&mut converted.model, &converted_dir, false).unwrap();
+    assert_eq!((c.peft.r, c.peft.lora_alpha), (8, 16.0));
+    assert_eq!(c.peft.init_lora_weights, serde_json::json!(true));
+    let d = max_diff(&logits(&converted), &trained);
+    assert!(d < 1e-4, "converted adapter differs by {d}");
+}
+
+#[test]
+fn randomized_pissa_keeps_the_output_and_is_seeded() {
+    let base = logits(&load());
+    let run = |seed| {
+        let mut p = load();
+        let a = args(&[
+            "--init_weights",
+            "pissa_niter_2",
+            "--lora_rank",
+            "4",
+            "--target_modules",
+            "q_proj",
+        ]);
+        let cfg = LoraConfig::from_args(&a).unwrap();
+        let adapters = LoraAdapters::inject(&mut p.model, &cfg, seed, "m").unwrap();
+        let b: Vec<f32> = adapters.layers[0]
+            .1
+            .b
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        (logits(&p), b)
+    };
+    let (l1, b1) = run(1);
+    let (_, b1_again) = run(1);
+    assert!(max_diff(&l1, &base) < 1e-4);
+    assert_eq!(b1, b1_again);
+}

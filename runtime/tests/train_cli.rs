@@ -323,6 +323,11 @@ fn resume_args<'a>(model: &'a str, data: &'a str, out: &'a str) -> Vec<&'a str> 
         "1e-3",
         "--seed",
         "7",
+        // NEFTune noise and sequence accuracy ride along: their draws must resume exactly too.
+        "--neftune_noise_alpha",
+        "5",
+        "--acc_strategy",
+        "seq",
         "--report_to",
         "none",
         "--output_dir",
@@ -366,6 +371,14 @@ fn a_run_killed_with_sigkill_resumes_to_bit_identical_adapter_weights() {
     let (code, _, stderr) = swift(&resume_args(&m, &data, &full_out));
     assert_eq!(code, 0, "{stderr}");
     let expected = adapter_bits(&run_dir(Path::new(&full_out)).join("checkpoint-40"));
+    let logs = jsonl(&run_dir(Path::new(&full_out)).join("logging.jsonl"));
+    let train_lines: Vec<&Value> = logs.iter().filter(|l| l.get("loss").is_some()).collect();
+    assert!(!train_lines.is_empty());
+    for line in &train_lines {
+        let acc = line["seq_acc"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc), "{line}");
+        assert!(line.get("token_acc").is_none(), "{line}");
+    }
 
     // Kill right after a checkpoint picked at random (from the clock), steps 8 to 24.
     let nanos = std::time::SystemTime::now()
@@ -569,4 +582,70 @@ fn save_strategy_no_saves_nothing_and_links_exist_only_on_request() {
         std::fs::read_link(dir.join("best")).unwrap(),
         PathBuf::from(Path::new(best).file_name().unwrap())
     );
+}
+
+/// `--init_weights pissa` trains, and every checkpoint carries ms-swift's
+/// `converted/default` plain-LoRA adapter (rank 2r) beside the PiSSA one; `swift infer`
+/// loads the PiSSA checkpoint (recomputing the residual base).
+#[test]
+fn pissa_run_saves_the_converted_adapter_and_infers() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.jsonl");
+    write_dataset(&data, 16);
+    let data = data.display().to_string();
+    let m = model("tiny-Qwen2.5");
+    let out = dir.path().join("out").display().to_string();
+    let (code, _, stderr) = swift(&[
+        "sft",
+        "--model",
+        &m,
+        "--dataset",
+        &data,
+        "--split_dataset_ratio",
+        "0",
+        "--max_steps",
+        "3",
+        "--save_steps",
+        "3",
+        "--lora_rank",
+        "4",
+        "--init_weights",
+        "pissa",
+        "--report_to",
+        "none",
+        "--output_dir",
+        &out,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let ck = run_dir(Path::new(&out)).join("checkpoint-3");
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(ck.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["init_lora_weights"], "pissa");
+    assert_eq!(config["r"], 4);
+    let converted: Value = serde_json::from_str(
+        &std::fs::read_to_string(ck.join("converted/default/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(converted["init_lora_weights"], true);
+    assert_eq!(converted["r"], 8);
+    assert_eq!(converted["lora_alpha"].as_f64(), Some(64.0));
+    let mut child = swift_cmd(&[
+        "infer",
+        "--adapters",
+        &ck.display().to_string(),
+        "--temperature",
+        "0",
+        "--max_new_tokens",
+        "4",
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    child.stdin.take().unwrap().write_all(b"hello\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
 }

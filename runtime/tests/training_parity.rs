@@ -11,8 +11,9 @@ use candle_core::{DType, Device, Tensor};
 use kubeswift_runtime::model::{
     LoadOptions, LogitRows, Pretrained, PretrainedOptions, SeqSpan, TrainBatch,
 };
+use kubeswift_runtime::train::neftune::EmbedNoise;
 use kubeswift_runtime::train::optimizer::{AdamW, AdamWConfig};
-use kubeswift_runtime::train::step::{MicroBatch, forward_backward};
+use kubeswift_runtime::train::step::{MicroBatch, evaluate, forward_backward, hidden_train};
 use kubeswift_runtime::tuner::lora::LoraAdapters;
 use kubeswift_runtime::tuner::lora_config::peft_key;
 use serde_json::Value;
@@ -94,6 +95,7 @@ fn micro_batch(f: &Fixture) -> MicroBatch {
         labels: Tensor::from_vec(shifted, (b, t), &Device::Cpu).unwrap(),
         sample_lengths: vec![vec![t]; b],
         tokens,
+        embed_noise: None,
     }
 }
 
@@ -242,4 +244,72 @@ fn a_peft_adapter_gives_peft_logits_in_both_modes() {
             assert!(d < 1e-4, "{mode} row {row}: max |logit diff| {d}");
         }
     }
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_bits())
+        .collect()
+}
+
+/// NEFTune: zero noise is bit for bit the plain forward; real noise changes the training
+/// loss identically with and without gradient checkpointing, and never the evaluation.
+#[test]
+fn neftune_noise_changes_training_loss_only() {
+    let mut p = load();
+    let f = fixture();
+    let adapters =
+        LoraAdapters::load(&mut p.model, &fixtures().join("training/adapter"), true).unwrap();
+    let plain = micro_batch(&f);
+    let reference = p.model.forward_train(&TrainBatch {
+        input_ids: &plain.input_ids,
+        position_ids: Some(&plain.position_ids),
+        sample_lengths: Some(&plain.sample_lengths),
+    });
+    let mut zero = micro_batch(&f);
+    zero.embed_noise = Some(EmbedNoise {
+        alpha: 0.0,
+        seed: 3,
+    });
+    assert_eq!(
+        bits(&hidden_train(&p.model, &zero).unwrap()),
+        bits(&reference.unwrap())
+    );
+
+    let step = |mb: &MicroBatch, checkpointing: bool| {
+        let mut opt = AdamW::new(adapters.trainables(None), adamw()).unwrap();
+        forward_backward(&p.model, mb, &mut opt, checkpointing)
+            .unwrap()
+            .mean_loss()
+    };
+    let clean = step(&plain, false);
+    let mut noisy = micro_batch(&f);
+    noisy.embed_noise = EmbedNoise::for_micro_step(15.0, 42, 0);
+    let with_noise = step(&noisy, false);
+    let with_noise_ckpt = step(&noisy, true);
+    assert!(
+        (with_noise - clean).abs() > 1e-4,
+        "noise left the loss at {clean}"
+    );
+    assert!(
+        (with_noise - with_noise_ckpt).abs() < 1e-5,
+        "{with_noise} vs checkpointed {with_noise_ckpt}"
+    );
+    let other_step = {
+        let mut mb = micro_batch(&f);
+        mb.embed_noise = EmbedNoise::for_micro_step(15.0, 42, 1);
+        step(&mb, false)
+    };
+    assert_ne!(
+        other_step, with_noise,
+        "each micro-batch draws its own noise"
+    );
+    let eval_clean = evaluate(&p.model, &plain).unwrap();
+    let eval_noisy = evaluate(&p.model, &noisy).unwrap();
+    assert_eq!(eval_clean.loss_sum.to_bits(), eval_noisy.loss_sum.to_bits());
+    assert!((eval_clean.mean_loss() - clean).abs() < 1e-6);
 }

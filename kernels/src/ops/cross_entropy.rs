@@ -52,6 +52,9 @@ pub struct CrossEntropy {
     pub count: usize,
     /// Non-ignored tokens whose arg-max logit is the label (for token accuracy).
     pub correct: usize,
+    /// The non-ignored tokens (row indices of `hidden`, ascending) whose arg-max logit is
+    /// not the label, for per-sequence accuracy.
+    pub missed: Vec<usize>,
 }
 
 impl CrossEntropy {
@@ -121,11 +124,15 @@ pub fn linear_cross_entropy(
         stats: stats.clone(),
     };
     let loss_sum = hidden.contiguous()?.apply_op2(&weight.contiguous()?, op)?;
-    let correct = stats.lock().map(|s| s.correct).unwrap_or(0);
+    let (correct, missed) = stats
+        .lock()
+        .map(|mut s| (s.correct, std::mem::take(&mut s.missed)))
+        .unwrap_or_default();
     Ok(CrossEntropy {
         loss_sum,
         count,
         correct,
+        missed,
     })
 }
 
@@ -142,6 +149,7 @@ struct LinearCrossEntropy {
 #[derive(Default)]
 struct Stats {
     correct: usize,
+    missed: Vec<usize>,
     /// d(loss_sum)/d(hidden), `[N, H]` f32.
     d_hidden: Option<Arc<Vec<f32>>>,
     /// d(loss_sum)/d(weight), `[V, H]` f32.
@@ -151,6 +159,7 @@ struct Stats {
 struct Sums {
     loss: f64,
     correct: usize,
+    missed: Vec<usize>,
     d_hidden: Option<Vec<f32>>,
     d_weight: Option<Vec<f32>>,
 }
@@ -161,6 +170,7 @@ impl LinearCrossEntropy {
         let mut sums = Sums {
             loss: 0.0,
             correct: 0,
+            missed: Vec::new(),
             d_hidden: self.grad_hidden.then(|| vec![0f32; n * h]),
             d_weight: self.grad_weight.then(|| vec![0f32; v * h]),
         };
@@ -188,9 +198,12 @@ impl LinearCrossEntropy {
                 }
             });
             let per_row = per_row.into_iter().filter_map(|m| m.into_inner().ok());
-            for (loss, hit) in per_row {
+            for ((loss, hit), &(token, _)) in per_row.zip(chunk) {
                 sums.loss += loss;
                 sums.correct += hit as usize;
+                if !hit {
+                    sums.missed.push(token);
+                }
             }
             let probs = MatRef::row_major(&logits[..], nc, v);
             if let Some(dh) = &mut sums.d_hidden {
@@ -290,6 +303,7 @@ impl CustomOp2 for LinearCrossEntropy {
         });
         if let Ok(mut stats) = self.stats.lock() {
             stats.correct = sums.correct;
+            stats.missed = sums.missed;
             stats.d_hidden = sums.d_hidden.map(Arc::new);
             stats.d_weight = sums.d_weight.map(Arc::new);
         }

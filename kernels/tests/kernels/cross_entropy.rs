@@ -64,6 +64,10 @@ fn matches_reference_with_ignored_tokens_f32() {
         .filter(|(a, l)| **l >= 0 && **a as i64 == **l)
         .count();
     assert_eq!(ce.correct, hits);
+    let missed: Vec<usize> = (0..labels.len())
+        .filter(|&i| labels[i] >= 0 && argmax[i] as i64 != labels[i])
+        .collect();
+    assert_eq!(ce.missed, missed);
 
     let loss = |xs: &[Tensor]| {
         linear_cross_entropy(&xs[0], &xs[1], &labels_tensor(), small_chunks())?

@@ -31,8 +31,8 @@ fn check_support(args: &Args) -> Result<(), ArgsError> {
             }
             Support::Values(allowed) => match value {
                 Value::Null => true,
-                Value::Array(items) => items.iter().all(|v| allowed.contains(&display(v).as_str())),
-                v => allowed.contains(&display(v).as_str()),
+                Value::Array(items) => items.iter().all(|v| supported(allowed, &display(v))),
+                v => supported(allowed, &display(v)),
             },
         };
         if !ok {
@@ -49,6 +49,15 @@ fn check_support(args: &Args) -> Result<(), ArgsError> {
         }
     }
     Ok(())
+}
+
+/// Whether `value` is among `allowed`; an entry ending in `*` admits every value with
+/// that prefix (`pissa_niter_*`).
+fn supported(allowed: &[&str], value: &str) -> bool {
+    allowed.iter().any(|a| match a.strip_suffix('*') {
+        Some(prefix) => value.starts_with(prefix),
+        None => *a == value,
+    })
 }
 
 /// `None`, `[]` and `{}` all mean "nothing set" (ms-swift writes `{}` for an unset dict).

@@ -164,7 +164,13 @@ impl DataParallel {
         if self.world_size() == 1 {
             return Ok((local, 1.0 / local.tokens.max(1) as f32));
         }
-        let mut stats = [local.loss_sum, local.tokens as f64, local.correct as f64];
+        let mut stats = [
+            local.loss_sum,
+            local.tokens as f64,
+            local.correct as f64,
+            local.sequences as f64,
+            local.sequences_correct as f64,
+        ];
         self.comm
             .all_reduce_sum_f64(&mut stats)
             .context("all-reducing the loss and token counts")?;
@@ -172,6 +178,8 @@ impl DataParallel {
             loss_sum: stats[0],
             tokens: stats[1] as usize,
             correct: stats[2] as usize,
+            sequences: stats[3] as usize,
+            sequences_correct: stats[4] as usize,
         };
         let mut grads = optimizer.flat_grads();
         let scale = if self.average_tokens {

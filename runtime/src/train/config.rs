@@ -14,6 +14,32 @@ pub enum Strategy {
     Epoch,
 }
 
+/// `--acc_strategy`: accuracy per label token (`token_acc`) or per sequence, a sequence
+/// counting only when all its label tokens are right (`seq_acc`), as ms-swift logs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccStrategy {
+    Token,
+    Seq,
+}
+
+impl AccStrategy {
+    /// The log key ms-swift uses (`{acc_strategy}_acc`; eval lines prefix `eval_`).
+    pub fn key(&self) -> &'static str {
+        match self {
+            AccStrategy::Token => "token_acc",
+            AccStrategy::Seq => "seq_acc",
+        }
+    }
+
+    /// The accuracy of `stats` under this strategy.
+    pub fn of(&self, stats: &crate::train::step::LossStats) -> f64 {
+        match self {
+            AccStrategy::Token => stats.token_acc(),
+            AccStrategy::Seq => stats.seq_acc(),
+        }
+    }
+}
+
 /// A setting the trainer cannot honour; names the argument.
 #[derive(Debug, thiserror::Error)]
 #[error("--{arg} {value}: {reason}")]
@@ -81,6 +107,9 @@ pub struct TrainConfig {
     pub tensorboard: bool,
     pub disable_tqdm: bool,
     pub drop_last: bool,
+    /// NEFTune's alpha; 0 = off.
+    pub neftune_noise_alpha: f64,
+    pub acc_strategy: AccStrategy,
 }
 
 fn strategy(args: &Args, arg: &'static str) -> Result<Strategy, ConfigError> {
@@ -110,13 +139,12 @@ fn positive(args: &Args, arg: &'static str, default: i64) -> Result<usize, Confi
 
 impl TrainConfig {
     pub fn from_args(args: &Args) -> Result<Self, ConfigError> {
-        if let Some(alpha) = args.float("neftune_noise_alpha")
-            && alpha > 0.0
-        {
+        let neftune_noise_alpha = args.float("neftune_noise_alpha").unwrap_or(0.0);
+        if !(neftune_noise_alpha >= 0.0 && neftune_noise_alpha.is_finite()) {
             return Err(bad(
                 "neftune_noise_alpha",
-                alpha,
-                "NEFTune is not supported yet",
+                neftune_noise_alpha,
+                "must be a finite number >= 0",
             ));
         }
         if let Some(optim) = args.str("optim")
@@ -129,13 +157,11 @@ impl TrainConfig {
                 "only AdamW (adamw_torch) is implemented",
             ));
         }
-        if args.str("acc_strategy") == Some("seq") {
-            return Err(bad(
-                "acc_strategy",
-                "seq",
-                "only token accuracy is implemented yet",
-            ));
-        }
+        let acc_strategy = match args.str("acc_strategy").unwrap_or("token") {
+            "token" => AccStrategy::Token,
+            "seq" => AccStrategy::Seq,
+            other => return Err(bad("acc_strategy", other, "expected token or seq")),
+        };
         let schedule_name = args.str("lr_scheduler_type").unwrap_or("cosine");
         let schedule = ScheduleKind::parse(schedule_name)
             .ok_or_else(|| bad("lr_scheduler_type", schedule_name, "not supported yet"))?;
@@ -196,6 +222,8 @@ impl TrainConfig {
             tensorboard: report_to.iter().any(|r| r == "tensorboard" || r == "all"),
             disable_tqdm: args.bool("disable_tqdm"),
             drop_last: args.bool("dataloader_drop_last"),
+            neftune_noise_alpha,
+            acc_strategy,
         })
     }
 
@@ -274,10 +302,25 @@ mod tests {
     }
 
     #[test]
+    fn reads_neftune_and_acc_strategy() {
+        let c = TrainConfig::from_args(&args(&[])).unwrap();
+        assert_eq!(c.neftune_noise_alpha, 0.0);
+        assert_eq!(c.acc_strategy, AccStrategy::Token);
+        assert_eq!(c.acc_strategy.key(), "token_acc");
+        let c = TrainConfig::from_args(&args(&[
+            "--neftune_noise_alpha",
+            "5",
+            "--acc_strategy",
+            "seq",
+        ]))
+        .unwrap();
+        assert_eq!(c.neftune_noise_alpha, 5.0);
+        assert_eq!(c.acc_strategy.key(), "seq_acc");
+    }
+
+    #[test]
     fn refuses_what_it_cannot_do_naming_the_argument() {
-        let e = TrainConfig::from_args(&args(&["--neftune_noise_alpha", "5"])).unwrap_err();
-        assert!(e.to_string().contains("--neftune_noise_alpha"), "{e}");
-        let e = TrainConfig::from_args(&args(&["--acc_strategy", "seq"])).unwrap_err();
-        assert!(e.to_string().contains("--acc_strategy seq"), "{e}");
+        let e = TrainConfig::from_args(&args(&["--num_train_epochs", "0"])).unwrap_err();
+        assert!(e.to_string().contains("--num_train_epochs 0"), "{e}");
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod command;
 pub mod config;
+pub mod neftune;
 pub mod optimizer;
 pub mod progress;
 pub mod report;

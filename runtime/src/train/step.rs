@@ -11,6 +11,7 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use crate::data::Batch;
 use crate::model::{CausalLm, ModelError, TrainBatch};
+use crate::train::neftune::EmbedNoise;
 use crate::train::optimizer::{AdamW, OptimizerError};
 
 /// A collated batch as tensors, labels shifted to line up with the hidden states.
@@ -24,15 +25,21 @@ pub struct MicroBatch {
     pub sample_lengths: Vec<Vec<usize>>,
     /// Tokens that carry a loss.
     pub tokens: usize,
+    /// NEFTune noise for this micro-batch's training forward (`None`: off). Evaluation
+    /// ignores it.
+    pub embed_noise: Option<EmbedNoise>,
 }
 
 /// Sum of the losses of a micro-batch, how many tokens they cover and how many of those
-/// the model predicted right (token accuracy).
+/// the model predicted right (token accuracy); how many sequences carry a loss and how many
+/// of those had every label token right (ms-swift's `acc_strategy seq`).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct LossStats {
     pub loss_sum: f64,
     pub tokens: usize,
     pub correct: usize,
+    pub sequences: usize,
+    pub sequences_correct: usize,
 }
 
 impl LossStats {
@@ -40,6 +47,8 @@ impl LossStats {
         self.loss_sum += other.loss_sum;
         self.tokens += other.tokens;
         self.correct += other.correct;
+        self.sequences += other.sequences;
+        self.sequences_correct += other.sequences_correct;
     }
 
     /// Mean loss per trained token (0 without tokens).
@@ -50,6 +59,43 @@ impl LossStats {
     pub fn token_acc(&self) -> f64 {
         self.correct as f64 / self.tokens.max(1) as f64
     }
+
+    /// The fraction of sequences predicted entirely right (ms-swift's `seq_acc`).
+    pub fn seq_acc(&self) -> f64 {
+        self.sequences_correct as f64 / self.sequences.max(1) as f64
+    }
+}
+
+/// Sequence accuracy as ms-swift's `compute_acc(acc_strategy='seq')` counts it: every
+/// sample (a run of `sample_lengths`; a packed row holds several, as its `cu_seqlens` do)
+/// with at least one label is one sequence, correct when none of its label tokens is in
+/// `missed`; samples without labels (padding, prompt-only) are skipped. `labels` is the
+/// flattened shifted `[B, T]`, `missed` the ascending flat indices of wrong predictions.
+/// Returns `(sequences, correct sequences)`.
+pub fn sequence_accuracy(
+    labels: &[i64],
+    seq_len: usize,
+    sample_lengths: &[Vec<usize>],
+    missed: &[usize],
+) -> (usize, usize) {
+    let (mut sequences, mut correct) = (0, 0);
+    for (row, lengths) in sample_lengths.iter().enumerate() {
+        let mut start = row * seq_len;
+        for &len in lengths {
+            let span = start..(start + len).min(labels.len());
+            start += len;
+            if !labels[span.clone()].iter().any(|&l| l >= 0) {
+                continue;
+            }
+            sequences += 1;
+            // `missed` is sorted: is any of it inside the span?
+            let first = missed.partition_point(|&i| i < span.start);
+            if missed.get(first).is_none_or(|&i| i >= span.end) {
+                correct += 1;
+            }
+        }
+    }
+    (sequences, correct)
 }
 
 /// Errors of a step; both sources already name what failed.
@@ -92,6 +138,7 @@ impl MicroBatch {
             labels: Tensor::from_vec(labels, shape, device)?,
             sample_lengths: runs(&batch.segment_ids, batch.seq_len),
             tokens,
+            embed_noise: None,
         })
     }
 
@@ -115,19 +162,51 @@ pub fn forward_backward(
     if checkpointing {
         return forward_backward_checkpointed(model, batch, optimizer);
     }
-    let hidden = model.forward_train(&batch.train_batch())?;
+    let hidden = hidden_train(model, batch)?;
     let ce = model.loss_train(&hidden, &batch.labels)?;
-    let stats = stats_of(&ce)?;
+    let stats = stats_of(&ce, batch)?;
     let grads = ce.loss_sum.backward()?;
     optimizer.accumulate(&grads)?;
     Ok(stats)
 }
 
-fn stats_of(ce: &crate::model::ops::CrossEntropy) -> Result<LossStats, StepError> {
+/// The training forward to the final norm, with the micro-batch's NEFTune noise on the
+/// embeddings; without noise exactly [`CausalLm::forward_train`].
+pub fn hidden_train(model: &CausalLm, batch: &MicroBatch) -> Result<Tensor, StepError> {
+    let Some(noise) = &batch.embed_noise else {
+        return Ok(model.forward_train(&batch.train_batch())?);
+    };
+    let ctx = model.train_context(&batch.train_batch())?;
+    let mut x = noise.apply(&model.model.embed_train(&batch.input_ids)?)?;
+    for layer in &model.model.layers {
+        x = layer.forward_train(&x, &ctx)?;
+    }
+    Ok(model.model.norm.forward_train(&x)?)
+}
+
+/// The input embeddings of a training forward, NEFTune noise included.
+fn embed_train(model: &CausalLm, batch: &MicroBatch) -> Result<Tensor, StepError> {
+    let embedded = model.model.embed_train(&batch.input_ids)?;
+    Ok(match &batch.embed_noise {
+        Some(noise) => noise.apply(&embedded)?,
+        None => embedded,
+    })
+}
+
+fn stats_of(
+    ce: &crate::model::ops::CrossEntropy,
+    batch: &MicroBatch,
+) -> Result<LossStats, StepError> {
+    let seq_len = batch.labels.dim(1)?;
+    let labels = batch.labels.flatten_all()?.to_vec1::<i64>()?;
+    let (sequences, sequences_correct) =
+        sequence_accuracy(&labels, seq_len, &batch.sample_lengths, &ce.missed);
     Ok(LossStats {
         loss_sum: ce.loss_sum.to_dtype(DType::F64)?.to_scalar::<f64>()?,
         tokens: ce.count,
         correct: ce.correct,
+        sequences,
+        sequences_correct,
     })
 }
 
@@ -139,7 +218,7 @@ fn forward_backward_checkpointed(
     let ctx = model.train_context(&batch.train_batch())?;
     let layers = &model.model.layers;
     // Forward: keep each layer's input, drop its graph.
-    let embedded = model.model.embed_train(&batch.input_ids)?;
+    let embedded = embed_train(model, batch)?;
     let mut inputs = Vec::with_capacity(layers.len());
     let mut x = embedded.detach();
     for layer in layers {
@@ -151,7 +230,7 @@ fn forward_backward_checkpointed(
     let top = Var::from_tensor(&x)?;
     let hidden = model.model.norm.forward_train(top.as_tensor())?;
     let ce = model.loss_train(&hidden, &batch.labels)?;
-    let stats = stats_of(&ce)?;
+    let stats = stats_of(&ce, batch)?;
     let grads = ce.loss_sum.backward()?;
     optimizer.accumulate(&grads)?;
     let mut g = grads
@@ -178,11 +257,11 @@ fn forward_backward_checkpointed(
     Ok(stats)
 }
 
-/// Loss and accuracy of a micro-batch without any gradient work.
+/// Loss and accuracy of a micro-batch without any gradient work (and never NEFTune noise).
 pub fn evaluate(model: &CausalLm, batch: &MicroBatch) -> Result<LossStats, StepError> {
     let hidden = model.forward_train(&batch.train_batch())?.detach();
     let ce = model.loss_train(&hidden, &batch.labels)?;
-    stats_of(&ce)
+    stats_of(&ce, batch)
 }
 
 #[cfg(test)]
@@ -195,5 +274,39 @@ mod tests {
         assert_eq!(runs(&seg, 4), vec![vec![2, 1, 1], vec![1, 3]]);
         // A row whose padding (MAX) comes first.
         assert_eq!(runs(&[7, 7, 0, 0], 4), vec![vec![2, 2]]);
+    }
+
+    #[test]
+    fn sequence_accuracy_counts_samples_with_labels_like_ms_swift() {
+        const I: i64 = -100;
+        // Row 0: two packed samples (3 + 3 tokens); row 1: one sample then padding.
+        let labels = [I, 5, 6, I, 7, 8, /* row 1 */ I, 9, 9, I, I, I];
+        let lengths = vec![vec![3, 3], vec![3, 3]];
+        // Everything right: three sequences (row 1's padding run has no labels).
+        assert_eq!(sequence_accuracy(&labels, 6, &lengths, &[]), (3, 3));
+        // One miss in the second packed sample.
+        assert_eq!(sequence_accuracy(&labels, 6, &lengths, &[4]), (3, 2));
+        // Misses on every sequence.
+        assert_eq!(sequence_accuracy(&labels, 6, &lengths, &[1, 5, 8]), (3, 0));
+        // A sample with no label at all is skipped, not scored correct.
+        let prompt_only = [I, I, I, I, 1, I];
+        assert_eq!(
+            sequence_accuracy(&prompt_only, 6, &[vec![3, 3]], &[4]),
+            (1, 0)
+        );
+    }
+
+    #[test]
+    fn seq_acc_and_token_acc_differ_on_the_same_predictions() {
+        let mut s = LossStats::default();
+        s.add(LossStats {
+            loss_sum: 1.0,
+            tokens: 4,
+            correct: 3,
+            sequences: 2,
+            sequences_correct: 1,
+        });
+        assert_eq!(s.token_acc(), 0.75);
+        assert_eq!(s.seq_acc(), 0.5);
     }
 }

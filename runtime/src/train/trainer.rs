@@ -17,6 +17,7 @@ use crate::progress::{ProgressReport, ProgressReporter};
 use crate::storage::checkpoint::LocalCheckpoint;
 use crate::storage::output::RunOutput;
 use crate::train::config::{Strategy, TrainConfig};
+use crate::train::neftune::EmbedNoise;
 use crate::train::optimizer::AdamW;
 use crate::train::progress::{ProgressDisplay, StepReport};
 use crate::train::report::{Progress, TrainerState, eval_line, train_line};
@@ -292,6 +293,12 @@ impl<'a> Trainer<'a> {
                 self.state.batch_in_epoch += 1;
             }
             for rows in &window_batches {
+                // Drawn from the micro-step counter before it moves (resume-safe).
+                let embed_noise = EmbedNoise::for_micro_step(
+                    self.config.neftune_noise_alpha,
+                    self.state.seed,
+                    self.state.micro_step,
+                );
                 self.parts
                     .tuning
                     .set_mode(true, mix(self.state.seed, self.state.micro_step));
@@ -301,7 +308,8 @@ impl<'a> Trainer<'a> {
                 if rows.is_empty() {
                     continue;
                 }
-                let mb = self.micro_batch(rows, self.parts.train)?;
+                let mut mb = self.micro_batch(rows, self.parts.train)?;
+                mb.embed_noise = embed_noise;
                 let s = forward_backward(
                     self.parts.model,
                     &mb,
@@ -441,7 +449,10 @@ impl<'a> Trainer<'a> {
                 ("loss", w.mean_loss()),
                 ("grad_norm", grad_norm),
                 ("learning_rate", lr),
-                ("token_acc", w.token_acc()),
+                (
+                    self.config.acc_strategy.key(),
+                    self.config.acc_strategy.of(&w),
+                ),
             ],
             memory_gib(),
             speed,
@@ -469,13 +480,16 @@ impl<'a> Trainer<'a> {
         let line = eval_line(
             &[
                 ("loss", total.mean_loss()),
-                ("token_acc", total.token_acc()),
+                (
+                    self.config.acc_strategy.key(),
+                    self.config.acc_strategy.of(&total),
+                ),
             ],
             &self.progress(),
         );
         tracing::info!(
             eval_loss = total.mean_loss(),
-            eval_token_acc = total.token_acc(),
+            eval_acc = self.config.acc_strategy.of(&total),
             step = self.state.global_step,
             "eval"
         );

@@ -18,6 +18,7 @@ use rand::rngs::StdRng;
 use rand_distr::Normal;
 
 use super::lora_config::{Init, LoraConfig, PeftLoraConfig, peft_key};
+use super::pissa::{PissaSvd, converted_pair, pissa_init};
 use crate::model::{CausalLm, Linear, LinearAdapter};
 use crate::train::optimizer::{Trainable, decays};
 
@@ -146,6 +147,34 @@ pub struct LoraAdapters {
     pub saved: Vec<(String, Var)>,
     pub peft: PeftLoraConfig,
     pub control: Arc<DropoutControl>,
+    /// PiSSA only: each layer's initial `(A0, B0)` by module path, to save the adapter
+    /// converted to a plain LoRA on the original base (see [`super::pissa`]).
+    pub initial: Vec<(String, Tensor, Tensor)>,
+}
+
+/// PiSSA's SVD for an init, `None` for the other inits.
+fn pissa_svd(init: &Init) -> Option<PissaSvd> {
+    match init {
+        Init::Pissa => Some(PissaSvd::Exact),
+        Init::PissaNiter(niter) => Some(PissaSvd::Randomized { niter: *niter }),
+        _ => None,
+    }
+}
+
+/// Runs PiSSA on `linear`: its weight becomes the residual; returns `(A0, B0)` values.
+fn apply_pissa(
+    linear: &mut Linear,
+    path: &str,
+    rank: usize,
+    scale: f64,
+    svd: PissaSvd,
+    rng: &mut StdRng,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let p = pissa_init(linear.weight(), rank, scale, svd, rng)
+        .map_err(terr(format!("{path}: PiSSA init")))?;
+    let bias = linear.bias().cloned();
+    linear.set_weight(p.residual, bias);
+    Ok((p.a, p.b))
 }
 
 /// Every linear layer of the model with its module path; `lm_head` last.
@@ -207,9 +236,10 @@ fn init_pair(
                 vec![0.0; out * rank],
             ))
         }
-        Init::Pissa => Err(LoraError::Unsupported {
+        // PiSSA needs the base weight: `apply_pissa`.
+        Init::Pissa | Init::PissaNiter(_) => Err(LoraError::Unsupported {
             arg: "init_weights",
-            reason: "pissa is not supported yet (use true, false or gaussian)".into(),
+            reason: "PiSSA is initialised from the base weight, not here".into(),
         }),
     }
 }
@@ -248,6 +278,7 @@ impl LoraAdapters {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut layers = Vec::new();
         let mut names = Vec::new();
+        let mut initial = Vec::new();
         for (index, (path, linear)) in linears(model).into_iter().enumerate() {
             if !cfg.targets_module(&path, path == "lm_head") {
                 continue;
@@ -260,7 +291,21 @@ impl LoraAdapters {
                 });
             }
             let (out, inp) = (linear.out_features(), linear.in_features());
-            let (a, b) = init_pair(&cfg.init, cfg.rank, inp, out, &mut rng)?;
+            let (a, b) = match pissa_svd(&cfg.init) {
+                Some(svd) => {
+                    let (a, b) = apply_pissa(linear, &path, cfg.rank, cfg.scale(), svd, &mut rng)?;
+                    let t = |v: &[f32], shape: (usize, usize)| {
+                        Tensor::from_slice(v, shape, &device).map_err(terr(format!("{path} PiSSA")))
+                    };
+                    initial.push((
+                        path.clone(),
+                        t(&a, (cfg.rank, inp))?,
+                        t(&b, (out, cfg.rank))?,
+                    ));
+                    (a, b)
+                }
+                None => init_pair(&cfg.init, cfg.rank, inp, out, &mut rng)?,
+            };
             let a = var(
                 a,
                 (cfg.rank, inp),
@@ -306,6 +351,7 @@ impl LoraAdapters {
             saved,
             peft: cfg.to_peft(base_model, names),
             control,
+            initial,
         })
     }
 
@@ -329,6 +375,14 @@ impl LoraAdapters {
         let control = Arc::new(DropoutControl::default());
         let scale = peft.scale();
         let model_dtype = model.dtype();
+        let init = Init::from_value(&peft.init_lora_weights);
+        // PEFT re-runs PiSSA on the original base when it loads a PiSSA adapter, so the
+        // trained A and B sit on the same residual. The exact SVD is deterministic; a
+        // randomized one (pissa_niter_N) is re-run exactly here, which matches the training
+        // run's residual only approximately: `converted/default/` is exact for those.
+        let pissa = init.as_ref().and_then(pissa_svd).map(|_| PissaSvd::Exact);
+        let mut rng = StdRng::seed_from_u64(0);
+        let mut initial = Vec::new();
         let mut layers = Vec::new();
         for (index, (path, linear)) in linears(model).into_iter().enumerate() {
             let ka = peft_key(&path, "lora_A");
@@ -344,6 +398,13 @@ impl LoraAdapters {
                     b.dims(),
                     peft.r
                 )));
+            }
+            if let Some(svd) = pissa {
+                let (a0, b0) = apply_pissa(linear, &path, peft.r, scale, svd, &mut rng)?;
+                let t = |v: Vec<f32>, shape: (usize, usize)| {
+                    Tensor::from_vec(v, shape, &device).map_err(terr(format!("{path} PiSSA")))
+                };
+                initial.push((path.clone(), t(a0, (peft.r, inp))?, t(b0, (out, peft.r))?));
             }
             let bias_key = format!("base_model.model.{path}.base_layer.bias");
             let bias = match tensors.remove(&bias_key) {
@@ -422,6 +483,7 @@ impl LoraAdapters {
             saved,
             peft,
             control,
+            initial,
         })
     }
 
@@ -479,7 +541,46 @@ impl LoraAdapters {
         self.peft.save(&config).map_err(|e| LoraError::File {
             file: config.display().to_string(),
             message: e.to_string(),
-        })
+        })?;
+        if !self.initial.is_empty() {
+            self.save_converted(&dir.join("converted").join("default"))?;
+        }
+        Ok(())
+    }
+
+    /// PiSSA: the adapter as a plain LoRA on the original base, where ms-swift writes it
+    /// (`checkpoint-N/converted/default`, PEFT's `path_initial_model_for_weight_conversion`).
+    pub fn save_converted(&self, dir: &Path) -> Result<()> {
+        let file_err = |file: &Path, message: String| LoraError::File {
+            file: file.display().to_string(),
+            message,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e.to_string()))?;
+        let mut map: HashMap<String, Tensor> = self
+            .trainables(None)
+            .into_iter()
+            .map(|t| (t.name, t.var.as_tensor().clone()))
+            .collect();
+        for (path, a0, b0) in &self.initial {
+            let (ka, kb) = (peft_key(path, "lora_A"), peft_key(path, "lora_B"));
+            let (Some(a), Some(b)) = (map.get(&ka), map.get(&kb)) else {
+                continue;
+            };
+            let (a2, b2) =
+                converted_pair(a, b, a0, b0).map_err(terr(format!("{path} PiSSA conversion")))?;
+            map.insert(ka, a2);
+            map.insert(kb, b2);
+        }
+        let weights = dir.join(ADAPTER_WEIGHTS);
+        candle_core::safetensors::save(&map, &weights)
+            .map_err(|e| file_err(&weights, e.to_string()))?;
+        let mut peft = self.peft.clone();
+        peft.r *= 2;
+        peft.lora_alpha *= if peft.use_rslora { 2f64.sqrt() } else { 2.0 };
+        peft.init_lora_weights = serde_json::Value::Bool(true);
+        let config = dir.join(ADAPTER_CONFIG);
+        peft.save(&config)
+            .map_err(|e| file_err(&config, e.to_string()))
     }
 }
 

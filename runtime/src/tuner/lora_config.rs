@@ -27,8 +27,43 @@ pub enum Init {
     Random,
     /// Gaussian A scaled by 1/r, zero B.
     Gaussian,
-    /// PiSSA: A, B from the principal singular vectors, removed from the base weight.
+    /// PiSSA: A, B from the principal singular vectors, removed from the base weight
+    /// (exact SVD).
     Pissa,
+    /// `pissa_niter_N`: PiSSA from a randomized SVD with N subspace iterations.
+    PissaNiter(usize),
+}
+
+impl Init {
+    /// Reads PEFT's `init_lora_weights` (also ms-swift's `--init_weights`).
+    pub fn from_value(value: &Value) -> Option<Self> {
+        match value {
+            Value::Bool(true) => Some(Init::Default),
+            Value::Bool(false) => Some(Init::Random),
+            Value::String(s) if s == "gaussian" => Some(Init::Gaussian),
+            Value::String(s) if s == "pissa" => Some(Init::Pissa),
+            Value::String(s) => s
+                .strip_prefix("pissa_niter_")
+                .and_then(|n| n.parse().ok())
+                .map(Init::PissaNiter),
+            _ => None,
+        }
+    }
+
+    /// PEFT's `init_lora_weights` value.
+    pub fn to_value(&self) -> Value {
+        match self {
+            Init::Default => Value::Bool(true),
+            Init::Random => Value::Bool(false),
+            Init::Gaussian => Value::from("gaussian"),
+            Init::Pissa => Value::from("pissa"),
+            Init::PissaNiter(n) => Value::from(format!("pissa_niter_{n}")),
+        }
+    }
+
+    pub fn is_pissa(&self) -> bool {
+        matches!(self, Init::Pissa | Init::PissaNiter(_))
+    }
 }
 
 /// The LoRA hyper-parameters of a run.
@@ -93,19 +128,12 @@ impl LoraConfig {
                 }
             }
         };
-        let init = match args.get("init_weights") {
-            Value::Bool(true) => Init::Default,
-            Value::Bool(false) => Init::Random,
-            Value::String(s) if s == "gaussian" => Init::Gaussian,
-            Value::String(s) if s == "pissa" => Init::Pissa,
-            other => {
-                return Err(LoraConfigError::Invalid {
-                    name: "init_weights",
-                    value: other.to_string(),
-                    reason: "not supported yet".into(),
-                });
-            }
-        };
+        let value = args.get("init_weights");
+        let init = Init::from_value(value).ok_or_else(|| LoraConfigError::Invalid {
+            name: "init_weights",
+            value: value.to_string(),
+            reason: "not supported yet (true, false, gaussian, pissa, pissa_niter_N are)".into(),
+        })?;
         Ok(LoraConfig {
             rank: args.int("lora_rank").unwrap_or(8).max(1) as usize,
             alpha: args.int("lora_alpha").unwrap_or(32) as f64,
@@ -155,12 +183,7 @@ impl LoraConfig {
                 .then(|| self.modules_to_save.clone()),
             use_rslora: self.use_rslora,
             use_dora: self.use_dora,
-            init_lora_weights: match self.init {
-                Init::Default => Value::Bool(true),
-                Init::Random => Value::Bool(false),
-                Init::Gaussian => Value::from("gaussian"),
-                Init::Pissa => Value::from("pissa"),
-            },
+            init_lora_weights: self.init.to_value(),
             fan_in_fan_out: false,
             inference_mode: true,
             rank_pattern: serde_json::Map::new(),
@@ -344,6 +367,20 @@ mod tests {
             err.contains("adapter_config.json") && err.contains("IA3"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn reads_pissa_inits() {
+        let c = LoraConfig::from_args(&args(&["--init_weights", "pissa"])).unwrap();
+        assert_eq!(c.init, Init::Pissa);
+        let c = LoraConfig::from_args(&args(&["--init_weights", "pissa_niter_4"])).unwrap();
+        assert_eq!(c.init, Init::PissaNiter(4));
+        assert_eq!(
+            c.to_peft("m", vec![]).init_lora_weights,
+            Value::from("pissa_niter_4")
+        );
+        assert!(Init::from_value(&Value::from("pissa_niter_x")).is_none());
+        assert!(Init::from_value(&Value::from("olora")).is_none());
     }
 
     #[test]

@@ -4,3 +4,5 @@
 pub mod lora;
 pub mod lora_config;
 pub mod multi_lora;
+pub mod pissa;
+pub mod svd;

@@ -45,7 +45,7 @@ pub(super) const ROWS: &[ArgSpec] = &[
     tuner("target_regex", T::Str, NONE, "Regex of modules that get a tuner; overrides target_modules.").hot(),
     tuner("init_weights", T::InitWeights, TRUE,
           "Tuner init: LoRA true, false, gaussian, pissa, pissa_niter_N; Bone true, false, bat.")
-        .only(&["true", "false", "gaussian", "pissa"]),
+        .only(&["true", "false", "gaussian", "pissa", "pissa_niter_*"]),
     tuner("modules_to_save", T::List(S::Str), EMPTY, "Original modules trained and saved besides the tuner.").hot(),
 
     full("freeze_parameters", T::List(S::Str), EMPTY, "Prefixes of parameters to freeze."),
