@@ -165,21 +165,7 @@ impl Ring {
     }
 
     fn recv_error(&self, op: &str, e: std::io::Error) -> DistError {
-        if io_kind_is_timeout(&e) {
-            DistError::PeerTimeout {
-                rank: self.rank,
-                peer: self.prev(),
-                op: op.into(),
-                waited: self.timeout,
-            }
-        } else {
-            DistError::PeerLost {
-                rank: self.rank,
-                peer: self.prev(),
-                op: op.into(),
-                detail: describe(&e),
-            }
-        }
+        peer_error(self.rank, self.prev(), self.timeout, op, &e)
     }
 
     fn send_error(&self, op: &str, e: std::io::Error) -> DistError {
@@ -204,8 +190,11 @@ impl Ring {
     /// the first cause (the lost rank, not a neighbour's symptom).
     fn fail(&self, op: &str, err: DistError) -> DistError {
         let mine = err.to_string();
+        // Record the cause before closing the link: the next rank notices the close at once
+        // and would otherwise record its own symptom ("lost rank <me>") first.
+        let first = self.store.set_if_absent(ABORT_KEY, &mine);
         let _ = self.to_next_control.shutdown(Shutdown::Both);
-        match self.store.set_if_absent(ABORT_KEY, &mine) {
+        match first {
             Ok(cause) if cause != mine => DistError::Aborted {
                 rank: self.rank,
                 op: op.into(),
@@ -225,8 +214,9 @@ impl Ring {
         recv: &mut [T],
         scratch: Option<&mut [T]>,
     ) -> Result<(), DistError> {
+        let (rank, prev, timeout) = (self.rank, self.prev(), self.timeout);
         let (to_next, from_prev) = (&mut self.to_next, &mut self.from_prev);
-        let control = &self.to_next_control;
+        let (control, store) = (&self.to_next_control, &self.store);
         let (sent, received) = std::thread::scope(|s| {
             let sender = s.spawn(|| to_next.write_all(bytemuck::cast_slice(send)));
             let seg = (SEGMENT_BYTES / size_of::<T>()).max(1);
@@ -241,8 +231,12 @@ impl Ring {
                     Ok(())
                 }),
             };
-            if received.is_err() {
-                // The sender may be blocked on a peer that will never read again.
+            if let Err(e) = &received {
+                // The sender may be blocked on a peer that will never read again, so the
+                // link is closed; the cause is recorded first (see `fail`), because the
+                // next rank notices the close at once.
+                let cause = peer_error(rank, prev, timeout, op, e).to_string();
+                let _ = store.set_if_absent(ABORT_KEY, &cause);
                 let _ = control.shutdown(Shutdown::Both);
             }
             let sent = sender
@@ -401,6 +395,31 @@ impl Collective for Ring {
 
     fn finish(&mut self) {
         self.store.bye();
+    }
+}
+
+/// A failed read from `peer`: a timeout or a lost connection.
+fn peer_error(
+    rank: usize,
+    peer: usize,
+    waited: Duration,
+    op: &str,
+    e: &std::io::Error,
+) -> DistError {
+    if io_kind_is_timeout(e) {
+        DistError::PeerTimeout {
+            rank,
+            peer,
+            op: op.into(),
+            waited,
+        }
+    } else {
+        DistError::PeerLost {
+            rank,
+            peer,
+            op: op.into(),
+            detail: describe(e),
+        }
     }
 }
 
