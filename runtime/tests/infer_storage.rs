@@ -276,3 +276,76 @@ async fn deploy_serves_a_model_and_a_named_adapter_from_the_bucket() {
     let _ = local.wait();
     assert_eq!(remote_text, local_text);
 }
+
+/// `swift export --merge_lora` with the base model and the adapter in the bucket writes the
+/// same merged weights as from local disk; a bucket `--output_dir` is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_merges_a_model_and_adapter_from_the_bucket() {
+    let Some(bucket) = bucket() else { return };
+    let base = unique_uri(&bucket, "export-bucket");
+    let model = fixture("models/tiny-Qwen2.5");
+    let adapter = fixture("training/adapter");
+    upload_folder(&model, &open(&format!("{base}/models/tiny-Qwen2.5"))).await;
+    upload_folder(&adapter, &open(&format!("{base}/adapters/a"))).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let s = scratch.path();
+    let export = |model: String, adapter: String, out: String| {
+        swift(
+            &[
+                "export".to_string(),
+                "--model".to_string(),
+                model,
+                "--adapters".to_string(),
+                adapter,
+                "--merge_lora".to_string(),
+                "true".to_string(),
+                "--output_dir".to_string(),
+                out,
+            ],
+            &s.join("cache"),
+        )
+    };
+    let local_out = s.join("local-merged");
+    let (code, _, stderr) = export(
+        model.display().to_string(),
+        adapter.display().to_string(),
+        local_out.display().to_string(),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let remote_out = s.join("remote-merged");
+    let (code, _, stderr) = export(
+        format!("{base}/models/tiny-Qwen2.5"),
+        format!("{base}/adapters/a"),
+        remote_out.display().to_string(),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let weights = |dir: &Path| {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .map(|p| std::fs::read(p).unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert!(!weights(&local_out).is_empty());
+    assert!(
+        weights(&local_out) == weights(&remote_out),
+        "merged weights differ"
+    );
+
+    let bucket_out = format!("{base}/merged");
+    let (code, _, stderr) = export(
+        format!("{base}/models/tiny-Qwen2.5"),
+        format!("{base}/adapters/a"),
+        bucket_out.clone(),
+    );
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("--output_dir") && stderr.contains(&bucket_out),
+        "{stderr}"
+    );
+}

@@ -12,9 +12,26 @@ use super::merge::{OutputFolder, merge_adapter, write_model_folder};
 use super::shards::parse_size;
 use crate::model::pretrained::dtype_arg;
 use crate::model::{LoadOptions, Pretrained, PretrainedOptions};
+use crate::storage::localize::localize_args;
+use crate::storage::location::is_remote_uri;
 
 /// Runs `swift export` with resolved arguments.
-pub fn run(args: &Args) -> anyhow::Result<()> {
+pub fn run(user_args: &Args) -> anyhow::Result<()> {
+    if let Some(out) = user_args.str("output_dir").filter(|o| is_remote_uri(o)) {
+        bail!(
+            "--output_dir {out}: swift export writes a local folder; give a local --output_dir \
+             (a bucket output is not supported yet)"
+        );
+    }
+    // The base model and adapters may live in a bucket: merged from the local cache.
+    let io = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the I/O runtime")?;
+    let local_args = localize_args(user_args, &io)?;
+    drop(io);
+    let args = &local_args;
     if !args.bool("merge_lora") {
         bail!(
             "swift export: only --merge_lora true is built yet (quantization, ollama and hub \
