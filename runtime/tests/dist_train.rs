@@ -34,14 +34,20 @@ fn swift(args: &[String], env: &[(&str, String)]) -> Command {
     cmd
 }
 
-fn finish(child: Child, what: &str) {
+/// Waits for a successful exit; returns stderr.
+fn finish(child: Child, what: &str) -> String {
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{what}: {:?}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{what}: {:?}\n{stderr}", out.status);
+    stderr
+}
+
+/// The training progress lines in a run's log.
+fn progress_lines(stderr: &str) -> usize {
+    stderr
+        .lines()
+        .filter(|l| l.contains("train::progress"))
+        .count()
 }
 
 /// Rows whose lengths differ, so batches pad differently on 1 and 2 ranks.
@@ -158,29 +164,40 @@ fn two_ranks_match_one_process_with_the_same_global_batch() {
     let steps = 3;
 
     let single = dir.path().join("single");
-    finish(
-        swift(&train_args(&data, &single, 4, steps), &[])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+    let single_log = finish(
+        swift(
+            &train_args(&data, &single, 4, steps),
+            &[("SWIFT_LOG", "info".into())],
+        )
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap(),
         "1 process",
     );
     let want = adapter(&single.join(format!("checkpoint-{steps}")));
 
     // NPROC_PER_NODE=2: the launcher starts two workers.
     let launched = dir.path().join("nproc");
-    finish(
+    let launched_log = finish(
         swift(
             &train_args(&data, &launched, 2, steps),
             &[
                 ("NPROC_PER_NODE", "2".into()),
                 ("MASTER_PORT", free_port().to_string()),
+                ("SWIFT_LOG", "info".into()),
             ],
         )
         .stderr(Stdio::piped())
         .spawn()
         .unwrap(),
         "NPROC_PER_NODE=2",
+    );
+    // The workers share the launcher's stderr; rank 0 alone shows progress.
+    assert!(progress_lines(&single_log) > 0, "{single_log}");
+    assert_eq!(
+        progress_lines(&launched_log),
+        progress_lines(&single_log),
+        "{launched_log}"
     );
     assert_close(
         &adapter(&launched.join(format!("checkpoint-{steps}"))),

@@ -23,6 +23,8 @@ pub enum ProgressDisplay {
         total: u64,
         every: u64,
     },
+    /// A data-parallel rank other than 0: rank 0 alone shows progress, as torchrun jobs do.
+    Silent,
 }
 
 impl ProgressDisplay {
@@ -66,6 +68,7 @@ impl ProgressDisplay {
                     );
                 }
             }
+            ProgressDisplay::Silent => {}
         }
     }
 

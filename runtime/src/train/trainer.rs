@@ -274,11 +274,15 @@ impl<'a> Trainer<'a> {
     /// Runs to `max_steps`, then saves the final checkpoint.
     pub fn train(mut self) -> anyhow::Result<TrainSummary> {
         let total = self.schedule.total_steps;
-        let display = ProgressDisplay::new(
-            total,
-            self.config.disable_tqdm,
-            self.config.logging_steps.steps(total),
-        );
+        let display = if self.dist.is_main() {
+            ProgressDisplay::new(
+                total,
+                self.config.disable_tqdm,
+                self.config.logging_steps.steps(total),
+            )
+        } else {
+            ProgressDisplay::Silent
+        };
         let mut order = self.order(self.state.epoch);
         let mut steps_this_run = 0u64;
         while self.state.global_step < total {
