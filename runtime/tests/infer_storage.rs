@@ -63,6 +63,20 @@ async fn upload_folder(local: &Path, remote: &kubeswift_runtime::storage::Remote
     }
 }
 
+/// The object at `uri` as text.
+async fn read_text(uri: &str) -> String {
+    let remote = open(uri);
+    let bytes = remote
+        .store
+        .get(&remote.location.object_path())
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
 fn responses(jsonl: &str) -> Vec<String> {
     jsonl
         .lines()
@@ -126,18 +140,9 @@ async fn inference_from_and_into_the_bucket_matches_local_disk() {
     );
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains(&result_uri), "{stdout}");
-    let remote = open(&result_uri);
-    let uploaded = remote
-        .store
-        .get(&remote.location.object_path())
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    let uploaded = std::str::from_utf8(&uploaded).unwrap();
-    assert_eq!(responses(uploaded).len(), 3);
-    assert_eq!(responses(uploaded), responses(&local));
+    let uploaded = read_text(&result_uri).await;
+    assert_eq!(responses(&uploaded).len(), 3);
+    assert_eq!(responses(&uploaded), responses(&local));
 
     // A second run replaces the object rather than appending to it.
     let (code, _, stderr) = swift(
@@ -150,15 +155,7 @@ async fn inference_from_and_into_the_bucket_matches_local_disk() {
         &s.join("cache"),
     );
     assert_eq!(code, 0, "{stderr}");
-    let again = remote
-        .store
-        .get(&remote.location.object_path())
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    assert_eq!(responses(std::str::from_utf8(&again).unwrap()).len(), 3);
+    assert_eq!(responses(&read_text(&result_uri).await).len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ use super::merge::{OutputFolder, merge_adapter, write_model_folder};
 use super::shards::parse_size;
 use crate::model::pretrained::dtype_arg;
 use crate::model::{LoadOptions, Pretrained, PretrainedOptions};
-use crate::storage::localize::localize_args;
+use crate::storage::localize::localize_args_blocking;
 use crate::storage::location::is_remote_uri;
 
 /// Runs `swift export` with resolved arguments.
@@ -24,13 +24,7 @@ pub fn run(user_args: &Args) -> anyhow::Result<()> {
         );
     }
     // The base model and adapters may live in a bucket: merged from the local cache.
-    let io = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .context("starting the I/O runtime")?;
-    let local_args = localize_args(user_args, &io)?;
-    drop(io);
+    let local_args = localize_args_blocking(user_args)?;
     let args = &local_args;
     if !args.bool("merge_lora") {
         bail!(

@@ -20,7 +20,7 @@ use crate::dist::{DataParallel, WorldInfo};
 use crate::model::pretrained::dtype_arg;
 use crate::model::{LoadOptions, Pretrained, PretrainedOptions};
 use crate::storage::Cache;
-use crate::storage::localize::{localize_args, publish_file, staging_path};
+use crate::storage::localize::{localize_args_blocking, publish_file, staging_path};
 use crate::storage::location::is_remote_uri;
 use crate::template::{Message, Role, Template};
 use crate::tuner::lora::LoraAdapters;
@@ -28,13 +28,7 @@ use crate::tuner::lora::LoraAdapters;
 /// Runs `swift infer` with resolved arguments.
 pub fn run(user_args: &Args) -> anyhow::Result<()> {
     // Models, adapters and datasets in a bucket are read from the local cache.
-    let io = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .context("starting the I/O runtime")?;
-    let local_args = localize_args(user_args, &io)?;
-    drop(io);
+    let local_args = localize_args_blocking(user_args)?;
     let args = &local_args;
     let Some(model_path) = args.str("model") else {
         bail!(
@@ -63,7 +57,7 @@ pub fn run(user_args: &Args) -> anyhow::Result<()> {
         &pretrained.tokenizer_config,
     )?;
     let session = Session::new(args, &pretrained, &template)?;
-    if args.strings("val_dataset").is_empty() && args.strings("dataset").is_empty() {
+    if !dataset_mode {
         if WorldInfo::from_env(|k| std::env::var(k).ok())?.is_some_and(|w| w.world_size > 1) {
             bail!(
                 "interactive `swift infer` runs in one process: unset NPROC_PER_NODE/NNODES, or give --val_dataset to split a dataset across workers"

@@ -12,7 +12,7 @@ use super::config::ServeConfig;
 use super::server::{self, shutdown_signal};
 use crate::infer::command::load_model;
 use crate::infer::params;
-use crate::storage::localize::localize_args;
+use crate::storage::localize::localize_args_blocking;
 use crate::template::Template;
 use crate::tuner::multi_lora::AdapterSet;
 
@@ -30,7 +30,7 @@ pub fn run(user_args: &Args) -> anyhow::Result<()> {
         .and_then(|n| n.to_str())
         .unwrap_or(given_model)
         .to_string();
-    let local_args = localize(user_args)?;
+    let local_args = localize_args_blocking(user_args)?;
     let args = &local_args;
     let model_path = args.str("model").unwrap_or(given_model);
     let mut config = ServeConfig::from_args(args, &model_name);
@@ -77,15 +77,4 @@ pub fn run(user_args: &Args) -> anyhow::Result<()> {
         tracing::info!("server stopped");
         anyhow::Ok(())
     })
-}
-
-/// `--model` and `--adapters` (`name=uri` too) from a bucket, downloaded into the cache on a
-/// runtime of their own, before the server's starts.
-fn localize(args: &Args) -> anyhow::Result<Args> {
-    let io = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .context("starting the I/O runtime")?;
-    localize_args(args, &io)
 }

@@ -30,19 +30,7 @@ pub fn split_adapter_name(entry: &str) -> (Option<&str>, &str) {
 /// local paths only. The arguments as the user gave them are what `args.json` records.
 /// `io` drives the downloads (its clients are dropped before this returns).
 pub fn localize_args(args: &Args, io: &tokio::runtime::Runtime) -> anyhow::Result<Args> {
-    let adapter_path = |s: &str| split_adapter_name(s).1.to_string();
-    let data_name = |s: &str| split_sample_suffix(s).0.to_string();
-    let any_remote = args.str("model").is_some_and(is_remote_uri)
-        || args
-            .strings("adapters")
-            .iter()
-            .map(|s| adapter_path(s))
-            .any(|p| is_remote_uri(&p))
-        || ["dataset", "val_dataset"]
-            .into_iter()
-            .flat_map(|n| args.strings(n))
-            .any(|s| is_remote_uri(&data_name(&s)));
-    if !any_remote {
+    if !has_remote_inputs(args) {
         return Ok(args.clone());
     }
     let cache = Cache::from_env();
@@ -81,6 +69,33 @@ pub fn localize_args(args: &Args, io: &tokio::runtime::Runtime) -> anyhow::Resul
         anyhow::Ok(())
     })?;
     Ok(local)
+}
+
+/// [`localize_args`] for engines that need no async runtime afterwards (infer, deploy,
+/// export): a one-worker runtime is started only when some input is remote.
+pub fn localize_args_blocking(args: &Args) -> anyhow::Result<Args> {
+    if !has_remote_inputs(args) {
+        return Ok(args.clone());
+    }
+    let io = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the I/O runtime")?;
+    localize_args(args, &io)
+}
+
+/// Whether `--model`, `--adapters` (`name=uri` too) or a dataset names a bucket.
+fn has_remote_inputs(args: &Args) -> bool {
+    args.str("model").is_some_and(is_remote_uri)
+        || args
+            .strings("adapters")
+            .iter()
+            .any(|s| is_remote_uri(split_adapter_name(s).1))
+        || ["dataset", "val_dataset"]
+            .into_iter()
+            .flat_map(|n| args.strings(n))
+            .any(|s| is_remote_uri(split_sample_suffix(&s).0))
 }
 
 /// Where a result file for `uri` is written before upload: the file itself when local, a
