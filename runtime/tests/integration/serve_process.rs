@@ -1,7 +1,7 @@
 //! `swift deploy` as a process: it fails fast when the port is taken, prints where it
 //! listens, and on SIGTERM finishes the requests in flight before exiting 0.
 
-mod serve_support;
+use crate::serve_support;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

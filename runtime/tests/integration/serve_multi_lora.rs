@@ -3,7 +3,7 @@
 //! greedy answer equals the model with that adapter alone — also when requests for two
 //! adapters and the base model share one batch.
 
-mod serve_support;
+use crate::serve_support;
 
 use std::path::{Path, PathBuf};
 

@@ -1,7 +1,7 @@
 //! The OpenAI-compatible server over HTTP: routes, streaming, sampling fields, errors,
 //! back-pressure, cancellation and metrics, against the real server on 127.0.0.1.
 
-mod serve_support;
+use crate::serve_support;
 
 use std::time::{Duration, Instant};
 

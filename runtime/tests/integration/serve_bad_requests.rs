@@ -1,7 +1,7 @@
 //! A corpus of malformed and hostile requests: each gets a 4xx with an OpenAI-shaped error
 //! body, and the server keeps serving afterwards.
 
-mod serve_support;
+use crate::serve_support;
 
 use serde_json::{Value, json};
 use serve_support::*;

@@ -3,7 +3,7 @@
 //! flat memory, complete-or-invisible checkpoint uploads under faults, resume resolution,
 //! rotation and pointers, and the errors users see for bad input.
 
-mod storage_support;
+use crate::storage_support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -152,8 +152,8 @@ async fn two_processes_download_once() {
         ("CHILD_CACHE", dir.path().display().to_string()),
     ];
     let children = [
-        spawn_helper("helper_materialize_child", &env),
-        spawn_helper("helper_materialize_child", &env),
+        spawn_helper("storage_s3::helper_materialize_child", &env),
+        spawn_helper("storage_s3::helper_materialize_child", &env),
     ];
     let mut fetched = Vec::new();
     for child in children {
@@ -234,7 +234,10 @@ async fn streaming_a_large_dataset_keeps_memory_flat() {
     upload.write(buf.as_bytes());
     upload.finish().await.unwrap();
 
-    let child = spawn_helper("helper_stream_child", &[("CHILD_URI", uri.clone())]);
+    let child = spawn_helper(
+        "storage_s3::helper_stream_child",
+        &[("CHILD_URI", uri.clone())],
+    );
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     let out = String::from_utf8_lossy(&out.stdout).to_string();

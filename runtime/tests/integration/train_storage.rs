@@ -4,7 +4,7 @@
 //! the operator's report, resume from the newest complete checkpoint of an output root,
 //! and a server killed in the middle of a checkpoint upload.
 
-mod storage_support;
+use crate::storage_support;
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -3,7 +3,7 @@
 //! complete, and each equals the answer it gets alone (greedy ones, and seeded samples
 //! too, since every request has its own generator).
 
-mod serve_support;
+use crate::serve_support;
 
 use serde_json::{Value, json};
 use serve_support::*;

@@ -1,6 +1,6 @@
 //! Golden tests: `swift-operator render` of every example, and the chart's copy of the CRDs,
 //! compared with committed files. After an intended change, regenerate with
-//! `UPDATE_GOLDEN=1 cargo test -p kubeswift-operator --test golden` and review the diff.
+//! `UPDATE_GOLDEN=1 cargo test -p kubeswift-operator --test integration golden::` and review the diff.
 
 use std::path::{Path, PathBuf};
 
@@ -42,7 +42,7 @@ fn examples_render_to_their_golden_children() {
             std::fs::read_to_string(root().join(format!("examples/{example}.yaml"))).unwrap();
         let out = render(&text, &Defaults::default()).unwrap();
         check(
-            &root().join(format!("operator/tests/golden/{example}.yaml")),
+            &root().join(format!("operator/tests/integration/golden/{example}.yaml")),
             &out,
         );
     }

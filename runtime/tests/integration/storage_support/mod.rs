@@ -85,6 +85,7 @@ pub fn write_tree(dir: &Path, files: &[(&str, Vec<u8>)]) {
 
 /// Runs one `#[ignore]`d helper test of this test binary in a child process (for
 /// measurements that need a process of their own, and for multi-process locking).
+/// `test_name` is the full name in the one integration binary: `module::test`.
 pub fn spawn_helper(test_name: &str, env: &[(&str, String)]) -> Child {
     let exe = std::env::current_exe().unwrap();
     let mut cmd = Command::new(exe);

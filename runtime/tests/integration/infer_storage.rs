@@ -2,7 +2,7 @@
 //! real S3 server that scripts/test starts: the same results as the run on local disk, and
 //! a missing remote model is one clear error naming the argument and the URI.
 
-mod storage_support;
+use crate::storage_support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

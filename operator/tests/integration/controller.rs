@@ -2,7 +2,7 @@
 //! resources, play the missing Job controller and kubelet by writing Job and Pod status, and
 //! assert children, env, conditions, restarts with resume, suspend, deadlines, TTL deletion.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 
