@@ -14,13 +14,16 @@ what kube-runtime's watcher, the kubeswift operator and kubectl need from a real
 - deletion with finalizers, and owner-reference garbage collection (background and
   foreground: a foreground-deleted owner stays, with a deletionTimestamp, until its
   dependents are gone);
-- CustomResourceDefinitions: creating one registers its resource for discovery and CRUD.
+- CustomResourceDefinitions: creating one registers its resource for discovery and CRUD;
+- `kubectl get` tables (Accept: as=Table) for resources with additionalPrinterColumns, as the
+  apiserver's CRD table convertor builds them (simple `.a.b.c` JSON paths, dates as ages).
 
 What it does not do: admission (no OpenAPI or CEL validation, no defaulting), field
 ownership in server-side apply, a scheduler, a kubelet or a Job controller. Tests play the
 missing controllers by writing Job and Pod status.
 
-Run: python kube_emulator.py --port 0 --port-file PATH   (prints the URL, writes the port)
+Run: python kube_emulator.py [--host 127.0.0.1] --port 0 --port-file PATH
+     (prints the URL, writes the port)
 """
 
 import argparse
@@ -80,6 +83,25 @@ def apply_merge(target, applied):
     for key, value in applied.items():
         result[key] = apply_merge(result.get(key), value)
     return result
+
+
+def json_path(obj, path):
+    """A printer column's `.a.b.c` path; None (an empty cell) where a step is missing."""
+    for step in [s for s in path.split(".") if s]:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(step)
+    return obj
+
+
+def age(timestamp):
+    """An RFC 3339 time as kubectl shows ages: 12s, 5m, 3h, 2d."""
+    then = datetime.datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    seconds = int((datetime.datetime.now(tz=datetime.UTC) - then).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
 
 
 def parse_label_selector(text):
@@ -176,6 +198,7 @@ class Emulator(kmock.KubernetesScaffold):
         super().__attrs_post_init__()
         self.registry = {}
         self.store = {}  # (group, plural) -> {(namespace, name): obj}
+        self.printer_columns = {}  # (group, plural) -> a CRD version's additionalPrinterColumns
         self.history = []  # (rv, (group, plural), type, obj)
         self.rv = 0
         self.changed = asyncio.Condition()
@@ -240,6 +263,8 @@ class Emulator(kmock.KubernetesScaffold):
         spec = crd.get("spec", {})
         names = spec.get("names", {})
         for v in spec.get("versions", []):
+            if v.get("additionalPrinterColumns"):
+                self.printer_columns[(spec.get("group"), names.get("plural"))] = v["additionalPrinterColumns"]
             self.register(
                 Resource(spec.get("group"), v.get("name"), names.get("plural"), names.get("kind"),
                          namespaced=spec.get("scope") == "Namespaced",
@@ -328,6 +353,9 @@ class Emulator(kmock.KubernetesScaffold):
         await asyncio.sleep(0.3)
         await self.collect_dependents(uid)
         await asyncio.sleep(0.2)
+        # Dependents with finalizers (a kubelet stopping a pod) go when those are removed.
+        while any(self.dependents(uid)):
+            await asyncio.sleep(0.2)
         if (ns, name) in self.table(r) and self.table(r)[(ns, name)]["metadata"]["uid"] == uid:
             await self.remove(r, ns, name)
 
@@ -338,6 +366,8 @@ class Emulator(kmock.KubernetesScaffold):
         path = raw.path
         if path.startswith("/openapi"):
             return aiohttp.web.json_response(status_body(404, "NotFound", "no OpenAPI here"), status=404)
+        if path.split("?")[0].rstrip("/") == "/api/v1":
+            return aiohttp.web.json_response(self.core_discovery())
         p = kmock._internal.parsing.parse_path(path)
         r = self.registry.get((p.group, p.version, p.plural)) if p.group is not None else None
         if r is None or p.plural is None:
@@ -346,6 +376,21 @@ class Emulator(kmock.KubernetesScaffold):
             return await self.serve(request, raw, r, p)
         except ApiError as e:
             return aiohttp.web.json_response(status_body(e.code, e.reason, e.message), status=e.code)
+
+    def core_discovery(self):
+        """The core group's resource list. kmock's says groupVersion "/v1", which kubectl cannot
+        map (Secrets, Pods: "no matches for kind"); the apiserver says "v1"."""
+        resources = []
+        for r in self.registry.values():
+            if r.group:
+                continue
+            verbs = ["create", "delete", "get", "list", "patch", "update", "watch"]
+            resources.append({"name": r.plural, "singularName": r.kind.lower(), "kind": r.kind,
+                              "namespaced": r.namespaced, "verbs": verbs})
+            if r.has_status:
+                resources.append({"name": f"{r.plural}/status", "singularName": "", "kind": r.kind,
+                                  "namespaced": r.namespaced, "verbs": ["get", "patch", "update"]})
+        return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1", "resources": resources}
 
     def body(self, request):
         if request.data is not None and not isinstance(request.data, (bytes, str)):
@@ -369,10 +414,14 @@ class Emulator(kmock.KubernetesScaffold):
                      if (ns is None or ons == ns)
                      and labels_match(o, parse_label_selector(q.get("labelSelector")))
                      and fields_match(o, q.get("fieldSelector"))]
+            if self.wants_table(raw, r):
+                return aiohttp.web.json_response(self.to_table(r, items))
             return aiohttp.web.json_response({
                 "apiVersion": r.api_version, "kind": r.kind + "List",
                 "metadata": {"resourceVersion": str(self.rv)}, "items": items})
         if method == "GET":
+            if self.wants_table(raw, r):
+                return aiohttp.web.json_response(self.to_table(r, [self.get(r, ns, p.name)]))
             return aiohttp.web.json_response(self.get(r, ns, p.name))
         if method == "POST":
             return aiohttp.web.json_response(await self.create(r, ns, self.body(request)), status=201)
@@ -387,6 +436,33 @@ class Emulator(kmock.KubernetesScaffold):
             propagation = q.get("propagationPolicy") or options.get("propagationPolicy") or "Background"
             return aiohttp.web.json_response(await self.delete(r, ns, p.name, propagation))
         raise ApiError(405, "MethodNotAllowed", f"{method} is not supported")
+
+    def wants_table(self, raw, r):
+        return "as=Table" in (raw.headers.get("Accept") or "") and (r.group, r.plural) in self.printer_columns
+
+    def to_table(self, r, items):
+        """A meta.k8s.io/v1 Table: Name, then the printer columns (what `kubectl get` shows)."""
+        columns = self.printer_columns[(r.group, r.plural)]
+        rows = []
+        for obj in items:
+            cells = [obj["metadata"]["name"]]
+            for c in columns:
+                value = json_path(obj, c.get("jsonPath", ""))
+                if c.get("type") == "date" and isinstance(value, str):
+                    value = age(value)
+                cells.append(value)
+            rows.append({"cells": cells, "object": {
+                "kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                "metadata": obj["metadata"]}})
+        return {
+            "kind": "Table", "apiVersion": "meta.k8s.io/v1",
+            "metadata": {"resourceVersion": str(self.rv)},
+            "columnDefinitions": [{"name": "Name", "type": "string", "format": "name"}]
+            + [{"name": c["name"], "type": c.get("type", "string"),
+                "description": c.get("description", ""), "priority": c.get("priority", 0)}
+               for c in columns],
+            "rows": rows,
+        }
 
     async def patch(self, request, raw, r, ns, p):
         ctype = (raw.headers.get("Content-Type") or "").split(";")[0].strip()
@@ -447,13 +523,15 @@ class Emulator(kmock.KubernetesScaffold):
 
 async def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (the end-to-end tests use their pod network's gateway)")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--port-file")
     parser.add_argument("--exit-on-stdin-eof", action="store_true",
                         help="stop when standard input closes (the test process that started us died)")
     args = parser.parse_args()
-    async with Emulator() as handler, kmock.Server(handler, host="127.0.0.1", port=args.port) as server:
-        url = f"http://127.0.0.1:{server.port}"
+    async with Emulator() as handler, kmock.Server(handler, host=args.host, port=args.port) as server:
+        url = f"http://{args.host}:{server.port}"
         if args.port_file:
             with open(args.port_file + ".tmp", "w") as f:
                 f.write(str(server.port))

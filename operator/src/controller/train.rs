@@ -77,6 +77,54 @@ pub fn gang_state(job: &Job) -> GangState {
     }
 }
 
+/// The first pod whose container failed (a nonzero exit), its exit code and the cause its
+/// termination message gives: what a user needs to find why a gang failed.
+pub fn failed_pod(pods: &[Pod]) -> Option<(String, i32, String)> {
+    pods.iter().find_map(|p| {
+        p.status
+            .as_ref()?
+            .container_statuses
+            .as_ref()?
+            .iter()
+            .find_map(|s| {
+                let t = s.state.as_ref()?.terminated.as_ref()?;
+                (t.exit_code != 0).then(|| {
+                    let message = t.message.as_deref().unwrap_or_default();
+                    (p.name_any(), t.exit_code, failure_cause(message))
+                })
+            })
+    })
+}
+
+/// What a failed container's termination message says of the cause: the final report's
+/// `error`, or, for a message that is no report (the kubelet's log tail under
+/// FallbackToLogsOnError), its last line; nothing for a report without an error.
+fn failure_cause(message: &str) -> String {
+    match kubeswift_crds::ProgressReport::parse(message) {
+        Some(report) => report.error.unwrap_or_default(),
+        None => message
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+    }
+}
+
+/// "pod P exited with code C (cause)", or the Job's own words when no pod says more.
+fn gang_failure(pods: &[Pod], why: &str, message: &str) -> String {
+    match failed_pod(pods) {
+        Some((pod, code, first)) if first.is_empty() => {
+            format!("pod {pod} exited with code {code}; {why}: {message}")
+        }
+        Some((pod, code, first)) => {
+            format!("pod {pod} exited with code {code} ({first}); {why}: {message}")
+        }
+        None => format!("{why}: {message}"),
+    }
+}
+
 /// The pod whose container exited with one of `codes`, and the code.
 fn fatal_exit(pods: &[Pod], codes: &[i32]) -> Option<(String, i32)> {
     pods.iter().find_map(|p| {
@@ -464,8 +512,10 @@ async fn reconcile_inner(job: &SwiftTrainJob, ctx: &Context) -> Result<Action, E
                 // Count the restart before deleting, so a crash in between cannot lose it.
                 status.restarts = old.restarts + 1;
                 let m = format!(
-                    "the gang failed ({why}: {message}); restart {} of {}",
-                    status.restarts, policy.max_restarts
+                    "the gang failed ({}); restart {} of {}",
+                    gang_failure(&pods, &why, &message),
+                    status.restarts,
+                    policy.max_restarts
                 );
                 conditions::set(
                     &mut status.conditions,
@@ -492,8 +542,9 @@ async fn reconcile_inner(job: &SwiftTrainJob, ctx: &Context) -> Result<Action, E
                 return Ok(Action::requeue(Duration::from_secs(1)));
             } else {
                 let m = format!(
-                    "the gang failed {} times (last: {why}: {message}); spec.failurePolicy.maxRestarts is {}",
+                    "the gang failed {} times (last: {}); spec.failurePolicy.maxRestarts is {}",
                     old.restarts + 1,
+                    gang_failure(&pods, &why, &message),
                     policy.max_restarts
                 );
                 ctx.event(
@@ -586,4 +637,82 @@ async fn write_status(
     api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{
+        ContainerState, ContainerStateTerminated, ContainerStatus, PodStatus,
+    };
+
+    fn pod(name: &str, exit: Option<(i32, &str)>) -> Pod {
+        let mut p = Pod::default();
+        p.metadata.name = Some(name.into());
+        p.status = Some(PodStatus {
+            container_statuses: Some(vec![ContainerStatus {
+                name: "swift".into(),
+                state: exit.map(|(code, message)| ContainerState {
+                    terminated: Some(ContainerStateTerminated {
+                        exit_code: code,
+                        message: Some(message.into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        p
+    }
+
+    #[test]
+    fn a_gang_failure_names_the_failed_pod_its_exit_code_and_first_message_line() {
+        let pods = [
+            pod("j-node-0-aaaaa", None),
+            pod("j-node-1-bbbbb", Some((0, ""))),
+            pod(
+                "j-node-2-ccccc",
+                Some((
+                    1,
+                    r#"{"version":1,"step":0,"finished":true,"error":"--model s3://m/x: not found"}"#,
+                )),
+            ),
+        ];
+        assert_eq!(
+            gang_failure(&pods, "BackoffLimitExceeded", "Job has reached the limit"),
+            "pod j-node-2-ccccc exited with code 1 (--model s3://m/x: not found); \
+             BackoffLimitExceeded: Job has reached the limit"
+        );
+        // A log tail (no report): its last line; a report without an error: nothing.
+        assert_eq!(
+            gang_failure(
+                &[pod("p", Some((139, "loading\nSegmentation fault\n")))],
+                "R",
+                "m"
+            ),
+            "pod p exited with code 139 (Segmentation fault); R: m"
+        );
+        assert_eq!(
+            gang_failure(
+                &[pod("p", Some((1, r#"{"version":1,"step":3}"#)))],
+                "R",
+                "m"
+            ),
+            "pod p exited with code 1; R: m"
+        );
+        assert_eq!(
+            gang_failure(
+                &pods[..2],
+                "BackoffLimitExceeded",
+                "Job has reached the limit"
+            ),
+            "BackoffLimitExceeded: Job has reached the limit"
+        );
+        assert_eq!(
+            gang_failure(&[pod("p", Some((137, "")))], "R", "m"),
+            "pod p exited with code 137; R: m"
+        );
+    }
 }

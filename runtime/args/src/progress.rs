@@ -48,6 +48,10 @@ pub struct ProgressReport {
     /// True in the final report (the termination message).
     #[serde(default)]
     pub finished: bool,
+    /// Why the run failed, in the final report of a failed run (the error and its causes,
+    /// as `swift` printed them): what the operator puts in the job's Failed condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl ProgressReport {

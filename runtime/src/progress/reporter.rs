@@ -77,6 +77,11 @@ impl ProgressReporter {
     /// Writes the last report, marked finished, as the termination message. A failure to
     /// write is logged, never turned into an error: the run's own outcome matters more.
     pub fn finish(&self) {
+        self.finish_with(None);
+    }
+
+    /// [`finish`](Self::finish), with the error a failed run ends with in the report.
+    pub fn finish_with(&self, error: Option<&anyhow::Error>) {
         let Some(path) = &self.termination_log else {
             return;
         };
@@ -86,6 +91,8 @@ impl ProgressReporter {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .unwrap_or_else(|| ProgressReport::at_step(0));
+        let mut latest = latest;
+        latest.error = error.map(|e| format!("{e:#}"));
         if let Err(e) = write_termination_message(path, &latest) {
             tracing::warn!(path = %path.display(), error = %e, "could not write the termination message");
         }

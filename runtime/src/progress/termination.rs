@@ -8,14 +8,26 @@ use super::ProgressReport;
 pub const MAX_TERMINATION_MESSAGE_BYTES: usize = 4096;
 
 /// The final report as one JSON line of at most [`MAX_TERMINATION_MESSAGE_BYTES`]: marked
-/// `finished`; if a very long checkpoint URI would push it over, the URI is dropped (a
-/// truncated JSON document would not parse, and the step and loss matter more).
+/// `finished`; if a very long error or checkpoint URI would push it over, the error is cut
+/// short first, then the URI dropped (a truncated JSON document would not parse, and the
+/// step and loss matter more).
 pub fn termination_message(report: &ProgressReport) -> String {
     let mut report = report.clone();
     report.finished = true;
     let text = to_json(&report);
     if text.len() <= MAX_TERMINATION_MESSAGE_BYTES {
         return text;
+    }
+    if let Some(error) = &mut report.error {
+        let mut keep = 1024.min(error.len());
+        while !error.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        error.truncate(keep);
+        let text = to_json(&report);
+        if text.len() <= MAX_TERMINATION_MESSAGE_BYTES {
+            return text;
+        }
     }
     report.checkpoint = None;
     to_json(&report)
@@ -50,6 +62,15 @@ mod tests {
         let back: ProgressReport = serde_json::from_str(&text).unwrap();
         assert_eq!(back.checkpoint, None);
         assert_eq!(back.loss, Some(0.5));
+
+        // A long error is cut short (on a character boundary) before anything is dropped.
+        r.checkpoint = Some("s3://b/ckpt/checkpoint-5".into());
+        r.error = Some(format!("--model s3://m/x: {}", "é".repeat(3000)));
+        let text = termination_message(&r);
+        assert!(text.len() <= MAX_TERMINATION_MESSAGE_BYTES);
+        let back: ProgressReport = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.checkpoint.as_deref(), Some("s3://b/ckpt/checkpoint-5"));
+        assert!(back.error.unwrap().starts_with("--model s3://m/x: é"));
     }
 
     #[test]

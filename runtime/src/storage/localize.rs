@@ -45,7 +45,7 @@ pub fn localize_args(args: &Args, io: &tokio::runtime::Runtime) -> anyhow::Resul
         let mut adapters = Vec::new();
         for entry in args.strings("adapters") {
             let (name, path) = split_adapter_name(&entry);
-            let path = localize_folder(path, &cache)
+            let path = localize_adapter(path, &cache)
                 .await
                 .with_context(|| format!("--adapters {entry}"))?;
             adapters.push(match name {
@@ -162,6 +162,24 @@ pub async fn localize_folder(uri: &str, cache: &Cache) -> Result<String> {
         return Ok(uri.to_string());
     }
     Ok(cache.materialize(uri).await?.display().to_string())
+}
+
+/// An adapter in a bucket: a checkpoint folder, or a training job's output (what a
+/// SwiftTrainJob's `storage.output` names), whose newest complete checkpoint is taken, found
+/// as `--resume_from_checkpoint` finds it. A folder with no checkpoint manifest at or under
+/// it (an adapter uploaded by hand) is used as it is.
+pub async fn localize_adapter(uri: &str, cache: &Cache) -> Result<String> {
+    if !is_remote_uri(uri) {
+        return Ok(uri.to_string());
+    }
+    let target = match crate::storage::resume::resolve_resume(uri).await? {
+        Some(point) => point.location.to_string(),
+        None => uri.to_string(),
+    };
+    if target != uri {
+        tracing::info!(adapter = %uri, checkpoint = %target, "the adapter is the output's newest checkpoint");
+    }
+    localize_folder(&target, cache).await
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ pub fn run(args: &Args) -> anyhow::Result<TrainSummary> {
     // whether training succeeds or fails (operator/PROGRESS.md).
     let reporter = Arc::new(ProgressReporter::from_env()?);
     let trained = train(args, &reporter);
-    reporter.finish();
+    reporter.finish_with(trained.as_ref().err());
     trained
 }
 

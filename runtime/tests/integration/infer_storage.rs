@@ -346,3 +346,64 @@ async fn export_merges_a_model_and_adapter_from_the_bucket() {
         "{stderr}"
     );
 }
+
+/// `--adapters` may name a training job's output in the bucket (a SwiftDeployment's adapter
+/// URI is the SwiftTrainJob's `storage.output`): the newest complete checkpoint under it is
+/// served, and a newer checkpoint whose upload never finished is passed over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adapter_named_by_its_training_output_is_the_newest_complete_checkpoint() {
+    let Some(bucket) = bucket() else { return };
+    let base = unique_uri(&bucket, "infer-output-adapter");
+    let scratch = tempfile::tempdir().unwrap();
+    let s = scratch.path();
+    let data = s.join("val.jsonl");
+    std::fs::write(&data, r#"{"query": "What is the capital of France?"}"#).unwrap();
+    let model = fixture("models/tiny-Qwen2.5");
+    let adapter = fixture("training/adapter");
+    let run = format!("{base}/out/v0-20260101-000000");
+    kubeswift_runtime::storage::checkpoint::upload_checkpoint(
+        &adapter,
+        &open(&format!("{run}/checkpoint-2")),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    // A newer checkpoint cut off mid-upload: files, no manifest, a broken weights file.
+    let broken = s.join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::copy(
+        adapter.join("adapter_config.json"),
+        broken.join("adapter_config.json"),
+    )
+    .unwrap();
+    std::fs::write(broken.join("adapter_model.safetensors"), b"truncated").unwrap();
+    upload_folder(&broken, &open(&format!("{run}/checkpoint-4"))).await;
+
+    let local_result = s.join("local.jsonl");
+    let (code, _, stderr) = swift(
+        &infer_args(
+            &model.display().to_string(),
+            &adapter.display().to_string(),
+            &data.display().to_string(),
+            &local_result.display().to_string(),
+        ),
+        &s.join("cache"),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let remote_result = s.join("remote.jsonl");
+    let (code, _, stderr) = swift(
+        &infer_args(
+            &model.display().to_string(),
+            &format!("{base}/out"),
+            &data.display().to_string(),
+            &remote_result.display().to_string(),
+        ),
+        &s.join("cache"),
+    );
+    // The root holds no adapter and checkpoint-4 cannot load: only checkpoint-2 answers so.
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        responses(&std::fs::read_to_string(&remote_result).unwrap()),
+        responses(&std::fs::read_to_string(&local_result).unwrap())
+    );
+}

@@ -465,6 +465,10 @@ fn under_the_operator_the_final_report_is_the_termination_message() {
     assert_eq!(report["total_steps"], 6);
     assert_eq!(report["finished"], true);
     assert!(report["loss"].as_f64().unwrap().is_finite(), "{report}");
+    assert!(
+        report.get("error").is_none(),
+        "a successful run reports no error: {report}"
+    );
     let checkpoint = report["checkpoint"].as_str().unwrap();
     assert!(checkpoint.ends_with("checkpoint-6"), "{checkpoint}");
     assert!(
@@ -493,6 +497,12 @@ fn under_the_operator_the_final_report_is_the_termination_message() {
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&bad_log).unwrap()).unwrap();
     assert_eq!(report["step"], 0);
     assert_eq!(report["finished"], true);
+    // ... that says why, naming the argument (the operator shows it in the job's status).
+    let error = report["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("no-such-model"),
+        "the final report of a failed run names the cause: {report}"
+    );
 }
 
 /// `--save_strategy no` saves nothing, not even at the end (ms-swift adds no final save
