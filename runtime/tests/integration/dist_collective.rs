@@ -2,18 +2,11 @@
 //! sum for uneven lengths and world sizes 1..4, broadcasts, late peers, wrong ports, dead
 //! and silent peers (errors name the rank, within the timeout), mismatched jobs.
 
+use crate::ports::free_port;
 use std::time::{Duration, Instant};
 
 use kubeswift_runtime::dist::rendezvous::{RendezvousOptions, connect};
 use kubeswift_runtime::dist::{Collective, DistError, WorldInfo};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn world(rank: usize, world_size: usize, port: u16) -> WorldInfo {
     WorldInfo {

@@ -3,6 +3,7 @@
 //! weights as one process with the same global batch; a worker killed mid-step makes the
 //! other exit within --ddp_timeout with an error naming the lost rank.
 
+use crate::ports::free_port;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -10,14 +11,6 @@ use std::time::{Duration, Instant};
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// One compute thread per process: the CI machine has two cores.
