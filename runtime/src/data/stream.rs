@@ -5,7 +5,10 @@
 //! bin carried into the next window).
 //!
 //! A `Shard` makes each rank read its own part: JSON Lines and text files by byte range
-//! (ranged reads, see `source`), other formats by row index modulo the world size.
+//! (ranged reads, see `source`; a bucket file through `storage::remote_bytes`), other
+//! formats by row index modulo the world size; `#N` is split over the shards. The trainer
+//! turns a `TrainStream` into micro-batches, restarts it and resumes it in
+//! `train::streamed`.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
