@@ -1,8 +1,9 @@
 //! `swift sft --streaming true` through the built binary on the tiny Qwen2.5 fixture: a
 //! streamed run trains (and restarts its stream when it runs out), `--max_steps` is
 //! required, a resumed run continues from the checkpoint's stream cursor to the same
-//! weights, two ranks read disjoint shards, a bucket dataset streams, and memory stays
-//! flat however large the stream.
+//! weights (one process and two ranks), two ranks read disjoint shards of a local or bucket
+//! file, a bucket dataset streams without a download, and memory stays flat however large
+//! the stream.
 
 use crate::storage_support;
 
@@ -286,8 +287,7 @@ fn two_ranks_each_stream_their_own_half_and_finish() {
     let data = dir.path().join("train.jsonl");
     write_dataset(&data, 12, 0);
     let out = dir.path().join("out");
-    let port = free_port();
-    let mut cmd = swift(
+    let mut cmd = two_ranks(
         &args(
             &data.display().to_string(),
             &out,
@@ -296,9 +296,6 @@ fn two_ranks_each_stream_their_own_half_and_finish() {
         ),
         dir.path(),
     );
-    cmd.env("NPROC_PER_NODE", "2")
-        .env("MASTER_ADDR", "127.0.0.1")
-        .env("MASTER_PORT", port.to_string());
     let stderr = finish(cmd.spawn().unwrap(), "two ranks");
     // Each rank's shard is 6 of the 12 equal rows: one full read of it per rank (a rank
     // reading the whole file would report 12 and stand at (0, 8)).
@@ -307,6 +304,58 @@ fn two_ranks_each_stream_their_own_half_and_finish() {
     }
     // 4 steps × 2 rows per rank: 6 rows of the first epoch, then 2 of the second.
     assert_eq!(cursors(&out.join("checkpoint-4")), [(1, 2), (1, 2)]);
+}
+
+/// `swift sft` as NPROC_PER_NODE=2 workers.
+fn two_ranks(args: &[String], scratch: &Path) -> Command {
+    let mut cmd = swift(args, scratch);
+    cmd.env("NPROC_PER_NODE", "2")
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", free_port().to_string());
+    cmd
+}
+
+#[test]
+fn two_ranks_resume_each_from_its_own_cursor_to_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("train.jsonl");
+    // 14 rows: 7 per rank, batches 2,2,2,1 per read of a shard.
+    write_dataset(&data, 14, 0);
+    let data = data.display().to_string();
+    let extra = [
+        "--ddp_timeout",
+        "30",
+        "--save_steps",
+        "3",
+        "--lora_dropout",
+        "0.1",
+    ];
+    let full = dir.path().join("full");
+    finish(
+        two_ranks(&args(&data, &full, 6, &extra), dir.path())
+            .spawn()
+            .unwrap(),
+        "uninterrupted",
+    );
+    // Step 3: both ranks have read 6 of their 7 rows.
+    let midway = full.join("checkpoint-3");
+    assert_eq!(cursors(&midway), [(0, 6), (0, 6)]);
+    let resumed = dir.path().join("resumed");
+    let mut a = args(&data, &resumed, 6, &extra);
+    a.extend([
+        "--resume_from_checkpoint".into(),
+        midway.display().to_string(),
+    ]);
+    let stderr = finish(two_ranks(&a, dir.path()).spawn().unwrap(), "resumed");
+    assert_eq!(stderr.matches("skipped the rows").count(), 2, "{stderr}");
+    assert_eq!(
+        cursors(&resumed.join("checkpoint-6")),
+        cursors(&full.join("checkpoint-6"))
+    );
+    assert!(
+        adapter_bits(&full.join("checkpoint-6")) == adapter_bits(&resumed.join("checkpoint-6")),
+        "the resumed two-rank run's adapter differs"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -346,14 +395,10 @@ async fn two_ranks_stream_their_halves_of_a_bucket_file() {
     let uri = format!("{}/train.jsonl", unique_uri(&bucket, "stream2"));
     put(&open(&uri), "", std::fs::read(&local).unwrap()).await;
     let out = dir.path().join("out");
-    let port = free_port();
-    let mut cmd = swift(
+    let mut cmd = two_ranks(
         &args(&uri, &out, 3, &["--ddp_timeout", "30", "--save_steps", "3"]),
         dir.path(),
     );
-    cmd.env("NPROC_PER_NODE", "2")
-        .env("MASTER_ADDR", "127.0.0.1")
-        .env("MASTER_PORT", port.to_string());
     let stderr = tokio::task::spawn_blocking(move || finish(cmd.spawn().unwrap(), "two ranks"))
         .await
         .unwrap();
