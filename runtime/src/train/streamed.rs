@@ -25,7 +25,10 @@
 //!   rank reopens its shard and skips that many rows by reading them again (rows are
 //!   re-read and re-tokenized, so skipping costs about as much as reading them did). The
 //!   cost buys exactness: the rows and every random draw of the preprocessing (one of
-//!   several responses is picked at random) come out as in the uninterrupted run. Seeking
+//!   several responses is picked at random) come out as in the uninterrupted run. HF
+//!   resumes an `IterableDataset` by re-reading too (`skip_first_batches` over the
+//!   batches already trained), but counts them from the global step alone, which goes
+//!   wrong once a stream has been restarted; a per-rank cursor does not. Seeking
 //!   to a byte offset would be cheaper but cannot reproduce `--packing` bins, which mix
 //!   rows across a window.
 
