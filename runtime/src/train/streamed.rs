@@ -54,9 +54,13 @@ pub enum StreamError {
     #[error(transparent)]
     Data(#[from] DataError),
     #[error(
-        "--dataset (--streaming true): rank {rank} of {world} found no rows in its shard; give a dataset with at least one row per rank"
+        "--dataset (--streaming true): rank {rank} of {world} found no usable rows in its shard ({dropped} dropped: see the warnings); give a dataset with at least one usable row per rank"
     )]
-    EmptyShard { rank: u64, world: u64 },
+    EmptyShard {
+        rank: u64,
+        world: u64,
+        dropped: usize,
+    },
     #[error(
         "--dataloader_drop_last true: rank {rank} of {world} has {rows} rows in its shard of --dataset (--streaming true), fewer than one batch of --per_device_train_batch_size {batch_size}"
     )]
@@ -197,7 +201,14 @@ impl StreamedBatches {
             let action = at_end(rows.len(), epoch_rows, self.batch_size, self.drop_last);
             let (rank, world) = (self.shard.rank, self.shard.world);
             match action {
-                AtEnd::Empty => return Err(StreamError::EmptyShard { rank, world }),
+                AtEnd::Empty => {
+                    let dropped = self.stream.drops().count;
+                    return Err(StreamError::EmptyShard {
+                        rank,
+                        world,
+                        dropped,
+                    });
+                }
                 AtEnd::TooShort => {
                     return Err(StreamError::ShortShard {
                         rank,

@@ -282,6 +282,42 @@ fn a_resumed_streamed_run_skips_what_it_trained_on_and_ends_bit_identical() {
 }
 
 #[test]
+fn a_resumed_packed_stream_rebuilds_the_same_bins() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("train.jsonl");
+    // Rows of ~110 tokens packed into rows of 256: two samples a bin, 20 bins a read.
+    write_dataset(&data, 40, 0);
+    let data = data.display().to_string();
+    let extra = [
+        "--packing",
+        "true",
+        "--max_length",
+        "256",
+        "--save_steps",
+        "7",
+        "--lora_dropout",
+        "0.1",
+    ];
+    let full = dir.path().join("full");
+    run_ok(&args(&data, &full, 12, &extra), dir.path());
+    // 7 steps of 2 packed rows: 14 of the 20 bins.
+    let midway = full.join("checkpoint-7");
+    assert_eq!(cursors(&midway), [(0, 14)]);
+    let resumed = dir.path().join("resumed");
+    let mut a = args(&data, &resumed, 12, &extra);
+    a.extend([
+        "--resume_from_checkpoint".into(),
+        midway.display().to_string(),
+    ]);
+    run_ok(&a, dir.path());
+    assert_eq!(cursors(&full.join("checkpoint-12")), [(1, 4)]);
+    assert!(
+        adapter_bits(&full.join("checkpoint-12")) == adapter_bits(&resumed.join("checkpoint-12")),
+        "the resumed packed run's adapter differs"
+    );
+}
+
+#[test]
 fn two_ranks_each_stream_their_own_half_and_finish() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("train.jsonl");
