@@ -124,7 +124,8 @@ pub fn prepare(opts: &DataOptions, template: Arc<Template>) -> Result<Prepared, 
     };
     let train = build(&loaded.train)?;
     let val = build(&loaded.val)?;
-    if !opts.dataset.is_empty() && train.is_empty() {
+    // A streamed --dataset is read later (`stream`), never here.
+    if !opts.streaming && !opts.dataset.is_empty() && train.is_empty() {
         return Err(DataError::Empty {
             dataset: "--dataset".into(),
             dropped: drops.count,

@@ -19,6 +19,7 @@ use super::registry;
 use super::sampling::{self, SplitError};
 use super::source::{ByteSource, LocalFile};
 use super::spec::DatasetSpec;
+use crate::storage::remote_bytes::RemoteBytes;
 
 /// One file of a dataset and how its rows are preprocessed.
 pub struct DatasetFile {
@@ -45,6 +46,20 @@ pub fn resolve(spec: &DatasetSpec, base: &Preprocess) -> Result<Vec<DatasetFile>
                 preprocess,
             })
             .collect());
+    }
+    if crate::storage::location::is_remote_uri(&spec.path) {
+        // Only `--streaming` leaves a bucket dataset remote (`storage::localize`): its
+        // rows are read with ranged GETs as training goes.
+        if !spec.subsets.is_empty() {
+            return Err(bad("a bucket file has no subsets".into()));
+        }
+        let source = RemoteBytes::open(&spec.path).map_err(|e| bad(e.to_string()))?;
+        let format = read::format_of(&source)?;
+        return Ok(vec![DatasetFile {
+            source: Box::new(source),
+            format,
+            preprocess: base.clone(),
+        }]);
     }
     let path = Path::new(&spec.path);
     let file = |p: PathBuf| -> Result<DatasetFile, DataError> {

@@ -45,9 +45,11 @@ impl DatasetSpec {
         let (path, subsets) = if exists(rest) {
             (rest, Vec::new())
         } else {
-            match rest.split_once(':') {
+            // A URI's `scheme://` is not a subset separator.
+            let body_at = rest.find("://").map_or(0, |i| i + 3);
+            match rest[body_at..].split_once(':') {
                 Some((path, subsets)) => (
-                    path,
+                    &rest[..body_at + path.len()],
                     subsets.split('/').map(|s| s.trim().to_string()).collect(),
                 ),
                 None => (rest, Vec::new()),
@@ -76,6 +78,14 @@ mod tests {
         assert_eq!(s.path, "no/such/dir");
         assert_eq!(s.subsets, vec!["a", "b"]);
         assert_eq!(s.sample, Some(500));
+        let s = DatasetSpec::parse("s3://bucket/d/train.jsonl#5").unwrap();
+        assert_eq!(s.path, "s3://bucket/d/train.jsonl");
+        assert_eq!((s.subsets.len(), s.sample), (0, Some(5)));
+        let s = DatasetSpec::parse("s3://bucket/folder:a").unwrap();
+        assert_eq!(
+            (s.path.as_str(), s.subsets.as_slice()),
+            ("s3://bucket/folder", &["a".to_string()][..])
+        );
         let s = DatasetSpec::parse("data.jsonl").unwrap();
         assert_eq!((s.path.as_str(), s.sample), ("data.jsonl", None));
     }

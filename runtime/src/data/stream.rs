@@ -5,7 +5,10 @@
 //! bin carried into the next window).
 //!
 //! A `Shard` makes each rank read its own part: JSON Lines and text files by byte range
-//! (ranged reads, see `source`), other formats by row index modulo the world size.
+//! (ranged reads, see `source`; a bucket file through `storage::remote_bytes`), other
+//! formats by row index modulo the world size; `#N` is split over the shards. The trainer
+//! turns a `TrainStream` into micro-batches, restarts it and resumes it in
+//! `train::streamed`.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -35,6 +38,15 @@ pub struct Shard {
 impl Shard {
     /// The whole dataset.
     pub const ALL: Shard = Shard { rank: 0, world: 1 };
+
+    /// This shard's part of `#N`: the N rows are split over the ranks, the first
+    /// `N % world` taking one more, so a job takes N rows whatever its world size (as long
+    /// as every shard holds its share).
+    pub fn share_of(&self, n: usize) -> usize {
+        let world = self.world.max(1) as usize;
+        let rank = self.rank as usize;
+        n / world + usize::from(rank < n % world)
+    }
 }
 
 type RawRows = Box<dyn Iterator<Item = Result<RawRow, DataError>> + Send>;
@@ -71,7 +83,7 @@ impl RowStream {
             .map(|spec| {
                 Ok(DatasetState {
                     files: load::resolve(spec, &opts.preprocess)?.into(),
-                    remaining: spec.sample,
+                    remaining: spec.sample.map(|n| shard.share_of(n)),
                     spec: spec.clone(),
                     produced: 0,
                 })
@@ -326,5 +338,24 @@ impl Iterator for TrainStream {
                 return Some(Err(e));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_counts_are_split_over_the_shards() {
+        for world in 1..=5u64 {
+            for n in [0usize, 1, 7, 10] {
+                let shares: Vec<usize> = (0..world)
+                    .map(|rank| Shard { rank, world }.share_of(n))
+                    .collect();
+                assert_eq!(shares.iter().sum::<usize>(), n, "world {world}, #{n}");
+                assert!(shares.windows(2).all(|w| w[0] >= w[1]), "{shares:?}");
+            }
+        }
+        assert_eq!(Shard::ALL.share_of(9), 9);
     }
 }

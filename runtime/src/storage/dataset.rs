@@ -417,7 +417,7 @@ impl Drop for RemoteReader {
     }
 }
 
-async fn fetch_block(
+pub(crate) async fn fetch_block(
     remote: &Remote,
     meta: &ObjectMeta,
     range: Range<u64>,

@@ -1,7 +1,9 @@
 //! Training inputs given as URIs made local: `--model s3://b/models/qwen` and `--adapters`
 //! become folders in the model cache, `--dataset s3://b/data/train.jsonl#1000` a cached
 //! file that keeps its `#N` sampling suffix. Local paths pass through untouched, so the
-//! data pipeline and the model loader only ever see local paths.
+//! data pipeline and the model loader only ever see local paths, with one exception: a
+//! bucket `.jsonl` `--dataset` of `swift sft/pt --streaming true` stays a URI and is
+//! streamed with ranged reads (`storage::remote_bytes`).
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +13,7 @@ use object_store::{ObjectStoreExt, PutPayload};
 
 use crate::storage::cache::Cache;
 use crate::storage::client::Remote;
+use crate::storage::dataset::is_jsonl;
 use crate::storage::error::{Result, StorageError};
 use crate::storage::location::{Location, is_remote_uri};
 
@@ -56,9 +59,17 @@ pub fn localize_args(args: &Args, io: &tokio::runtime::Runtime) -> anyhow::Resul
         if !adapters.is_empty() {
             local.set_resolved("adapters", adapters.into());
         }
+        // `swift sft/pt --streaming true` reads a bucket `.jsonl` training file with ranged
+        // GETs as it trains (data::load, storage::remote_bytes): no download.
+        let streams = args.command().is_training()
+            && args.lookup("streaming").and_then(|v| v.as_bool()) == Some(true);
         for name in ["dataset", "val_dataset"] {
             let mut out = Vec::new();
             for entry in args.strings(name) {
+                if streams && name == "dataset" && is_jsonl(split_sample_suffix(&entry).0) {
+                    out.push(entry);
+                    continue;
+                }
                 let path = localize_dataset_spec(&entry, &cache).await;
                 out.push(path.with_context(|| format!("--{name} {entry}"))?);
             }

@@ -22,6 +22,7 @@ pub mod location;
 pub mod lock;
 pub mod output;
 pub mod progress;
+pub mod remote_bytes;
 pub mod resume;
 
 pub use cache::{Cache, materialize};

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use candle_core::DType;
 use kubeswift_args::Args;
 
-use crate::data::{Collator, DataOptions, prepare, write_val_dataset};
+use crate::data::{Collator, DataOptions, Shard, prepare, write_val_dataset};
 use crate::dist::DataParallel;
 use crate::model::pretrained::dtype_arg;
 use crate::model::{LoadOptions, Pretrained, PretrainedOptions};
@@ -20,6 +20,7 @@ use crate::storage::output::RunOutput;
 use crate::storage::resume::{fetch_resume_point, resolve_resume};
 use crate::template::Template;
 use crate::train::config::TrainConfig;
+use crate::train::streamed::StreamedBatches;
 use crate::train::trainer::{TrainSummary, Trainer, TrainerParts};
 use crate::train::tuning::Tuning;
 
@@ -50,9 +51,6 @@ fn train(user_args: &Args, reporter: &Arc<ProgressReporter>) -> anyhow::Result<T
             "--model is required: a local model folder (config.json, safetensors, tokenizer.json)"
         );
     };
-    if args.bool("streaming") {
-        bail!("--streaming true: streaming datasets are not supported by the trainer yet");
-    }
     let config = TrainConfig::from_args(args)?;
     // A launched worker meets the other ranks first, so a wrong address fails fast.
     let dist = DataParallel::from_args(args)?;
@@ -79,8 +77,26 @@ fn train(user_args: &Args, reporter: &Arc<ProgressReporter>) -> anyhow::Result<T
         pad_token_id: template.pad_token_id(),
         padding_side: data_opts.padding_side,
     };
-    let prepared = prepare(&data_opts, Arc::new(template))?;
-    if prepared.train.is_empty() {
+    let template = Arc::new(template);
+    // With --streaming only --val_dataset is loaded here; the training rows are read
+    // lazily, each rank its own shard (train/streamed.rs).
+    let prepared = prepare(&data_opts, template.clone())?;
+    let stream = if config.streaming {
+        let shard = Shard {
+            rank: dist.rank() as u64,
+            world: dist.world_size() as u64,
+        };
+        Some(StreamedBatches::open(
+            data_opts.clone(),
+            template,
+            shard,
+            config.batch_size,
+            config.drop_last,
+        )?)
+    } else {
+        None
+    };
+    if stream.is_none() && prepared.train.is_empty() {
         bail!("--dataset: no training rows (give --dataset, and check that its rows encode)");
     }
     let tuning = Tuning::from_args(args, &mut pretrained.model, model_path)?;
@@ -114,6 +130,7 @@ fn train(user_args: &Args, reporter: &Arc<ProgressReporter>) -> anyhow::Result<T
         model_dir,
         tuning: &tuning,
         train: &prepared.train,
+        stream,
         val: &prepared.val,
         collator,
         output,

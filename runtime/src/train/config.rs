@@ -110,6 +110,8 @@ pub struct TrainConfig {
     /// NEFTune's alpha; 0 = off.
     pub neftune_noise_alpha: f64,
     pub acc_strategy: AccStrategy,
+    /// `--streaming`: batches come from a stream (`train::streamed`), which has no length.
+    pub streaming: bool,
 }
 
 fn strategy(args: &Args, arg: &'static str) -> Result<Strategy, ConfigError> {
@@ -177,6 +179,31 @@ impl TrainConfig {
                 "must be positive unless --max_steps is given",
             ));
         }
+        let streaming = args.bool("streaming");
+        if streaming && max_steps.is_none() {
+            // The argument table refuses this at parse time; a config that reaches the
+            // trainer another way (args.json) is refused here too.
+            return Err(bad(
+                "max_steps",
+                args.int("max_steps").unwrap_or(-1),
+                "--streaming true needs --max_steps > 0: a streamed dataset has no length",
+            ));
+        }
+        let eval_strategy = strategy(args, "eval_strategy")?;
+        let save_strategy = strategy(args, "save_strategy")?;
+        for (arg, s) in [
+            ("eval_strategy", eval_strategy),
+            ("save_strategy", save_strategy),
+        ] {
+            if streaming && s == Strategy::Epoch {
+                // Each rank restarts its own shard when it runs out, at different steps.
+                return Err(bad(
+                    arg,
+                    "epoch",
+                    "a streamed dataset (--streaming true) has no epoch shared by every rank; use steps",
+                ));
+            }
+        }
         let learning_rate = args.float("learning_rate").unwrap_or(1e-4);
         if learning_rate < 0.0 {
             return Err(bad("learning_rate", learning_rate, "must not be negative"));
@@ -207,9 +234,9 @@ impl TrainConfig {
             data_seed: args.int("data_seed").unwrap_or(42) as u64,
             logging_steps: interval(args, "logging_steps", 5.0)?,
             logging_first_step: args.opt_bool("logging_first_step").unwrap_or(true),
-            eval_strategy: strategy(args, "eval_strategy")?,
+            eval_strategy,
             eval_steps: interval(args, "eval_steps", 500.0)?,
-            save_strategy: strategy(args, "save_strategy")?,
+            save_strategy,
             save_steps: interval(args, "save_steps", 500.0)?,
             save_total_limit: args.int("save_total_limit").map(|n| n.max(1) as usize),
             save_only_model: args.bool("save_only_model"),
@@ -224,6 +251,7 @@ impl TrainConfig {
             drop_last: args.bool("dataloader_drop_last"),
             neftune_noise_alpha,
             acc_strategy,
+            streaming,
         })
     }
 
@@ -322,5 +350,23 @@ mod tests {
     fn refuses_what_it_cannot_do_naming_the_argument() {
         let e = TrainConfig::from_args(&args(&["--num_train_epochs", "0"])).unwrap_err();
         assert!(e.to_string().contains("--num_train_epochs 0"), "{e}");
+        let e = TrainConfig::from_args(&args(&[
+            "--streaming",
+            "true",
+            "--max_steps",
+            "4",
+            "--save_strategy",
+            "epoch",
+        ]))
+        .unwrap_err();
+        // eval_strategy follows save_strategy (ms-swift), so either may be named.
+        assert!(
+            e.to_string().contains("_strategy epoch") && e.to_string().contains("--streaming"),
+            "{e}"
+        );
+        let c =
+            TrainConfig::from_args(&args(&["--streaming", "true", "--max_steps", "4"])).unwrap();
+        assert!(c.streaming);
+        assert_eq!(c.total_steps(0), 4);
     }
 }

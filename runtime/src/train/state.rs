@@ -9,6 +9,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::train::optimizer::{AdamW, OptimizerError};
+use crate::train::streamed::StreamCursor;
 
 /// The optimizer state file of a checkpoint.
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
@@ -17,8 +18,9 @@ pub const RUN_STATE_FILE: &str = "kubeswift_state.json";
 
 /// Where a run stands after an optimizer step. The data order of an epoch is a function
 /// of (`data_seed`, epoch) and LoRA dropout masks of (`seed`, `micro_step`), so these
-/// counters are the whole RNG state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// counters are the whole RNG state. With `--streaming` the data position is instead each
+/// rank's stream cursor (`stream`, indexed by rank; empty otherwise).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct RunState {
     pub global_step: u64,
     /// The epoch of the next batch to read.
@@ -30,6 +32,9 @@ pub struct RunState {
     pub seed: u64,
     pub data_seed: u64,
     pub tokens_seen: u64,
+    /// `--streaming`: where each rank's stream stands, gathered on rank 0 at every save.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stream: Vec<StreamCursor>,
 }
 
 /// Errors reading or writing the state; they name the file.

@@ -1,6 +1,7 @@
 //! The training loop: batches -> forward/backward -> gradient accumulation -> clipping ->
 //! AdamW with the schedule; logging, evaluation and checkpoints at their intervals; exact
-//! resume from our checkpoint state.
+//! resume from our checkpoint state. Batches come from the in-memory dataset (a shuffled
+//! order per epoch) or, with `--streaming true`, from this rank's stream (`streamed`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,7 +11,7 @@ use std::time::Instant;
 use anyhow::Context;
 use serde_json::{Map, Value, json};
 
-use crate::data::{Collator, TrainData, epoch_batches};
+use crate::data::{Collator, TrainData, TrainRow, epoch_batches};
 use crate::dist::DataParallel;
 use crate::model::CausalLm;
 use crate::progress::{ProgressReport, ProgressReporter};
@@ -24,6 +25,7 @@ use crate::train::report::{Progress, TrainerState, eval_line, train_line};
 use crate::train::schedule::{Schedule, warmup_steps};
 use crate::train::state::{RunState, load_optimizer, save_optimizer};
 use crate::train::step::{LossStats, MicroBatch, evaluate, forward_backward};
+use crate::train::streamed::StreamedBatches;
 use crate::train::tensorboard::{EventWriter, tag_for};
 use crate::train::tuning::Tuning;
 
@@ -32,7 +34,10 @@ pub struct TrainerParts<'a> {
     pub model: &'a CausalLm,
     pub model_dir: &'a Path,
     pub tuning: &'a Tuning,
+    /// The in-memory training rows (empty with `stream`).
     pub train: &'a TrainData,
+    /// `--streaming true`: this rank's stream of micro-batches, used instead of `train`.
+    pub stream: Option<StreamedBatches>,
     pub val: &'a TrainData,
     pub collator: Collator,
     pub output: RunOutput,
@@ -58,7 +63,10 @@ pub struct Trainer<'a> {
     schedule: Schedule,
     state: RunState,
     trainer_state: TrainerState,
-    batches_per_epoch: usize,
+    /// `None` when streaming: a stream has no length.
+    batches_per_epoch: Option<usize>,
+    /// `--streaming true`: where micro-batches come from.
+    stream: Option<StreamedBatches>,
     runtime: tokio::runtime::Runtime,
     tensorboard: Option<EventWriter>,
     started: Instant,
@@ -100,27 +108,39 @@ impl<'a> Trainer<'a> {
     /// A trainer that is one rank of a data-parallel job: batches are global
     /// (`per_device_train_batch_size` × world size rows) and each rank trains its share.
     pub fn data_parallel(
-        parts: TrainerParts<'a>,
+        mut parts: TrainerParts<'a>,
         config: TrainConfig,
         mut dist: DataParallel,
     ) -> anyhow::Result<Self> {
-        let batches_per_epoch = epoch_batches(
-            parts.train.len(),
-            config.batch_size * dist.world_size(),
-            config.data_seed,
-            0,
-            true,
-            config.drop_last,
-        )
-        .len();
-        if batches_per_epoch == 0 {
+        let stream = parts.stream.take();
+        let batches_per_epoch = match &stream {
+            Some(_) => None,
+            None => Some(
+                epoch_batches(
+                    parts.train.len(),
+                    config.batch_size * dist.world_size(),
+                    config.data_seed,
+                    0,
+                    true,
+                    config.drop_last,
+                )
+                .len(),
+            ),
+        };
+        if batches_per_epoch == Some(0) {
             anyhow::bail!(
                 "the training set has {} rows, fewer than one batch of --per_device_train_batch_size {} with --dataloader_drop_last",
                 parts.train.len(),
                 config.batch_size
             );
         }
-        let total = config.total_steps(batches_per_epoch);
+        if stream.is_some() && config.max_steps.is_none() {
+            anyhow::bail!(
+                "--streaming true needs --max_steps > 0: a streamed dataset has no length"
+            );
+        }
+        // With a stream `max_steps` is set (checked above), so the count is not used.
+        let total = config.total_steps(batches_per_epoch.unwrap_or(0));
         let schedule = Schedule {
             kind: config.schedule,
             base_lr: config.learning_rate,
@@ -168,7 +188,8 @@ impl<'a> Trainer<'a> {
         };
         tracing::info!(
             trainable_parameters = optimizer.numel(),
-            batches_per_epoch,
+            batches_per_epoch = ?batches_per_epoch,
+            streaming = stream.is_some(),
             max_steps = total,
             "training"
         );
@@ -180,6 +201,7 @@ impl<'a> Trainer<'a> {
             state,
             trainer_state,
             batches_per_epoch,
+            stream,
             runtime,
             tensorboard,
             started: Instant::now(),
@@ -223,6 +245,23 @@ impl<'a> Trainer<'a> {
         }
         load_optimizer(&mut self.optimizer, dir)?;
         self.state = RunState::load(dir)?;
+        if let Some(stream) = &mut self.stream {
+            let (rank, world) = (self.dist.rank(), self.dist.world_size());
+            let cursors = &self.state.stream;
+            let Some(cursor) = cursors.get(rank).filter(|_| cursors.len() == world) else {
+                anyhow::bail!(
+                    "--resume_from_checkpoint {}: no stream position for rank {rank} of {world} (the checkpoint holds {}); resume a --streaming true run with the same number of ranks",
+                    dir.display(),
+                    cursors.len()
+                );
+            };
+            stream.seek(*cursor).with_context(|| {
+                format!(
+                    "--resume_from_checkpoint {}: skipping to the stream position",
+                    dir.display()
+                )
+            })?;
+        }
         if let Ok(ts) = TrainerState::load(&dir.join("trainer_state.json")) {
             self.trainer_state.log_history = ts.log_history;
             self.trainer_state.best_metric = ts.best_metric;
@@ -248,7 +287,12 @@ impl<'a> Trainer<'a> {
     }
 
     fn epoch_float(&self) -> f64 {
-        self.state.epoch as f64 + self.state.batch_in_epoch as f64 / self.batches_per_epoch as f64
+        match self.batches_per_epoch {
+            Some(n) => self.state.epoch as f64 + self.state.batch_in_epoch as f64 / n as f64,
+            // HF's value for a dataloader without a length (`epoch + step / steps_in_epoch`
+            // with `steps_in_epoch = max_steps × accumulation`) while the stream lasts.
+            None => self.state.global_step as f64 / self.schedule.total_steps.max(1) as f64,
+        }
     }
 
     fn order(&self, epoch: u64) -> Vec<Vec<usize>> {
@@ -263,12 +307,39 @@ impl<'a> Trainer<'a> {
     }
 
     fn micro_batch(&self, rows: &[usize], data: &TrainData) -> anyhow::Result<MicroBatch> {
-        let rows = rows
-            .iter()
-            .map(|&i| data.get(i))
-            .collect::<Result<Vec<_>, _>>()?;
-        let batch = self.parts.collator.collate(&rows);
+        self.micro_batch_of(&rows_of(rows, data)?)
+    }
+
+    fn micro_batch_of(&self, rows: &[TrainRow]) -> anyhow::Result<MicroBatch> {
+        let batch = self.parts.collator.collate(rows);
         Ok(MicroBatch::from_batch(&batch, self.parts.model.device())?)
+    }
+
+    /// This rank's rows for the next accumulation window, one entry per micro-batch (an
+    /// empty one when this rank's share of a short global batch is empty), and whether
+    /// the window ended an epoch of the in-memory order.
+    fn next_window(&mut self, order: &[Vec<usize>]) -> anyhow::Result<(Vec<Vec<TrainRow>>, bool)> {
+        if let Some(stream) = &mut self.stream {
+            let batches = (0..self.config.grad_accum)
+                .map(|_| stream.next_batch())
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| {
+                    format!(
+                        "reading --dataset (--streaming true) for step {}",
+                        self.state.global_step + 1
+                    )
+                })?;
+            return Ok((batches, false));
+        }
+        let mut batches = Vec::new();
+        for _ in 0..self.config.grad_accum {
+            let Some(global) = order.get(self.state.batch_in_epoch as usize) else {
+                break;
+            };
+            batches.push(rows_of(self.dist.my_rows(global), self.parts.train)?);
+            self.state.batch_in_epoch += 1;
+        }
+        Ok((batches, self.state.batch_in_epoch as usize >= order.len()))
     }
 
     /// Runs to `max_steps`, then saves the final checkpoint.
@@ -288,14 +359,7 @@ impl<'a> Trainer<'a> {
         while self.state.global_step < total {
             let step_start = Instant::now();
             let mut stats = LossStats::default();
-            let mut window_batches = Vec::new();
-            for _ in 0..self.config.grad_accum {
-                if self.state.batch_in_epoch as usize >= order.len() {
-                    break;
-                }
-                window_batches.push(order[self.state.batch_in_epoch as usize].clone());
-                self.state.batch_in_epoch += 1;
-            }
+            let (window_batches, epoch_done) = self.next_window(&order)?;
             for rows in &window_batches {
                 // Drawn from the micro-step counter before it moves (resume-safe).
                 let embed_noise = EmbedNoise::for_micro_step(
@@ -308,11 +372,10 @@ impl<'a> Trainer<'a> {
                     .set_mode(true, mix(self.state.seed, self.state.micro_step));
                 self.state.micro_step += 1;
                 // This rank's share of the global batch; an empty share adds nothing.
-                let rows = self.dist.my_rows(rows);
                 if rows.is_empty() {
                     continue;
                 }
-                let mut mb = self.micro_batch(rows, self.parts.train)?;
+                let mut mb = self.micro_batch_of(rows)?;
                 mb.embed_noise = embed_noise;
                 let s = forward_backward(
                     self.parts.model,
@@ -323,7 +386,6 @@ impl<'a> Trainer<'a> {
                 .with_context(|| format!("training step {}", self.state.global_step + 1))?;
                 stats.add(s);
             }
-            let epoch_done = self.state.batch_in_epoch as usize >= order.len();
             // Sum gradients and token counts over ranks (identity in one process).
             let (stats, grad_scale) = self.dist.reduce_gradients(&mut self.optimizer, stats)?;
             let grad_norm = self.optimizer_step(grad_scale)?;
@@ -377,6 +439,15 @@ impl<'a> Trainer<'a> {
             }
         }
         display.finish();
+        if let Some(stream) = &self.stream {
+            let cursor = stream.cursor();
+            tracing::info!(
+                rank = self.dist.rank(),
+                epoch = cursor.epoch,
+                rows = cursor.rows,
+                "stream: final position"
+            );
+        }
         self.dist.finish();
         if self.dist.is_main()
             && self.config.create_checkpoint_symlink
@@ -503,6 +574,18 @@ impl<'a> Trainer<'a> {
 
     fn save_checkpoint(&mut self, metrics: Option<Map<String, Value>>) -> anyhow::Result<()> {
         let step = self.state.global_step;
+        // Every rank's stream position goes into rank 0's checkpoint (each rank read its
+        // own shard, so only it knows where it stands).
+        if let Some(stream) = &self.stream {
+            let mine = serde_json::to_string(&stream.cursor()).context("stream cursor")?;
+            if let Some(all) = self.dist.gather(&format!("stream-cursor-{step}"), mine)? {
+                self.state.stream = all
+                    .iter()
+                    .map(|c| serde_json::from_str(c))
+                    .collect::<Result<_, _>>()
+                    .context("a rank's stream cursor")?;
+            }
+        }
         // Rank 0 alone writes; every rank leaves the save together.
         if self.dist.is_main() {
             self.write_checkpoint(metrics)?;
@@ -569,6 +652,14 @@ impl<'a> Trainer<'a> {
         self.last_checkpoint_uri = Some(uri);
         Ok(())
     }
+}
+
+/// The rows at `indices` of the in-memory dataset.
+fn rows_of(indices: &[usize], data: &TrainData) -> anyhow::Result<Vec<TrainRow>> {
+    Ok(indices
+        .iter()
+        .map(|&i| data.get(i))
+        .collect::<Result<Vec<_>, _>>()?)
 }
 
 #[cfg(test)]

@@ -29,4 +29,5 @@ mod template_api;
 mod template_fixtures;
 mod train_cli;
 mod train_storage;
+mod train_streaming;
 mod training_parity;
