@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
@@ -77,23 +77,29 @@ pub fn gang_state(job: &Job) -> GangState {
     }
 }
 
+/// Every terminated container of `pods`, with its pod's name, in pod order.
+fn terminated(pods: &[Pod]) -> impl Iterator<Item = (String, &ContainerStateTerminated)> {
+    pods.iter().flat_map(|p| {
+        let statuses = p
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref());
+        statuses.into_iter().flatten().filter_map(move |s| {
+            let t = s.state.as_ref()?.terminated.as_ref()?;
+            Some((p.name_any(), t))
+        })
+    })
+}
+
 /// The first pod whose container failed (a nonzero exit), its exit code and the cause its
 /// termination message gives: what a user needs to find why a gang failed.
 pub fn failed_pod(pods: &[Pod]) -> Option<(String, i32, String)> {
-    pods.iter().find_map(|p| {
-        p.status
-            .as_ref()?
-            .container_statuses
-            .as_ref()?
-            .iter()
-            .find_map(|s| {
-                let t = s.state.as_ref()?.terminated.as_ref()?;
-                (t.exit_code != 0).then(|| {
-                    let message = t.message.as_deref().unwrap_or_default();
-                    (p.name_any(), t.exit_code, failure_cause(message))
-                })
-            })
-    })
+    terminated(pods)
+        .find(|(_, t)| t.exit_code != 0)
+        .map(|(pod, t)| {
+            let cause = failure_cause(t.message.as_deref().unwrap_or_default());
+            (pod, t.exit_code, cause)
+        })
 }
 
 /// What a failed container's termination message says of the cause: the final report's
@@ -115,11 +121,11 @@ fn failure_cause(message: &str) -> String {
 /// "pod P exited with code C (cause)", or the Job's own words when no pod says more.
 fn gang_failure(pods: &[Pod], why: &str, message: &str) -> String {
     match failed_pod(pods) {
-        Some((pod, code, first)) if first.is_empty() => {
+        Some((pod, code, cause)) if cause.is_empty() => {
             format!("pod {pod} exited with code {code}; {why}: {message}")
         }
-        Some((pod, code, first)) => {
-            format!("pod {pod} exited with code {code} ({first}); {why}: {message}")
+        Some((pod, code, cause)) => {
+            format!("pod {pod} exited with code {code} ({cause}); {why}: {message}")
         }
         None => format!("{why}: {message}"),
     }
@@ -127,17 +133,9 @@ fn gang_failure(pods: &[Pod], why: &str, message: &str) -> String {
 
 /// The pod whose container exited with one of `codes`, and the code.
 fn fatal_exit(pods: &[Pod], codes: &[i32]) -> Option<(String, i32)> {
-    pods.iter().find_map(|p| {
-        p.status
-            .as_ref()?
-            .container_statuses
-            .as_ref()?
-            .iter()
-            .find_map(|s| {
-                let code = s.state.as_ref()?.terminated.as_ref()?.exit_code;
-                codes.contains(&code).then(|| (p.name_any(), code))
-            })
-    })
+    terminated(pods)
+        .find(|(_, t)| codes.contains(&t.exit_code))
+        .map(|(pod, t)| (pod, t.exit_code))
 }
 
 struct Apis {

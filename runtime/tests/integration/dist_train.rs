@@ -3,6 +3,7 @@
 //! weights as one process with the same global batch; a worker killed mid-step makes the
 //! other exit within --ddp_timeout with an error naming the lost rank.
 
+use crate::adapters::adapter_f32 as adapter;
 use crate::ports::free_port;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -100,20 +101,6 @@ fn train_args(data: &Path, out: &Path, per_device: usize, steps: usize) -> Vec<S
     .iter()
     .map(|s| s.to_string())
     .collect()
-}
-
-fn adapter(dir: &Path) -> Vec<(String, Vec<f32>)> {
-    let t = candle_core::safetensors::load(
-        dir.join("adapter_model.safetensors"),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
-    let mut out: Vec<(String, Vec<f32>)> = t
-        .into_iter()
-        .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
 }
 
 fn norm(v: impl Iterator<Item = f32>) -> f64 {

@@ -2,6 +2,7 @@
 //! one link instead of one per file keeps a clean CI build within its disk and time.
 //! Run one area with `cargo test -p kubeswift-runtime --test integration <module>::`.
 
+mod adapters;
 mod ports;
 mod serve_support;
 mod storage_support;

@@ -2,6 +2,7 @@
 //! output layout, PEFT-format checkpoints that `swift infer --adapters` loads (the README's
 //! main-job command shape), exact resume after SIGKILL, and clear errors on bad input.
 
+use crate::adapters::adapter_bits;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -333,30 +334,6 @@ fn resume_args<'a>(model: &'a str, data: &'a str, out: &'a str) -> Vec<&'a str> 
         "--output_dir",
         out,
     ]
-}
-
-fn adapter_bits(ck: &Path) -> Vec<(String, Vec<u32>)> {
-    let t = candle_core::safetensors::load(
-        ck.join("adapter_model.safetensors"),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
-    let mut out: Vec<(String, Vec<u32>)> = t
-        .into_iter()
-        .map(|(k, v)| {
-            let bits = v
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-                .iter()
-                .map(|x| x.to_bits())
-                .collect();
-            (k, bits)
-        })
-        .collect();
-    out.sort();
-    out
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //! file, a bucket dataset streams without a download, and memory stays flat however large
 //! the stream.
 
+use crate::adapters::adapter_bits;
 use crate::storage_support;
 
 use std::io::Write;
@@ -143,30 +144,6 @@ fn ran_out(stderr: &str, rank: usize) -> Vec<&str> {
         .inspect(|l| assert!(l.contains("world=2"), "{l}"))
         .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("rows=")))
         .collect()
-}
-
-fn adapter_bits(ck: &Path) -> Vec<(String, Vec<u32>)> {
-    let t = candle_core::safetensors::load(
-        ck.join("adapter_model.safetensors"),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
-    let mut v: Vec<(String, Vec<u32>)> = t
-        .into_iter()
-        .map(|(k, t)| {
-            let bits = t
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-                .iter()
-                .map(|x| x.to_bits())
-                .collect();
-            (k, bits)
-        })
-        .collect();
-    v.sort();
-    v
 }
 
 fn losses(run: &Path) -> Vec<f64> {
