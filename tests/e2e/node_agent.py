@@ -33,6 +33,7 @@ Run: python node_agent.py --server URL --state DIR --bin swift=/path/to/swift
 
 import argparse
 import base64
+import hashlib
 import json
 import os
 import pathlib
@@ -270,9 +271,20 @@ class Agent:
             elif time.monotonic() - c.stopping_since > grace:
                 os.killpg(c.proc.pid, signal.SIGKILL)
             return False
-        self.net.remove(c.netns)
-        del self.containers[key]
+        self.kill(key)  # anything the main process left behind
         return True
+
+    def kill(self, key):
+        """Stops a container without a grace period (its pod object is already gone)."""
+        c = self.containers.pop(key, None)
+        if c is None:
+            return
+        try:
+            os.killpg(c.proc.pid, signal.SIGKILL)  # the main process and all it started
+        except ProcessLookupError:
+            pass
+        c.proc.wait()
+        self.net.remove(c.netns)
 
     def failed_status(self, pod, code, reason, message):
         return {"phase": "Failed", "conditions": [condition("Ready", "False", "PodFailed")],
@@ -367,12 +379,17 @@ class Agent:
             if status["phase"] in ("Succeeded", "Failed"):
                 code = status["containerStatuses"][0]["state"]["terminated"]["exitCode"]
                 log("pod finished", pod=f"{key[0]}/{key[1]}", phase=status["phase"], exit_code=code)
+                # A container ends with its main process: whatever it started goes too (the
+                # kernel tears down the container's PID namespace).
+                try:
+                    os.killpg(c.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
                 self.net.remove(c.netns)
                 del self.containers[key]
         for key in list(self.containers):
             if key not in seen:  # the object went without our finalizer running: stop at once
-                self.stop(key, 0)
-                self.stop(key, 0)
+                self.kill(key)
 
     def create_pod(self, owner, template, name, hostname=None, labels=None, annotations=None):
         ns = meta(owner)["namespace"]
@@ -485,7 +502,7 @@ class Agent:
             return
         spec = deploy["spec"]
         template = spec["template"]
-        template_hash = str(abs(hash(json.dumps(template, sort_keys=True))) % 10**10)
+        template_hash = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
         mine = [p for p in pods if owned_by(p, deploy) and not meta(p).get("deletionTimestamp")]
         current = [p for p in mine if (meta(p).get("labels") or {}).get(TEMPLATE_HASH) == template_hash]
         for p in mine:
@@ -527,12 +544,7 @@ class Agent:
 
     def shutdown(self):
         for key in list(self.containers):
-            c = self.containers[key]
-            if c.proc.poll() is None:
-                os.killpg(c.proc.pid, signal.SIGKILL)
-                c.proc.wait()
-            self.net.remove(c.netns)
-        self.containers.clear()
+            self.kill(key)
 
 
 def main():

@@ -125,6 +125,7 @@ class Cluster:
         self.procs = []
         self.net = podnet.PodNetwork()
         self.agent = None
+        self.agent_thread = None
         self.agent_stop = threading.Event()
         self.agent_errors = []
 
@@ -171,7 +172,8 @@ class Cluster:
         # The node: Job/Deployment controllers and kubelet, in this process.
         self.agent = node_agent.Agent(node_agent.Api(self.server), self.work / "pods",
                                       {"swift": str(SWIFT)}, self.net)
-        threading.Thread(target=self.run_agent, daemon=True).start()
+        self.agent_thread = threading.Thread(target=self.run_agent, daemon=True)
+        self.agent_thread.start()
         # The operator, in a pod's network: it polls rank 0's progress by its DNS name.
         netns, _ = self.net.add([])
         env = {"PATH": os.environ["PATH"], "KUBECONFIG": str(self.kubeconfig),
@@ -192,7 +194,8 @@ class Cluster:
 
     def __exit__(self, *exc):
         self.agent_stop.set()
-        time.sleep(node_agent.POLL * 3)
+        if self.agent_thread:
+            self.agent_thread.join(timeout=60)  # its last tick ends, then it stops every pod
         if self.agent:
             self.agent.shutdown()
         for name, proc, out in reversed(self.procs):

@@ -105,6 +105,30 @@ fn send(pid: u32, sig: i32) {
     }
 }
 
+/// A worker must not outlive its launcher. When the launcher is SIGKILLed (the OOM killer,
+/// `kill -9` of a node's main process) it cannot forward anything, and an orphaned worker
+/// would hold its GPU and wait on its peers until `--ddp_timeout`. In a container the PID
+/// namespace ends with its first process; on a laptop or a bare node the kernel's parent-death
+/// signal does the same. The launcher spawns from the thread that runs it to the end (a
+/// current-thread runtime on the main thread), which is what the signal is tied to.
+fn die_with_launcher(command: &mut tokio::process::Command) {
+    let launcher = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2) and
+    // getppid(2), which are async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The launcher may have died between fork and prctl: then no signal would come.
+            if libc::getppid() != launcher {
+                return Err(std::io::Error::other("the launcher exited"));
+            }
+            Ok(())
+        });
+    }
+}
+
 async fn supervise(workers: Vec<WorkerPlan>) -> anyhow::Result<u8> {
     let exe = std::env::current_exe().context("finding the swift binary to start workers")?;
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
@@ -113,10 +137,13 @@ async fn supervise(workers: Vec<WorkerPlan>) -> anyhow::Result<u8> {
     let mut live: HashMap<usize, u32> = HashMap::new();
     let mut waits = FuturesUnordered::new();
     for w in &workers {
-        let mut child = tokio::process::Command::new(&exe)
+        let mut command = tokio::process::Command::new(&exe);
+        command
             .args(&args)
             .envs(w.env.iter().map(|(k, v)| (k, v)))
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        die_with_launcher(&mut command);
+        let mut child = command
             .spawn()
             .with_context(|| format!("starting worker rank {}", w.rank))?;
         if let Some(pid) = child.id() {

@@ -375,9 +375,51 @@ fn a_distributed_run_resumes_bit_identically_from_rank_zeros_checkpoint() {
 #[test]
 fn sigterm_to_the_launcher_reaches_every_worker() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data.jsonl");
+    let (launcher, children) = launch_two_training_workers(dir.path());
+    // SAFETY: our own child process, still running.
+    unsafe { libc::kill(launcher.id() as i32, libc::SIGTERM) };
+    let out = launcher.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    for pid in children {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "worker {pid} outlived the launcher"
+        );
+    }
+}
+
+/// A launcher killed outright (SIGKILL: nothing to forward) takes its workers with it, so
+/// none is left holding a device and waiting on peers (the kernel's parent-death signal).
+#[test]
+fn workers_die_with_a_killed_launcher() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut launcher, children) = launch_two_training_workers(dir.path());
+    launcher.kill().unwrap();
+    launcher.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for pid in children {
+        // Gone, or a zombie waiting for init to reap it: either way no longer running.
+        let running = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|stat| !stat.contains(") Z "))
+        };
+        while running() {
+            assert!(
+                Instant::now() < deadline,
+                "worker {pid} outlived its SIGKILLed launcher by 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A NPROC_PER_NODE=2 training run past its second logged step: the launcher and the pids
+/// of its workers.
+fn launch_two_training_workers(dir: &Path) -> (std::process::Child, Vec<String>) {
+    let data = dir.join("data.jsonl");
     write_dataset(&data, 64);
-    let out = dir.path().join("out");
+    let out = dir.join("out");
     let mut launcher = swift(
         &train_args(&data, &out, 2, 100_000),
         &[
@@ -400,17 +442,9 @@ fn sigterm_to_the_launcher_reaches_every_worker() {
     }
     let children =
         std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", launcher.id())).unwrap();
-    // SAFETY: our own child process, still running.
-    unsafe { libc::kill(launcher.id() as i32, libc::SIGTERM) };
-    let out = launcher.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(143), "{stderr}");
-    for pid in children.split_whitespace() {
-        assert!(
-            !Path::new(&format!("/proc/{pid}")).exists(),
-            "worker {pid} outlived the launcher"
-        );
-    }
+    let children: Vec<String> = children.split_whitespace().map(String::from).collect();
+    assert_eq!(children.len(), 2, "two workers: {children:?}");
+    (launcher, children)
 }
 
 /// `swift infer` with NPROC_PER_NODE=2: each worker answers half of the rows and rank 0
