@@ -276,6 +276,22 @@ class Cluster:
         return [k for k, c in list(self.agent.containers.items()) if c.proc.poll() is None]
 
 
+def processes_in(folder):
+    """Pids of the processes whose working directory is `folder` (a pod's processes)."""
+    pids = []
+    for proc in pathlib.Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(proc / "cwd")
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        if cwd.startswith(str(folder)) and ") Z " not in stat:
+            pids.append(int(proc.name))
+    return pids
+
+
 def train_doc(name):
     doc = yaml.safe_load((ROOT / "examples" / "local" / "train-tiny.yaml").read_text())
     doc["metadata"]["name"] = name
@@ -368,7 +384,8 @@ def scenario_node_killed(cluster, ctx):
     cluster.apply(train_doc(name))
     wait_for("a first checkpoint in the bucket", lambda: cluster.checkpoint_steps(name), 120, interval=0.1)
     pods = cluster.pods(f"kubeswift.io/train-job={name},batch.kubernetes.io/job-completion-index=1")
-    pid = int((cluster.pod_folder(pods[0]) / "pid").read_text())
+    killed_pod = cluster.pod_folder(pods[0])
+    pid = int((killed_pod / "pid").read_text())
     done_before = max(cluster.checkpoint_steps(name))
     os.kill(pid, signal.SIGKILL)  # the `ip netns exec` process execs swift: this is the node's process
     seen = []
@@ -376,6 +393,9 @@ def scenario_node_killed(cluster, ctx):
     assert obj["status"]["restarts"] == 1, obj["status"]
     assert "Restarting" in seen and "condition:Restarting" in seen, seen
     assert done_before < 20, f"the run had finished ({done_before}) before the kill: nothing was tested"
+    # Nothing of the killed node lives on (its worker process under the launcher included).
+    left = processes_in(killed_pod)
+    assert not left, f"processes of the killed pod still run: {left}"
     text = node_log(cluster, name, 0, attempt=1)
     resumed = [line for line in text.splitlines() if "resum" in line.lower()]
     assert any("checkpoint-" in line for line in resumed), text[-3000:]
@@ -491,6 +511,8 @@ def main():
             print(f"missing {path}: run scripts/tools and cargo build (scripts/test does)", file=sys.stderr)
             return 1
     only = set(sys.argv[1:])
+    if only - {"train", "restarts_exhausted"}:
+        only.add("train")  # the others compare with (or serve) its result
     work = pathlib.Path(tempfile.mkdtemp(prefix="kubeswift-e2e-"))
     keep = os.environ.get("KUBESWIFT_E2E_KEEP") == "1"
     results, failed = [], False
