@@ -4,8 +4,14 @@ use std::process::ExitCode;
 
 use kubeswift_args::{Command, Resolved};
 
-/// Exit code of a subcommand whose engine this build does not have yet.
+/// Exit code of a subcommand or option this build does not have yet.
 pub const EXIT_NOT_BUILT: u8 = 3;
+
+/// An ms-swift feature this build refuses by name: the run exits with [`EXIT_NOT_BUILT`], so
+/// a script (or a Job's podFailurePolicy) can tell "not built" from "failed".
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotBuilt(pub String);
 
 /// Runs one subcommand with its resolved arguments.
 pub fn run(command: Command, resolved: Resolved) -> ExitCode {
@@ -36,7 +42,11 @@ pub fn run(command: Command, resolved: Resolved) -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
-                ExitCode::FAILURE
+                if e.chain().any(|c| c.is::<NotBuilt>()) {
+                    ExitCode::from(EXIT_NOT_BUILT)
+                } else {
+                    ExitCode::FAILURE
+                }
             }
         };
     }

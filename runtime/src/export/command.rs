@@ -27,10 +27,12 @@ pub fn run(user_args: &Args) -> anyhow::Result<()> {
     let local_args = localize_args_blocking(user_args)?;
     let args = &local_args;
     if !args.bool("merge_lora") {
-        bail!(
+        return Err(crate::commands::NotBuilt(
             "swift export: only --merge_lora true is built yet (quantization, ollama and hub \
              pushes are not)"
-        );
+                .into(),
+        )
+        .into());
     }
     let adapters: Vec<PathBuf> = args.strings("adapters").iter().map(PathBuf::from).collect();
     if adapters.is_empty() {

@@ -47,4 +47,12 @@ fn commands_without_an_engine_say_so_and_fail() {
         assert!(stdout.is_empty());
         assert!(stderr.contains("not built yet"), "{cmd}: {stderr}");
     }
+    // An engine that exists but not for these options exits the same way, naming them.
+    let model = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/models/tiny-Qwen2.5"
+    );
+    let (code, _, stderr) = swift(&["export", "--model", model]);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("--merge_lora true"), "{stderr}");
 }
