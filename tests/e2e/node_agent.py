@@ -535,12 +535,13 @@ class Agent:
     # ---- the loop ---------------------------------------------------------------------------
 
     def tick(self):
+        # One read of the pods per tick: pods created by this tick start on the next one.
         pods = self.api.list("/api/v1/pods")
         for job in self.api.list("/apis/batch/v1/jobs"):
             self.sync_job(job, pods)
         for deploy in self.api.list("/apis/apps/v1/deployments"):
             self.sync_deployment(deploy, pods)
-        self.sync_pods(self.api.list("/api/v1/pods"))
+        self.sync_pods(pods)
 
     def shutdown(self):
         for key in list(self.containers):

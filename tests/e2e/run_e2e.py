@@ -299,11 +299,6 @@ def train_doc(name):
     return doc
 
 
-def phase(cluster, kind, name):
-    obj = cluster.get(kind, name)
-    return ((obj or {}).get("status") or {}).get("phase")
-
-
 def conditions(obj):
     return {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
 

@@ -85,13 +85,12 @@ impl ProgressReporter {
         let Some(path) = &self.termination_log else {
             return;
         };
-        let latest = self
+        let mut latest = self
             .latest
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .unwrap_or_else(|| ProgressReport::at_step(0));
-        let mut latest = latest;
         latest.error = error.map(|e| format!("{e:#}"));
         if let Err(e) = write_termination_message(path, &latest) {
             tracing::warn!(path = %path.display(), error = %e, "could not write the termination message");

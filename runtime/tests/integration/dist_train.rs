@@ -3,7 +3,7 @@
 //! weights as one process with the same global batch; a worker killed mid-step makes the
 //! other exit within --ddp_timeout with an error naming the lost rank.
 
-use crate::adapters::adapter_f32 as adapter;
+use crate::adapters::{adapter_bits, adapter_f32 as adapter};
 use crate::ports::free_port;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -274,36 +274,7 @@ fn a_worker_killed_mid_run_ends_the_job_naming_its_rank() {
 #[test]
 fn the_launcher_stops_the_others_when_one_worker_dies() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data.jsonl");
-    write_dataset(&data, 64);
-    let out = dir.path().join("out");
-    let mut launcher = swift(
-        &train_args(&data, &out, 2, 1000),
-        &[
-            ("NPROC_PER_NODE", "2".into()),
-            ("MASTER_PORT", free_port().to_string()),
-        ],
-    )
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let log = out.join("logging.jsonl");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while std::fs::read_to_string(&log).map_or(true, |t| t.lines().count() < 2) {
-        assert!(
-            launcher.try_wait().unwrap().is_none(),
-            "the job ended early"
-        );
-        assert!(Instant::now() < deadline, "no training step after 120 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let children =
-        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", launcher.id())).unwrap();
-    let workers: Vec<i32> = children
-        .split_whitespace()
-        .map(|p| p.parse().unwrap())
-        .collect();
-    assert_eq!(workers.len(), 2, "{children}");
+    let (launcher, workers) = launch_two_training_workers(dir.path());
     // SAFETY: a pid of our launcher's child, alive (the job is running).
     unsafe { libc::kill(workers[1], libc::SIGKILL) };
     let started = Instant::now();
@@ -316,20 +287,8 @@ fn the_launcher_stops_the_others_when_one_worker_dies() {
     );
     assert!(started.elapsed() < Duration::from_secs(30));
     for pid in workers {
-        assert!(
-            !Path::new(&format!("/proc/{pid}")).exists()
-                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .is_ok_and(|s| s.contains(") Z ")),
-            "worker {pid} still runs"
-        );
+        assert!(!running(pid), "worker {pid} still runs");
     }
-}
-
-fn bits(dir: &Path) -> Vec<(String, Vec<u32>)> {
-    adapter(dir)
-        .into_iter()
-        .map(|(k, v)| (k, v.iter().map(|x| x.to_bits()).collect()))
-        .collect()
 }
 
 #[test]
@@ -367,8 +326,8 @@ fn a_distributed_run_resumes_bit_identically_from_rank_zeros_checkpoint() {
         "the resumed run restarted"
     );
     assert_eq!(
-        bits(&resumed.join("checkpoint-6")),
-        bits(&full.join("checkpoint-6"))
+        adapter_bits(&resumed.join("checkpoint-6")),
+        adapter_bits(&full.join("checkpoint-6"))
     );
 }
 
@@ -399,12 +358,7 @@ fn workers_die_with_a_killed_launcher() {
     launcher.wait().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     for pid in children {
-        // Gone, or a zombie waiting for init to reap it: either way no longer running.
-        let running = || {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .is_ok_and(|stat| !stat.contains(") Z "))
-        };
-        while running() {
+        while running(pid) {
             assert!(
                 Instant::now() < deadline,
                 "worker {pid} outlived its SIGKILLed launcher by 10 s"
@@ -416,7 +370,7 @@ fn workers_die_with_a_killed_launcher() {
 
 /// A NPROC_PER_NODE=2 training run past its second logged step: the launcher and the pids
 /// of its workers.
-fn launch_two_training_workers(dir: &Path) -> (std::process::Child, Vec<String>) {
+fn launch_two_training_workers(dir: &Path) -> (std::process::Child, Vec<i32>) {
     let data = dir.join("data.jsonl");
     write_dataset(&data, 64);
     let out = dir.join("out");
@@ -442,9 +396,17 @@ fn launch_two_training_workers(dir: &Path) -> (std::process::Child, Vec<String>)
     }
     let children =
         std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", launcher.id())).unwrap();
-    let children: Vec<String> = children.split_whitespace().map(String::from).collect();
-    assert_eq!(children.len(), 2, "two workers: {children:?}");
-    (launcher, children)
+    let workers: Vec<i32> = children
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(workers.len(), 2, "two workers: {children}");
+    (launcher, workers)
+}
+
+/// Whether a process still runs: gone, or a zombie waiting to be reaped, is not running.
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.contains(") Z "))
 }
 
 /// `swift infer` with NPROC_PER_NODE=2: each worker answers half of the rows and rank 0
