@@ -3,7 +3,8 @@
 //! Injection attaches a [`LoraLayer`] to each targeted [`Linear`] through its adapter slot;
 //! the base weights are shared, never copied. Training runs the fused `lora_linear`
 //! kernel (frozen base, gradients only for A and B); inference adds `scale * x A^T B^T` to
-//! the frozen output of the fast CPU kernel.
+//! the frozen output of the fast CPU kernel. With `use_dora` a layer also carries DoRA's
+//! magnitude ([`super::dora`]).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,6 +18,7 @@ use rand::distr::{Distribution, Uniform};
 use rand::rngs::StdRng;
 use rand_distr::Normal;
 
+use super::dora::{Dora, MAGNITUDE, magnitude_key, merged_weight, weight_norm};
 use super::lora_config::{Init, LoraConfig, PeftLoraConfig, peft_key};
 use super::pissa::{PissaSvd, converted_pair, pissa_init};
 use crate::model::{CausalLm, Linear, LinearAdapter};
@@ -81,7 +83,8 @@ impl DropoutControl {
     }
 }
 
-/// One LoRA pair on a linear layer: `y = x W^T + b + scale * dropout(x) A^T B^T`.
+/// One LoRA pair on a linear layer: `y = x W^T + b + scale * dropout(x) A^T B^T`, or with
+/// DoRA the decomposed form of [`super::dora`].
 #[derive(Debug)]
 pub struct LoraLayer {
     /// `lora_A`, `[r, in]`.
@@ -92,10 +95,35 @@ pub struct LoraLayer {
     /// (which the inference kernel still adds).
     pub bias: Option<Var>,
     frozen_bias: Option<Tensor>,
+    /// `use_dora`: the magnitude vector and the base weight its norm is taken of.
+    pub dora: Option<Dora>,
     pub scale: f64,
     dropout_p: f32,
     index: u64,
     control: Arc<DropoutControl>,
+}
+
+impl LoraLayer {
+    /// The layer's merged weight (f32): `W + scale B A`, or DoRA's
+    /// `(m / ||W + scale B A||)[:, None] * (W + scale B A)`, for the base weight `w`.
+    pub fn merged_weight(&self, w: &Tensor) -> candle_core::Result<Tensor> {
+        let magnitude = self.dora.as_ref().map(|d| d.magnitude.as_tensor());
+        merged_weight(
+            w,
+            self.a.as_tensor(),
+            self.b.as_tensor(),
+            self.scale,
+            magnitude,
+        )
+    }
+
+    /// DoRA only: the per-output-row gain `m / ||W + scale B A||` (f32 `[out]`).
+    pub fn dora_gain(&self) -> candle_core::Result<Option<Tensor>> {
+        self.dora
+            .as_ref()
+            .map(|d| d.gain(self.a.as_tensor(), self.b.as_tensor(), self.scale))
+            .transpose()
+    }
 }
 
 impl LinearAdapter for LoraLayer {
@@ -106,6 +134,17 @@ impl LinearAdapter for LoraLayer {
         bias: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
         let dropout = self.control.dropout(self.dropout_p, self.index);
+        if let Some(dora) = &self.dora {
+            let trained = self.bias.as_ref().map(|b| b.as_tensor());
+            return dora.forward_train(
+                x,
+                self.a.as_tensor(),
+                self.b.as_tensor(),
+                self.scale,
+                trained.or(bias),
+                dropout,
+            );
+        }
         let frozen_bias = if self.bias.is_some() { None } else { bias };
         let y = lora_linear_with_dropout(
             x,
@@ -123,6 +162,11 @@ impl LinearAdapter for LoraLayer {
     }
 
     fn forward_infer(&self, x: &Tensor, base: Tensor) -> candle_core::Result<Tensor> {
+        if let Some(dora) = &self.dora {
+            let trained = self.bias.as_ref().map(|b| b.as_tensor());
+            let (a, b) = (self.a.as_tensor(), self.b.as_tensor());
+            return dora.forward_infer(x, base, a, b, self.scale, trained);
+        }
         let a = self.a.as_tensor().to_dtype(DType::F32)?;
         let b = self.b.as_tensor().to_dtype(DType::F32)?;
         let delta = (x.matmul(&a.t()?)?.matmul(&b.t()?)? * self.scale)?;
@@ -266,11 +310,8 @@ impl LoraAdapters {
         seed: u64,
         base_model: &str,
     ) -> Result<Self> {
-        if cfg.use_dora {
-            return Err(LoraError::Unsupported {
-                arg: "use_dora",
-                reason: "DoRA is not supported yet".into(),
-            });
+        if cfg.use_dora && cfg.init.is_pissa() {
+            return Err(dora_with_pissa());
         }
         let dtype = adapter_dtype(cfg)?;
         let device = model.device().clone();
@@ -325,11 +366,28 @@ impl LoraAdapters {
                 Some(b) => Some(Var::from_tensor(b).map_err(terr(format!("{path}.bias")))?),
                 None => None,
             };
+            // PEFT's DoRA init: m = ||W + scale B A|| per output row, in the adapter dtype.
+            let dora = match cfg.use_dora {
+                true => {
+                    let what = format!("{path}.{MAGNITUDE}");
+                    let m = weight_norm(linear.weight(), a.as_tensor(), b.as_tensor(), cfg.scale())
+                        .and_then(|m| m.to_dtype(dtype))
+                        .and_then(|m| Var::from_tensor(&m))
+                        .map_err(terr(what))?;
+                    Some(Dora::new(
+                        m,
+                        linear.weight().clone(),
+                        linear.bias().cloned(),
+                    ))
+                }
+                false => None,
+            };
             let layer = Arc::new(LoraLayer {
                 a,
                 b,
                 bias,
                 frozen_bias,
+                dora,
                 scale: cfg.scale(),
                 dropout_p: cfg.dropout as f32,
                 index: index as u64,
@@ -381,6 +439,12 @@ impl LoraAdapters {
         // randomized one (pissa_niter_N) is re-run exactly here, which matches the training
         // run's residual only approximately: `converted/default/` is exact for those.
         let pissa = init.as_ref().and_then(pissa_svd).map(|_| PissaSvd::Exact);
+        if peft.use_dora && pissa.is_some() {
+            return Err(LoraError::File {
+                file: config_path.display().to_string(),
+                message: dora_with_pissa().to_string(),
+            });
+        }
         let mut rng = StdRng::seed_from_u64(0);
         let mut initial = Vec::new();
         let mut layers = Vec::new();
@@ -415,11 +479,39 @@ impl LoraAdapters {
                 None => None,
             };
             let frozen_bias = bias.as_ref().and(linear.bias().cloned());
+            let dora = match peft.use_dora {
+                true => {
+                    let km = magnitude_key(&path);
+                    // PEFT saves the key without `.weight`; accept a file that kept it.
+                    let m = tensors
+                        .remove(&km)
+                        .or_else(|| tensors.remove(&format!("{km}.weight")))
+                        .ok_or_else(|| {
+                            file_err(format!(
+                                "{path}: adapter_config.json has use_dora true but there is no {km}"
+                            ))
+                        })?;
+                    if m.dims() != [out] {
+                        return Err(file_err(format!(
+                            "{km}: shape {:?}, the layer has {out} outputs",
+                            m.dims()
+                        )));
+                    }
+                    let m = Var::from_tensor(&m).map_err(terr(&km))?;
+                    let mut dora = Dora::new(m, linear.weight().clone(), linear.bias().cloned());
+                    if !trainable {
+                        dora.freeze(&a, &b, scale).map_err(terr(&km))?;
+                    }
+                    Some(dora)
+                }
+                false => None,
+            };
             let layer = Arc::new(LoraLayer {
                 a: Var::from_tensor(&a).map_err(terr(&ka))?,
                 b: Var::from_tensor(&b).map_err(terr(&kb))?,
                 bias,
                 frozen_bias,
+                dora,
                 scale,
                 dropout_p: if trainable {
                     peft.lora_dropout as f32
@@ -436,6 +528,14 @@ impl LoraAdapters {
         let mut saved = Vec::new();
         let mut leftover: Vec<String> = tensors.keys().cloned().collect();
         leftover.sort();
+        if let Some(k) = leftover.iter().find(|k| k.contains(MAGNITUDE)) {
+            let why = if peft.use_dora {
+                "no lora_A/lora_B of this model's layers goes with it"
+            } else {
+                "adapter_config.json has use_dora false"
+            };
+            return Err(file_err(format!("{k} is a DoRA magnitude, but {why}")));
+        }
         if !leftover.is_empty() {
             let wanted: HashMap<String, Tensor> = tensors
                 .into_iter()
@@ -504,6 +604,17 @@ impl LoraAdapters {
                 decay: true,
                 lr_scale: lorap_lr_ratio.unwrap_or(1.0),
             });
+            if let Some(dora) = &layer.dora {
+                // LoRA+ puts every 1-d adapter parameter in lora_B's group (PEFT's
+                // create_loraplus_optimizer, ms-swift's lorap): the magnitude too.
+                let name = magnitude_key(path);
+                out.push(Trainable {
+                    decay: decays(&name),
+                    name,
+                    var: dora.magnitude.clone(),
+                    lr_scale: lorap_lr_ratio.unwrap_or(1.0),
+                });
+            }
             if let Some(b) = &layer.bias {
                 out.push(Trainable {
                     name: format!("base_model.model.{path}.base_layer.bias"),
@@ -581,6 +692,15 @@ impl LoraAdapters {
         let config = dir.join(ADAPTER_CONFIG);
         peft.save(&config)
             .map_err(|e| file_err(&config, e.to_string()))
+    }
+}
+
+fn dora_with_pissa() -> LoraError {
+    LoraError::Unsupported {
+        arg: "use_dora",
+        reason: "DoRA with --init_weights pissa/pissa_niter_N is not supported yet; use \
+                 --init_weights true, false or gaussian with --use_dora true"
+            .into(),
     }
 }
 

@@ -279,3 +279,92 @@ fn randomized_pissa_keeps_the_output_and_is_seeded() {
     assert!(max_diff(&l1, &base) < 1e-4);
     assert_eq!(b1, b1_again);
 }
+
+#[test]
+fn dora_starts_at_the_weight_norm_and_round_trips_through_peft_files() {
+    let base = logits(&load());
+    let mut p = load();
+    // lora_bias all: Qwen2's q/k/v biases train too, and DoRA must not scale them.
+    let cfg = LoraConfig::from_args(&args(&["--use_dora", "true", "--lora_bias", "all"])).unwrap();
+    let a = LoraAdapters::inject(&mut p.model, &cfg, 1, "m").unwrap();
+    assert_eq!(a.layers.len(), 14);
+    // B starts at zero and m at ||W|| per row: the gain is 1 and the output unchanged.
+    for (path, layer) in &a.layers {
+        let gain: Vec<f32> = layer.dora_gain().unwrap().unwrap().to_vec1().unwrap();
+        assert!(
+            gain.iter().all(|g| (g - 1.0).abs() < 1e-6),
+            "{path}: {gain:?}"
+        );
+    }
+    assert!(max_diff(&base, &logits(&p)) < 1e-5);
+    let names: Vec<String> = a.trainables(None).into_iter().map(|t| t.name).collect();
+    let magnitude = "base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector";
+    assert!(names.iter().any(|n| n == magnitude), "{names:?}");
+    // Train-like moves on every kind of weight, so the round trip has something to show.
+    for (i, t) in a.trainables(None).into_iter().enumerate() {
+        let v = t.var.as_tensor();
+        let shift = (v.ones_like().unwrap() * (0.01 * (i % 5) as f64 + 0.005)).unwrap();
+        let moved = if t.name.ends_with("lora_magnitude_vector") {
+            (v * (1.0 + 0.1 * (i % 3) as f64)).unwrap()
+        } else {
+            (v + shift).unwrap()
+        };
+        t.var.set(&moved).unwrap();
+    }
+    let expected = logits(&p);
+    assert!(max_diff(&base, &expected) > 1e-3);
+    let dir = tempfile::tempdir().unwrap();
+    a.save(dir.path()).unwrap();
+    let saved = candle_core::safetensors::load(
+        dir.path().join("adapter_model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(saved[magnitude].dims(), [64]);
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["use_dora"], true);
+    let mut fresh = load();
+    LoraAdapters::load(&mut fresh.model, dir.path(), false).unwrap();
+    let d = max_diff(&expected, &logits(&fresh));
+    assert!(d < 1e-5, "round trip changed logits by {d}");
+
+    // The same file read as plain LoRA is refused, naming the setting.
+    let config = dir.path().join("adapter_config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("\"use_dora\": true", "\"use_dora\": false"),
+    )
+    .unwrap();
+    let err = LoraAdapters::load(&mut load().model, dir.path(), false).unwrap_err();
+    assert!(
+        err.to_string().contains("lora_magnitude_vector") && err.to_string().contains("use_dora"),
+        "{err}"
+    );
+}
+
+#[test]
+fn dora_refuses_pissa_and_starts_where_lora_does_with_random_init() {
+    let cfg =
+        LoraConfig::from_args(&args(&["--use_dora", "true", "--init_weights", "pissa"])).unwrap();
+    let err = LoraAdapters::inject(&mut load().model, &cfg, 1, "m").unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("--use_dora") && msg.contains("pissa"),
+        "{msg}"
+    );
+    // Random init: m is the norm of W + scale B A, so DoRA still starts where LoRA does.
+    let mut with = load();
+    let mut without = load();
+    let dora =
+        LoraConfig::from_args(&args(&["--use_dora", "true", "--init_weights", "false"])).unwrap();
+    let lora = LoraConfig::from_args(&args(&["--init_weights", "false"])).unwrap();
+    LoraAdapters::inject(&mut with.model, &dora, 4, "m").unwrap();
+    LoraAdapters::inject(&mut without.model, &lora, 4, "m").unwrap();
+    let (a, b) = (logits(&with), logits(&without));
+    assert!(max_diff(&a, &logits(&load())) > 1e-3);
+    assert!(max_diff(&a, &b) < 1e-4, "{}", max_diff(&a, &b));
+}

@@ -2,18 +2,22 @@
 //! (fixture: scripts/fixtures/make_lora_parity.py): the same batch and the same initial
 //! LoRA A/B give the same loss (1e-5) and the same gradients (1e-4 relative), for LoRA and
 //! for full fine-tuning, with and without gradient checkpointing; and a PEFT-made adapter
-//! gives PEFT's logits in both modes.
+//! gives PEFT's logits in both modes. The same for DoRA (`use_dora`): loss and the
+//! gradients of A, B and the magnitude, PEFT's magnitude init, PEFT's logits unmerged and
+//! merged.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use kubeswift_runtime::export::merge::merge_adapter;
 use kubeswift_runtime::model::{
     LoadOptions, LogitRows, Pretrained, PretrainedOptions, SeqSpan, TrainBatch,
 };
 use kubeswift_runtime::train::neftune::EmbedNoise;
 use kubeswift_runtime::train::optimizer::{AdamW, AdamWConfig};
 use kubeswift_runtime::train::step::{MicroBatch, evaluate, forward_backward, hidden_train};
+use kubeswift_runtime::tuner::dora::magnitude_key;
 use kubeswift_runtime::tuner::lora::LoraAdapters;
 use kubeswift_runtime::tuner::lora_config::peft_key;
 use serde_json::Value;
@@ -201,7 +205,12 @@ fn a_peft_adapter_gives_peft_logits_in_both_modes() {
     let f = fixture();
     let mut p = load();
     LoraAdapters::load(&mut p.model, &fixtures().join("training/adapter"), false).unwrap();
-    let reference = &f.lora["logits"];
+    assert_logits_in_both_modes(&p, &f, &f.lora["logits"]);
+}
+
+/// The model's logits for the fixture batch equal `reference` (1e-4) through the inference
+/// path and through the training path.
+fn assert_logits_in_both_modes(p: &Pretrained, f: &Fixture, reference: &Tensor) {
     for (row, ids) in f.ids.iter().enumerate() {
         let expected = reference.get(row).unwrap();
         // Inference: the fast CPU path plus the adapter.
@@ -312,4 +321,113 @@ fn neftune_noise_changes_training_loss_only() {
     let eval_noisy = evaluate(&p.model, &noisy).unwrap();
     assert_eq!(eval_clean.loss_sum.to_bits(), eval_noisy.loss_sum.to_bits());
     assert!((eval_clean.mean_loss() - clean).abs() < 1e-6);
+}
+
+/// PEFT's DoRA fixture: its mean loss and `dora.safetensors` (logits, gradients by saved
+/// key, `<module>.magnitude_init`).
+fn dora_fixture() -> (f64, HashMap<String, Tensor>) {
+    let dir = fixtures().join("training");
+    let meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("dora.json")).unwrap()).unwrap();
+    let tensors = candle_core::safetensors::load(dir.join("dora.safetensors"), &Device::Cpu);
+    (meta["loss"].as_f64().unwrap(), tensors.unwrap())
+}
+
+fn dora_adapter() -> PathBuf {
+    fixtures().join("training/dora_adapter")
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+#[test]
+fn dora_loss_and_every_gradient_match_peft() {
+    let f = fixture();
+    let (peft_loss, reference) = dora_fixture();
+    for checkpointing in [false, true] {
+        let mut p = load();
+        let adapters = LoraAdapters::load(&mut p.model, &dora_adapter(), true).unwrap();
+        assert_eq!(adapters.layers.len(), 14, "all-linear on 2 layers");
+        assert!(adapters.layers.iter().all(|(_, l)| l.dora.is_some()));
+        let trainables = adapters.trainables(None);
+        assert_eq!(trainables.len(), 3 * 14, "A, B and the magnitude per layer");
+        let (loss, grads) = run_step(&p, trainables, checkpointing, &f);
+        let loss_diff = (loss - peft_loss).abs();
+        assert!(
+            loss_diff < 1e-5,
+            "loss {loss} vs PEFT {peft_loss} (checkpointing {checkpointing})"
+        );
+        let mut worst = [0f32; 3];
+        for (path, _) in &adapters.layers {
+            let keys = [
+                peft_key(path, "lora_A"),
+                peft_key(path, "lora_B"),
+                magnitude_key(path),
+            ];
+            for (i, key) in keys.iter().enumerate() {
+                let d = rel_diff(&grads[key], &reference[key]);
+                assert!(d < 1e-4, "{key}: relative gradient difference {d}");
+                worst[i] = worst[i].max(d);
+            }
+        }
+        eprintln!(
+            "DoRA parity (checkpointing {checkpointing}): |loss diff| {loss_diff:e}, max relative \
+             gradient diff A {:e}, B {:e}, magnitude {:e}",
+            worst[0], worst[1], worst[2]
+        );
+    }
+}
+
+#[test]
+fn dora_norms_match_peft_init() {
+    // PEFT initialised each magnitude to ||W + scale B A|| of these A and B, then the
+    // fixture scaled it: so m / gain (our norm) must give PEFT's init back.
+    let (_, reference) = dora_fixture();
+    let mut p = load();
+    let adapters = LoraAdapters::load(&mut p.model, &dora_adapter(), true).unwrap();
+    for (path, layer) in &adapters.layers {
+        let dora = layer.dora.as_ref().unwrap();
+        let gain = layer.dora_gain().unwrap().unwrap();
+        let norm = (dora.magnitude.as_tensor() / &gain).unwrap();
+        let init = &reference[&format!("{path}.magnitude_init")];
+        let d = rel_diff(&norm.to_vec1::<f32>().unwrap(), init);
+        assert!(
+            d < 1e-5,
+            "{path}: norm vs PEFT's init differ by {d} (relative)"
+        );
+        // The fixture moved m away from the norm, so the DoRA terms all matter.
+        let g: Vec<f32> = gain.to_vec1().unwrap();
+        assert!(
+            g.iter().any(|x| (x - 1.0).abs() > 0.05),
+            "{path}: gain {g:?}"
+        );
+    }
+}
+
+#[test]
+fn a_peft_dora_adapter_gives_peft_logits_unmerged_and_merged() {
+    let f = fixture();
+    let (_, reference) = dora_fixture();
+    let logits = &reference["logits"];
+    // The adapter changes the logits beyond plain LoRA's: comparing with PEFT means something.
+    assert!(max_abs_diff(logits, &f.lora["logits"]) > 0.1);
+    let mut p = load();
+    LoraAdapters::load(&mut p.model, &dora_adapter(), false).unwrap();
+    assert_logits_in_both_modes(&p, &f, logits);
+    let mut merged = load();
+    assert_eq!(
+        merge_adapter(&mut merged.model, &dora_adapter()).unwrap(),
+        14
+    );
+    assert_logits_in_both_modes(&merged, &f, logits);
 }
