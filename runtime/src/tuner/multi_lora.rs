@@ -4,6 +4,9 @@
 //! adapter that targets it. A forward of a ragged batch adds, to the rows of each sequence,
 //! the unmerged delta of that sequence's adapter: `y = x W^T + scale * (x A^T) B^T`, and
 //! nothing to rows of base-model sequences. The base weights stay shared and unchanged.
+//! A DoRA adapter shares a batch too: its gain `m / ||W + scale B A||` scales each output
+//! feature of its own rows only, so its rows become `gain * (x W^T + scale (x A^T) B^T) + b`
+//! (the gain folded into B once at load) while other rows stay as they are.
 //!
 //! Which rows use which adapter is the batch's [`Routing`]: the engine sets it around a
 //! forward with [`with_routing`]. It travels beside the call (a scoped thread-local, like a
@@ -22,6 +25,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 
+use super::dora::MAGNITUDE;
 use super::lora::{LoraAdapters, LoraError};
 use crate::model::{CausalLm, LinearAdapter};
 
@@ -78,6 +82,25 @@ struct Pair {
     scale: f32,
     /// `lora_bias all`: trained bias minus the layer's own, added to the adapter's rows.
     bias_shift: Option<Vec<f32>>,
+    /// DoRA: the gain, already folded into `b`/`b_t`, still to apply to the base rows.
+    dora: Option<DoraRows>,
+}
+
+/// A DoRA adapter's gain per output feature and the layer's own bias.
+#[derive(Debug, Clone)]
+struct DoraRows {
+    gain: Vec<f32>,
+    base_bias: Option<Vec<f32>>,
+}
+
+impl DoraRows {
+    /// A base output row `x W^T + b0` becomes `gain * x W^T + b0`.
+    fn rescale(&self, y: &mut [f32]) {
+        for (o, yo) in y.iter_mut().enumerate() {
+            let b0 = self.base_bias.as_ref().map_or(0.0, |b| b[o]);
+            *yo = self.gain[o] * (*yo - b0) + b0;
+        }
+    }
 }
 
 /// The LoRA pairs of every served adapter on one linear layer.
@@ -103,6 +126,11 @@ impl MultiLoraLayer {
                 .adapter
                 .and_then(|id| self.pairs.get(id))
                 .and_then(Option::as_ref);
+            if let Some(d) = pair.and_then(|p| p.dora.as_ref()) {
+                for yr in y[row * out..(row + run.rows) * out].chunks_exact_mut(out) {
+                    d.rescale(yr);
+                }
+            }
             if let Some(p) = pair
                 && run.rows >= GEMM_MIN_ROWS
             {
@@ -293,15 +321,35 @@ impl AdapterSet {
                     _ => None,
                 };
                 let a_t = layer.a.as_tensor().to_dtype(DType::F32);
-                let b_t = layer.b.as_tensor().to_dtype(DType::F32);
+                let mut b_t = layer
+                    .b
+                    .as_tensor()
+                    .to_dtype(DType::F32)
+                    .map_err(terr("lora_B"))?;
+                let gain = layer.dora_gain().map_err(terr(MAGNITUDE))?;
+                let dora = match gain {
+                    Some(gain) => {
+                        // B' = diag(gain) B: the delta comes out scaled.
+                        b_t = b_t
+                            .broadcast_mul(&gain.unsqueeze(1).map_err(terr(MAGNITUDE))?)
+                            .map_err(terr(MAGNITUDE))?;
+                        let base_bias = linear.bias().map(to_f32_vec).transpose();
+                        Some(DoraRows {
+                            gain: to_f32_vec(&gain).map_err(terr(MAGNITUDE))?,
+                            base_bias: base_bias.map_err(terr("bias"))?,
+                        })
+                    }
+                    None => None,
+                };
                 let pair = Pair {
                     a_t: a_t.map_err(terr("lora_A"))?,
-                    b_t: b_t.map_err(terr("lora_B"))?,
                     a: to_f32_vec(layer.a.as_tensor()).map_err(terr("lora_A"))?,
-                    b: to_f32_vec(layer.b.as_tensor()).map_err(terr("lora_B"))?,
+                    b: to_f32_vec(&b_t).map_err(terr("lora_B"))?,
+                    b_t,
                     rank: layer.a.as_tensor().dims()[0],
                     scale: layer.scale as f32,
                     bias_shift,
+                    dora,
                 };
                 // The single-adapter layer `load` attached is replaced below.
                 linear.set_adapter(None);
@@ -357,6 +405,7 @@ mod tests {
             rank,
             scale,
             bias_shift: shift,
+            dora: None,
         }
     }
 
@@ -415,6 +464,36 @@ mod tests {
             for (a, b) in long.iter().zip(&short) {
                 assert!((a - b).abs() < 1e-5, "adapter {adapter}: {a} vs {b}");
             }
+        }
+    }
+
+    #[test]
+    fn a_dora_adapter_scales_its_own_rows_only() {
+        // Adapter 0 of `layer()` as DoRA with gain [2, 0.5] (folded into B) on a layer with
+        // bias b0 [1, -1]: its rows become gain * (x W^T + delta) + b0.
+        let mut l = layer();
+        let gain = vec![2.0, 0.5];
+        let base_bias = Some(vec![1.0, -1.0]);
+        let p = l.pairs[0].as_mut().unwrap();
+        p.b = vec![2.0, 1.0]; // diag(gain) [1, 2]
+        p.b_t = Tensor::from_vec(p.b.clone(), (2, 1), &candle_core::Device::Cpu).unwrap();
+        p.dora = Some(DoraRows { gain, base_bias });
+        let x = [1.0, 2.0, 3.0, 1.0, 1.0, 1.0];
+        // Base rows x W^T + b0 with x W^T = [3, 4] and [5, 6].
+        let mut y = vec![4.0, 3.0, 6.0, 5.0];
+        l.add_deltas(&x, &mut y, &[run(1, Some(0)), run(1, None)])
+            .unwrap();
+        // Row 0: delta [8, 16]; 2 * (3 + 8) + 1 = 23, 0.5 * (4 + 16) - 1 = 9. Row 1: base.
+        assert_eq!(y, [23.0, 9.0, 6.0, 5.0]);
+        let rows = GEMM_MIN_ROWS + 1;
+        let x: Vec<f32> = (0..rows * 3).map(|i| (i as f32 * 0.37).sin()).collect();
+        let base: Vec<f32> = (0..rows * 2).map(|i| (i as f32 * 0.11).cos()).collect();
+        let (mut long, mut short) = (base.clone(), base);
+        l.add_deltas(&x, &mut long, &[run(rows, Some(0))]).unwrap();
+        l.add_deltas(&x, &mut short, &vec![run(1, Some(0)); rows])
+            .unwrap();
+        for (a, b) in long.iter().zip(&short) {
+            assert!((a - b).abs() < 1e-5, "gemm {a} vs rows {b}");
         }
     }
 

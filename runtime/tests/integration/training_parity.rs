@@ -3,8 +3,8 @@
 //! LoRA A/B give the same loss (1e-5) and the same gradients (1e-4 relative), for LoRA and
 //! for full fine-tuning, with and without gradient checkpointing; and a PEFT-made adapter
 //! gives PEFT's logits in both modes. The same for DoRA (`use_dora`): loss and the
-//! gradients of A, B and the magnitude, PEFT's magnitude init, PEFT's logits unmerged and
-//! merged.
+//! gradients of A, B and the magnitude, PEFT's magnitude init, PEFT's logits unmerged,
+//! merged, and served beside a plain LoRA adapter in one multi-LoRA batch.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,6 +20,7 @@ use kubeswift_runtime::train::step::{MicroBatch, evaluate, forward_backward, hid
 use kubeswift_runtime::tuner::dora::magnitude_key;
 use kubeswift_runtime::tuner::lora::LoraAdapters;
 use kubeswift_runtime::tuner::lora_config::peft_key;
+use kubeswift_runtime::tuner::multi_lora::{AdapterSet, RowRun, with_routing};
 use serde_json::Value;
 
 fn fixtures() -> PathBuf {
@@ -430,4 +431,72 @@ fn a_peft_dora_adapter_gives_peft_logits_unmerged_and_merged() {
         14
     );
     assert_logits_in_both_modes(&merged, &f, logits);
+}
+
+#[test]
+fn a_dora_adapter_shares_a_multi_lora_batch_with_lora_and_the_base() {
+    let f = fixture();
+    let (_, dora) = dora_fixture();
+    let plain = load();
+    let mut p = load();
+    let set = AdapterSet::attach(
+        &mut p.model,
+        &[fixtures().join("training/adapter"), dora_adapter()],
+    )
+    .unwrap();
+    assert_eq!(set.adapted_layers, 14);
+    // One forward of four sequences: row 0 with DoRA, row 0 with LoRA, row 1 with the base
+    // model, row 1 with DoRA.
+    let plan = [(0, Some(1)), (0, Some(0)), (1, None), (1, Some(1))];
+    let mut cache = p.model.new_kv_cache();
+    let mut tokens = Vec::new();
+    let mut spans = Vec::new();
+    let mut routing = Vec::new();
+    for &(row, adapter) in &plan {
+        let ids = &f.ids[row];
+        let slot = cache.allocate(ids.len());
+        spans.push(SeqSpan {
+            slot,
+            start: 0,
+            len: ids.len(),
+        });
+        tokens.extend_from_slice(ids);
+        routing.push(RowRun {
+            rows: ids.len(),
+            adapter,
+        });
+    }
+    let logits = with_routing(&routing, || {
+        p.model
+            .forward_infer(&tokens, &spans, &mut cache, LogitRows::All)
+            .unwrap()
+    });
+    let mut start = 0;
+    for &(row, adapter) in &plan {
+        let n = f.ids[row].len();
+        let ours = logits.narrow(0, start, n).unwrap();
+        start += n;
+        let expected = match adapter {
+            Some(1) => dora["logits"].get(row).unwrap(),
+            Some(_) => f.lora["logits"].get(row).unwrap(),
+            None => {
+                let mut c = plain.model.new_kv_cache();
+                let slot = c.allocate(n);
+                let span = SeqSpan {
+                    slot,
+                    start: 0,
+                    len: n,
+                };
+                plain
+                    .model
+                    .forward_infer(&f.ids[row], &[span], &mut c, LogitRows::All)
+                    .unwrap()
+            }
+        };
+        let d = max_abs_diff(&ours, &expected);
+        assert!(
+            d < 1e-4,
+            "row {row}, adapter {adapter:?}: max |logit diff| {d}"
+        );
+    }
 }
