@@ -636,3 +636,126 @@ fn pissa_run_saves_the_converted_adapter_and_infers() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
 }
+
+/// `--use_dora true`: checkpoints carry the trained magnitudes in PEFT's format, a resume
+/// from one reaches the uninterrupted run's weights bit for bit (dropout on, so the DoRA
+/// dropout path and its masks resume too), and infer and export read the checkpoint.
+#[test]
+fn dora_run_trains_the_magnitude_resumes_exactly_and_infers_and_merges() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.jsonl");
+    write_dataset(&data, 24);
+    let data = data.display().to_string();
+    let m = model("tiny-Qwen2.5");
+    let dora_args = |out: &str| -> Vec<String> {
+        [
+            "sft",
+            "--model",
+            m.as_str(),
+            "--dataset",
+            data.as_str(),
+            "--split_dataset_ratio",
+            "0",
+            "--max_steps",
+            "6",
+            "--save_steps",
+            "3",
+            "--lora_rank",
+            "4",
+            "--lora_dropout",
+            "0.1",
+            "--learning_rate",
+            "1e-2",
+            "--use_dora",
+            "true",
+            "--seed",
+            "3",
+            "--report_to",
+            "none",
+            "--output_dir",
+            out,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let run = |args: &[String]| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, _, stderr) = swift(&args);
+        assert_eq!(code, 0, "{stderr}");
+    };
+    let full_out = dir.path().join("full").display().to_string();
+    run(&dora_args(&full_out));
+    let full = run_dir(Path::new(&full_out));
+    let (ck3, ck6) = (full.join("checkpoint-3"), full.join("checkpoint-6"));
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(ck6.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["use_dora"], true);
+    let key = "base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector";
+    let magnitude = |ck: &Path| {
+        adapter_bits(ck)
+            .into_iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
+            .unwrap_or_else(|| panic!("{} has no {key}", ck.display()))
+    };
+    assert_ne!(
+        magnitude(&ck3),
+        magnitude(&ck6),
+        "the magnitude did not train"
+    );
+
+    let resumed_out = dir.path().join("resumed").display().to_string();
+    let mut args = dora_args(&resumed_out);
+    args.extend(["--resume_from_checkpoint".into(), ck3.display().to_string()]);
+    run(&args);
+    let got = adapter_bits(&run_dir(Path::new(&resumed_out)).join("checkpoint-6"));
+    let expected = adapter_bits(&ck6);
+    assert_eq!(got.len(), expected.len());
+    assert_eq!(got.len(), 3 * 14, "A, B and the magnitude of 14 layers");
+    for ((k, a), (_, b)) in got.iter().zip(&expected) {
+        assert!(a == b, "{k} differs after resuming at step 3");
+    }
+
+    let ck6_s = ck6.display().to_string();
+    let merged = dir.path().join("merged").display().to_string();
+    let (code, _, stderr) = swift(&[
+        "export",
+        "--adapters",
+        &ck6_s,
+        "--merge_lora",
+        "true",
+        "--output_dir",
+        &merged,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    // Greedy answers of the unmerged adapter and of the merged model agree.
+    let answer = |args: &[&str]| {
+        let mut child = swift_cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"reverse: alpha beta gamma delta\n")
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let common = ["--temperature", "0", "--max_new_tokens", "6"];
+    let unmerged = answer(&[&["infer", "--adapters", ck6_s.as_str()][..], &common[..]].concat());
+    let from_merged = answer(&[&["infer", "--model", merged.as_str()][..], &common[..]].concat());
+    assert!(
+        unmerged
+            .lines()
+            .any(|l| l.len() > "<<< ".len() && l.starts_with("<<< ")),
+        "no answer: {unmerged}"
+    );
+    assert_eq!(unmerged, from_merged);
+}
