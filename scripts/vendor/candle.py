@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""Regenerates vendor/candle-core and vendor/candle-kernels from crates.io.
+
+Why we carry patched copies (the root Cargo.toml's [patch.crates-io] points at them):
+
+1. candle-core 0.11.1 asks cudarc for `dynamic-linking`: a `cuda` binary then needs
+   libcuda, libcublas, libcurand and libnvrtc at *start*, so it cannot even print --help on
+   a machine without the driver, and it must find the exact CUDA major it was linked
+   against. We switch cudarc to `dynamic-loading` (dlopen at first use): the binary starts
+   anywhere, falls back to the CPU with one log line, and loads the libraries a GPU host
+   has (PyTorch's wheels, the driver). The CUDA version is pinned (`cuda-13000`, what the
+   580-series drivers run) instead of asking nvcc at build time.
+2. candle-kernels 0.11.1 compiles, besides the PTX of its elementwise/reduce/cast/... kernels
+   (which we use), a static library of GGUF quantized MMQ/MoE kernels with nvcc for the
+   build machine's GPU: ten minutes of CPU for code kubeswift never runs (we do not run
+   quantized GGUF matmuls on CUDA), and it links libcudart. We keep the PTX build and
+   replace those launchers with functions that stop with a clear message if ever called.
+
+Run: python3 scripts/vendor/candle.py   (needs network to static.crates.io)
+"""
+
+import hashlib
+import io
+import re
+import shutil
+import tarfile
+import urllib.request
+from pathlib import Path
+
+VERSION = "0.11.1"
+# The published archives these copies were made from (the same bytes Cargo would fetch).
+SHA256 = {
+    "candle-core": "d11c8be87cfbaef9ebb62fb3f850d1fc8e00cc1d11d393fdbe55a4d5c2cdb325",
+    "candle-kernels": "8dc057aec95c3b1a0e595227cd039c1436da596f79ccc9e025ba17d070315851",
+}
+ROOT = Path(__file__).resolve().parents[2]
+VENDOR = ROOT / "vendor"
+
+
+def fetch(name: str) -> tarfile.TarFile:
+    url = f"https://static.crates.io/crates/{name}/{name}-{VERSION}.crate"
+    data = urllib.request.urlopen(url, timeout=60).read()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != SHA256[name]:
+        raise SystemExit(f"{url}: sha256 {digest}, expected {SHA256[name]}")
+    return tarfile.open(fileobj=io.BytesIO(data), mode="r:gz")
+
+
+def extract(name: str, keep) -> Path:
+    dest = VENDOR / name
+    shutil.rmtree(dest, ignore_errors=True)
+    prefix = f"{name}-{VERSION}/"
+    with fetch(name) as tar:
+        for member in tar.getmembers():
+            rel = member.name[len(prefix):]
+            if not member.isfile() or not keep(rel):
+                continue
+            out = dest / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(tar.extractfile(member).read())
+    return dest
+
+
+def drop_tables(manifest: str, headers) -> str:
+    """Removes whole TOML tables whose header matches (tests, benches, examples, dev-deps)."""
+    out, skipping = [], False
+    for line in manifest.splitlines(keepends=True):
+        if line.startswith("["):
+            skipping = any(re.match(h, line.strip()) for h in headers)
+        if not skipping:
+            out.append(line)
+    return "".join(out)
+
+
+CAP_LINTS = (
+    "// kubeswift: a path dependency gets no `--cap-lints` from Cargo (registry crates do), so\n"
+    "// CI's `-D warnings` would apply to candle's own code; allow them, as the registry would.\n"
+    "#![allow(warnings)]\n"
+)
+
+
+def cap_lints(lib_rs: Path) -> None:
+    source = lib_rs.read_text()
+    # Inner attributes must come after the crate's inner doc comments (`//!`).
+    lines = source.splitlines(keepends=True)
+    at = 0
+    while at < len(lines) and (lines[at].startswith("//!") or not lines[at].strip()):
+        at += 1
+    lib_rs.write_text("".join(lines[:at]) + CAP_LINTS + "".join(lines[at:]))
+
+
+def vendor_core() -> None:
+    dest = extract(
+        "candle-core",
+        lambda rel: rel in ("Cargo.toml", "LICENSE", "README.md") or rel.startswith("src/"),
+    )
+    manifest = (dest / "Cargo.toml").read_text()
+    manifest = drop_tables(
+        manifest,
+        [r"^\[\[example\]\]", r"^\[\[test\]\]", r"^\[\[bench\]\]", r"^\[dev-dependencies"],
+    )
+    for old, new in (
+        ('"dynamic-linking"', '"dynamic-loading"'),
+        ('"cuda-version-from-build-system"', '"cuda-13000"'),
+    ):
+        assert old in manifest, f"candle-core's manifest no longer has {old}"
+        manifest = manifest.replace(old, new)
+    (dest / "Cargo.toml").write_text(manifest)
+    cap_lints(dest / "src" / "lib.rs")
+
+
+STUB_HEADER = '''//! kubeswift: the GGUF MMQ/MoE launchers below are not compiled (see
+//! scripts/vendor/candle.py). Each keeps its exact signature so candle-core links, and stops
+//! with a clear message if called: kubeswift never runs quantized GGUF matmuls on CUDA.
+#![allow(unused_variables, clippy::missing_safety_doc)]
+use core::ffi::c_void;
+
+#[cold]
+fn not_built(name: &str) -> ! {
+    panic!("{name}: candle's GGUF MMQ/MoE CUDA kernels are not built in kubeswift (vendor/README.md)")
+}
+'''
+
+
+def stub_ffi(source: str) -> str:
+    """`extern "C" { pub fn f(..) -> T; ... }` -> `pub unsafe extern "C" fn f(..) -> T { .. }`."""
+    body = source[source.index('extern "C" {') + len('extern "C" {'): source.rindex("}")]
+    # The cutile-only launcher stays behind its feature, which we never enable.
+    body = re.sub(r'#\[cfg\(feature = "cutile"\)\]\s*pub fn candle_launch_moe_align\(.*?\)\s*->\s*i32;',
+                  "", body, flags=re.S)
+    names = []
+
+    def stub(match: re.Match) -> str:
+        name, params, ret = match.group(1), match.group(2), match.group(3) or ""
+        names.append(name)
+        return f'pub unsafe extern "C" fn {name}({params}){ret} {{\n        not_built("{name}")\n    }}'
+
+    body = re.sub(r"pub fn (\w+)\((.*?)\)(\s*->\s*\w+)?;", stub, body, flags=re.S)
+    assert names, "no launchers found in candle-kernels' ffi.rs"
+    lines = [line[4:] if line.startswith("    ") else line for line in body.splitlines()]
+    return STUB_HEADER + "\n".join(lines).strip() + "\n"
+
+
+BUILD_RS = '''// kubeswift: candle-kernels' build.rs with only its PTX half (scripts/vendor/candle.py).
+use cudaforge::{KernelBuilder, Result};
+use std::env;
+use std::path::PathBuf;
+
+fn main() -> Result<()> {
+    println!("cargo::rerun-if-changed=build.rs");
+    println!("cargo::rerun-if-changed=src");
+    let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
+    let bindings = KernelBuilder::new()
+        .source_dir("src")
+        .arg("--expt-relaxed-constexpr")
+        .arg("-std=c++17")
+        .arg("-O3")
+        .build_ptx()?;
+    bindings.write(out_dir.join("ptx.rs"))?;
+    Ok(())
+}
+'''
+
+
+def vendor_kernels() -> None:
+    def keep(rel: str) -> bool:
+        if rel in ("Cargo.toml", "README.md"):
+            return True
+        if not rel.startswith("src/") or rel.count("/") != 1:
+            return False  # src/moe/, src/mmq_gguf/: the static library we do not build
+        return rel != "src/mmvq_gguf.cu"
+
+    dest = extract("candle-kernels", keep)
+    (dest / "build.rs").write_text(BUILD_RS)
+    ffi = dest / "src" / "ffi.rs"
+    ffi.write_text(stub_ffi(ffi.read_text()))
+    cap_lints(dest / "src" / "lib.rs")
+
+
+def main() -> None:
+    VENDOR.mkdir(exist_ok=True)
+    vendor_core()
+    vendor_kernels()
+    print(f"vendored into {VENDOR}")
+
+
+if __name__ == "__main__":
+    main()
