@@ -38,6 +38,10 @@ pub enum KernelError {
         arg: &'static str,
         device: String,
     },
+    /// A CUDA step failed (NVRTC compile, module load, launch); `detail` is the driver's or
+    /// compiler's own message.
+    #[error("CUDA: {what}: {detail}")]
+    Cuda { what: String, detail: String },
 }
 
 impl From<KernelError> for candle_core::Error {

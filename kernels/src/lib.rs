@@ -20,11 +20,14 @@
 //! [`reference`] holds slow versions of the same functions built from plain differentiable
 //! candle ops; the tests compare both, and model code can use them to cross-check.
 //!
-//! Only the CPU backend is implemented; on another device every op returns an error naming
-//! the op. A CUDA implementation will live in a `cuda` module beside [`cpu`] and be selected
-//! by the ops' `cuda_fwd`; the public functions will not change.
+//! The CPU backend is complete. With the `cuda` feature, the same functions run on CUDA
+//! tensors: RMSNorm, rope and SiLU-mul through our NVRTC-compiled kernels (`cuda` module),
+//! the others through their `reference` versions on candle's CUDA backend until their fused
+//! kernels land. Without the feature, a non-CPU tensor is an error naming the op.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod elem;
 mod error;
 mod ops;

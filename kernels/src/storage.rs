@@ -62,9 +62,11 @@ pub(crate) fn floats<'a>(
     }
 }
 
-/// Checks that a tensor is a CPU float tensor of a supported dtype.
+/// Checks that a tensor is a float tensor of a supported dtype on a device the ops run on
+/// (the CPU; with the `cuda` feature, CUDA devices too).
 pub(crate) fn check_float(op: &'static str, arg: &'static str, t: &Tensor) -> Result<()> {
-    if !t.device().is_cpu() {
+    let device = t.device();
+    if !(device.is_cpu() || cfg!(feature = "cuda") && device.is_cuda()) {
         return Err(KernelError::Device {
             op,
             arg,

@@ -114,6 +114,10 @@ pub fn linear_cross_entropy(
         }
         rows.push((i, l as usize));
     }
+    #[cfg(feature = "cuda")]
+    if hidden.device().is_cuda() {
+        return crate::cuda::fallback::linear_cross_entropy(hidden, weight, &rows);
+    }
     let count = rows.len();
     let stats = Arc::new(Mutex::new(Stats::default()));
     let op = LinearCrossEntropy {

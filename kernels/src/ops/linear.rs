@@ -23,6 +23,10 @@ const LORA: &str = "lora_linear";
 /// (bf16 x bf16 uses the native bf16 GEMM where the CPU has it).
 pub fn frozen_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let frozen = Frozen::new(FROZEN, x, w, b)?;
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        return crate::cuda::fallback::frozen_linear(x, &frozen.w, frozen.b.as_ref());
+    }
     x.contiguous()?.apply_op1(FrozenLinear(frozen))
 }
 
@@ -93,6 +97,18 @@ pub fn lora_linear_with_dropout(
         ));
     }
     let dropout = dropout.filter(|d| d.p > 0.0);
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        return crate::cuda::fallback::lora_linear(
+            x,
+            &frozen.w,
+            frozen.b.as_ref(),
+            a,
+            b_lora,
+            scale,
+            dropout,
+        );
+    }
     let op = LoraLinear {
         frozen,
         scale: scale as f32,
@@ -256,12 +272,41 @@ enum AdapterInput<'a, T> {
 /// `x *= keep_mask / (1 - p)` with the mask drawn from `(seed, index)`.
 fn apply_dropout(x: &mut [f32], d: LoraDropout) {
     let keep_scale = 1.0 / (1.0 - d.p);
-    // Compare the top 24 bits of the hash to p * 2^24.
-    let threshold = (d.p as f64 * (1u64 << 24) as f64) as u64;
+    let threshold = drop_threshold(d);
     for (i, v) in x.iter_mut().enumerate() {
-        let u = splitmix64(d.seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) >> 40;
-        *v = if u < threshold { 0.0 } else { *v * keep_scale };
+        *v = if dropped(d, threshold, i) {
+            0.0
+        } else {
+            *v * keep_scale
+        };
     }
+}
+
+/// The factor [`apply_dropout`] multiplies each of `n` elements by (0 or `1 / (1 - p)`),
+/// for devices that apply the same mask as a tensor.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) fn dropout_factors(n: usize, d: LoraDropout) -> Vec<f32> {
+    let keep_scale = 1.0 / (1.0 - d.p);
+    let threshold = drop_threshold(d);
+    (0..n)
+        .map(|i| {
+            if dropped(d, threshold, i) {
+                0.0
+            } else {
+                keep_scale
+            }
+        })
+        .collect()
+}
+
+/// Element `i` is dropped when the top 24 bits of its hash are below `p * 2^24`.
+fn drop_threshold(d: LoraDropout) -> u64 {
+    (d.p as f64 * (1u64 << 24) as f64) as u64
+}
+
+#[inline(always)]
+fn dropped(d: LoraDropout, threshold: u64, i: usize) -> bool {
+    splitmix64(d.seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) >> 40 < threshold
 }
 
 fn splitmix64(mut z: u64) -> u64 {

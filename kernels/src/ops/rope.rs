@@ -104,6 +104,12 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, positions: &Tensor) -> Resul
         }
         rows.push(p as usize);
     }
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        // rows < max_pos, which indexes a table that fits in memory: u32 is enough.
+        let rows: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        return crate::cuda::ops::rope(x, cos, sin, &rows, pos_dims.len() == 2);
+    }
     let tables = Arc::new(Tables {
         cos: gather(&cos.to_dtype(DType::F32)?, &rows, half)?,
         sin: gather(&sin.to_dtype(DType::F32)?, &rows, half)?,

@@ -37,6 +37,10 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         }
         .into());
     }
+    #[cfg(feature = "cuda")]
+    if gate.device().is_cuda() {
+        return crate::cuda::ops::silu_mul(gate, up);
+    }
     gate.contiguous()?.apply_op2(&up.contiguous()?, SiluMul)
 }
 

@@ -177,6 +177,10 @@ pub fn attention_with_scale(
             .into());
         }
     }
+    #[cfg(feature = "cuda")]
+    if q.device().is_cuda() {
+        return crate::cuda::fallback::attention(q, k, v, mask, scale);
+    }
     let spec = mask.spec(b, tk)?;
     let vis =
         Visibility::resolve(&spec, b, tq, tk).map_err(|(arg, msg)| value_err(OP, arg, msg))?;
