@@ -3,6 +3,7 @@
 
 pub mod commands;
 pub mod data;
+pub mod device;
 pub mod dist;
 pub mod export;
 pub mod infer;

@@ -32,8 +32,15 @@ pub struct WorkerPlan {
 }
 
 /// The workers of this node. `cpus` is the node's parallelism; `user_threads` is
-/// RAYON_NUM_THREADS when the user set it (then it is kept).
-pub fn plan(dist: &DistEnv, cpus: usize, user_threads: Option<&str>) -> Vec<WorkerPlan> {
+/// RAYON_NUM_THREADS when the user set it (then it is kept); `gpus` are the node's GPUs
+/// ([`node_gpus`]): worker `i` gets `CUDA_VISIBLE_DEVICES=gpus[i]`, its own GPU, as one
+/// process per GPU wants (a worker beyond the GPUs gets none and computes on the CPU).
+pub fn plan(
+    dist: &DistEnv,
+    cpus: usize,
+    user_threads: Option<&str>,
+    gpus: &[String],
+) -> Vec<WorkerPlan> {
     let nproc = dist.nproc_per_node;
     let threads = user_threads
         .map(str::to_string)
@@ -45,6 +52,9 @@ pub fn plan(dist: &DistEnv, cpus: usize, user_threads: Option<&str>) -> Vec<Work
     (0..nproc)
         .map(|local_rank| {
             let rank = dist.node_rank * nproc + local_rank;
+            let gpu = gpus
+                .get(local_rank)
+                .map(|id| ("CUDA_VISIBLE_DEVICES", id.clone()));
             let env = [
                 ("WORLD_SIZE", dist.world_size().to_string()),
                 ("RANK", rank.to_string()),
@@ -57,6 +67,7 @@ pub fn plan(dist: &DistEnv, cpus: usize, user_threads: Option<&str>) -> Vec<Work
                 ("OMP_NUM_THREADS", threads.clone()),
             ]
             .into_iter()
+            .chain(gpu)
             .map(|(k, v)| (k.to_string(), v))
             .collect();
             WorkerPlan {
@@ -66,6 +77,22 @@ pub fn plan(dist: &DistEnv, cpus: usize, user_threads: Option<&str>) -> Vec<Work
             }
         })
         .collect()
+}
+
+/// The GPUs a launcher hands out on this node, one per worker: the ids listed in
+/// `CUDA_VISIBLE_DEVICES` (it may name a subset, or UUIDs), else `0..count`. Empty on a node
+/// without usable GPUs (`count` 0).
+pub fn node_gpus(visible: Option<&str>, count: usize) -> Vec<String> {
+    match visible {
+        Some(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|id| !id.is_empty())
+            .take(count)
+            .map(String::from)
+            .collect(),
+        None => (0..count).map(|i| i.to_string()).collect(),
+    }
 }
 
 /// The exit code a shell would report for `status` (128 + signal when killed).
@@ -85,12 +112,28 @@ pub fn maybe_launch() -> anyhow::Result<Option<u8>> {
     if WorldInfo::from_env(env)?.is_some() {
         return Ok(None);
     }
-    let dist = DistEnv::from_env(env)?;
+    let mut dist = DistEnv::from_env(env)?;
+    let probe = crate::device::probe();
+    let usable = probe.built && probe.missing_libraries.is_empty();
+    let count = if usable {
+        probe.device_count.unwrap_or(0)
+    } else {
+        0
+    };
+    let gpus = node_gpus(probe.visible_devices.as_deref(), count);
+    // On a GPU node, one worker per GPU unless NPROC_PER_NODE says otherwise (torchrun's
+    // `--nproc_per_node gpu`, ms-swift's default there).
+    let nproc_set = env("NPROC_PER_NODE")
+        .or_else(|| env("PET_NPROC_PER_NODE"))
+        .is_some();
+    if !nproc_set && gpus.len() > 1 {
+        dist.nproc_per_node = gpus.len();
+    }
     if dist.world_size() == 1 {
         return Ok(None);
     }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers = plan(&dist, cpus, env("RAYON_NUM_THREADS").as_deref());
+    let workers = plan(&dist, cpus, env("RAYON_NUM_THREADS").as_deref(), &gpus);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -222,14 +265,14 @@ mod tests {
             master_port: 1234,
             launcher_requested: true,
         };
-        let workers = plan(&dist, 8, None);
+        let workers = plan(&dist, 8, None, &[]);
         assert_eq!(workers.len(), 2);
         assert_eq!((workers[0].rank, workers[1].rank), (2, 3));
         assert_eq!(get(&workers[1], "LOCAL_RANK"), "1");
         assert_eq!(get(&workers[1], "WORLD_SIZE"), "6");
         assert_eq!(get(&workers[0], "MASTER_ADDR"), "job-node-0.job");
         assert_eq!(get(&workers[0], "RAYON_NUM_THREADS"), "4");
-        let kept = plan(&dist, 8, Some("1"));
+        let kept = plan(&dist, 8, Some("1"), &[]);
         assert_eq!(get(&kept[0], "RAYON_NUM_THREADS"), "1");
         let single_node = DistEnv {
             nnodes: 1,
@@ -238,12 +281,40 @@ mod tests {
             nproc_per_node: 4,
             ..dist
         };
-        let w = plan(&single_node, 2, None);
+        let w = plan(&single_node, 2, None, &[]);
         assert_eq!(get(&w[3], "MASTER_ADDR"), "127.0.0.1");
         assert_eq!(
             get(&w[3], "RAYON_NUM_THREADS"),
             "1",
             "at least one thread each"
+        );
+    }
+
+    #[test]
+    fn each_worker_gets_its_own_gpu() {
+        let dist = DistEnv {
+            nproc_per_node: 3,
+            nnodes: 1,
+            node_rank: 0,
+            master_addr: None,
+            master_port: 29500,
+            launcher_requested: true,
+        };
+        let gpus = node_gpus(Some("2, 5"), 2);
+        assert_eq!(gpus, ["2", "5"]);
+        let w = plan(&dist, 48, None, &gpus);
+        assert_eq!(get(&w[0], "CUDA_VISIBLE_DEVICES"), "2");
+        assert_eq!(get(&w[1], "CUDA_VISIBLE_DEVICES"), "5");
+        assert!(
+            !w[2].env.iter().any(|(k, _)| k == "CUDA_VISIBLE_DEVICES"),
+            "a worker beyond the GPUs gets none"
+        );
+        assert_eq!(node_gpus(None, 4), ["0", "1", "2", "3"]);
+        assert!(node_gpus(None, 0).is_empty());
+        assert!(
+            plan(&dist, 4, None, &[])
+                .iter()
+                .all(|w| !w.env.iter().any(|(k, _)| k == "CUDA_VISIBLE_DEVICES"))
         );
     }
 

@@ -61,7 +61,9 @@ fn train(user_args: &Args, reporter: &Arc<ProgressReporter>) -> anyhow::Result<T
         model_type: args.str("model_type").map(String::from),
         load: LoadOptions {
             dtype: Some(dtype),
-            ..LoadOptions::default()
+            trainable: false,
+            // The GPU of this worker in the `cuda` build, when it has one (device.rs).
+            device: crate::device::compute_device()?,
         },
     };
     let mut pretrained = Pretrained::load(model_dir, &opts)?;
