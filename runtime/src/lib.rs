@@ -12,5 +12,7 @@ pub mod progress;
 pub mod serve;
 pub mod storage;
 pub mod template;
+#[cfg(test)]
+mod test_util;
 pub mod train;
 pub mod tuner;

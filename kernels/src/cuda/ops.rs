@@ -24,6 +24,34 @@ fn cpu_unreachable(op: &'static str) -> candle_core::Error {
     .into()
 }
 
+/// The `cpu_fwd` of a CUDA-only op with 2 or 3 inputs (an error naming the op).
+macro_rules! cuda_only_cpu_fwd {
+    (2) => {
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            Err(cpu_unreachable(self.name()))
+        }
+    };
+    (3) => {
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            Err(cpu_unreachable(self.name()))
+        }
+    };
+}
+
 /// A device pointer argument that is absent (the kernel skips that output).
 const NULL: u64 = 0;
 
@@ -60,15 +88,7 @@ impl CustomOp2 for RmsNorm {
         RMS
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        Err(cpu_unreachable(RMS))
-    }
+    cuda_only_cpu_fwd!(2);
 
     fn cuda_fwd(
         &self,
@@ -135,17 +155,7 @@ impl CustomOp3 for RmsNormBwd {
         "rms_norm_bwd"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        Err(cpu_unreachable(RMS))
-    }
+    cuda_only_cpu_fwd!(3);
 
     fn cuda_fwd(
         &self,
@@ -213,15 +223,7 @@ impl CustomOp2 for SiluMul {
         SILU
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        Err(cpu_unreachable(SILU))
-    }
+    cuda_only_cpu_fwd!(2);
 
     fn cuda_fwd(
         &self,
@@ -269,17 +271,7 @@ impl CustomOp3 for SiluMulBwd {
         "silu_mul_bwd"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        Err(cpu_unreachable(SILU))
-    }
+    cuda_only_cpu_fwd!(3);
 
     fn cuda_fwd(
         &self,
@@ -360,17 +352,7 @@ impl CustomOp3 for Rope {
         ROPE
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        Err(cpu_unreachable(ROPE))
-    }
+    cuda_only_cpu_fwd!(3);
 
     fn cuda_fwd(
         &self,

@@ -17,6 +17,13 @@ use kubeswift_kernels::{
     lora_linear_with_dropout, rms_norm, rope, rope_tables, silu_mul,
 };
 
+// The CPU kernel tests' helpers (assert_close copies GPU tensors to the host itself).
+#[path = "../kernels/common.rs"]
+#[allow(dead_code)]
+mod common;
+
+use common::assert_close;
+
 const F32_TOL: f64 = 1e-4;
 const BF16_TOL: f64 = 2e-2;
 
@@ -39,34 +46,6 @@ fn tol(dtype: DType) -> f64 {
     } else {
         BF16_TOL
     }
-}
-
-/// `max |got - want| <= tol * max(max |want|, 1e-3)`, with the worst element named.
-fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
-    assert_eq!(got.dims(), want.dims(), "{what}: shapes differ");
-    let flat = |t: &Tensor| -> Vec<f64> {
-        t.to_device(&Device::Cpu)
-            .and_then(|t| t.to_dtype(DType::F64))
-            .and_then(|t| t.flatten_all())
-            .and_then(|t| t.to_vec1::<f64>())
-            .unwrap()
-    };
-    let (g, w) = (flat(got), flat(want));
-    let scale = w.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-3);
-    let (mut worst, mut at) = (0f64, 0);
-    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
-        let d = (a - b).abs();
-        if d > worst || d.is_nan() {
-            worst = d;
-            at = i;
-        }
-    }
-    assert!(
-        worst <= tol * scale,
-        "{what}: max error {worst:e} at {at} (gpu {} vs cpu {}) exceeds {tol:e} x {scale:e}",
-        g[at],
-        w[at]
-    );
 }
 
 /// The same random inputs on both devices, as variables, in `dtype`.

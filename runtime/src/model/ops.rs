@@ -75,20 +75,8 @@ pub fn linear_cross_entropy(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::max_diff;
     use candle_core::{Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
 
     #[test]
     fn rms_norm_matches_candle_fused_forward() {

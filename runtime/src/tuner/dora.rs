@@ -180,6 +180,7 @@ fn splitmix64(mut z: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::max_diff;
     use candle_core::Device;
 
     fn rand(shape: (usize, usize), seed: u64) -> Tensor {
@@ -241,19 +242,6 @@ mod tests {
         (base + base_d.broadcast_mul(&g1).unwrap() + lora.broadcast_mul(&g).unwrap())
             .unwrap()
             .broadcast_add(&c.bias)
-            .unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
             .unwrap()
     }
 

@@ -107,6 +107,7 @@ pub fn converted_pair(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::max_diff;
     use candle_core::Device;
     use rand::SeedableRng;
 
@@ -116,19 +117,6 @@ mod tests {
             .map(|_| rand::Rng::random_range(&mut rng, -1.0f32..1.0))
             .collect();
         Tensor::from_vec(v, (12, 8), &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
     }
 
     #[test]

@@ -12,6 +12,8 @@ use kubeswift_runtime::model::{LoadOptions, LogitRows, Pretrained, PretrainedOpt
 use kubeswift_runtime::tuner::lora::LoraAdapters;
 use serde_json::Value;
 
+use crate::tensors::max_diff;
+
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
@@ -72,19 +74,6 @@ fn logits(p: &Pretrained, rows: &[Vec<u32>]) -> Vec<Tensor> {
                 .unwrap()
         })
         .collect()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 /// The fixture batch PEFT's logits were computed on.

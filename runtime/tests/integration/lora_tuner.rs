@@ -10,6 +10,8 @@ use kubeswift_runtime::model::{LoadOptions, LogitRows, Pretrained, PretrainedOpt
 use kubeswift_runtime::tuner::lora::LoraAdapters;
 use kubeswift_runtime::tuner::lora_config::LoraConfig;
 
+use crate::tensors::max_diff;
+
 fn load() -> Pretrained {
     let opts = PretrainedOptions {
         model_type: None,
@@ -43,19 +45,6 @@ fn logits(p: &Pretrained) -> Tensor {
     };
     p.model
         .forward_infer(&ids, &[span], &mut cache, LogitRows::All)
-        .unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
         .unwrap()
 }
 

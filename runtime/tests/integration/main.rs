@@ -6,6 +6,7 @@ mod adapters;
 mod ports;
 mod serve_support;
 mod storage_support;
+mod tensors;
 
 mod cli;
 mod data_pipeline;

@@ -10,6 +10,8 @@ use kubeswift_runtime::model::{
 };
 use serde_json::Value;
 
+use crate::tensors::max_diff;
+
 const FIXTURES: [&str; 3] = ["tiny-Qwen2.5", "tiny-Qwen3", "tiny-Llama-3.2"];
 
 fn fixture(name: &str) -> PathBuf {
@@ -57,18 +59,6 @@ fn reference(name: &str) -> Reference {
             .map(|i| tensors[&format!("logits.{i}")].clone())
             .collect(),
     }
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 fn infer_logits(p: &Pretrained, ids: &[u32]) -> Tensor {

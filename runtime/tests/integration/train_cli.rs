@@ -32,6 +32,21 @@ fn swift_cmd(args: &[&str]) -> Command {
     cmd
 }
 
+/// Runs `swift` with `input` on stdin; returns its stdout, failing the test if it fails.
+fn swift_with_stdin(args: &[&str], input: &[u8]) -> String {
+    let mut child = swift_cmd(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn swift(args: &[&str]) -> (i32, String, String) {
     let out = swift_cmd(args).output().unwrap();
     (
@@ -176,30 +191,19 @@ fn sft_lora_writes_ms_swift_layout_and_infer_answers_with_the_adapter() {
 
     // `swift infer --adapters CKPT`: the model and template come from the checkpoint's
     // args.json (load_args), the adapter is applied, and the chat answers.
-    let mut child = swift_cmd(&[
-        "infer",
-        "--adapters",
-        &ck.display().to_string(),
-        "--temperature",
-        "0",
-        "--max_new_tokens",
-        "8",
-    ])
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"who are you?\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(!String::from_utf8_lossy(&out.stdout).trim().is_empty());
+    let answer = swift_with_stdin(
+        &[
+            "infer",
+            "--adapters",
+            &ck.display().to_string(),
+            "--temperature",
+            "0",
+            "--max_new_tokens",
+            "8",
+        ],
+        b"who are you?\n",
+    );
+    assert!(!answer.trim().is_empty());
 }
 
 #[test]
@@ -730,24 +734,7 @@ fn dora_run_trains_the_magnitude_resumes_exactly_and_infers_and_merges() {
     ]);
     assert_eq!(code, 0, "{stderr}");
     // Greedy answers of the unmerged adapter and of the merged model agree.
-    let answer = |args: &[&str]| {
-        let mut child = swift_cmd(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"reverse: alpha beta gamma delta\n")
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{stderr}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let answer = |args: &[&str]| swift_with_stdin(args, b"reverse: alpha beta gamma delta\n");
     let common = ["--temperature", "0", "--max_new_tokens", "6"];
     let unmerged = answer(&[&["infer", "--adapters", ck6_s.as_str()][..], &common[..]].concat());
     let from_merged = answer(&[&["infer", "--model", merged.as_str()][..], &common[..]].concat());

@@ -23,6 +23,8 @@ use kubeswift_runtime::tuner::lora_config::peft_key;
 use kubeswift_runtime::tuner::multi_lora::{AdapterSet, RowRun, with_routing};
 use serde_json::Value;
 
+use crate::tensors::max_diff;
+
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
@@ -338,19 +340,6 @@ fn dora_adapter() -> PathBuf {
     fixtures().join("training/dora_adapter")
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
-
 #[test]
 fn dora_loss_and_every_gradient_match_peft() {
     let f = fixture();
@@ -421,7 +410,7 @@ fn a_peft_dora_adapter_gives_peft_logits_unmerged_and_merged() {
     let (_, reference) = dora_fixture();
     let logits = &reference["logits"];
     // The adapter changes the logits beyond plain LoRA's: comparing with PEFT means something.
-    assert!(max_abs_diff(logits, &f.lora["logits"]) > 0.1);
+    assert!(max_diff(logits, &f.lora["logits"]) > 0.1);
     let mut p = load();
     LoraAdapters::load(&mut p.model, &dora_adapter(), false).unwrap();
     assert_logits_in_both_modes(&p, &f, logits);
@@ -493,7 +482,7 @@ fn a_dora_adapter_shares_a_multi_lora_batch_with_lora_and_the_base() {
                     .unwrap()
             }
         };
-        let d = max_abs_diff(&ours, &expected);
+        let d = max_diff(&ours, &expected);
         assert!(
             d < 1e-4,
             "row {row}, adapter {adapter:?}: max |logit diff| {d}"
