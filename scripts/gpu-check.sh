@@ -31,6 +31,10 @@ for sp in site.getsitepackages():
 print(":".join(sorted(dirs)))
 PY
 )
+# The driver's libcuda: on the loader's path on most hosts; some images mount it here.
+for d in /usr/local/nvidia/lib64 /usr/local/nvidia/lib; do
+    [ -d "$d" ] && libs="$libs:$d"
+done
 export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 say "# gpu-check $(cat "$B/commit" 2>/dev/null) on $(nvidia-smi -L 2>/dev/null | head -1)"
