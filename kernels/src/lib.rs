@@ -39,7 +39,9 @@ pub use ops::attention::{AttnMask, attention, attention_with_scale};
 pub use ops::cross_entropy::{
     CrossEntropy, CrossEntropyOptions, IGNORE_INDEX, linear_cross_entropy,
 };
-pub use ops::linear::{LoraDropout, frozen_linear, lora_linear, lora_linear_with_dropout};
+pub use ops::linear::{
+    LoraDropout, dropout_factors, frozen_linear, lora_linear, lora_linear_with_dropout,
+};
 pub use ops::rms_norm::rms_norm;
 pub use ops::rope::{rope, rope_tables};
 pub use ops::silu_mul::silu_mul;

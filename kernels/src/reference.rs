@@ -170,15 +170,24 @@ pub fn linear_cross_entropy_sum(
     ignore_index: i64,
 ) -> Result<Tensor> {
     let logits = f32(hidden)?.matmul(&f32(weight)?.t()?)?;
-    let (n, v) = logits.dims2()?;
     let labels = labels.to_dtype(DType::I64)?.to_vec1::<i64>()?;
+    let rows: Vec<(usize, usize)> = labels
+        .iter()
+        .enumerate()
+        .filter(|&(_, &l)| l != ignore_index)
+        .map(|(i, &l)| (i, l as usize))
+        .collect();
+    cross_entropy_sum(&logits, &rows)
+}
+
+/// Summed cross-entropy of f32 `[N, V]` logits at the `(token, label)` pairs `rows`.
+pub(crate) fn cross_entropy_sum(logits: &Tensor, rows: &[(usize, usize)]) -> Result<Tensor> {
+    let (n, v) = logits.dims2()?;
     let mut onehot = vec![0f32; n * v];
-    for (i, &l) in labels.iter().enumerate() {
-        if l != ignore_index {
-            onehot[i * v + l as usize] = 1.0;
-        }
+    for &(i, l) in rows {
+        onehot[i * v + l] = 1.0;
     }
-    let onehot = Tensor::from_vec(onehot, (n, v), hidden.device())?;
+    let onehot = Tensor::from_vec(onehot, (n, v), logits.device())?;
     let max = logits.max_keepdim(D::Minus1)?.detach();
     let shifted = logits.broadcast_sub(&max)?;
     let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;

@@ -31,14 +31,31 @@ pub struct CudaProbe {
     pub device_count: Option<usize>,
 }
 
+impl CudaProbe {
+    /// GPUs this process can use: the driver's count when the build and the libraries allow.
+    pub fn usable_gpus(&self) -> usize {
+        if self.built && self.missing_libraries.is_empty() {
+            self.device_count.unwrap_or(0)
+        } else {
+            0
+        }
+    }
+
+    /// `CUDA_VISIBLE_DEVICES` is set and names no GPU: the CPU on purpose.
+    fn gpus_hidden(&self) -> bool {
+        self.visible_devices
+            .as_deref()
+            .is_some_and(|v| v.trim().is_empty() || v.trim() == "-1")
+    }
+}
+
 /// Picks the device for the worker with `local_rank`.
 pub fn decide(probe: &CudaProbe, local_rank: usize) -> Choice {
     if !probe.built {
         return Choice::Cpu("this swift binary is built without the `cuda` feature".into());
     }
-    if let Some(v) = &probe.visible_devices
-        && (v.trim().is_empty() || v.trim() == "-1")
-    {
+    if probe.gpus_hidden() {
+        let v = probe.visible_devices.as_deref().unwrap_or_default();
         return Choice::Cpu(format!("CUDA_VISIBLE_DEVICES={v:?} hides every GPU"));
     }
     if !probe.missing_libraries.is_empty() {
@@ -59,8 +76,14 @@ pub fn decide(probe: &CudaProbe, local_rank: usize) -> Choice {
     }
 }
 
-/// Looks at what this process can load and see.
-pub fn probe() -> CudaProbe {
+/// What this process can load and see; probed once (the launcher and the trainer both ask,
+/// and loading the libraries and initialising the driver is not free).
+pub fn probe() -> &'static CudaProbe {
+    static PROBE: std::sync::OnceLock<CudaProbe> = std::sync::OnceLock::new();
+    PROBE.get_or_init(probe_now)
+}
+
+fn probe_now() -> CudaProbe {
     let visible_devices = std::env::var("CUDA_VISIBLE_DEVICES").ok();
     #[cfg(feature = "cuda")]
     {
@@ -106,7 +129,8 @@ pub fn compute_device() -> anyhow::Result<Device> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    match decide(&probe(), local_rank) {
+    let probe = probe();
+    match decide(probe, local_rank) {
         Choice::Cuda(ordinal) => {
             let device = Device::new_cuda(ordinal)
                 .map_err(|e| anyhow::anyhow!("opening CUDA device {ordinal}: {e}"))?;
@@ -117,7 +141,7 @@ pub fn compute_device() -> anyhow::Result<Device> {
             if cfg!(feature = "cuda") {
                 // A cuda binary on a CPU node is worth a warning; hiding the GPUs on purpose
                 // is not.
-                if std::env::var_os("CUDA_VISIBLE_DEVICES").is_some_and(|v| v.is_empty()) {
+                if probe.gpus_hidden() {
                     tracing::info!(%reason, "computing on the CPU");
                 } else {
                     tracing::warn!(%reason, "computing on the CPU");

@@ -1,4 +1,5 @@
 //! Ops that have no CUDA kernel yet, on CUDA tensors: their [`crate::reference`] versions
+//! (attention and the frozen linear call `reference` directly; what needs more is here)
 //! (plain candle ops, so cuBLAS matmuls and candle's CUDA elementwise kernels), computed in
 //! f32. Correct and differentiable, and they keep a GPU run whole while the fused kernels
 //! (flash attention, chunked cross-entropy, LoRA linear) are written; they materialise what
@@ -7,25 +8,9 @@
 
 use candle_core::{D, DType, Result, Tensor};
 
-use crate::ops::attention::AttnMask;
 use crate::ops::cross_entropy::CrossEntropy;
 use crate::ops::linear::LoraDropout;
 use crate::reference;
-
-pub(crate) fn attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    mask: &AttnMask,
-    scale: f64,
-) -> Result<Tensor> {
-    reference::attention(q, k, v, mask, scale)
-}
-
-/// `x W^T + b`; `w`, `b` detached by the caller, so only `x` gets a gradient.
-pub(crate) fn frozen_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    reference::linear(x, w, b)
-}
 
 /// `x W^T + b + scale * (drop(x) A^T) B^T`, with the CPU kernel's dropout mask (the same
 /// hash of seed and index, so a GPU run drops the same elements as a CPU run).
@@ -61,21 +46,10 @@ pub(crate) fn linear_cross_entropy(
     weight: &Tensor,
     rows: &[(usize, usize)],
 ) -> Result<CrossEntropy> {
-    let device = hidden.device();
-    let (n, _) = hidden.dims2()?;
     let logits = hidden
         .to_dtype(DType::F32)?
         .matmul(&weight.to_dtype(DType::F32)?.t()?)?;
-    let v = logits.dim(1)?;
-    let mut onehot = vec![0f32; n * v];
-    for &(i, l) in rows {
-        onehot[i * v + l] = 1.0;
-    }
-    let onehot = Tensor::from_vec(onehot, (n, v), device)?;
-    let max = logits.max_keepdim(D::Minus1)?.detach();
-    let shifted = logits.broadcast_sub(&max)?;
-    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    let loss_sum = (shifted.broadcast_sub(&lse)? * onehot)?.sum_all()?.neg()?;
+    let loss_sum = reference::cross_entropy_sum(&logits, rows)?;
     // Accuracy as the CPU op counts it: the first arg-max must be the label.
     let argmax = logits.detach().argmax(D::Minus1)?.to_vec1::<u32>()?;
     let missed: Vec<usize> = rows

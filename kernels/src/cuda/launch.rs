@@ -49,7 +49,7 @@ pub(crate) fn view<'a, T: CudaDType>(
 }
 
 /// An uninitialised device buffer of `n` elements; every kernel writing into one covers
-/// all of it (the GPU tests poison outputs to check that).
+/// all of it.
 pub(crate) fn alloc<T: DeviceRepr>(dev: &CudaDevice, n: usize) -> Result<CudaSlice<T>> {
     // SAFETY: the launch that follows writes every element before anything reads it.
     unsafe { dev.alloc::<T>(n) }

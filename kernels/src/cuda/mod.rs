@@ -64,18 +64,19 @@ fn nvrtc_detail(e: &cudarc::nvrtc::CompileError) -> String {
     }
 }
 
-/// PTX per compute capability, compiled once per process.
-fn ptx_for(capability: (i32, i32)) -> Result<String> {
-    static CACHE: OnceLock<Mutex<HashMap<(i32, i32), String>>> = OnceLock::new();
+/// PTX per compute capability, compiled once per process (and kept for its life: one per
+/// GPU generation in the machine), so a launch does not copy it.
+fn ptx_for(capability: (i32, i32)) -> Result<&'static str> {
+    static CACHE: OnceLock<Mutex<HashMap<(i32, i32), &'static str>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     let mut cache = cache
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some(ptx) = cache.get(&capability) {
-        return Ok(ptx.clone());
+        return Ok(ptx);
     }
-    let ptx = compile_ptx(capability)?;
-    cache.insert(capability, ptx.clone());
+    let ptx: &'static str = Box::leak(compile_ptx(capability)?.into_boxed_str());
+    cache.insert(capability, ptx);
     Ok(ptx)
 }
 
@@ -94,25 +95,12 @@ pub fn capability(dev: &CudaDevice) -> Result<(i32, i32)> {
 }
 
 /// One kernel of [`SOURCE`], loaded on `dev`: `name` is the entry point without its dtype
-/// suffix (`rms_norm_fwd`), `dtype` picks the instantiation.
+/// suffix (`rms_norm_fwd`), `dtype` (f32, bf16 or f16, checked by the public ops) picks the
+/// instantiation, whose suffix is candle's name for the dtype.
 pub(crate) fn function(dev: &CudaDevice, name: &str, dtype: DType) -> Result<CudaFunction> {
-    let suffix = match dtype {
-        DType::F32 => "f32",
-        DType::BF16 => "bf16",
-        DType::F16 => "f16",
-        got => {
-            return Err(KernelError::DType {
-                op: "cuda",
-                arg: "input",
-                got,
-                expected: "f32, bf16 or f16",
-            }
-            .into());
-        }
-    };
     let ptx = ptx_for(capability(dev)?)?;
     Ok(dev
-        .get_or_load_custom_func(&format!("{name}_{suffix}"), MODULE, &ptx)?
+        .get_or_load_custom_func(&format!("{name}_{}", dtype.as_str()), MODULE, ptx)?
         .into_cuda_function())
 }
 
@@ -139,8 +127,8 @@ mod tests {
 
     /// NVRTC alone (no GPU, no driver) compiles every kernel for Hopper and for the oldest
     /// architecture we support, and the PTX defines each entry point the launchers call.
-    /// CI runs this with the PyPI NVRTC (scripts/cuda-check); a machine without libnvrtc
-    /// fails here with NVRTC's loader message.
+    /// CI runs this with the PyPI NVRTC (scripts/cuda-env.sh); a machine without libnvrtc
+    /// fails here with compile_ptx's message naming it.
     #[test]
     fn every_kernel_compiles_with_nvrtc() {
         for cap in [(9, 0), (8, 0)] {

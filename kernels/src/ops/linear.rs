@@ -25,7 +25,8 @@ pub fn frozen_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tenso
     let frozen = Frozen::new(FROZEN, x, w, b)?;
     #[cfg(feature = "cuda")]
     if x.device().is_cuda() {
-        return crate::cuda::fallback::frozen_linear(x, &frozen.w, frozen.b.as_ref());
+        // No fused CUDA kernel yet; `w` and `b` are detached, so only `x` gets a gradient.
+        return crate::reference::linear(x, &frozen.w, frozen.b.as_ref());
     }
     x.contiguous()?.apply_op1(FrozenLinear(frozen))
 }
@@ -282,10 +283,10 @@ fn apply_dropout(x: &mut [f32], d: LoraDropout) {
     }
 }
 
-/// The factor [`apply_dropout`] multiplies each of `n` elements by (0 or `1 / (1 - p)`),
-/// for devices that apply the same mask as a tensor.
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-pub(crate) fn dropout_factors(n: usize, d: LoraDropout) -> Vec<f32> {
+/// The factor the LoRA kernel's dropout multiplies each of `n` elements by (0 or
+/// `1 / (1 - p)`), for code that applies the same mask as a tensor (the CUDA fallback,
+/// DoRA's base term).
+pub fn dropout_factors(n: usize, d: LoraDropout) -> Vec<f32> {
     let keep_scale = 1.0 / (1.0 - d.p);
     let threshold = drop_threshold(d);
     (0..n)

@@ -114,13 +114,7 @@ pub fn maybe_launch() -> anyhow::Result<Option<u8>> {
     }
     let mut dist = DistEnv::from_env(env)?;
     let probe = crate::device::probe();
-    let usable = probe.built && probe.missing_libraries.is_empty();
-    let count = if usable {
-        probe.device_count.unwrap_or(0)
-    } else {
-        0
-    };
-    let gpus = node_gpus(probe.visible_devices.as_deref(), count);
+    let gpus = node_gpus(probe.visible_devices.as_deref(), probe.usable_gpus());
     // On a GPU node, one worker per GPU unless NPROC_PER_NODE says otherwise (torchrun's
     // `--nproc_per_node gpu`, ms-swift's default there).
     let nproc_set = env("NPROC_PER_NODE")

@@ -11,7 +11,7 @@
 //! `W' = (m / ||W + scale B A||)[:, None] * (W + scale B A)` compute.
 
 use candle_core::{D, DType, Tensor, Var};
-use kubeswift_kernels::{LoraDropout, frozen_linear, lora_linear};
+use kubeswift_kernels::{LoraDropout, dropout_factors, frozen_linear, lora_linear};
 
 /// The name PEFT gives the magnitude in a layer's adapter state.
 pub const MAGNITUDE: &str = "lora_magnitude_vector";
@@ -26,9 +26,7 @@ pub fn magnitude_key(module_path: &str) -> String {
 /// `||W + scale * B A||_2` over the input dim, per output row (`[out]`, f32), from
 /// detached values.
 pub fn weight_norm(w: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
-    let a = a.detach().to_dtype(DType::F32)?;
-    let b = b.detach().to_dtype(DType::F32)?;
-    let full = (w.detach().to_dtype(DType::F32)? + (b.matmul(&a)? * scale)?)?;
+    let full = merged_weight(&w.detach(), &a.detach(), &b.detach(), scale, None)?;
     full.sqr()?.sum(D::Minus1)?.sqrt()
 }
 
@@ -154,27 +152,12 @@ pub fn merged_weight(
     }
 }
 
-/// `keep / (1 - p)` or 0 per element of `x`, in `x`'s dtype, drawn from a hash of the seed
-/// and the element index: the same mask whenever a layer is recomputed (gradient
-/// checkpointing) with the same seed.
+/// `keep / (1 - p)` or 0 per element of `x`, in `x`'s dtype: the LoRA kernel's own mask
+/// (a hash of the seed and the element index), so it is the same whenever a layer is
+/// recomputed (gradient checkpointing) with the same seed.
 fn dropout_mask(d: LoraDropout, x: &Tensor) -> candle_core::Result<Tensor> {
-    let keep = 1.0 / (1.0 - d.p);
-    // The top 24 bits of the hash against p * 2^24.
-    let threshold = (d.p as f64 * (1u64 << 24) as f64) as u64;
-    let values: Vec<f32> = (0..x.elem_count() as u64)
-        .map(|i| {
-            let u = splitmix64(d.seed ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15)) >> 40;
-            if u < threshold { 0.0 } else { keep }
-        })
-        .collect();
+    let values = dropout_factors(x.elem_count(), d);
     Tensor::from_vec(values, x.shape(), x.device())?.to_dtype(x.dtype())
-}
-
-fn splitmix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]
