@@ -10,8 +10,8 @@
 
 use std::time::{Duration, Instant};
 
-use kubeswift_runtime::dist::WorldInfo;
 use kubeswift_runtime::dist::rendezvous::{RendezvousOptions, connect};
+use kubeswift_runtime::dist::{Backend, WorldInfo};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -27,6 +27,7 @@ fn measure(world: usize, len: usize, repeat: usize) -> Result<f64, String> {
         deadline: Duration::from_secs(30),
         timeout: Duration::from_secs(120),
         fingerprint: "bench".into(),
+        backend: Backend::Gloo,
     };
     let threads: Vec<_> = (0..world)
         .map(|rank| {

@@ -1,5 +1,5 @@
 //! Collectives behind one trait: `Solo` for a single process, `Ring` for CPU training over
-//! TCP (`--ddp_backend gloo`). NCCL will implement the same trait in the `cuda` build.
+//! TCP (`--ddp_backend gloo`). NCCL implements the same trait in the `cuda` build (`nccl.rs`).
 //!
 //! The ring all-reduce is the bandwidth-optimal one (reduce-scatter, then all-gather):
 //! each rank sends and receives 2·(n−1)/n of the buffer whatever the world size. Chunk c is
@@ -351,51 +351,66 @@ impl Collective for Ring {
             .barrier(&format!("{name}#{}", self.barriers), self.timeout)
     }
 
-    /// Through rank 0's store, in pieces under its frame limit: every rank sets
-    /// `gather/NAME/RANK/i` and a piece count; rank 0 waits for each (up to the timeout,
-    /// naming a rank that never delivered).
     fn gather(&mut self, name: &str, value: String) -> Result<Option<Vec<String>>, DistError> {
-        let pieces = utf8_pieces(&value, GATHER_PIECE);
-        for (i, piece) in pieces.iter().enumerate() {
-            self.store
-                .set(&format!("gather/{name}/{}/{i}", self.rank), piece)?;
-        }
-        self.store.set(
-            &format!("gather/{name}/{}/n", self.rank),
-            &pieces.len().to_string(),
-        )?;
-        if self.rank != 0 {
-            return Ok(None);
-        }
-        let wait = |key: String, from: usize| -> Result<String, DistError> {
-            self.store
-                .get(&key, self.timeout)?
-                .ok_or_else(|| DistError::Missing {
-                    what: format!("gather {name}"),
-                    missing: vec![from],
-                    world_size: self.world_size,
-                    waited: self.timeout,
-                })
-        };
-        let mut out = Vec::with_capacity(self.world_size);
-        for r in 0..self.world_size {
-            let count = wait(format!("gather/{name}/{r}/n"), r)?;
-            let count: usize = count.parse().map_err(|_| DistError::Store {
-                addr: self.store.addr().to_string(),
-                message: format!("gather {name}: rank {r} sent a bad piece count {count:?}"),
-            })?;
-            let mut joined = String::new();
-            for i in 0..count {
-                joined.push_str(&wait(format!("gather/{name}/{r}/{i}"), r)?);
-            }
-            out.push(joined);
-        }
-        Ok(Some(out))
+        store_gather(
+            &self.store,
+            self.rank,
+            self.world_size,
+            self.timeout,
+            name,
+            value,
+        )
     }
 
     fn finish(&mut self) {
         self.store.bye();
     }
+}
+
+/// A gather through rank 0's store, in pieces under its frame limit: every rank sets
+/// `gather/NAME/RANK/i` and a piece count; rank 0 waits for each (up to `timeout`, naming
+/// a rank that never delivered). Every backend gathers this way.
+pub(crate) fn store_gather(
+    store: &Store,
+    rank: usize,
+    world_size: usize,
+    timeout: Duration,
+    name: &str,
+    value: String,
+) -> Result<Option<Vec<String>>, DistError> {
+    let pieces = utf8_pieces(&value, GATHER_PIECE);
+    for (i, piece) in pieces.iter().enumerate() {
+        store.set(&format!("gather/{name}/{rank}/{i}"), piece)?;
+    }
+    store.set(
+        &format!("gather/{name}/{rank}/n"),
+        &pieces.len().to_string(),
+    )?;
+    if rank != 0 {
+        return Ok(None);
+    }
+    let wait = |key: String, from: usize| -> Result<String, DistError> {
+        store.get(&key, timeout)?.ok_or_else(|| DistError::Missing {
+            what: format!("gather {name}"),
+            missing: vec![from],
+            world_size,
+            waited: timeout,
+        })
+    };
+    let mut out = Vec::with_capacity(world_size);
+    for r in 0..world_size {
+        let count = wait(format!("gather/{name}/{r}/n"), r)?;
+        let count: usize = count.parse().map_err(|_| DistError::Store {
+            addr: store.addr().to_string(),
+            message: format!("gather {name}: rank {r} sent a bad piece count {count:?}"),
+        })?;
+        let mut joined = String::new();
+        for i in 0..count {
+            joined.push_str(&wait(format!("gather/{name}/{r}/{i}"), r)?);
+        }
+        out.push(joined);
+    }
+    Ok(Some(out))
 }
 
 /// A failed read from `peer`: a timeout or a lost connection.

@@ -35,19 +35,66 @@ use crate::train::step::LossStats;
 pub enum Backend {
     /// Our CPU ring over TCP (gloo's role in torch).
     Gloo,
-    /// NVIDIA's collectives; only in the `cuda` build.
-    Nccl,
+    /// NVIDIA's collectives on this worker's GPU; only in the `cuda` build.
+    Nccl { ordinal: usize },
+}
+
+/// What the backend choice depends on, gathered once (plain data: [`Backend::choose`] is
+/// a pure function).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendEnv {
+    /// Built with the `cuda` feature.
+    pub cuda_built: bool,
+    /// This worker's GPU ordinal, or why it computes on the CPU (`device::decide`).
+    pub gpu: Result<usize, String>,
+    /// libnccl loads.
+    pub nccl_library: bool,
+}
+
+impl BackendEnv {
+    /// This process's: the CUDA probe, the device choice for `local_rank`, and libnccl.
+    pub fn probe(local_rank: usize) -> Self {
+        let probe = crate::device::probe();
+        let gpu = match crate::device::decide(probe, local_rank) {
+            crate::device::Choice::Cuda(ordinal) => Ok(ordinal),
+            crate::device::Choice::Cpu(reason) => Err(reason),
+        };
+        #[cfg(feature = "cuda")]
+        let nccl_library = gpu.is_ok() && super::nccl::library_present();
+        #[cfg(not(feature = "cuda"))]
+        let nccl_library = false;
+        BackendEnv {
+            cuda_built: probe.built,
+            gpu,
+            nccl_library,
+        }
+    }
 }
 
 impl Backend {
-    /// The backend for this build; unset means gloo, as there is no GPU path yet.
-    pub fn from_arg(value: Option<&str>) -> Result<Self, DistError> {
+    /// ms-swift's rule: NCCL when the worker has a GPU, gloo otherwise. Unset falls back
+    /// to gloo when libnccl is missing (gradients then cross the CPU ring); an explicit
+    /// `nccl` that cannot run is an error saying why.
+    pub fn choose(value: Option<&str>, env: &BackendEnv) -> Result<Self, DistError> {
+        let refuse = |why: String| DistError::Backend("nccl".into(), why);
         match value {
-            None | Some("gloo") => Ok(Backend::Gloo),
-            Some("nccl") => Err(DistError::Backend(
-                "nccl".into(),
+            Some("gloo") => Ok(Backend::Gloo),
+            None => Ok(match env.gpu {
+                Ok(ordinal) if env.nccl_library => Backend::Nccl { ordinal },
+                _ => Backend::Gloo,
+            }),
+            Some("nccl") if !env.cuda_built => Err(refuse(
                 "needs the cuda build of kubeswift; this build trains on CPU: use --ddp_backend gloo (or leave it unset)".into(),
             )),
+            Some("nccl") => match &env.gpu {
+                Err(reason) => Err(refuse(format!(
+                    "this worker computes on the CPU ({reason}) and NCCL needs a GPU: use --ddp_backend gloo (or leave it unset)"
+                ))),
+                Ok(_) if !env.nccl_library => Err(refuse(
+                    "libnccl.so.2 is not on the library path (the CUDA images' libnccl2 package or PyPI's nvidia-nccl wheel provide it; add its folder to LD_LIBRARY_PATH), or use --ddp_backend gloo".into(),
+                )),
+                Ok(ordinal) => Ok(Backend::Nccl { ordinal: *ordinal }),
+            },
             Some(other) => Err(DistError::Backend(
                 other.into(),
                 "not supported: use gloo (CPU) or nccl (cuda build)".into(),
@@ -96,7 +143,10 @@ impl DataParallel {
             return Ok(Self::single());
         };
         // `swift infer` owns none of the ddp arguments: it runs on their defaults.
-        Backend::from_arg(args.lookup("ddp_backend").and_then(|v| v.as_str()))?;
+        let backend = Backend::choose(
+            args.lookup("ddp_backend").and_then(|v| v.as_str()),
+            &BackendEnv::probe(world.local_rank),
+        )?;
         let seconds = args
             .lookup("ddp_timeout")
             .and_then(|v| v.as_i64())
@@ -107,6 +157,7 @@ impl DataParallel {
             deadline: timeout,
             timeout,
             fingerprint: fingerprint(std::env::args().skip(1)),
+            backend,
         };
         let comm = connect(&world, &options).with_context(|| {
             format!(
@@ -249,15 +300,50 @@ mod tests {
         assert!(shard(&[7], 1, 2).is_empty(), "a rank may get no rows");
     }
 
+    fn env(cuda_built: bool, gpu: Result<usize, &str>, nccl_library: bool) -> BackendEnv {
+        BackendEnv {
+            cuda_built,
+            gpu: gpu.map_err(String::from),
+            nccl_library,
+        }
+    }
+
     #[test]
-    fn nccl_is_refused_with_a_clear_reason() {
-        assert_eq!(Backend::from_arg(None).unwrap(), Backend::Gloo);
-        assert_eq!(Backend::from_arg(Some("gloo")).unwrap(), Backend::Gloo);
-        let err = Backend::from_arg(Some("nccl")).unwrap_err().to_string();
-        assert!(
-            err.contains("--ddp_backend nccl") && err.contains("cuda build"),
-            "{err}"
+    fn the_backend_defaults_to_nccl_on_a_gpu_and_gloo_elsewhere() {
+        let gpu = env(true, Ok(3), true);
+        assert_eq!(
+            Backend::choose(None, &gpu).unwrap(),
+            Backend::Nccl { ordinal: 3 }
         );
+        assert_eq!(Backend::choose(Some("gloo"), &gpu).unwrap(), Backend::Gloo);
+        let cpu = env(false, Err("built without cuda"), false);
+        assert_eq!(Backend::choose(None, &cpu).unwrap(), Backend::Gloo);
+        assert_eq!(Backend::choose(Some("gloo"), &cpu).unwrap(), Backend::Gloo);
+        // A GPU without libnccl: unset still trains, over the CPU ring.
+        let no_lib = env(true, Ok(0), false);
+        assert_eq!(Backend::choose(None, &no_lib).unwrap(), Backend::Gloo);
+    }
+
+    #[test]
+    fn nccl_that_cannot_run_is_refused_with_the_reason() {
+        let cases = [
+            (env(false, Err("x"), false), "cuda build"),
+            (
+                env(true, Err("the driver reports no GPU"), false),
+                "the driver reports no GPU",
+            ),
+            (env(true, Ok(0), false), "LD_LIBRARY_PATH"),
+        ];
+        for (e, why) in cases {
+            let err = Backend::choose(Some("nccl"), &e).unwrap_err().to_string();
+            assert!(
+                err.contains("--ddp_backend nccl") && err.contains(why),
+                "{err}"
+            );
+            assert!(err.contains("gloo"), "names the alternative: {err}");
+        }
+        let err = Backend::choose(Some("mpi"), &env(true, Ok(0), true)).unwrap_err();
+        assert!(err.to_string().contains("--ddp_backend mpi"), "{err}");
     }
 
     #[test]

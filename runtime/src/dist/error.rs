@@ -56,6 +56,18 @@ pub enum DistError {
         op: String,
         cause: String,
     },
+    #[error("rank {rank}: {op} did not complete within {}s (--ddp_timeout) and no rank reported a failure", .waited.as_secs())]
+    Stalled {
+        rank: usize,
+        op: String,
+        waited: Duration,
+    },
+    #[error("rank {rank}: NCCL {op} failed: {detail}")]
+    Nccl {
+        rank: usize,
+        op: String,
+        detail: String,
+    },
     #[error("rendezvous store at {addr}: {message}")]
     Store { addr: String, message: String },
     #[error("ranks disagree: {0}")]

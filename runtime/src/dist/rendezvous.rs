@@ -2,13 +2,15 @@
 //! connects, retrying while MASTER_ADDR does not resolve yet or rank 0 is not listening
 //! (pods start in any order), until the deadline. Then each rank publishes its ring
 //! address and the job's fingerprint, a barrier names whoever is missing, the fingerprints
-//! must agree (same arguments everywhere), and each rank connects to the next one.
+//! must agree (same arguments everywhere), and each rank connects to the next one (gloo)
+//! or joins the NCCL communicator whose id rank 0 put in the store (nccl).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use super::collective::{Collective, Ring, Solo};
+use super::data_parallel::Backend;
 use super::error::DistError;
 use super::store::Store;
 use super::world::WorldInfo;
@@ -22,9 +24,11 @@ pub struct RendezvousOptions {
     pub timeout: Duration,
     /// A hash of what must be identical on every rank (arguments, model).
     pub fingerprint: String,
+    /// How the ranks exchange gradients once they met.
+    pub backend: Backend,
 }
 
-/// Connects this process to the job: `Solo` alone, else the TCP ring.
+/// Connects this process to the job: `Solo` alone, else the TCP ring or NCCL.
 pub fn connect(
     world: &WorldInfo,
     options: &RendezvousOptions,
@@ -91,6 +95,9 @@ pub fn connect(
             )));
         }
     }
+    if let Backend::Nccl { ordinal } = options.backend {
+        return nccl(store, world, ordinal, options, deadline);
+    }
     let next = (rank + 1) % world.world_size;
     let prev = (rank + world.world_size - 1) % world.world_size;
     let next_addr = value(format!("ring/{next}"))?;
@@ -140,6 +147,40 @@ pub fn connect(
         store,
         options.timeout,
     )?))
+}
+
+#[cfg(feature = "cuda")]
+fn nccl(
+    store: Store,
+    world: &WorldInfo,
+    ordinal: usize,
+    options: &RendezvousOptions,
+    deadline: Instant,
+) -> Result<Box<dyn Collective>, DistError> {
+    let comm = super::nccl::Nccl::connect(
+        store,
+        world.rank,
+        world.world_size,
+        ordinal,
+        options.timeout,
+        deadline,
+    )?;
+    Ok(Box::new(comm))
+}
+
+/// `Backend::choose` never picks NCCL without the `cuda` build.
+#[cfg(not(feature = "cuda"))]
+fn nccl(
+    _: Store,
+    _: &WorldInfo,
+    _: usize,
+    _: &RendezvousOptions,
+    _: Instant,
+) -> Result<Box<dyn Collective>, DistError> {
+    Err(DistError::Backend(
+        "nccl".into(),
+        "needs the cuda build of kubeswift".into(),
+    ))
 }
 
 fn bracket(host: &str) -> String {

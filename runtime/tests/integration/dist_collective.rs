@@ -6,7 +6,7 @@ use crate::ports::free_port;
 use std::time::{Duration, Instant};
 
 use kubeswift_runtime::dist::rendezvous::{RendezvousOptions, connect};
-use kubeswift_runtime::dist::{Collective, DistError, WorldInfo};
+use kubeswift_runtime::dist::{Backend, Collective, DistError, WorldInfo};
 
 fn world(rank: usize, world_size: usize, port: u16) -> WorldInfo {
     WorldInfo {
@@ -24,6 +24,7 @@ fn options(deadline_s: u64, timeout_s: u64) -> RendezvousOptions {
         deadline: Duration::from_secs(deadline_s),
         timeout: Duration::from_secs(timeout_s),
         fingerprint: "job".into(),
+        backend: Backend::Gloo,
     }
 }
 

@@ -271,6 +271,46 @@ fn a_worker_killed_mid_run_ends_the_job_naming_its_rank() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// No GPU here: `--ddp_backend nccl` must stop every worker before the rendezvous with the
+/// reason (the default build: not built for CUDA; the cuda build: this worker computes on
+/// the CPU), never wait for peers or fall back silently.
+#[test]
+fn ddp_backend_nccl_without_a_gpu_fails_fast_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.jsonl");
+    write_dataset(&data, 8);
+    let mut args = train_args(&data, &dir.path().join("out"), 2, 2);
+    args.extend(["--ddp_backend".to_string(), "nccl".to_string()]);
+    let started = Instant::now();
+    let out = swift(
+        &args,
+        &[
+            ("NPROC_PER_NODE", "2".into()),
+            ("MASTER_PORT", free_port().to_string()),
+            // The cuda build would use a GPU of the test machine if it had one.
+            ("CUDA_VISIBLE_DEVICES", "".into()),
+        ],
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}: {stderr}",
+        started.elapsed()
+    );
+    assert!(stderr.contains("--ddp_backend nccl"), "{stderr}");
+    let why = if cfg!(feature = "cuda") {
+        "this worker computes on the CPU (CUDA_VISIBLE_DEVICES=\"\" hides every GPU)"
+    } else {
+        "needs the cuda build"
+    };
+    assert!(stderr.contains(why), "{stderr}");
+    assert!(stderr.contains("use --ddp_backend gloo"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 #[test]
 fn the_launcher_stops_the_others_when_one_worker_dies() {
     let dir = tempfile::tempdir().unwrap();
