@@ -38,6 +38,7 @@ def main():
     ap.add_argument("--max_length", type=int, default=256)
     ap.add_argument("--cores", type=int, default=os.cpu_count() or 2)
     a = ap.parse_args()
+    a.ours = os.path.abspath(a.ours)  # the runs start in their own folders
     assert a.batch % 2 == 0, "--batch must split over two workers"
 
     model = os.path.join(CACHE, "Qwen2-100M")

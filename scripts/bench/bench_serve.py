@@ -8,6 +8,11 @@ or --model. Each client sends --requests-per-client streaming chat requests back
 (greedy, --new tokens, a prompt of about --prompt words); time to first token is measured
 to the first chunk with text. Standard library only.
 
+With --system N every request starts with the same N-word system prompt (what prefix
+caching is for); --server-args passes more `swift deploy` arguments, e.g.
+--server-args="--enable_prefix_caching true" to measure prefix caching against the same
+run without it.
+
 With --adapters NAME=PATH ... the server holds those LoRA adapters too (multi-LoRA) and
 client i asks for model i mod (1 + adapters): the base model and every adapter share the
 batches. Any PEFT adapter of the model works (a `swift sft` checkpoint, or PEFT's).
@@ -31,8 +36,9 @@ ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)),
 SMOLLM2 = os.path.join(ROOT, ".cache", "models", "SmolLM2-135M-Instruct")
 
 
-def start_server(swift, model, batch, adapters):
+def start_server(swift, model, batch, adapters, server_args=()):
     extra = ["--adapters", *adapters] if adapters else []
+    extra += list(server_args)
     proc = subprocess.Popen(
         [swift, "deploy", "--model", model, "--host", "127.0.0.1", "--port", "0",
          "--max_batch_size", str(batch), "--verbose", "false", "--log_interval", "-1", *extra],
@@ -45,9 +51,15 @@ def start_server(swift, model, batch, adapters):
     return proc, m.group(1), int(m.group(2))
 
 
+SYSTEM = None  # set from --system
+
+
 def one_request(host, port, model, prompt, new):
+    messages = [{"role": "user", "content": prompt}]
+    if SYSTEM:
+        messages.insert(0, {"role": "system", "content": SYSTEM})
     body = json.dumps({
-        "model": model, "messages": [{"role": "user", "content": prompt}],
+        "model": model, "messages": messages,
         "max_tokens": new, "temperature": 0, "stream": True,
         "stream_options": {"include_usage": True},
     })
@@ -115,9 +127,17 @@ def main():
     ap.add_argument("--prompt", type=int, default=32, help="prompt length in words")
     ap.add_argument("--new", type=int, default=64, help="generated tokens per request")
     ap.add_argument("--adapters", nargs="*", default=[], help="NAME=PATH LoRA adapters to serve")
+    ap.add_argument("--system", type=int, default=0, help="shared system prompt length in words")
+    ap.add_argument("--server-args", default="", help="more swift deploy arguments")
     args = ap.parse_args()
+    global SYSTEM
+    if args.system:
+        words = ("You are a helpful assistant for a city tourism office and you answer "
+                 "questions about its history, rivers, bridges, museums and parks. ").split()
+        SYSTEM = " ".join(words[i % len(words)] for i in range(args.system))
     levels = [int(x) for x in args.levels.split(",")]
-    proc, host, port = start_server(args.swift, args.model, max(levels), args.adapters)
+    proc, host, port = start_server(args.swift, args.model, max(levels), args.adapters,
+                                    args.server_args.split())
     name = os.path.basename(os.path.normpath(args.model))
     models = [name, *(a.split("=", 1)[0] for a in args.adapters)]
     prompt = " ".join(["Tell me about the history of the city and its rivers."] * 8)
@@ -131,7 +151,8 @@ def main():
     finally:
         proc.terminate()
         proc.wait(timeout=120)
-    print(f"\nswift deploy, {name}, {args.new} new tokens, ~{args.prompt}-word prompt, "
+    print(f"\nswift deploy {args.server_args}, {name}, {args.new} new tokens, ~{args.prompt}-word prompt, "
+          f"{args.system}-word system prompt, "
           f"{args.requests_per_client} requests per client, {os.cpu_count()} CPUs, "
           f"models {', '.join(models)}")
     print(f"{'streams':>7} | {'gen tok/s':>9} | {'TTFT p50 ms':>11} | {'TTFT p99 ms':>11} | {'requests':>8} | errors")

@@ -7,6 +7,22 @@
 //! the prompts of the newcomers and the last token of every running sequence together
 //! (a ragged batch, no padding), and retires sequences that finished. Requests can join
 //! and leave between any two steps, which is what continuous batching in the server needs.
+//!
+//! A sequence's context is its prompt followed by what it generated; every step feeds
+//! each sequence the part of its context not in the cache yet, and samples once all of it
+//! is. Decoding is the case of one token; the rest follows from that one rule:
+//! - chunked prefill: a step feeds at most `max_step_tokens` prompt tokens (beside one
+//!   token per decoding sequence), so a long prompt does not stall every stream;
+//! - prefix caching: a newcomer whose prompt starts like an earlier one starts with those
+//!   tokens already cached (`prefix_cache.rs`);
+//! - the KV budget: the cache holds at most `kv_budget_tokens` tokens; with prefix caching
+//!   a quarter of it is the prefix cache's (its entries are copies, so they cannot share
+//!   memory with the running sequences as vLLM's blocks do), the rest the running
+//!   sequences'. Admission waits while a newcomer does not fit; when decoding outgrows the
+//!   budget, the newest requests are preempted: their slots are freed and they go back to
+//!   the front of the queue with their state (tokens, random generator), and their
+//!   context is prefilled again when they return, so their output does not change. A
+//!   request that outgrows the budget alone ends with `finish_reason` length.
 
 use std::collections::VecDeque;
 
@@ -17,6 +33,7 @@ use tokenizers::Tokenizer;
 
 use super::detokenizer::{IncrementalDecoder, decode};
 use super::error::{InferError, Result};
+use super::prefix_cache::PrefixCache;
 use super::sampler::{self, SamplingConfig};
 use crate::model::{CausalLm, KvCache, LogitRows, SeqSpan, SlotId};
 use crate::tuner::multi_lora::{AdapterId, RowRun, with_routing};
@@ -154,32 +171,140 @@ struct Running {
     adapter: Option<AdapterId>,
     /// Most new tokens this request may produce (max_new_tokens and context).
     budget: usize,
-    prefilled: bool,
+    /// Its prompt was offered to the prefix cache.
+    offered: bool,
     state: State,
+}
+
+/// A request waiting for the batch: new, or preempted with its state.
+enum Waiting {
+    New(RequestId, Request, Option<AdapterId>),
+    Preempted(Running),
+}
+
+impl Waiting {
+    fn id(&self) -> RequestId {
+        match self {
+            Waiting::New(id, _, _) => *id,
+            Waiting::Preempted(r) => r.id,
+        }
+    }
+}
+
+/// How the engine batches and what it may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Most sequences decoded together.
+    pub max_batch_size: usize,
+    /// Most tokens the KV cache holds (running sequences and cached prefixes); `None`: no
+    /// limit beyond each sequence's own context.
+    pub kv_budget_tokens: Option<usize>,
+    /// Most prompt tokens prefilled in one step (chunked prefill).
+    pub max_step_tokens: usize,
+    /// Keep prefilled prompts for later prompts that start the same way.
+    pub prefix_caching: bool,
+    /// Longest context a sequence may reach; `None`: the model's max_position_embeddings.
+    pub max_model_len: Option<usize>,
+}
+
+impl EngineOptions {
+    /// `swift infer`'s engine: whole prompts per step, no budget, no prefix cache.
+    pub fn new(max_batch_size: usize) -> Self {
+        EngineOptions {
+            max_batch_size: max_batch_size.max(1),
+            kv_budget_tokens: None,
+            max_step_tokens: usize::MAX,
+            prefix_caching: false,
+            max_model_len: None,
+        }
+    }
+}
+
+/// Tokens a prefix cache holds when no KV budget bounds it.
+const DEFAULT_PREFIX_TOKENS: usize = 8192;
+
+/// The prefix cache's share of a KV budget.
+const PREFIX_SHARE: usize = 4;
+
+/// Counters since the engine started (metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Prompt (and re-prefilled) tokens computed.
+    pub prefill_tokens: u64,
+    /// Prompt tokens copied from the prefix cache instead.
+    pub prefix_hit_tokens: u64,
+    /// Requests sent back to the queue to free KV memory.
+    pub preemptions: u64,
 }
 
 /// The engine over one model; owns the KV cache.
 pub struct Engine<'m> {
     model: &'m CausalLm,
     tokenizer: &'m Tokenizer,
-    max_batch_size: usize,
+    options: EngineOptions,
     cache: KvCache,
-    waiting: VecDeque<(RequestId, Request, Option<AdapterId>)>,
+    prefixes: Option<PrefixCache>,
+    waiting: VecDeque<Waiting>,
     running: Vec<Running>,
     next_id: RequestId,
+    stats: EngineStats,
 }
 
 impl<'m> Engine<'m> {
     pub fn new(model: &'m CausalLm, tokenizer: &'m Tokenizer, max_batch_size: usize) -> Self {
+        Self::with_options(model, tokenizer, EngineOptions::new(max_batch_size))
+    }
+
+    pub fn with_options(
+        model: &'m CausalLm,
+        tokenizer: &'m Tokenizer,
+        options: EngineOptions,
+    ) -> Self {
+        let options = EngineOptions {
+            max_batch_size: options.max_batch_size.max(1),
+            max_step_tokens: options.max_step_tokens.max(1),
+            ..options
+        };
+        let prefixes = options.prefix_caching.then(|| {
+            PrefixCache::new(
+                options
+                    .kv_budget_tokens
+                    .map_or(DEFAULT_PREFIX_TOKENS, |b| b / PREFIX_SHARE),
+            )
+        });
         Engine {
             model,
             tokenizer,
-            max_batch_size: max_batch_size.max(1),
+            options,
             cache: model.new_kv_cache(),
+            prefixes,
             waiting: VecDeque::new(),
             running: Vec::new(),
             next_id: 0,
+            stats: EngineStats::default(),
         }
+    }
+
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
+    /// The running sequences' part of the KV budget (the prefix cache has its own).
+    fn running_budget(&self) -> Option<usize> {
+        let reserved = if self.options.prefix_caching {
+            PREFIX_SHARE
+        } else {
+            0
+        };
+        self.options
+            .kv_budget_tokens
+            .map(|b| b - b.checked_div(reserved).unwrap_or(0))
+    }
+
+    /// The longest context a sequence may reach.
+    fn context_limit(&self) -> usize {
+        let model = self.model.config.max_position_embeddings;
+        self.options.max_model_len.map_or(model, |m| m.min(model))
     }
 
     /// Queues a request; checks that its prompt fits the model's context.
@@ -195,20 +320,40 @@ impl<'m> Engine<'m> {
         request: Request,
         adapter: Option<AdapterId>,
     ) -> Result<RequestId> {
-        let context = self.model.config.max_position_embeddings;
+        let context = self.context_limit();
         if request.prompt.is_empty() {
             return Err(InferError::EmptyPrompt);
         }
         if request.prompt.len() >= context {
+            let what = if self
+                .options
+                .max_model_len
+                .is_some_and(|m| m < self.model.config.max_position_embeddings)
+            {
+                "the served context (--max_model_len)"
+            } else {
+                "the model's context (max_position_embeddings in config.json)"
+            };
             return Err(InferError::PromptTooLong {
                 prompt_tokens: request.prompt.len(),
                 limit: context,
-                what: "the model's context (max_position_embeddings in config.json)".into(),
+                what: what.into(),
             });
+        }
+        if let Some(budget) = self.running_budget() {
+            // Every sequence of the request holds the prompt and one generated token.
+            let need = (request.prompt.len() + 1) * request.params.num_beams.max(1);
+            if need > budget {
+                return Err(InferError::PromptTooLong {
+                    prompt_tokens: request.prompt.len(),
+                    limit: budget / request.params.num_beams.max(1) - 1,
+                    what: "the KV cache budget (--gpu_memory_utilization)".into(),
+                });
+            }
         }
         let id = self.next_id;
         self.next_id += 1;
-        self.waiting.push_back((id, request, adapter));
+        self.waiting.push_back(Waiting::New(id, request, adapter));
         Ok(id)
     }
 
@@ -227,10 +372,19 @@ impl<'m> Engine<'m> {
         self.running.len()
     }
 
+    /// Tokens in the KV cache: running sequences and cached prefixes.
+    pub fn kv_tokens(&self) -> usize {
+        self.cache.cached_tokens() + self.prefixes.as_ref().map_or(0, PrefixCache::tokens)
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        self.stats
+    }
+
     /// Drops a request wherever it is (its client went away) and frees its cache slots;
     /// no event is reported for it. False when the id is unknown or already finished.
     pub fn abort(&mut self, id: RequestId) -> bool {
-        if let Some(i) = self.waiting.iter().position(|(w, _, _)| *w == id) {
+        if let Some(i) = self.waiting.iter().position(|w| w.id() == id) {
             self.waiting.remove(i);
             return true;
         }
@@ -238,15 +392,19 @@ impl<'m> Engine<'m> {
             return false;
         };
         let r = self.running.remove(i);
-        match r.state {
+        self.free_slots(&r);
+        true
+    }
+
+    fn free_slots(&mut self, r: &Running) {
+        match &r.state {
             State::Sample(s) => self.cache.free(s.slot),
             State::Beams(b) => {
-                for slot in b.beams.iter().map(|beam| beam.slot).chain(b.spare) {
+                for &slot in b.beams.iter().map(|beam| &beam.slot).chain(&b.spare) {
                     self.cache.free(slot);
                 }
             }
         }
-        true
     }
 
     /// Sequences decoded together right now.
@@ -256,40 +414,55 @@ impl<'m> Engine<'m> {
 
     /// Admits what fits, runs one forward, samples, and reports deltas and finished outputs.
     pub fn step(&mut self) -> Result<Vec<Event>> {
-        self.admit();
-        if self.running.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (tokens, spans, routing) = self.batch()?;
+        let mut events = Vec::new();
+        self.admit()?;
+        let plan = loop {
+            if self.running.is_empty() {
+                return Ok(events);
+            }
+            let plan = self.plan()?;
+            if self.fits(plan.tokens()) {
+                break plan;
+            }
+            self.make_room(&mut events)?;
+        };
+        let (tokens, spans, routing) = self.feed(&plan)?;
+        self.stats.prefill_tokens += plan.prefill_tokens() as u64;
         let (model, cache) = (self.model, &mut self.cache);
         let logits = with_routing(&routing, || {
             model.forward_infer(&tokens, &spans, cache, LogitRows::Last)
         })?;
         let logits: Vec<Vec<f32>> = logits.to_vec2().map_err(crate::model::ModelError::from)?;
         let mut rows = logits.into_iter();
-        let mut events = Vec::new();
         let mut still_running = Vec::with_capacity(self.running.len());
-        for mut r in std::mem::take(&mut self.running) {
-            r.prefilled = true;
+        for (mut r, takes) in std::mem::take(&mut self.running)
+            .into_iter()
+            .zip(&plan.takes)
+        {
+            let fed = takes.iter().filter(|t| t.len > 0).count();
+            let mut mine: Vec<Vec<f32>> = rows.by_ref().take(fed).collect();
+            if mine.len() != fed {
+                return Err(InferError::Internal("missing logits row".into()));
+            }
+            self.offer_prefix(&mut r)?;
+            // Not every sequence has all of its context cached yet (chunked prefill).
+            if fed == 0 || takes.iter().any(|t| !t.completes) {
+                still_running.push(r);
+                continue;
+            }
             let done = match &mut r.state {
-                State::Sample(s) => {
-                    let row = rows
-                        .next()
-                        .ok_or_else(|| InferError::Internal("missing logits row".into()))?;
-                    sample_step(
-                        s,
-                        row,
-                        &r.prompt,
-                        &r.params,
-                        r.budget,
-                        self.tokenizer,
-                        r.id,
-                        &mut events,
-                    )
-                }
+                State::Sample(s) => sample_step(
+                    s,
+                    mine.pop().unwrap_or_default(),
+                    &r.prompt,
+                    &r.params,
+                    r.budget,
+                    self.tokenizer,
+                    r.id,
+                    &mut events,
+                ),
                 State::Beams(b) => {
-                    let rows: Vec<Vec<f32>> = rows.by_ref().take(b.beams.len()).collect();
-                    beam_step(b, rows, &r.prompt, &r.params, r.budget, &mut self.cache)?
+                    beam_step(b, mine, &r.prompt, &r.params, r.budget, &mut self.cache)?
                 }
             };
             match done {
@@ -331,26 +504,108 @@ impl<'m> Engine<'m> {
             .collect()
     }
 
-    fn admit(&mut self) {
-        while let Some((_, front, _)) = self.waiting.front() {
-            let need = front.params.num_beams.max(1);
+    /// Whether the running sequences may grow by `growth` tokens.
+    fn fits(&self, growth: usize) -> bool {
+        self.running_budget()
+            .is_none_or(|budget| self.cache.cached_tokens() + growth <= budget)
+    }
+
+    /// Frees KV memory for the step: the newest request goes back to the queue; a request
+    /// alone over the budget ends (length).
+    fn make_room(&mut self, events: &mut Vec<Event>) -> Result<()> {
+        let newest = |sample_only: bool| {
+            self.running
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| !sample_only || matches!(r.state, State::Sample(_)))
+                .max_by_key(|(_, r)| r.id)
+                .map(|(i, _)| i)
+        };
+        // Beam searches are not preempted (their beams would have to be fed again in
+        // lockstep), and a request alone has nobody to make room for it.
+        let victim = (self.running.len() > 1).then(|| newest(true)).flatten();
+        let Some(i) = victim else {
+            let Some(i) = newest(false) else {
+                return Ok(());
+            };
+            let r = self.running.remove(i);
+            tracing::debug!(request = r.id, "KV budget reached: request ends (length)");
+            events.push(Event::Finished(self.finish(r, FinishReason::Length)));
+            return Ok(());
+        };
+        let r = self.running.remove(i);
+        tracing::debug!(request = r.id, "KV budget reached: request preempted");
+        self.free_slots(&r);
+        self.stats.preemptions += 1;
+        self.waiting.push_front(Waiting::Preempted(r));
+        Ok(())
+    }
+
+    /// Tokens the running sequences still have to feed (their uncached context).
+    fn pending_tokens(&self) -> Result<usize> {
+        let mut n = 0;
+        for r in &self.running {
+            for (slot, generated) in r.seqs() {
+                n += (r.prompt.len() + generated.len()).saturating_sub(self.cache.len(slot)?);
+            }
+        }
+        Ok(n)
+    }
+
+    fn admit(&mut self) -> Result<()> {
+        while let Some(front) = self.waiting.front() {
+            let (need, context) = match front {
+                Waiting::New(_, request, _) => {
+                    (request.params.num_beams.max(1), request.prompt.len())
+                }
+                Waiting::Preempted(r) => (
+                    r.slots(),
+                    r.seqs()
+                        .iter()
+                        .map(|(_, g)| r.prompt.len() + g.len())
+                        .sum::<usize>(),
+                ),
+            };
             let used = self.running_sequences();
-            if used > 0 && used + need > self.max_batch_size {
+            if used > 0 && used + need > self.options.max_batch_size {
                 break;
             }
-            let Some((id, request, adapter)) = self.waiting.pop_front() else {
+            if !self.running.is_empty()
+                && let Some(budget) = self.running_budget()
+            {
+                // What is cached, what the others still prefill, one token per running
+                // sequence, and the newcomer's context.
+                let committed = self.cache.cached_tokens()
+                    + self.pending_tokens()?
+                    + self.running_sequences()
+                    + context;
+                if committed > budget {
+                    break;
+                }
+            }
+            let Some(waiting) = self.waiting.pop_front() else {
                 break;
             };
-            let running = self.start(id, request, adapter);
+            let running = match waiting {
+                Waiting::New(id, request, adapter) => self.start(id, request, adapter),
+                Waiting::Preempted(r) => self.resume(r),
+            };
+            let mut running = running;
+            self.reuse_prefix(&mut running)?;
             self.running.push(running);
         }
+        Ok(())
+    }
+
+    fn capacity(&self, r: &Running) -> usize {
+        // The last generated token is never fed back, so prompt + budget - 1 positions suffice.
+        r.prompt.len() + r.budget.max(1)
     }
 
     fn start(&mut self, id: RequestId, request: Request, adapter: Option<AdapterId>) -> Running {
-        let context = self.model.config.max_position_embeddings;
+        let context = self.context_limit();
         let room = context - request.prompt.len();
         let budget = request.params.max_new_tokens.map_or(room, |m| m.min(room));
-        // The last generated token is never fed back, so prompt + budget - 1 positions suffice.
         let capacity = request.prompt.len() + budget.max(1);
         let params = request.params;
         let state = if params.num_beams > 1 {
@@ -387,48 +642,110 @@ impl<'m> Engine<'m> {
             params,
             adapter,
             budget,
-            prefilled: false,
+            offered: false,
             state,
         }
     }
 
-    /// The tokens and spans of this step: whole prompts for new requests, the last token
-    /// of every live sequence otherwise; and the adapter of each span's rows.
-    fn batch(&self) -> Result<(Vec<u32>, Vec<SeqSpan>, Vec<RowRun>)> {
+    /// A preempted request gets fresh slots; its whole context is fed again.
+    fn resume(&mut self, mut r: Running) -> Running {
+        let capacity = self.capacity(&r);
+        match &mut r.state {
+            State::Sample(s) => s.slot = self.cache.allocate(capacity),
+            State::Beams(b) => {
+                for beam in &mut b.beams {
+                    beam.slot = self.cache.allocate(capacity);
+                }
+                for slot in &mut b.spare {
+                    *slot = self.cache.allocate(capacity);
+                }
+            }
+        }
+        r
+    }
+
+    /// Starts a newcomer's (first) sequence from the longest cached prefix of its context.
+    fn reuse_prefix(&mut self, r: &mut Running) -> Result<()> {
+        let Some(prefixes) = self.prefixes.as_mut() else {
+            return Ok(());
+        };
+        let (slot, context) = match &r.state {
+            State::Sample(s) => (s.slot, [r.prompt.as_slice(), &s.generated].concat()),
+            State::Beams(b) if b.beams.len() == 1 && b.beams[0].generated.is_empty() => {
+                (b.beams[0].slot, r.prompt.clone())
+            }
+            State::Beams(_) => return Ok(()),
+        };
+        let Some(hit) = prefixes.lookup(r.adapter, &context) else {
+            return Ok(());
+        };
+        let cache = &mut self.cache;
+        prefixes.apply(hit, |snapshot, len| cache.restore(slot, snapshot, len))?;
+        self.stats.prefix_hit_tokens += hit.len as u64;
+        Ok(())
+    }
+
+    /// Once a request's prompt is all cached, offers it to the prefix cache.
+    fn offer_prefix(&mut self, r: &mut Running) -> Result<()> {
+        if r.offered {
+            return Ok(());
+        }
+        let Some(prefixes) = self.prefixes.as_mut() else {
+            return Ok(());
+        };
+        let slot = match &r.state {
+            State::Sample(s) => s.slot,
+            State::Beams(b) => b.beams[0].slot,
+        };
+        if self.cache.len(slot)? < r.prompt.len() {
+            return Ok(());
+        }
+        r.offered = true;
+        let cache = &self.cache;
+        prefixes.offer(r.adapter, &r.prompt, |len| cache.snapshot(slot, len))?;
+        Ok(())
+    }
+
+    /// How many tokens each running sequence feeds this step.
+    fn plan(&self) -> Result<StepPlan> {
+        let mut uncached = Vec::new();
+        for r in &self.running {
+            let mut mine = Vec::new();
+            for (slot, generated) in r.seqs() {
+                let context = r.prompt.len() + generated.len();
+                let cached = self.cache.len(slot)?;
+                if cached >= context {
+                    return Err(InferError::Internal(format!(
+                        "request {}: nothing left to feed ({cached} of {context} tokens cached)",
+                        r.id
+                    )));
+                }
+                mine.push((cached, context - cached));
+            }
+            uncached.push(mine);
+        }
+        Ok(StepPlan::new(&uncached, self.options.max_step_tokens))
+    }
+
+    /// The tokens and spans of the plan, and the adapter of each span's rows.
+    fn feed(&self, plan: &StepPlan) -> Result<(Vec<u32>, Vec<SeqSpan>, Vec<RowRun>)> {
         let mut tokens = Vec::new();
         let mut spans: Vec<SeqSpan> = Vec::new();
         let mut routing = Vec::new();
-        for r in &self.running {
-            let seqs: Vec<(SlotId, &[u32])> = match &r.state {
-                State::Sample(s) => vec![(s.slot, &s.generated)],
-                State::Beams(b) => b
-                    .beams
-                    .iter()
-                    .map(|beam| (beam.slot, beam.generated.as_slice()))
-                    .collect(),
-            };
-            for (slot, generated) in seqs {
-                let before = tokens.len();
-                if !r.prefilled {
-                    tokens.extend_from_slice(&r.prompt);
-                    spans.push(SeqSpan {
-                        slot,
-                        start: 0,
-                        len: r.prompt.len(),
-                    });
-                } else {
-                    let last = *generated.last().ok_or_else(|| {
-                        InferError::Internal("decode step without a token".into())
-                    })?;
-                    tokens.push(last);
-                    spans.push(SeqSpan {
-                        slot,
-                        start: self.cache.len(slot)?,
-                        len: 1,
-                    });
+        for (r, takes) in self.running.iter().zip(&plan.takes) {
+            for ((slot, generated), take) in r.seqs().into_iter().zip(takes) {
+                if take.len == 0 {
+                    continue;
                 }
+                let context = r.prompt.iter().chain(generated);
+                tokens.extend(context.skip(take.start).take(take.len));
+                spans.push(SeqSpan {
+                    slot,
+                    start: take.start,
+                    len: take.len,
+                });
                 routing.push(RowRun {
-                    rows: tokens.len() - before,
+                    rows: take.len,
                     adapter: r.adapter,
                 });
             }
@@ -437,9 +754,9 @@ impl<'m> Engine<'m> {
     }
 
     fn finish(&mut self, r: Running, reason: FinishReason) -> Output {
+        self.free_slots(&r);
         match r.state {
             State::Sample(mut s) => {
-                self.cache.free(s.slot);
                 let _ = s.decoder.flush(self.tokenizer);
                 Output {
                     id: r.id,
@@ -450,12 +767,13 @@ impl<'m> Engine<'m> {
                     logprobs: r.params.logprobs.then_some(s.logprobs),
                 }
             }
-            State::Beams(b) => {
-                for beam in &b.beams {
-                    self.cache.free(beam.slot);
-                }
-                for &slot in &b.spare {
-                    self.cache.free(slot);
+            State::Beams(mut b) => {
+                if b.finished.is_empty() {
+                    // Ended early (KV budget): the live beams are the hypotheses.
+                    for beam in &b.beams {
+                        let len = beam.generated.len().max(1) as f64;
+                        b.finished.push((beam.score / len, beam.generated.clone()));
+                    }
                 }
                 let best = b
                     .finished
@@ -482,6 +800,87 @@ impl Running {
             State::Sample(_) => 1,
             State::Beams(b) => b.beams.len() + b.spare.len(),
         }
+    }
+
+    /// The slot and generated tokens of each live sequence.
+    fn seqs(&self) -> Vec<(SlotId, &[u32])> {
+        match &self.state {
+            State::Sample(s) => vec![(s.slot, s.generated.as_slice())],
+            State::Beams(b) => b
+                .beams
+                .iter()
+                .map(|beam| (beam.slot, beam.generated.as_slice()))
+                .collect(),
+        }
+    }
+}
+
+/// What one sequence feeds in a step: context tokens `start..start + len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Take {
+    start: usize,
+    len: usize,
+    /// After this step the whole context is cached (the step samples from its logits).
+    completes: bool,
+    /// More than one token was uncached (a prompt, not a decode).
+    prefill: bool,
+}
+
+/// The feeds of one step, per running request and sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StepPlan {
+    takes: Vec<Vec<Take>>,
+}
+
+impl StepPlan {
+    /// `uncached[r][s]` is (cached, uncached) of sequence s of request r. Every decoding
+    /// sequence (one token to feed) feeds it; prompts share `max_step_tokens` minus those,
+    /// in order, whole or in part; at least one prompt moves each step.
+    fn new(uncached: &[Vec<(usize, usize)>], max_step_tokens: usize) -> Self {
+        let decodes: usize = uncached.iter().flatten().filter(|(_, u)| *u == 1).count();
+        let mut left = max_step_tokens.saturating_sub(decodes);
+        let mut moved = decodes > 0;
+        let takes = uncached
+            .iter()
+            .map(|seqs| {
+                seqs.iter()
+                    .map(|&(cached, n)| {
+                        let len = if n <= 1 {
+                            n
+                        } else {
+                            let mut len = n.min(left);
+                            if len == 0 && !moved {
+                                len = n.min(max_step_tokens.max(1));
+                            }
+                            left = left.saturating_sub(len);
+                            len
+                        };
+                        moved |= len > 0;
+                        Take {
+                            start: cached,
+                            len,
+                            completes: len == n,
+                            prefill: n > 1,
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        StepPlan { takes }
+    }
+
+    fn tokens(&self) -> usize {
+        self.takes.iter().flatten().map(|t| t.len).sum()
+    }
+
+    /// Tokens fed for sequences with more than one to feed (prompts, re-prefills).
+    fn prefill_tokens(&self) -> usize {
+        self.takes
+            .iter()
+            .flatten()
+            .filter(|t| t.prefill)
+            .map(|t| t.len)
+            .sum()
     }
 }
 
@@ -651,4 +1050,63 @@ fn beam_step(
         return Ok(Some(FinishReason::Length));
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lens(plan: &StepPlan) -> Vec<Vec<usize>> {
+        plan.takes
+            .iter()
+            .map(|t| t.iter().map(|t| t.len).collect())
+            .collect()
+    }
+
+    #[test]
+    fn decodes_always_feed_and_prompts_share_the_rest_of_the_step() {
+        // Two decoding sequences, then prompts of 300 and 400 uncached tokens.
+        let uncached = vec![vec![(10, 1)], vec![(0, 300)], vec![(7, 1)], vec![(0, 400)]];
+        let plan = StepPlan::new(&uncached, 512);
+        assert_eq!(lens(&plan), vec![vec![1], vec![300], vec![1], vec![210]]);
+        assert_eq!(plan.tokens(), 512);
+        assert_eq!(plan.prefill_tokens(), 510);
+        let last = plan.takes[3][0];
+        assert_eq!(
+            (last.start, last.completes),
+            (0, false),
+            "a chunk, no sample"
+        );
+        assert!(plan.takes[1][0].completes && plan.takes[0][0].completes);
+        // Unlimited: whole prompts (swift infer).
+        let all = StepPlan::new(&uncached, usize::MAX);
+        assert_eq!(lens(&all), vec![vec![1], vec![300], vec![1], vec![400]]);
+    }
+
+    #[test]
+    fn a_chunk_continues_where_the_cache_ends_and_a_prompt_always_moves() {
+        let plan = StepPlan::new(&[vec![(256, 300)]], 256);
+        assert_eq!(plan.takes[0][0].start, 256);
+        assert_eq!(lens(&plan), vec![vec![256]]);
+        // More decodes than the step allows: they all feed, and the prompt waits.
+        let crowded: Vec<Vec<(usize, usize)>> = (0..4)
+            .map(|_| vec![(5, 1)])
+            .chain([vec![(0, 50)]])
+            .collect();
+        let plan = StepPlan::new(&crowded, 2);
+        assert_eq!(
+            lens(&plan),
+            vec![vec![1], vec![1], vec![1], vec![1], vec![0]]
+        );
+        // Nothing decoding: the first prompt moves even when the step is tiny.
+        let plan = StepPlan::new(&[vec![(0, 50)], vec![(0, 60)]], 8);
+        assert_eq!(lens(&plan), vec![vec![8], vec![0]]);
+    }
+
+    #[test]
+    fn beam_sequences_each_feed_one_token() {
+        let plan = StepPlan::new(&[vec![(9, 1), (9, 1), (9, 1)]], 2);
+        assert_eq!(lens(&plan), vec![vec![1, 1, 1]]);
+        assert!(plan.takes[0].iter().all(|t| t.completes));
+    }
 }

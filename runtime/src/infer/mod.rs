@@ -7,11 +7,13 @@ pub mod engine;
 pub mod error;
 pub mod metric;
 pub mod params;
+pub mod prefix_cache;
 pub mod result;
 pub mod sampler;
 
 pub use engine::{
-    Engine, Event, FinishReason, GenerationParams, Output, Request, RequestId, TokenLogprob,
+    Engine, EngineOptions, EngineStats, Event, FinishReason, GenerationParams, Output, Request,
+    RequestId, TokenLogprob,
 };
 pub use error::{InferError, Result};
 pub use sampler::SamplingConfig;

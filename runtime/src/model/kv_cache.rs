@@ -114,17 +114,35 @@ impl KvCache {
         if src == dst {
             return Ok(());
         }
-        let (kv_heads, head_dim) = (self.kv_heads, self.head_dim);
-        let source = self.slot(src)?.clone_prefix(len, kv_heads, head_dim);
-        let target = self.slot_mut(dst)?;
-        if len > target.capacity {
+        let source = self.snapshot(src, len)?;
+        self.restore(dst, &source, len)
+    }
+
+    /// A compact copy of the first `len` cached tokens of `slot` (prefix caching).
+    pub fn snapshot(&self, slot: SlotId, len: usize) -> Result<SlotKv> {
+        let source = self.slot(slot)?;
+        if len > source.len {
             return Err(ModelError::Input(format!(
-                "kv cache: slot {dst} holds {} tokens, not {len}",
-                target.capacity
+                "kv cache: slot {slot} holds {} tokens, not {len}",
+                source.len
             )));
         }
-        let (cap_s, cap_t) = (source.capacity, target.capacity);
-        for (ls, lt) in source.layers.iter().zip(target.layers.iter_mut()) {
+        Ok(source.clone_prefix(len, self.kv_heads, self.head_dim))
+    }
+
+    /// Makes the first `len` tokens of `snapshot` the whole content of `dst`.
+    pub fn restore(&mut self, dst: SlotId, snapshot: &SlotKv, len: usize) -> Result<()> {
+        let (kv_heads, head_dim) = (self.kv_heads, self.head_dim);
+        let target = self.slot_mut(dst)?;
+        if len > target.capacity || len > snapshot.len {
+            return Err(ModelError::Input(format!(
+                "kv cache: cannot restore {len} tokens into slot {dst} (reserved {}) from a \
+                 snapshot of {}",
+                target.capacity, snapshot.len
+            )));
+        }
+        let (cap_s, cap_t) = (snapshot.capacity, target.capacity);
+        for (ls, lt) in snapshot.layers.iter().zip(target.layers.iter_mut()) {
             for h in 0..kv_heads {
                 let n = len * head_dim;
                 let (s0, t0) = (h * cap_s * head_dim, h * cap_t * head_dim);
@@ -134,6 +152,16 @@ impl KvCache {
         }
         target.len = len;
         Ok(())
+    }
+
+    /// Tokens cached over all slots (what the KV budget counts).
+    pub fn cached_tokens(&self) -> usize {
+        self.slots.iter().flatten().map(|s| s.len).sum()
+    }
+
+    /// Bytes one cached token takes over all layers (keys and values, f32).
+    pub fn bytes_per_token(&self) -> usize {
+        2 * self.num_layers * self.kv_heads * self.head_dim * std::mem::size_of::<f32>()
     }
 
     pub fn slot(&self, slot: SlotId) -> Result<&SlotKv> {
@@ -245,9 +273,25 @@ mod tests {
             sb.k[(8 + 1) * 4..(8 + 2) * 4]
         );
         assert_eq!(sa.k[(8 + 1) * 4], 12.0);
+        assert_eq!(c.cached_tokens(), 5);
+        let snap = c.snapshot(a, 3).unwrap();
+        assert!(c.snapshot(a, 4).is_err(), "only 3 tokens are cached");
         c.free(a);
         assert!(c.len(a).is_err());
         assert_eq!(c.allocate(4), a);
+        c.restore(a, &snap, 3).unwrap();
+        assert_eq!(c.len(a).unwrap(), 3);
+        let restored = c.slot(a).unwrap().layer(1);
+        // head 1 of a slot reserved for 4 tokens starts at 4 * head_dim.
+        assert_eq!(
+            restored.k[(4 + 2) * 4..(4 + 3) * 4],
+            k[(2 * 2 + 1) * 4..(2 * 2 + 2) * 4]
+        );
+        assert!(
+            c.restore(b, &snap, 4).is_err(),
+            "more than the snapshot holds"
+        );
+        assert_eq!(c.bytes_per_token(), 2 * 2 * 2 * 4 * 4);
     }
 
     #[test]

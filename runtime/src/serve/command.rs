@@ -8,7 +8,8 @@ use anyhow::{Context, bail};
 use kubeswift_args::Args;
 
 use super::adapters::ServedAdapters;
-use super::config::ServeConfig;
+use super::config::{ServeConfig, kv_budget_tokens};
+use super::memory;
 use super::server::{self, shutdown_signal};
 use crate::infer::command::load_model;
 use crate::infer::params;
@@ -59,6 +60,18 @@ pub fn run(user_args: &Args) -> anyhow::Result<()> {
             &pretrained.tokenizer_config,
         )?;
         let defaults = params::for_model(args, &pretrained, &template)?;
+        let bytes_per_token = pretrained.model.new_kv_cache().bytes_per_token();
+        let (limit, used) = (memory::limit_bytes(), memory::resident_bytes());
+        let budget = kv_budget_tokens(config.memory_utilization, limit, used, bytes_per_token)
+            .map_err(anyhow::Error::msg)?;
+        config.kv_budget_tokens = Some(budget);
+        tracing::info!(
+            kv_budget_tokens = budget,
+            kv_bytes_per_token = bytes_per_token,
+            memory_limit_gib = limit as f64 / (1u64 << 30) as f64,
+            prefix_caching = config.prefix_caching,
+            "KV cache budget"
+        );
         let batch = config.max_batch_size;
         let name = config.served_model_name.clone();
         let mut running =

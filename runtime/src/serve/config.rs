@@ -6,6 +6,7 @@ use std::time::Duration;
 use kubeswift_args::Args;
 
 use super::adapters::ServedAdapters;
+use crate::infer::EngineOptions;
 
 /// How `swift deploy` serves.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +37,17 @@ pub struct ServeConfig {
     /// LoRA adapters served beside the base model (`--adapters`, parsed by the command
     /// since it can fail).
     pub adapters: ServedAdapters,
+    /// `--gpu_memory_utilization`: the share of the memory the server may use (weights and
+    /// KV cache); the command turns it into `kv_budget_tokens` once the model is loaded.
+    pub memory_utilization: f64,
+    /// Most tokens in the KV cache; `None`: no budget.
+    pub kv_budget_tokens: Option<usize>,
+    /// Most prompt tokens prefilled per engine step (chunked prefill).
+    pub max_step_tokens: usize,
+    /// `--enable_prefix_caching`.
+    pub prefix_caching: bool,
+    /// `--max_model_len`: the longest context served.
+    pub max_model_len: Option<usize>,
 }
 
 /// Batch size when `--max_batch_size` is not given: ms-swift's default of 1 suits its
@@ -44,6 +56,11 @@ pub const DEPLOY_DEFAULT_BATCH: usize = 32;
 
 /// Waiting requests per batch slot before back-pressure (429).
 const QUEUE_PER_SLOT: usize = 4;
+
+/// Prompt tokens per engine step: on a CPU a 512-token chunk is a few hundred
+/// milliseconds of prefill for a ~100M model, so running streams keep flowing while a long
+/// prompt is read (vLLM's chunked prefill, whose default is larger for GPUs).
+pub const DEFAULT_STEP_TOKENS: usize = 512;
 
 impl ServeConfig {
     /// Settings for serving `model_name` with the resolved deploy arguments.
@@ -71,6 +88,12 @@ impl ServeConfig {
             max_batch_size,
             max_queue: max_batch_size.saturating_mul(QUEUE_PER_SLOT),
             max_new_tokens: args.int("max_new_tokens").map(|m| m.max(1) as usize),
+            memory_utilization: args.float("gpu_memory_utilization").unwrap_or(0.9),
+            prefix_caching: args.opt_bool("enable_prefix_caching").unwrap_or(false),
+            max_model_len: args
+                .int("max_model_len")
+                .filter(|&m| m > 0)
+                .map(|m| m as usize),
             ..ServeConfig::for_model(model_name)
         }
     }
@@ -92,8 +115,55 @@ impl ServeConfig {
             max_body_bytes: 4 << 20,
             max_n: 16,
             adapters: ServedAdapters::default(),
+            memory_utilization: 0.9,
+            kv_budget_tokens: None,
+            max_step_tokens: DEFAULT_STEP_TOKENS,
+            prefix_caching: false,
+            max_model_len: None,
         }
     }
+
+    /// What the engine loop runs with.
+    pub fn engine_options(&self) -> EngineOptions {
+        EngineOptions {
+            max_batch_size: self.max_batch_size,
+            kv_budget_tokens: self.kv_budget_tokens,
+            max_step_tokens: self.max_step_tokens,
+            prefix_caching: self.prefix_caching,
+            max_model_len: self.max_model_len,
+        }
+    }
+}
+
+/// The KV budget in tokens: `utilization` of the memory the server may use (`limit`
+/// bytes: the pod's cgroup limit, else the machine's), less what the process already
+/// holds (`used`: weights, tokenizer, runtime), at `bytes_per_token`.
+pub fn kv_budget_tokens(
+    utilization: f64,
+    limit: u64,
+    used: u64,
+    bytes_per_token: usize,
+) -> Result<usize, String> {
+    if !(utilization > 0.0 && utilization <= 1.0) {
+        return Err(format!(
+            "--gpu_memory_utilization {utilization}: expected a fraction in (0, 1]"
+        ));
+    }
+    let allowed = (limit as f64 * utilization) as u64;
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let room = allowed.saturating_sub(used);
+    let tokens = (room / bytes_per_token.max(1) as u64) as usize;
+    if tokens < 2 {
+        return Err(format!(
+            "--gpu_memory_utilization {utilization} of {:.2} GiB is {:.2} GiB, and the model \
+             already takes {:.2} GiB: no room for the KV cache (raise it, or give the pod more \
+             memory)",
+            gib(limit),
+            gib(allowed),
+            gib(used)
+        ));
+    }
+    Ok(tokens)
 }
 
 #[cfg(test)]
@@ -113,6 +183,8 @@ mod tests {
     #[test]
     fn defaults_follow_the_seed_with_a_real_batch() {
         let c = ServeConfig::from_args(&args(&[]), "tiny");
+        assert_eq!(c.memory_utilization, 0.9);
+        assert!(!c.prefix_caching && c.max_model_len.is_none());
         assert_eq!((c.host.as_str(), c.port), ("0.0.0.0", 8000));
         assert_eq!(c.served_model_name, "tiny");
         assert_eq!(c.owned_by, "swift");
@@ -147,9 +219,19 @@ mod tests {
                 "3",
                 "--max_new_tokens",
                 "17",
+                "--gpu_memory_utilization",
+                "0.5",
+                "--enable_prefix_caching",
+                "true",
+                "--max_model_len",
+                "1024",
             ]),
             "tiny",
         );
+        assert_eq!(c.memory_utilization, 0.5);
+        let e = c.engine_options();
+        assert!(e.prefix_caching);
+        assert_eq!((e.max_model_len, e.max_batch_size), (Some(1024), 3));
         assert_eq!((c.host.as_str(), c.port), ("127.0.0.1", 9001));
         assert_eq!(c.api_key.as_deref(), Some("k"));
         assert_eq!(
@@ -160,5 +242,21 @@ mod tests {
         assert_eq!(c.log_interval, None);
         assert_eq!((c.max_logprobs, c.max_batch_size, c.max_queue), (5, 3, 12));
         assert_eq!(c.max_new_tokens, Some(17));
+    }
+
+    #[test]
+    fn the_kv_budget_is_what_the_share_of_memory_leaves_after_the_model() {
+        let gib = 1u64 << 30;
+        // 0.5 of 8 GiB, 1 GiB already used, 1 MiB per token: 3072 tokens.
+        assert_eq!(kv_budget_tokens(0.5, 8 * gib, gib, 1 << 20), Ok(3072));
+        let err = kv_budget_tokens(0.1, 8 * gib, gib, 1 << 20).unwrap_err();
+        assert!(
+            err.contains("--gpu_memory_utilization 0.1") && err.contains("no room"),
+            "{err}"
+        );
+        for bad in [0.0, -1.0, 1.5, f64::NAN] {
+            let err = kv_budget_tokens(bad, 8 * gib, 0, 1).unwrap_err();
+            assert!(err.contains("expected a fraction"), "{err}");
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The server's Prometheus metrics (`GET /metrics`, text exposition format): requests by
 //! route and status, tokens in and out, queue depth, batch size, time to first token,
-//! inter-token latency and request duration.
+//! inter-token latency and request duration; the KV cache's fill, prefix-cache hits and
+//! preemptions.
 
 use std::time::Duration;
 
@@ -31,6 +32,15 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     /// Requests in the running batch.
     pub batch_size: Gauge,
+    /// Tokens in the KV cache (running sequences and cached prefixes).
+    pub kv_cache_tokens: Gauge,
+    /// The KV budget in tokens (0: none).
+    pub kv_budget_tokens: Gauge,
+    /// Prompt tokens computed, and those copied from the prefix cache instead.
+    pub prefill_tokens: Counter,
+    pub prefix_hit_tokens: Counter,
+    /// Generations sent back to the queue to free KV memory.
+    pub preemptions: Counter,
     /// Sequences decoded by each engine step (how full batches really are).
     step_batch: Histogram,
     time_to_first_token: Histogram,
@@ -49,6 +59,11 @@ impl Default for Metrics {
             rejected: Counter::default(),
             queue_depth: Gauge::default(),
             batch_size: Gauge::default(),
+            kv_cache_tokens: Gauge::default(),
+            kv_budget_tokens: Gauge::default(),
+            prefill_tokens: Counter::default(),
+            prefix_hit_tokens: Counter::default(),
+            preemptions: Counter::default(),
             step_batch: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             // 1 ms .. ~33 s
             time_to_first_token: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
@@ -92,6 +107,31 @@ impl Default for Metrics {
             "batch_size",
             "Generations in the running batch",
             m.batch_size.clone(),
+        );
+        registry.register(
+            "kv_cache_tokens",
+            "Tokens held in the KV cache (running sequences and cached prefixes)",
+            m.kv_cache_tokens.clone(),
+        );
+        registry.register(
+            "kv_cache_budget_tokens",
+            "Most tokens the KV cache may hold (0: no budget)",
+            m.kv_budget_tokens.clone(),
+        );
+        registry.register(
+            "prefill_tokens",
+            "Prompt tokens computed by prefill",
+            m.prefill_tokens.clone(),
+        );
+        registry.register(
+            "prefix_cache_hit_tokens",
+            "Prompt tokens copied from the prefix cache instead of computed",
+            m.prefix_hit_tokens.clone(),
+        );
+        registry.register(
+            "preemptions",
+            "Generations sent back to the queue to free KV cache memory",
+            m.preemptions.clone(),
         );
         registry.register(
             "step_batch_size",
@@ -172,6 +212,9 @@ mod tests {
             "kubeswift_serve_queue_depth 2",
             "kubeswift_serve_time_to_first_token_seconds_count 1",
             "kubeswift_serve_inter_token_latency_seconds_bucket",
+            "kubeswift_serve_kv_cache_tokens 0",
+            "kubeswift_serve_prefix_cache_hit_tokens_total 0",
+            "kubeswift_serve_preemptions_total 0",
         ] {
             assert!(text.contains(needle), "{needle} missing in\n{text}");
         }

@@ -14,6 +14,7 @@ pub mod completions;
 pub mod config;
 pub mod error;
 pub mod logprobs;
+pub mod memory;
 pub mod metrics;
 pub mod routes;
 pub mod sampling;

@@ -18,7 +18,9 @@ use std::thread::JoinHandle;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::metrics::Metrics;
-use crate::infer::{Engine, Event, Output, Request, RequestId, TokenLogprob};
+use crate::infer::{
+    Engine, EngineOptions, EngineStats, Event, Output, Request, RequestId, TokenLogprob,
+};
 use crate::model::Pretrained;
 use crate::tuner::multi_lora::AdapterId;
 
@@ -83,14 +85,15 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Starts the engine loop over `model` with room for `max_batch_size` running and
-    /// `max_queue` waiting generations.
+    /// Starts the engine loop over `model` with room for `options.max_batch_size` running
+    /// and `max_queue` waiting generations.
     pub fn start(
         model: Arc<Pretrained>,
-        max_batch_size: usize,
+        options: EngineOptions,
         max_queue: usize,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<(Scheduler, JoinHandle<()>)> {
+        let max_batch_size = options.max_batch_size;
         let (commands, rx) = mpsc::channel();
         let in_flight = Arc::new(InFlight {
             count: AtomicUsize::new(0),
@@ -100,11 +103,15 @@ impl Scheduler {
         let thread = std::thread::Builder::new()
             .name("swift-engine".into())
             .spawn(move || {
-                let engine = Engine::new(&model.model, &model.tokenizer, max_batch_size);
+                let engine = Engine::with_options(&model.model, &model.tokenizer, options);
+                metrics
+                    .kv_budget_tokens
+                    .set(options.kv_budget_tokens.unwrap_or(0) as i64);
                 EngineLoop {
                     engine,
                     model: &model,
-                    max_batch_size,
+                    options,
+                    reported: EngineStats::default(),
                     active: HashMap::new(),
                     in_flight: loop_in_flight,
                     metrics,
@@ -165,7 +172,9 @@ impl Scheduler {
 struct EngineLoop<'m> {
     engine: Engine<'m>,
     model: &'m Pretrained,
-    max_batch_size: usize,
+    options: EngineOptions,
+    /// The engine's counters as last copied into the metrics.
+    reported: EngineStats,
     active: HashMap<RequestId, UnboundedSender<GenEvent>>,
     in_flight: Arc<InFlight>,
     metrics: Arc<Metrics>,
@@ -193,7 +202,9 @@ impl EngineLoop<'_> {
                 continue;
             }
             self.metrics.step(self.engine.running_sequences());
-            match self.engine.step() {
+            let stepped = self.engine.step();
+            self.report_engine();
+            match stepped {
                 Ok(events) => {
                     self.metrics
                         .batch_size
@@ -223,6 +234,20 @@ impl EngineLoop<'_> {
                 }
             },
         }
+    }
+
+    /// Copies the engine's KV fill and counters into the metrics.
+    fn report_engine(&mut self) {
+        let now = self.engine.stats();
+        let m = &self.metrics;
+        m.kv_cache_tokens.set(self.engine.kv_tokens() as i64);
+        m.prefill_tokens
+            .inc_by(now.prefill_tokens - self.reported.prefill_tokens);
+        m.prefix_hit_tokens
+            .inc_by(now.prefix_hit_tokens - self.reported.prefix_hit_tokens);
+        m.preemptions
+            .inc_by(now.preemptions - self.reported.preemptions);
+        self.reported = now;
     }
 
     /// Drops generations whose client disconnected, so they stop using the batch.
@@ -271,10 +296,7 @@ impl EngineLoop<'_> {
             let _ = tx.send(GenEvent::Failed(format!("generation failed: {message}")));
             self.in_flight.release(1);
         }
-        self.engine = Engine::new(
-            &self.model.model,
-            &self.model.tokenizer,
-            self.max_batch_size,
-        );
+        self.engine = Engine::with_options(&self.model.model, &self.model.tokenizer, self.options);
+        self.reported = EngineStats::default();
     }
 }

@@ -120,7 +120,7 @@ pub fn start(
     let metrics = Arc::new(Metrics::default());
     let (scheduler, engine_thread) = Scheduler::start(
         model.clone(),
-        config.max_batch_size,
+        config.engine_options(),
         config.max_queue,
         metrics.clone(),
     )

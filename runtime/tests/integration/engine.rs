@@ -1,12 +1,14 @@
 //! The generation engine on the tiny fixture models: greedy and beam search against
 //! transformers' `generate`, batching invariance, sampling reproducibility, stop rules,
-//! logprobs, streaming, and context limits.
+//! logprobs, streaming, and context limits; chunked prefill, prefix caching and the KV
+//! budget (preemption) leave every output unchanged.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use kubeswift_runtime::infer::{
-    Engine, Event, FinishReason, GenerationParams, InferError, Request, SamplingConfig,
+    Engine, EngineOptions, EngineStats, Event, FinishReason, GenerationParams, InferError, Output,
+    Request, SamplingConfig,
 };
 use kubeswift_runtime::model::{LoadOptions, Pretrained, PretrainedOptions};
 use serde_json::Value;
@@ -360,4 +362,201 @@ fn an_exact_seed_draws_the_same_whatever_the_request_id() {
     let alone = run(&p, vec![request.clone()], 1);
     let batched = run(&p, vec![request.clone(), request.clone(), request], 4);
     assert!(batched.iter().all(|b| *b == alone[0]));
+}
+
+/// Prompts that share a long first part (a system prompt), as the server sees them.
+fn shared_prefix_requests(n: usize) -> Vec<Request> {
+    let refs = references("tiny-Qwen2.5");
+    let shared: Vec<u32> = refs.iter().flat_map(|r| r.0.clone()).collect();
+    assert!(shared.len() >= 20, "the shared part must be worth caching");
+    (0..n)
+        .map(|i| {
+            let mut prompt = shared.clone();
+            prompt.extend(&refs[i % refs.len()].0[..1 + i % 3]);
+            prompt.push(300 + i as u32);
+            // Long enough answers that decoding outgrows a tight budget.
+            let params = if i % 2 == 0 {
+                greedy(20 + i % 4)
+            } else {
+                sampled(i as u64)
+            };
+            Request {
+                prompt,
+                params: GenerationParams {
+                    max_new_tokens: Some(20 + i % 4),
+                    ..params
+                },
+            }
+        })
+        .collect()
+}
+
+fn run_with(
+    p: &Pretrained,
+    requests: Vec<Request>,
+    options: EngineOptions,
+) -> (Vec<Output>, EngineStats) {
+    let mut engine = Engine::with_options(&p.model, &p.tokenizer, options);
+    let out = engine.generate(requests, |_| {}).unwrap();
+    // Only cached prefixes remain, within the budget.
+    if !options.prefix_caching {
+        assert_eq!(engine.kv_tokens(), 0);
+    }
+    assert!(engine.kv_tokens() <= options.kv_budget_tokens.unwrap_or(usize::MAX));
+    eprintln!("{:?}", engine.stats());
+    (out, engine.stats())
+}
+
+#[test]
+fn chunked_prefill_prefix_caching_and_preemption_leave_every_output_unchanged() {
+    let p = load("tiny-Qwen2.5");
+    let requests = shared_prefix_requests(6);
+    let (want, plain) = run_with(&p, requests.clone(), EngineOptions::new(4));
+    assert_eq!(plain.prefix_hit_tokens, 0);
+    let longest = requests.iter().map(|r| r.prompt.len()).max().unwrap();
+    // A quarter for the prefix cache (one prompt), room for about three running requests:
+    // the others wait, and running ones are preempted when decoding outgrows it.
+    let budget = 4 * (longest + 8);
+    let options = EngineOptions {
+        max_batch_size: 4,
+        kv_budget_tokens: Some(budget),
+        max_step_tokens: 7,
+        prefix_caching: true,
+        max_model_len: None,
+    };
+    let (got, stats) = run_with(&p, requests.clone(), options);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g.tokens, w.tokens, "request {i}");
+        assert_eq!(g.finish_reason, w.finish_reason, "request {i}");
+    }
+    // The first requests start together; the later ones find the shared part cached.
+    assert!(stats.prefix_hit_tokens >= 2 * 20, "{stats:?}");
+    assert!(stats.preemptions > 0, "{stats:?}");
+    // Every prompt token was either computed or copied (re-prefills compute more).
+    let prompts: u64 = requests.iter().map(|r| r.prompt.len() as u64).sum();
+    assert!(
+        stats.prefill_tokens + stats.prefix_hit_tokens >= prompts,
+        "{stats:?}"
+    );
+    assert!(
+        stats.prefill_tokens < prompts,
+        "the cache saved prefill: {stats:?}"
+    );
+}
+
+#[test]
+fn chunked_prefill_streams_while_a_long_prompt_is_read() {
+    let p = load("tiny-Qwen2.5");
+    let refs = references("tiny-Qwen2.5");
+    let long: Vec<u32> = refs
+        .iter()
+        .cycle()
+        .take(12)
+        .flat_map(|r| r.0.clone())
+        .collect();
+    let mut engine = Engine::with_options(
+        &p.model,
+        &p.tokenizer,
+        EngineOptions {
+            max_step_tokens: 8,
+            ..EngineOptions::new(4)
+        },
+    );
+    let short = refs[0].0.clone();
+    engine
+        .add_request(Request {
+            prompt: short.clone(),
+            params: greedy(60),
+        })
+        .unwrap();
+    // Its prompt is read 8 tokens a step, then it decodes.
+    let mut steps = 0;
+    while engine.kv_tokens() < short.len() {
+        engine.step().unwrap();
+        steps += 1;
+    }
+    assert_eq!(steps, short.len().div_ceil(8));
+    let reader = engine
+        .add_request(Request {
+            prompt: long.clone(),
+            params: greedy(3),
+        })
+        .unwrap();
+    // Each step: the decoding request's token and 7 tokens of the long prompt.
+    for _ in 0..long.len().div_ceil(7) - 1 {
+        let before = engine.kv_tokens();
+        for e in engine.step().unwrap() {
+            let id = match e {
+                Event::Delta { id, .. } => id,
+                Event::Finished(o) => o.id,
+            };
+            assert_ne!(
+                id, reader,
+                "the long prompt produced output before it was read"
+            );
+        }
+        assert_eq!(engine.kv_tokens(), before + 8);
+        assert_eq!(engine.running_requests(), 2);
+    }
+}
+
+#[test]
+fn a_request_alone_over_the_kv_budget_ends_with_length() {
+    let p = load("tiny-Qwen2.5");
+    let (prompt, want, _) = references("tiny-Qwen2.5").remove(0);
+    let options = EngineOptions {
+        kv_budget_tokens: Some(prompt.len() + 3),
+        ..EngineOptions::new(1)
+    };
+    let mut engine = Engine::with_options(&p.model, &p.tokenizer, options);
+    let out = engine
+        .generate(
+            vec![Request {
+                prompt: prompt.clone(),
+                params: greedy(want.len()),
+            }],
+            |_| {},
+        )
+        .unwrap()
+        .remove(0);
+    assert_eq!(out.finish_reason, FinishReason::Length);
+    assert!(
+        !out.tokens.is_empty() && out.tokens.len() < want.len(),
+        "{:?}",
+        out.tokens
+    );
+    assert_eq!(
+        out.tokens,
+        want[..out.tokens.len()],
+        "a prefix of the unbounded answer"
+    );
+    // A prompt that cannot fit at all is refused when it is queued, naming the budget.
+    let err = engine
+        .add_request(Request {
+            prompt: [prompt.clone(), prompt.clone()].concat(),
+            params: greedy(2),
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("KV cache budget (--gpu_memory_utilization)"),
+        "{err}"
+    );
+    // --max_model_len caps the context below the model's.
+    let mut capped = Engine::with_options(
+        &p.model,
+        &p.tokenizer,
+        EngineOptions {
+            max_model_len: Some(prompt.len()),
+            ..EngineOptions::new(1)
+        },
+    );
+    let err = capped
+        .add_request(Request {
+            prompt,
+            params: greedy(2),
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--max_model_len"), "{err}");
 }

@@ -97,3 +97,58 @@ async fn thirty_two_streams_each_equal_their_answer_alone() {
     );
     s.shutdown().await;
 }
+
+/// A tight KV budget (room for a few requests), prefix caching and small prefill chunks:
+/// 12 streams sharing a long system prompt all complete, each equal to its answer alone;
+/// the metrics show prefixes served from the cache and the budget respected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tight_kv_budget_with_prefix_caching_changes_no_answer() {
+    let system = "You are Kuby, the assistant of the kubeswift project. You answer questions \
+                  about fine-tuning language models on Kubernetes clusters, briefly and politely.";
+    let budget = 400;
+    let s = start(|c| {
+        c.max_batch_size = 8;
+        c.max_queue = 64;
+        c.kv_budget_tokens = Some(budget);
+        c.prefix_caching = true;
+        c.max_step_tokens = 16;
+    })
+    .await;
+    let bodies: Vec<Value> = (0..12)
+        .map(|i| {
+            let mut body = request(i);
+            body["model"] = json!(MODEL);
+            let user = body["messages"][0].clone();
+            body["messages"] = json!([{"role": "system", "content": system}, user]);
+            body
+        })
+        .collect();
+    let mut alone = Vec::new();
+    for b in &bodies {
+        alone.push(text_of(&s, b).await);
+    }
+    let together = futures::future::join_all(bodies.iter().map(|b| text_of(&s, b))).await;
+    for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
+        assert_eq!(a.0, t.0, "request {i}: text differs under the budget");
+        assert_eq!(a.1, t.1, "request {i}: usage differs under the budget");
+    }
+    let (_, metrics) = s.get("/metrics").await;
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    // Every request after the first found the system prompt cached.
+    assert!(
+        value("kubeswift_serve_prefix_cache_hit_tokens_total") >= 11.0 * 30.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        value("kubeswift_serve_kv_cache_budget_tokens"),
+        budget as f64
+    );
+    assert!(value("kubeswift_serve_kv_cache_tokens") <= budget as f64);
+    s.shutdown().await;
+}
