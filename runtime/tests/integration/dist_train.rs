@@ -215,6 +215,48 @@ fn two_ranks_match_one_process_with_the_same_global_batch() {
     );
 }
 
+/// `--lazy_tokenize true`: each rank tokenizes only the rows of its share, at batch time;
+/// the weights still equal one process's.
+#[test]
+fn lazily_tokenizing_ranks_match_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.jsonl");
+    write_dataset(&data, 9);
+    let steps = 2;
+    let lazy = |out: &Path, per_device: usize| {
+        let mut args = train_args(&data, out, per_device, steps);
+        args.extend(["--lazy_tokenize".to_string(), "true".to_string()]);
+        args
+    };
+    let single = dir.path().join("single");
+    finish(
+        swift(&lazy(&single, 4), &[])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+        "1 process",
+    );
+    let launched = dir.path().join("nproc");
+    finish(
+        swift(
+            &lazy(&launched, 2),
+            &[
+                ("NPROC_PER_NODE", "2".into()),
+                ("MASTER_PORT", free_port().to_string()),
+            ],
+        )
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap(),
+        "NPROC_PER_NODE=2 --lazy_tokenize true",
+    );
+    assert_close(
+        &adapter(&launched.join(format!("checkpoint-{steps}"))),
+        &adapter(&single.join(format!("checkpoint-{steps}"))),
+        "lazy NPROC_PER_NODE=2",
+    );
+}
+
 #[test]
 fn a_worker_killed_mid_run_ends_the_job_naming_its_rank() {
     let dir = tempfile::tempdir().unwrap();
