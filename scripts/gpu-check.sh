@@ -58,7 +58,7 @@ say ""
 say "## 2. LoRA loss curve, GPU vs CPU (tiny Qwen2.5, 10 steps)"
 train() {  # $1: run name; rest: env assignments
     local name=$1; shift
-    env "$@" "$OUT/bin/swift" sft --model runtime/tests/fixtures/models/tiny-Qwen2.5 \
+    env NPROC_PER_NODE=1 "$@" "$OUT/bin/swift" sft --model runtime/tests/fixtures/models/tiny-Qwen2.5 \
         --dataset examples/data/self_cognition.jsonl --model_name Kuby --model_author kubeswift \
         --max_steps 10 --logging_steps 1 --max_length 128 --per_device_train_batch_size 4 \
         --lora_dropout 0 --split_dataset_ratio 0 --save_strategy no --report_to none \
@@ -96,17 +96,19 @@ else
 fi
 gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
 if [ "$gpus" -ge 2 ]; then
-    ddp() {  # $1: run name, $2: per-device batch; rest: env assignments
-        local name=$1 batch=$2; shift 2
-        env MASTER_PORT=29517 "$@" "$OUT/bin/swift" sft --model runtime/tests/fixtures/models/tiny-Qwen2.5 \
+    ddp() {  # $1: run name, $2: per-device batch, $3: workers, $4: --ddp_backend
+        local name=$1 batch=$2 workers=$3 backend=$4
+        # NPROC_PER_NODE is explicit: on a GPU node it would default to the GPU count.
+        env MASTER_PORT=29517 NPROC_PER_NODE="$workers" "$OUT/bin/swift" sft \
+            --model runtime/tests/fixtures/models/tiny-Qwen2.5 \
             --dataset examples/data/self_cognition.jsonl --model_name Kuby --model_author kubeswift \
             --max_steps 6 --save_steps 6 --logging_steps 1 --max_length 128 \
             --per_device_train_batch_size "$batch" --gradient_accumulation_steps 2 \
             --lora_dropout 0 --split_dataset_ratio 0 --report_to none --seed 7 \
             --average_tokens_across_devices true --ddp_timeout 60 --add_version false \
-            --output_dir "$OUT/$name" > "$OUT/$name.log" 2>&1
+            --ddp_backend "$backend" --output_dir "$OUT/$name" > "$OUT/$name.log" 2>&1
     }
-    if ddp ddp-nccl 2 NPROC_PER_NODE=2 && ddp ddp-gloo 2 NPROC_PER_NODE=2 && ddp ddp-one 4; then
+    if ddp ddp-nccl 2 2 nccl && ddp ddp-gloo 2 2 gloo && ddp ddp-one 4 1 gloo; then
         grep -q "NCCL communicator ready" "$OUT/ddp-nccl.log" || { status=1; say "FAIL: the nccl run did not use NCCL (see ddp-nccl.log)"; }
         python3 - "$OUT" <<'PY' | tee -a "$report" || status=1
 import json, struct, sys
