@@ -426,7 +426,7 @@ impl<'m> Engine<'m> {
             }
             self.make_room(&mut events)?;
         };
-        let (tokens, spans, routing) = self.feed(&plan)?;
+        let (tokens, spans, routing) = self.feed(&plan);
         self.stats.prefill_tokens += plan.prefill_tokens() as u64;
         let (model, cache) = (self.model, &mut self.cache);
         let logits = with_routing(&routing, || {
@@ -728,7 +728,7 @@ impl<'m> Engine<'m> {
     }
 
     /// The tokens and spans of the plan, and the adapter of each span's rows.
-    fn feed(&self, plan: &StepPlan) -> Result<(Vec<u32>, Vec<SeqSpan>, Vec<RowRun>)> {
+    fn feed(&self, plan: &StepPlan) -> (Vec<u32>, Vec<SeqSpan>, Vec<RowRun>) {
         let mut tokens = Vec::new();
         let mut spans: Vec<SeqSpan> = Vec::new();
         let mut routing = Vec::new();
@@ -750,7 +750,7 @@ impl<'m> Engine<'m> {
                 });
             }
         }
-        Ok((tokens, spans, routing))
+        (tokens, spans, routing)
     }
 
     fn finish(&mut self, r: Running, reason: FinishReason) -> Output {

@@ -243,16 +243,7 @@ fn assert_logits_in_both_modes(p: &Pretrained, f: &Fixture, reference: &Tensor) 
             .unwrap();
         let train = p.model.logits_train(&hidden).unwrap().squeeze(0).unwrap();
         for (mode, logits) in [("infer", infer), ("train", train)] {
-            let d: f32 = (logits - &expected)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let d = max_diff(&logits, &expected);
             assert!(d < 1e-4, "{mode} row {row}: max |logit diff| {d}");
         }
     }
