@@ -12,8 +12,8 @@
 //! `--malloc-defaults` leaves glibc's defaults on both sides.
 //!
 //! `--ops` adds a per-kernel breakdown and `--gemm` the GEMM throughput at the layer's
-//! shapes (ours vs candle's matmul). PyTorch runs with `$KUBESWIFT_BENCH_PYTHON`, else
-//! `/work/venv-py/bin/python`, else `python3`.
+//! shapes (ours vs candle's matmul) and at decode shapes (`rowdot` vs our GEMM). PyTorch
+//! runs with `$KUBESWIFT_BENCH_PYTHON`, else `/work/venv-py/bin/python`, else `python3`.
 
 mod model;
 
@@ -21,8 +21,9 @@ use std::process::Command;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Result, Tensor};
-use kubeswift_kernels::cpu::gemm::{MatRef, gemm};
+use kubeswift_kernels::cpu::gemm::{MatRef, gemm, gemm_seq};
 use kubeswift_kernels::cpu::isa;
+use kubeswift_kernels::cpu::rowdot;
 use kubeswift_kernels::{AttnMask, attention, lora_linear, reference, rms_norm, rope, silu_mul};
 
 struct Args {
@@ -424,6 +425,77 @@ fn bench_gemm(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// Decode-shaped products (a few rows against a large weight), one thread: the
+/// `rowdot` kernel inference decodes with beside the blocked GEMM, to place the crossover.
+fn bench_rowdot(args: &Args) -> Result<()> {
+    let dev = Device::Cpu;
+    println!("\nDecode-shaped products, one thread, GFLOP/s: C[m, n] = X[m, k] W[n, k]^T");
+    println!("| m x n x k | weights | rows_dot | gemm |");
+    println!("|---|---|---:|---:|");
+    for (n, k) in [(4864, 896), (896, 4864)] {
+        for m in [1, 4, 16, 64] {
+            for dtype in &args.dtypes {
+                let x = reference::random(1, &[m, k], 1.0, &dev)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                let w = reference::random(2, &[n, k], 1.0, &dev)?;
+                let flops = 2.0 * (m * n * k) as f64;
+                let mut c = vec![0f32; m * n];
+                let (rd, gm) = match dtype {
+                    DType::BF16 => {
+                        let w = w
+                            .to_dtype(DType::BF16)?
+                            .flatten_all()?
+                            .to_vec1::<half::bf16>()?;
+                        let rd = time_ms(args.warmup, args.iters, || {
+                            rowdot::rows_dot(&x, &w, k, &mut c);
+                            Ok(())
+                        })?;
+                        let gm = time_ms(args.warmup, args.iters, || {
+                            gemm_seq(
+                                MatRef::row_major(&x, m, k),
+                                MatRef::row_major(&w, n, k).t(),
+                                &mut c,
+                                n,
+                                1.0,
+                                0.0,
+                            );
+                            Ok(())
+                        })?;
+                        (rd, gm)
+                    }
+                    _ => {
+                        let w = w.flatten_all()?.to_vec1::<f32>()?;
+                        let rd = time_ms(args.warmup, args.iters, || {
+                            rowdot::rows_dot(&x, &w, k, &mut c);
+                            Ok(())
+                        })?;
+                        let gm = time_ms(args.warmup, args.iters, || {
+                            gemm_seq(
+                                MatRef::row_major(&x, m, k),
+                                MatRef::row_major(&w, n, k).t(),
+                                &mut c,
+                                n,
+                                1.0,
+                                0.0,
+                            );
+                            Ok(())
+                        })?;
+                        (rd, gm)
+                    }
+                };
+                println!(
+                    "| {m} x {n} x {k} | {} | {:.0} | {:.0} |",
+                    dtype_name(*dtype),
+                    flops / rd.0 / 1e6,
+                    flops / gm.0 / 1e6
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The CPU's model name, to label the table.
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
@@ -449,6 +521,7 @@ fn main() -> Result<()> {
     }
     if args.gemm {
         bench_gemm(&args)?;
+        bench_rowdot(&args)?;
     }
     if args.ops {
         for dtype in &args.dtypes {

@@ -10,3 +10,4 @@ pub mod isa;
 pub(crate) mod math;
 pub(crate) mod multiversion;
 pub(crate) mod par;
+pub mod rowdot;

@@ -7,9 +7,9 @@
 
 use rayon::prelude::*;
 
-use super::simd;
 use crate::model::error::{ModelError, Result};
 use crate::model::kv_cache::{KvCache, SlotId};
+use kubeswift_kernels::cpu::rowdot;
 
 /// The tokens of one sequence in a forward step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,23 +125,15 @@ pub fn attention(
             let cap = slot.capacity();
             let base = (head / group) * cap * d;
             let qr = &q[row * d..(row + 1) * d];
-            let keys = pos + 1;
-            scores.clear();
-            let mut max = f32::NEG_INFINITY;
-            for j in 0..keys {
-                let s = simd::dot(qr, &kv.k[base + j * d..base + (j + 1) * d]) * scale;
-                max = max.max(s);
-                scores.push(s);
-            }
-            let mut sum = 0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            let inv = 1.0 / sum;
-            for (j, p) in scores.iter().enumerate() {
-                simd::axpy(p * inv, &kv.v[base + j * d..base + (j + 1) * d], out_row);
-            }
+            let keys = (pos + 1) * d;
+            rowdot::attend(
+                qr,
+                &kv.k[base..base + keys],
+                &kv.v[base..base + keys],
+                scale,
+                scores,
+                out_row,
+            );
         });
     Ok(out)
 }

@@ -6,7 +6,7 @@
 //! quarter of prefill time went to spinning in profiles). These ops are cheap enough
 //! single-threaded, so the inference path never wakes that pool.
 
-use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
+use candle_core::{CpuStorage, Device, Storage, Tensor};
 use half::{bf16, f16};
 
 use super::storage::with_f32_slice;
@@ -108,14 +108,6 @@ pub fn to_f32_vec(t: &Tensor) -> Result<Vec<f32>> {
     })
 }
 
-/// A float tensor as an f32 tensor, converted by [`to_f32_vec`] (no-op for f32).
-pub fn to_f32(t: &Tensor) -> Result<Tensor> {
-    if t.dtype() == DType::F32 {
-        return Ok(t.clone());
-    }
-    Ok(Tensor::from_vec(to_f32_vec(t)?, t.dims(), &Device::Cpu)?)
-}
-
 fn widen<T: Copy>(v: &[T], f: impl Fn(T) -> f32) -> Vec<f32> {
     v.iter().map(|&x| f(x)).collect()
 }
@@ -123,6 +115,7 @@ fn widen<T: Copy>(v: &[T], f: impl Fn(T) -> f32) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::DType;
 
     #[test]
     fn match_candle() {

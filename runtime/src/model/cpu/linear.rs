@@ -1,18 +1,20 @@
 //! `y = x W^T + b` for inference: f32 activations, weights in their stored dtype.
 //!
-//! Few rows (decode: one row per running sequence) is a memory-bound pass over the weight:
-//! each weight row is read once for all input rows, split across threads by output column.
-//! Many rows (prefill) is compute-bound and goes to the gemm candle uses, on f32 weights
-//! (bf16/f16 weights are widened block by block, so no full f32 copy is ever held).
+//! Few rows (decode: one row per running sequence) is one pass over the weight
+//! (`kubeswift_kernels::cpu::rowdot`): each weight row is read once for all input rows,
+//! split across threads by output column. Many rows (prefill) is compute-bound and goes to
+//! the blocked GEMM of `kubeswift_kernels` (bf16/f16 weights are widened as it packs them,
+//! so no f32 copy of a weight is ever held).
 //! Every output element is a dot product computed the same way whatever the batch, so a
 //! sequence's logits do not depend on which other sequences share its batch.
 
 use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
+use kubeswift_kernels::cpu::gemm::{Elem, MatRef, gemm};
+use kubeswift_kernels::cpu::rowdot;
 use rayon::prelude::*;
 
-use super::elementwise::{to_f32, to_f32_vec};
-use super::simd::WeightElem;
+use super::elementwise::to_f32_vec;
 use super::storage::{with_f32_slice, with_weight_slice};
 use crate::model::error::{CandleContext, ModelError, Result};
 
@@ -20,8 +22,6 @@ use crate::model::error::{CandleContext, ModelError, Result};
 const GEMM_MIN_ROWS: usize = 16;
 /// Below this many weight elements one thread is faster than waking the pool.
 const PARALLEL_MIN_ELEMS: usize = 1 << 15;
-/// Weight rows widened to f32 at a time on the gemm path (bounds the scratch memory).
-const GEMM_BLOCK_ROWS: usize = 1024;
 
 /// `x` `[.., in]` f32, `weight` `[out, in]`, `bias` `[out]` -> `[.., out]` f32.
 ///
@@ -57,40 +57,15 @@ pub fn linear(
             "linear: row groups {groups:?} do not cover {m} rows"
         )));
     }
-    let x = x.to_dtype(DType::F32)?.contiguous()?.reshape((m, k))?;
+    let x = x.to_dtype(DType::F32)?.contiguous()?;
     let mut y = vec![0f32; m * n];
-    let mut row = 0;
-    let mut i = 0;
-    while i < groups.len() {
-        if groups[i] >= GEMM_MIN_ROWS {
-            let rows = groups[i];
-            gemm_path(
-                &x.narrow(0, row, rows)?,
-                weight,
-                n,
-                &mut y[row * n..(row + rows) * n],
-            )?;
-            row += rows;
-            i += 1;
-            continue;
-        }
-        // A run of short groups: one streaming pass over the weight for all their rows.
-        let mut rows = 0;
-        while i < groups.len() && groups[i] < GEMM_MIN_ROWS {
-            rows += groups[i];
-            i += 1;
-        }
-        let out = &mut y[row * n..(row + rows) * n];
-        let xs = x.narrow(0, row, rows)?.contiguous()?;
-        with_f32_slice(&xs, |xs| {
-            with_weight_slice(weight, |w| match w {
-                WeightSlice::F32(w) => stream_rows(xs, w, out, rows, n, k),
-                WeightSlice::BF16(w) => stream_rows(xs, w, out, rows, n, k),
-                WeightSlice::F16(w) => stream_rows(xs, w, out, rows, n, k),
-            })
-        })??;
-        row += rows;
-    }
+    with_f32_slice(&x, |xs| {
+        with_weight_slice(weight, |w| match w {
+            WeightSlice::F32(w) => grouped_rows(xs, w, &mut y, groups, n, k),
+            WeightSlice::BF16(w) => grouped_rows(xs, w, &mut y, groups, n, k),
+            WeightSlice::F16(w) => grouped_rows(xs, w, &mut y, groups, n, k),
+        })
+    })??;
     if let Some(b) = bias {
         add_bias(&mut y, &to_f32_vec(b)?);
     }
@@ -170,7 +145,7 @@ pub fn linear_many(
 }
 
 /// Column chunks of every weight, computed in one parallel pass; returns `[m, n_i]` each.
-fn stream_many<T: WeightElem>(
+fn stream_many<T: Elem>(
     x: &[f32],
     ws: &[&[T]],
     widths: &[usize],
@@ -197,7 +172,7 @@ fn stream_many<T: WeightElem>(
         .into_par_iter()
         .map(|(i, start, end)| {
             let mut out = vec![0f32; m * (end - start)];
-            stream_cols(x, ws[i], m, k, start, end, &mut out);
+            stream_cols(x, ws[i], k, start, end, &mut out);
             (i, start, out)
         })
         .collect();
@@ -240,28 +215,37 @@ pub enum WeightSlice<'a> {
     F16(&'a [f16]),
 }
 
-/// `x W^T` by gemm into `out` (`[m, n]`); half-precision weights are widened to f32 a
-/// block of rows at a time.
-fn gemm_path(x: &Tensor, weight: &Tensor, n: usize, out: &mut [f32]) -> Result<()> {
-    let m = x.dim(0)?;
-    let write = |out: &mut [f32], block: &Tensor, col: usize| -> Result<()> {
-        let width = block.dim(1)?;
-        with_f32_slice(block, |b| {
-            for r in 0..m {
-                out[r * n + col..r * n + col + width]
-                    .copy_from_slice(&b[r * width..(r + 1) * width]);
+/// `y = x W^T` group by group: a long group (a prompt being prefilled) through the
+/// blocked GEMM on its own, a run of short ones (decoding sequences) in one streaming pass
+/// over the weight.
+fn grouped_rows<T: Elem>(x: &[f32], w: &[T], y: &mut [f32], groups: &[usize], n: usize, k: usize) {
+    let mut row = 0;
+    let mut i = 0;
+    while i < groups.len() {
+        let mut rows = groups[i];
+        i += 1;
+        if rows >= GEMM_MIN_ROWS {
+            gemm(
+                MatRef::row_major(&x[row * k..(row + rows) * k], rows, k),
+                MatRef::row_major(w, n, k).t(),
+                &mut y[row * n..(row + rows) * n],
+                n,
+                1.0,
+                0.0,
+            );
+        } else {
+            while i < groups.len() && groups[i] < GEMM_MIN_ROWS {
+                rows += groups[i];
+                i += 1;
             }
-        })
-    };
-    if weight.dtype() == DType::F32 {
-        return write(out, &x.matmul(&weight.t()?)?, 0);
+            let (xs, out) = (
+                &x[row * k..(row + rows) * k],
+                &mut y[row * n..(row + rows) * n],
+            );
+            stream_rows(xs, w, out, rows, n, k);
+        }
+        row += rows;
     }
-    for start in (0..n).step_by(GEMM_BLOCK_ROWS) {
-        let rows = GEMM_BLOCK_ROWS.min(n - start);
-        let w = to_f32(&weight.narrow(0, start, rows)?)?;
-        write(out, &x.matmul(&w.t()?)?, start)?;
-    }
-    Ok(())
 }
 
 /// Adds `bias` (`[n]`) to every row of `y` (`[m, n]`).
@@ -273,58 +257,16 @@ fn add_bias(y: &mut [f32], bias: &[f32]) {
     }
 }
 
-/// Output columns `[start, end)` of `y` (`m` rows of `n`), computed from weight rows.
-fn stream_cols<T: WeightElem>(
-    x: &[f32],
-    w: &[T],
-    m: usize,
-    k: usize,
-    start: usize,
-    end: usize,
-    out: &mut [f32],
-) {
-    // `out` is the [m, end - start] block, row-major.
-    let width = end - start;
-    let mut c = start;
-    while c < end {
-        let r = if end - c >= 4 && m <= 2 { 4 } else { 1 };
-        let w_rows = &w[c * k..(c + r) * k];
-        let mut row = 0;
-        while row < m {
-            let g = (m - row).min(8);
-            let xr = &x[row * k..(row + g) * k];
-            macro_rules! block {
-                ($r:literal, $g:literal) => {{
-                    let acc = T::dot_block::<$r, $g>(xr, w_rows, k);
-                    for (mi, accs) in acc.iter().enumerate() {
-                        for (ri, v) in accs.iter().enumerate() {
-                            out[(row + mi) * width + (c - start) + ri] = *v;
-                        }
-                    }
-                }};
-            }
-            match (r, g) {
-                (4, 1) => block!(4, 1),
-                (4, 2) => block!(4, 2),
-                (1, 1) => block!(1, 1),
-                (1, 2) => block!(1, 2),
-                (1, 3) => block!(1, 3),
-                (1, 4) => block!(1, 4),
-                (1, 5) => block!(1, 5),
-                (1, 6) => block!(1, 6),
-                (1, 7) => block!(1, 7),
-                _ => block!(1, 8),
-            }
-            row += g;
-        }
-        c += r;
-    }
+/// Output columns `[start, end)` of `y` (`m` rows of `k`-wide `x`) into `out`, the
+/// `[m, end - start]` block, row-major.
+fn stream_cols<T: Elem>(x: &[f32], w: &[T], k: usize, start: usize, end: usize, out: &mut [f32]) {
+    rowdot::rows_dot(x, &w[start * k..end * k], k, out);
 }
 
-fn stream_rows<T: WeightElem>(x: &[f32], w: &[T], y: &mut [f32], m: usize, n: usize, k: usize) {
+fn stream_rows<T: Elem>(x: &[f32], w: &[T], y: &mut [f32], m: usize, n: usize, k: usize) {
     let threads = rayon::current_num_threads();
     if n * k < PARALLEL_MIN_ELEMS || threads == 1 {
-        stream_cols(x, w, m, k, 0, n, y);
+        stream_cols(x, w, k, 0, n, y);
         return;
     }
     // Column chunks, a multiple of 4 wide, a few per thread for balance.
@@ -336,7 +278,7 @@ fn stream_rows<T: WeightElem>(x: &[f32], w: &[T], y: &mut [f32], m: usize, n: us
         .map(|start| {
             let end = (start + chunk).min(n);
             let mut out = vec![0f32; m * (end - start)];
-            stream_cols(x, w, m, k, start, end, &mut out);
+            stream_cols(x, w, k, start, end, &mut out);
             (start, out)
         })
         .collect();

@@ -5,7 +5,6 @@
 pub mod attention;
 pub mod elementwise;
 pub mod linear;
-pub mod simd;
 mod storage;
 
 pub use attention::{AttentionInput, Heads, QkNorm, SeqSpan, attention};

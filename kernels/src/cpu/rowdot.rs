@@ -1,0 +1,413 @@
+//! Dot products of f32 rows against weight rows: `out = x W^T` for a few rows of `x`.
+//!
+//! This is the inference decode step's product: each running sequence contributes one row,
+//! so `x` has a handful of rows while `W` (`[n, k]`, f32, bf16 or f16) is large. Packing
+//! `W` as a blocked GEMM does would cost a full pass over it per call, so instead each
+//! weight row is read in place and widened to f32 in registers, and a register tile of 4
+//! weight rows by up to 3 input rows keeps 12 accumulators busy: 7 loads per 12 FMAs, so
+//! a batch of 16 is compute-bound while one row still streams the weight at memory speed.
+//!
+//! Every output element is accumulated the same way wherever it falls in a tile (8 f32
+//! lanes over `k` in order, a fixed horizontal sum, then the scalar tail), so a row's
+//! result does not depend on how many other rows share the call: batched and
+//! single-sequence generation agree bit for bit.
+//!
+//! Compiled in this crate because it is optimised even in dev builds (see the workspace
+//! profile): at opt-level 1 the tile's loops are not unrolled and its accumulators live on
+//! the stack, which made decode 5x slower.
+
+#[cfg(target_arch = "x86_64")]
+use crate::cpu::isa::{self, Isa};
+use crate::elem::Elem;
+#[cfg(target_arch = "x86_64")]
+use crate::elem::Typed;
+
+/// Weight rows per register tile.
+const TILE_W: usize = 4;
+/// Input rows per register tile.
+const TILE_X: usize = 2;
+
+/// `out[i * n + j] = dot(x[i], w[j])` for `x` `[m, k]` and `w` `[n, k]` row-major, `out`
+/// `[m, n]`.
+///
+/// # Panics
+/// If `k` is zero or the slice lengths are not `m * k`, `n * k` and `m * n` (caller bugs).
+pub fn rows_dot<T: Elem>(x: &[f32], w: &[T], k: usize, out: &mut [f32]) {
+    assert!(
+        k > 0 && x.len().is_multiple_of(k) && w.len().is_multiple_of(k),
+        "rows_dot: x ({}) and w ({}) must be whole rows of k = {k}",
+        x.len(),
+        w.len()
+    );
+    let (m, n) = (x.len() / k, w.len() / k);
+    assert_eq!(out.len(), m * n, "rows_dot: out must be [{m}, {n}]");
+    #[cfg(target_arch = "x86_64")]
+    if isa::active() >= Isa::Avx2 {
+        // SAFETY: the CPU has AVX2/FMA/F16C (`active` never reports more than it has) and
+        // the lengths were checked above.
+        unsafe {
+            match T::typed(w) {
+                Typed::F32(w) => avx2::rows_dot_f32(x.as_ptr(), w.as_ptr(), k, m, n, out),
+                Typed::BF16(w) => avx2::rows_dot_bf16(x.as_ptr(), w.as_ptr(), k, m, n, out),
+                Typed::F16(w) => avx2::rows_dot_f16(x.as_ptr(), w.as_ptr(), k, m, n, out),
+            }
+        }
+        return;
+    }
+    for (xr, out_row) in x.chunks_exact(k).zip(out.chunks_exact_mut(n)) {
+        for (wr, o) in w.chunks_exact(k).zip(out_row) {
+            *o = scalar_dot(xr, wr);
+        }
+    }
+}
+
+/// `dot(a, b)` over the common length, accumulated as [`rows_dot`] does.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let k = a.len().min(b.len());
+    if k == 0 {
+        return 0.0;
+    }
+    let mut out = [0f32];
+    rows_dot(&a[..k], &b[..k], k, &mut out);
+    out[0]
+}
+
+/// `y += alpha * x` over equal lengths.
+///
+/// # Panics
+/// If the lengths differ (a caller bug).
+pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    assert_eq!(x.len(), y.len(), "axpy: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if isa::active() >= Isa::Avx2 {
+        // SAFETY: AVX2/FMA present; equal lengths checked.
+        unsafe { avx2::axpy(alpha, x.as_ptr(), y.as_mut_ptr(), x.len()) };
+        return;
+    }
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi += alpha * xi;
+    }
+}
+
+/// One query row's attention over `keys` cached keys and values: `out = softmax(scale *
+/// K q) V`, with `k` and `v` `[keys, d]` row-major (`d = q.len()`) and `scores` a scratch
+/// buffer reused between calls. An empty key set leaves `out` zero.
+///
+/// # Panics
+/// If `k`, `v` and `out` do not match `q`'s width (caller bugs).
+pub fn attend(q: &[f32], k: &[f32], v: &[f32], scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+    let d = q.len();
+    assert!(
+        d > 0 && k.len() == v.len() && out.len() == d,
+        "attend: shapes differ"
+    );
+    let keys = k.len() / d;
+    out.fill(0.0);
+    if keys == 0 {
+        return;
+    }
+    scores.clear();
+    scores.resize(keys, 0.0);
+    rows_dot(q, k, d, scores);
+    let mut max = f32::NEG_INFINITY;
+    for s in scores.iter_mut() {
+        *s *= scale;
+        max = max.max(*s);
+    }
+    let mut sum = 0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    let inv = 1.0 / sum;
+    for (p, vr) in scores.iter().zip(v.chunks_exact(d)) {
+        axpy(p * inv, vr, out);
+    }
+}
+
+fn scalar_dot<T: Elem>(x: &[f32], w: &[T]) -> f32 {
+    x.iter().zip(w).map(|(a, b)| a * b.to_f32()).sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use half::{bf16, f16};
+
+    use super::{TILE_W, TILE_X};
+    use crate::elem::Elem;
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        unsafe {
+            let lo = _mm256_castps256_ps128(v);
+            let hi = _mm256_extractf128_ps(v, 1);
+            let s = _mm_add_ps(lo, hi);
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+            _mm_cvtss_f32(s)
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn load_f32(p: *const f32) -> __m256 {
+        unsafe { _mm256_loadu_ps(p) }
+    }
+
+    #[inline(always)]
+    unsafe fn load_bf16(p: *const bf16) -> __m256 {
+        // bf16 is the top half of an f32: widen to 32 bits and shift into place.
+        unsafe {
+            let v = _mm_loadu_si128(p as *const __m128i);
+            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn load_f16(p: *const f16) -> __m256 {
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
+    }
+
+    macro_rules! rows_dot {
+        ($name:ident, $t:ty, $load:ident) => {
+            /// `R` weight rows against `M` input rows; results go to `out` (row stride `ldo`).
+            #[inline(always)]
+            unsafe fn tile<const R: usize, const M: usize>(
+                x: *const f32,
+                w: *const $t,
+                k: usize,
+                out: *mut f32,
+                ldo: usize,
+            ) {
+                unsafe {
+                    let mut acc = [[_mm256_setzero_ps(); R]; M];
+                    let mut i = 0;
+                    while i + 8 <= k {
+                        let mut wv = [_mm256_setzero_ps(); R];
+                        for (r, v) in wv.iter_mut().enumerate() {
+                            *v = $load(w.add(r * k + i));
+                        }
+                        for (mi, row) in acc.iter_mut().enumerate() {
+                            let xv = _mm256_loadu_ps(x.add(mi * k + i));
+                            for (a, wr) in row.iter_mut().zip(&wv) {
+                                *a = _mm256_fmadd_ps(xv, *wr, *a);
+                            }
+                        }
+                        i += 8;
+                    }
+                    for (mi, row) in acc.iter().enumerate() {
+                        for (r, a) in row.iter().enumerate() {
+                            let mut s = hsum(*a);
+                            for j in i..k {
+                                s += *x.add(mi * k + j) * Elem::to_f32(*w.add(r * k + j));
+                            }
+                            *out.add(mi * ldo + r) = s;
+                        }
+                    }
+                }
+            }
+
+            /// All `m` input rows against weight rows `[c, c + R)`.
+            #[inline(always)]
+            unsafe fn column_block<const R: usize>(
+                x: *const f32,
+                w: *const $t,
+                k: usize,
+                m: usize,
+                out: *mut f32,
+                n: usize,
+                c: usize,
+            ) {
+                unsafe {
+                    let w = w.add(c * k);
+                    let mut row = 0;
+                    while row + TILE_X <= m {
+                        tile::<R, TILE_X>(x.add(row * k), w, k, out.add(row * n + c), n);
+                        row += TILE_X;
+                    }
+                    let (x, out) = (x.add(row * k), out.add(row * n + c));
+                    match m - row {
+                        0 => {}
+                        1 => tile::<R, 1>(x, w, k, out, n),
+                        2 => tile::<R, 2>(x, w, k, out, n),
+                        _ => tile::<R, 3>(x, w, k, out, n),
+                    }
+                }
+            }
+
+            /// # Safety
+            /// AVX2/FMA/F16C present; `x` holds `m * k`, `w` `n * k`, `out` `m * n` values.
+            #[target_feature(enable = "avx2,fma,f16c")]
+            pub unsafe fn $name(
+                x: *const f32,
+                w: *const $t,
+                k: usize,
+                m: usize,
+                n: usize,
+                out: &mut [f32],
+            ) {
+                let out = out.as_mut_ptr();
+                let mut c = 0;
+                // SAFETY: every tile stays inside the bounds the caller guarantees.
+                unsafe {
+                    while c + TILE_W <= n {
+                        column_block::<TILE_W>(x, w, k, m, out, n, c);
+                        c += TILE_W;
+                    }
+                    while c < n {
+                        column_block::<1>(x, w, k, m, out, n, c);
+                        c += 1;
+                    }
+                }
+            }
+        };
+    }
+
+    mod f32_weights {
+        use super::*;
+        rows_dot!(rows_dot_f32, f32, load_f32);
+    }
+    mod bf16_weights {
+        use super::*;
+        rows_dot!(rows_dot_bf16, bf16, load_bf16);
+    }
+    mod f16_weights {
+        use super::*;
+        rows_dot!(rows_dot_f16, f16, load_f16);
+    }
+    pub use bf16_weights::rows_dot_bf16;
+    pub use f16_weights::rows_dot_f16;
+    pub use f32_weights::rows_dot_f32;
+
+    /// # Safety
+    /// AVX2/FMA present; `x` and `y` hold `n` values.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn axpy(alpha: f32, x: *const f32, y: *mut f32, n: usize) {
+        unsafe {
+            let a = _mm256_set1_ps(alpha);
+            let mut i = 0;
+            while i + 8 <= n {
+                let yv = _mm256_fmadd_ps(a, load_f32(x.add(i)), _mm256_loadu_ps(y.add(i)));
+                _mm256_storeu_ps(y.add(i), yv);
+                i += 8;
+            }
+            for j in i..n {
+                *y.add(j) += alpha * *x.add(j);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use half::{bf16, f16};
+
+    use super::*;
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0) - 1.0)
+            .collect()
+    }
+
+    fn reference<T: Elem>(x: &[f32], w: &[T], k: usize) -> Vec<f64> {
+        let mut out = Vec::new();
+        for xr in x.chunks_exact(k) {
+            for wr in w.chunks_exact(k) {
+                out.push(
+                    xr.iter()
+                        .zip(wr)
+                        .map(|(a, b)| *a as f64 * b.to_f32() as f64)
+                        .sum(),
+                );
+            }
+        }
+        out
+    }
+
+    fn check<T: Elem>(m: usize, n: usize, k: usize) {
+        let x = data(m * k, 1);
+        let w: Vec<T> = data(n * k, 2).into_iter().map(T::from_f32).collect();
+        let mut out = vec![f32::NAN; m * n];
+        rows_dot(&x, &w, k, &mut out);
+        for (i, (got, want)) in out.iter().zip(reference(&x, &w, k)).enumerate() {
+            assert!(
+                (*got as f64 - want).abs() < 1e-4 * (1.0 + want.abs()),
+                "m={m} n={n} k={k} element {i}: {got} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn matches_a_wide_reference_for_every_shape_and_dtype() {
+        for (m, n, k) in [
+            (1, 1, 1),
+            (1, 5, 7),
+            (2, 9, 8),
+            (3, 4, 13),
+            (7, 6, 64),
+            (16, 9, 67),
+        ] {
+            check::<f32>(m, n, k);
+            check::<bf16>(m, n, k);
+            check::<f16>(m, n, k);
+        }
+    }
+
+    #[test]
+    fn a_row_gives_the_same_bits_alone_or_among_others() {
+        let (m, n, k) = (11, 10, 72);
+        let x = data(m * k, 3);
+        let w = data(n * k, 4);
+        let mut all = vec![0f32; m * n];
+        rows_dot(&x, &w, k, &mut all);
+        for i in 0..m {
+            let mut alone = vec![0f32; n];
+            rows_dot(&x[i * k..(i + 1) * k], &w, k, &mut alone);
+            assert_eq!(&all[i * n..(i + 1) * n], &alone[..], "row {i}");
+            // And a single weight row: the same bits as in the 4-row tiles.
+            for j in 0..n {
+                assert_eq!(
+                    dot(&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]),
+                    alone[j]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn attend_is_softmax_weighted_values() {
+        let (d, keys) = (16, 5);
+        let q = data(d, 5);
+        let k = data(keys * d, 6);
+        let v = data(keys * d, 7);
+        let scale = 0.25;
+        let logits: Vec<f64> = k
+            .chunks_exact(d)
+            .map(|kr| scale as f64 * q.iter().zip(kr).map(|(a, b)| (a * b) as f64).sum::<f64>())
+            .collect();
+        let max = logits.iter().cloned().fold(f64::MIN, f64::max);
+        let e: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
+        let z: f64 = e.iter().sum();
+        let mut out = vec![f32::NAN; d];
+        attend(&q, &k, &v, scale, &mut Vec::new(), &mut out);
+        for (c, got) in out.iter().enumerate() {
+            let want: f64 = (0..keys).map(|j| e[j] / z * v[j * d + c] as f64).sum();
+            assert!((*got as f64 - want).abs() < 1e-5, "{c}: {got} vs {want}");
+        }
+        attend(&q, &[], &[], scale, &mut Vec::new(), &mut out);
+        assert!(out.iter().all(|v| *v == 0.0));
+    }
+
+    #[test]
+    fn axpy_adds_scaled() {
+        let x = data(19, 3);
+        let mut y = data(19, 4);
+        let expect: Vec<f32> = y.iter().zip(&x).map(|(a, b)| a + 0.5 * b).collect();
+        axpy(0.5, &x, &mut y);
+        for (a, b) in y.iter().zip(&expect) {
+            assert!((a - b).abs() < 1e-6);
+        }
+    }
+}
