@@ -123,6 +123,11 @@ def write_gguf(folder: str, out: str, half: bool) -> None:
         w.add_token_merges(merges)
         w.add_bos_token_id(cfg["bos_token_id"])
         w.add_eos_token_id(cfg["eos_token_id"])
+        # The chat template, so llama.cpp's chat endpoint formats messages as ours does.
+        tok_cfg = os.path.join(folder, "tokenizer_config.json")
+        template = json.load(open(tok_cfg)).get("chat_template") if os.path.exists(tok_cfg) else None
+        if template:
+            w.add_chat_template(template)
     else:
         # Random model: no tokenizer; the benchmark feeds token ids.
         w.add_tokenizer_model("none")
@@ -270,7 +275,12 @@ def main():
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--engines", default="kubeswift,transformers,llama.cpp")
     ap.add_argument("--json", help="also write the rows here")
+    ap.add_argument("--write-gguf", nargs=2, metavar=("FOLDER", "OUT"),
+                    help="only write FOLDER's weights as an f32 GGUF (bench_serve.py uses it)")
     args = ap.parse_args()
+    if args.write_gguf:
+        write_gguf(*args.write_gguf, half=False)
+        return
 
     write_qwen2_100m(QWEN2)
     folders = {"SmolLM2-135M": SMOLLM2, "Qwen2-100M": QWEN2}

@@ -215,24 +215,24 @@ pub enum WeightSlice<'a> {
     F16(&'a [f16]),
 }
 
-/// `y = x W^T` group by group: a long group (a prompt being prefilled) through the
-/// blocked GEMM on its own, a run of short ones (decoding sequences) in one streaming pass
+/// `y = x W^T` group by group: the long groups (prompts being prefilled) through one call
+/// of the blocked GEMM, runs of short ones (decoding sequences) each in one streaming pass
 /// over the weight.
+///
+/// One GEMM for every prompt of the step instead of one per prompt: each call packs the
+/// whole weight, so sixteen prompts in a step paid sixteen passes over it. The GEMM
+/// computes each row of C from that row of A alone (fixed depth blocking, one FMA chain
+/// per element), so a prompt's rows are the same bits whichever other prompts share the
+/// call.
 fn grouped_rows<T: Elem>(x: &[f32], w: &[T], y: &mut [f32], groups: &[usize], n: usize, k: usize) {
+    let mut long = Vec::new();
     let mut row = 0;
     let mut i = 0;
     while i < groups.len() {
         let mut rows = groups[i];
         i += 1;
         if rows >= GEMM_MIN_ROWS {
-            gemm(
-                MatRef::row_major(&x[row * k..(row + rows) * k], rows, k),
-                MatRef::row_major(w, n, k).t(),
-                &mut y[row * n..(row + rows) * n],
-                n,
-                1.0,
-                0.0,
-            );
+            long.push(row..row + rows);
         } else {
             while i < groups.len() && groups[i] < GEMM_MIN_ROWS {
                 rows += groups[i];
@@ -245,6 +245,33 @@ fn grouped_rows<T: Elem>(x: &[f32], w: &[T], y: &mut [f32], groups: &[usize], n:
             stream_rows(xs, w, out, rows, n, k);
         }
         row += rows;
+    }
+    let gemm_rows = |x: &[f32], rows: usize, out: &mut [f32]| {
+        let a = MatRef::row_major(x, rows, k);
+        gemm(a, MatRef::row_major(w, n, k).t(), out, n, 1.0, 0.0);
+    };
+    match long.as_slice() {
+        [] => {}
+        [only] => gemm_rows(
+            &x[only.start * k..only.end * k],
+            only.len(),
+            &mut y[only.start * n..only.end * n],
+        ),
+        spans => {
+            // Gather the prompts' rows, one product, scatter the results back.
+            let total: usize = spans.iter().map(|r| r.len()).sum();
+            let mut xs = Vec::with_capacity(total * k);
+            for r in spans {
+                xs.extend_from_slice(&x[r.start * k..r.end * k]);
+            }
+            let mut out = vec![0f32; total * n];
+            gemm_rows(&xs, total, &mut out);
+            let mut at = 0;
+            for r in spans {
+                y[r.start * n..r.end * n].copy_from_slice(&out[at * n..(at + r.len()) * n]);
+                at += r.len();
+            }
+        }
     }
 }
 
@@ -358,6 +385,18 @@ mod tests {
         let alone: Vec<Vec<f32>> = linear(&long, &w, None, &[20]).unwrap().to_vec2().unwrap();
         assert_eq!(&got[2..22], &alone[..]);
         assert_eq!(&got[..2], &batch[..2]);
+        // Two prompts share one GEMM call: each still equals itself alone.
+        let other = Tensor::randn(0f32, 1.0, (17, 96), &dev).unwrap();
+        let both = Tensor::cat(&[&long, &x.narrow(0, 0, 1).unwrap(), &other], 0).unwrap();
+        let got: Vec<Vec<f32>> = linear(&both, &w, None, &[20, 1, 17])
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        let other_alone: Vec<Vec<f32>> =
+            linear(&other, &w, None, &[17]).unwrap().to_vec2().unwrap();
+        assert_eq!(&got[..20], &alone[..]);
+        assert_eq!(&got[20], &batch[0]);
+        assert_eq!(&got[21..], &other_alone[..]);
     }
 
     #[test]
