@@ -443,45 +443,12 @@ fn bench_rowdot(args: &Args) -> Result<()> {
                 let mut c = vec![0f32; m * n];
                 let (rd, gm) = match dtype {
                     DType::BF16 => {
-                        let w = w
-                            .to_dtype(DType::BF16)?
-                            .flatten_all()?
-                            .to_vec1::<half::bf16>()?;
-                        let rd = time_ms(args.warmup, args.iters, || {
-                            rowdot::rows_dot(&x, &w, k, &mut c);
-                            Ok(())
-                        })?;
-                        let gm = time_ms(args.warmup, args.iters, || {
-                            gemm_seq(
-                                MatRef::row_major(&x, m, k),
-                                MatRef::row_major(&w, n, k).t(),
-                                &mut c,
-                                n,
-                                1.0,
-                                0.0,
-                            );
-                            Ok(())
-                        })?;
-                        (rd, gm)
+                        let w = w.to_dtype(DType::BF16)?.flatten_all()?;
+                        time_rows_dot_and_gemm(args, &x, &w.to_vec1::<half::bf16>()?, k, &mut c)?
                     }
                     _ => {
                         let w = w.flatten_all()?.to_vec1::<f32>()?;
-                        let rd = time_ms(args.warmup, args.iters, || {
-                            rowdot::rows_dot(&x, &w, k, &mut c);
-                            Ok(())
-                        })?;
-                        let gm = time_ms(args.warmup, args.iters, || {
-                            gemm_seq(
-                                MatRef::row_major(&x, m, k),
-                                MatRef::row_major(&w, n, k).t(),
-                                &mut c,
-                                n,
-                                1.0,
-                                0.0,
-                            );
-                            Ok(())
-                        })?;
-                        (rd, gm)
+                        time_rows_dot_and_gemm(args, &x, &w, k, &mut c)?
                     }
                 };
                 println!(
@@ -494,6 +461,28 @@ fn bench_rowdot(args: &Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Times `rows_dot` and the one-thread GEMM on the same product: `x` `[m, k]` against
+/// weights `w` `[n, k]` into `c`.
+fn time_rows_dot_and_gemm<T: kubeswift_kernels::cpu::gemm::Elem>(
+    args: &Args,
+    x: &[f32],
+    w: &[T],
+    k: usize,
+    c: &mut [f32],
+) -> Result<((f64, f64), (f64, f64))> {
+    let (m, n) = (x.len() / k, w.len() / k);
+    let rd = time_ms(args.warmup, args.iters, || {
+        rowdot::rows_dot(x, w, k, c);
+        Ok(())
+    })?;
+    let gm = time_ms(args.warmup, args.iters, || {
+        let (a, b) = (MatRef::row_major(x, m, k), MatRef::row_major(w, n, k).t());
+        gemm_seq(a, b, c, n, 1.0, 0.0);
+        Ok(())
+    })?;
+    Ok((rd, gm))
 }
 
 /// The CPU's model name, to label the table.
