@@ -99,29 +99,31 @@ def wait_ready(proc, port, what, timeout=600):
     sys.exit(f"{what} did not answer on port {port} within {timeout} s")
 
 
+def start_peer(what, cmd, port):
+    """Starts a peer server in its own process group and waits until it serves."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    wait_ready(proc, port, what)
+    return proc, "127.0.0.1", port
+
+
 def start_msswift(cli, model, name, batch, extra):
     port = free_port()
-    proc = subprocess.Popen(
-        [cli, "deploy", "--model", model, "--infer_backend", "transformers",
-         "--torch_dtype", "float32", "--host", "127.0.0.1", "--port", str(port),
-         "--served_model_name", name, "--max_batch_size", str(batch), "--verbose", "false",
-         *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    wait_ready(proc, port, "ms-swift deploy")
-    return proc, "127.0.0.1", port
+    return start_peer("ms-swift deploy", [
+        cli, "deploy", "--model", model, "--infer_backend", "transformers",
+        "--torch_dtype", "float32", "--host", "127.0.0.1", "--port", str(port),
+        "--served_model_name", name, "--max_batch_size", str(batch), "--verbose", "false",
+        *extra], port)
 
 
 def start_llamacpp(python, gguf, name):
     port = free_port()
-    proc = subprocess.Popen(
-        [python, "-m", "llama_cpp.server", "--model", gguf, "--model_alias", name,
-         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096",
-         "--n_threads", str(os.cpu_count()),
-         # Its default lets a new request cut off the running one; queue them instead.
-         "--interrupt_requests", "false"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    wait_ready(proc, port, "llama.cpp server")
-    return proc, "127.0.0.1", port
+    return start_peer("llama.cpp server", [
+        python, "-m", "llama_cpp.server", "--model", gguf, "--model_alias", name,
+        "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096",
+        "--n_threads", str(os.cpu_count()),
+        # Its default lets a new request cut off the running one; queue them instead.
+        "--interrupt_requests", "false"], port)
 
 
 SYSTEM = None  # set from --system

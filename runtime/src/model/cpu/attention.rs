@@ -5,11 +5,11 @@
 //! Each (token, query head) output row is computed independently over exactly its
 //! sequence's keys, so a sequence's result does not depend on its batch neighbours.
 
+use kubeswift_kernels::cpu::rowdot;
 use rayon::prelude::*;
 
 use crate::model::error::{ModelError, Result};
 use crate::model::kv_cache::{KvCache, SlotId};
-use kubeswift_kernels::cpu::rowdot;
 
 /// The tokens of one sequence in a forward step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -172,7 +172,7 @@ fn stream_many<T: Elem>(
         .into_par_iter()
         .map(|(i, start, end)| {
             let mut out = vec![0f32; m * (end - start)];
-            stream_cols(x, ws[i], k, start, end, &mut out);
+            rowdot::rows_dot(x, &ws[i][start * k..end * k], k, &mut out);
             (i, start, out)
         })
         .collect();
@@ -284,16 +284,10 @@ fn add_bias(y: &mut [f32], bias: &[f32]) {
     }
 }
 
-/// Output columns `[start, end)` of `y` (`m` rows of `k`-wide `x`) into `out`, the
-/// `[m, end - start]` block, row-major.
-fn stream_cols<T: Elem>(x: &[f32], w: &[T], k: usize, start: usize, end: usize, out: &mut [f32]) {
-    rowdot::rows_dot(x, &w[start * k..end * k], k, out);
-}
-
 fn stream_rows<T: Elem>(x: &[f32], w: &[T], y: &mut [f32], m: usize, n: usize, k: usize) {
     let threads = rayon::current_num_threads();
     if n * k < PARALLEL_MIN_ELEMS || threads == 1 {
-        stream_cols(x, w, k, 0, n, y);
+        rowdot::rows_dot(x, w, k, y);
         return;
     }
     // Column chunks, a multiple of 4 wide, a few per thread for balance.
@@ -305,7 +299,7 @@ fn stream_rows<T: Elem>(x: &[f32], w: &[T], y: &mut [f32], m: usize, n: usize, k
         .map(|start| {
             let end = (start + chunk).min(n);
             let mut out = vec![0f32; m * (end - start)];
-            stream_cols(x, w, k, start, end, &mut out);
+            rowdot::rows_dot(x, &w[start * k..end * k], k, &mut out);
             (start, out)
         })
         .collect();
