@@ -75,6 +75,80 @@ def write_qwen2_100m(folder: str) -> None:
     print(f"wrote {folder} ({n / 1e6:.0f}M parameters)", file=sys.stderr)
 
 
+# Qwen2's pre-tokenizer split (its tokenizer.json; llama.cpp's "qwen2" pre-tokenizer).
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+CHATML_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if loop.first and message['role'] != 'system' %}"
+    "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def chat_corpus(words: int = 400_000):
+    """Seeded text for the chat model's tokenizer: Zipf-distributed pseudo-words (so a BPE
+    finds ~8k merges), digits and punctuation, and the English the serving bench sends."""
+    import random
+
+    rng = random.Random(8192)
+    onsets = ["", "b", "c", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v",
+              "w", "z", "st", "tr", "ch", "sh", "pl", "gr"]
+    vowels = ["a", "e", "i", "o", "u", "ai", "ou", "ee"]
+    lexicon = ["".join(rng.choice(onsets) + rng.choice(vowels) for _ in range(rng.randint(1, 4)))
+               for _ in range(30_000)]
+    english = ("tell me about the history of the city and its rivers you are a helpful "
+               "assistant for a tourism office answer questions about bridges museums parks").split()
+    weights = [1.0 / (r + 1) for r in range(len(lexicon))]
+    for _ in range(words // 20):
+        picked = rng.choices(lexicon, weights, k=20)
+        picked[rng.randrange(20)] = rng.choice(english)
+        line = " ".join(picked).capitalize() + rng.choice([".", "?", "!", ", " + str(rng.randint(0, 9999)) + "."])
+        yield line
+
+
+def write_qwen2_chat(folder: str) -> None:
+    """QWEN2's weights with a tokenizer and ChatML template, so servers can chat with it:
+    a byte-level BPE of the model's full vocabulary (8192) trained here on seeded text,
+    Qwen2's pre-tokenizer split, and <|endoftext|>, <|im_start|>, <|im_end|> as ids 0-2."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if os.path.exists(os.path.join(folder, "tokenizer.json")):
+        return
+    write_qwen2_100m(QWEN2)
+    os.makedirs(folder, exist_ok=True)
+    weights = os.path.join(folder, "model.safetensors")
+    if not os.path.exists(weights):
+        os.symlink(os.path.join(QWEN2, "model.safetensors"), weights)
+    config = json.load(open(os.path.join(QWEN2, "config.json")))
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    config.update(bos_token_id=0, eos_token_id=2)
+    json.dump(config, open(os.path.join(folder, "config.json"), "w"), indent=2)
+    json.dump({"bos_token_id": 0, "eos_token_id": [2, 0]},
+              open(os.path.join(folder, "generation_config.json"), "w"), indent=2)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=config["vocab_size"], special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(chat_corpus(), trainer=trainer)
+    if tok.get_vocab_size() != config["vocab_size"]:
+        sys.exit(f"the tokenizer learned {tok.get_vocab_size()} tokens, not {config['vocab_size']}")
+    tok.save(os.path.join(folder, "tokenizer.json"))
+    json.dump({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "bos_token": None,
+               "add_bos_token": False, "model_max_length": config["max_position_embeddings"],
+               "tokenizer_class": "Qwen2Tokenizer", "chat_template": CHATML_TEMPLATE},
+              open(os.path.join(folder, "tokenizer_config.json"), "w"), indent=2)
+    print(f"wrote {folder} (tokenizer of {tok.get_vocab_size()} tokens)", file=sys.stderr)
+
+
 GGUF_BLOCK = {
     "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
     "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
@@ -111,13 +185,14 @@ def write_gguf(folder: str, out: str, half: bool) -> None:
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if half else gguf.LlamaFileType.ALL_F32)
     tok = os.path.join(folder, "tokenizer.json")
     if os.path.exists(tok):
-        # SmolLM2: byte-level BPE with llama.cpp's "smollm" pre-tokenizer.
+        # Byte-level BPE: SmolLM2 with llama.cpp's "smollm" pre-tokenizer, the chat Qwen2
+        # with "qwen2" (the split write_qwen2_chat gives it).
         t = json.load(open(tok))
         vocab = sorted(t["model"]["vocab"].items(), key=lambda kv: kv[1])
         specials = {a["content"] for a in t["added_tokens"]}
         merges = [m if isinstance(m, str) else " ".join(m) for m in t["model"]["merges"]]
         w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre("smollm")
+        w.add_tokenizer_pre("qwen2" if arch == "qwen2" else "smollm")
         w.add_token_list([k for k, _ in vocab])
         w.add_token_types([gguf.TokenType.CONTROL if k in specials else gguf.TokenType.NORMAL for k, _ in vocab])
         w.add_token_merges(merges)
@@ -277,9 +352,14 @@ def main():
     ap.add_argument("--json", help="also write the rows here")
     ap.add_argument("--write-gguf", nargs=2, metavar=("FOLDER", "OUT"),
                     help="only write FOLDER's weights as an f32 GGUF (bench_serve.py uses it)")
+    ap.add_argument("--write-qwen2-chat", metavar="FOLDER",
+                    help="only write the ~100M Qwen2 with a tokenizer to FOLDER (bench_serve.py uses it)")
     args = ap.parse_args()
     if args.write_gguf:
         write_gguf(*args.write_gguf, half=False)
+        return
+    if args.write_qwen2_chat:
+        write_qwen2_chat(args.write_qwen2_chat)
         return
 
     write_qwen2_100m(QWEN2)

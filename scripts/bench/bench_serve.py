@@ -4,7 +4,8 @@ first token at 1, 4 and 16 concurrent streaming clients, printed as a table.
 
 Starts the server itself (SWIFT binary, release build by default) on an ephemeral port
 over SmolLM2-135M-Instruct (scripts/fixtures/fetch_smollm2.sh puts it in .cache/models),
-or --model. Each client sends --requests-per-client streaming chat requests back to back
+or --model, or (--qwen2-100m) the random ~100M Qwen2 of bench_infer.py with a byte-level BPE
+of its full vocabulary and a ChatML template that script trains for it. Each client sends --requests-per-client streaming chat requests back to back
 (greedy, --new tokens, a prompt of about --prompt words); time to first token is measured
 to the first chunk with text. Standard library only.
 
@@ -197,10 +198,23 @@ def pct(values, p):
     return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
 
 
+def prepare_qwen2_chat(args):
+    """Writes the chat Qwen2 with a peer's Python (it needs numpy, safetensors, tokenizers)."""
+    folder = os.path.join(ROOT, ".cache", "bench", "Qwen2-100M-chat")
+    python = args.llamacpp_python or (
+        os.path.join(os.path.dirname(args.msswift), "python") if args.msswift else sys.executable)
+    subprocess.run([python, os.path.join(ROOT, "scripts", "bench", "bench_infer.py"),
+                    "--write-qwen2-chat", folder], check=True)
+    return folder
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--swift", default=os.path.join(ROOT, "target", "release", "swift"))
     ap.add_argument("--model", default=SMOLLM2)
+    ap.add_argument("--qwen2-100m", action="store_true",
+                    help="serve the random ~100M Qwen2 of bench_infer.py with a tokenizer and ChatML "
+                         "template trained for it (written once to .cache/bench/Qwen2-100M-chat)")
     ap.add_argument("--levels", default="1,4,16")
     ap.add_argument("--requests-per-client", type=int, default=2)
     ap.add_argument("--prompt", type=int, default=32, help="prompt length in words")
@@ -210,11 +224,16 @@ def main():
     ap.add_argument("--server-args", default="", help="more swift deploy arguments")
     ap.add_argument("--msswift", help="ms-swift's `swift` command, to run beside ours")
     # ms-swift has no SmolLM2 entry: its Llama loader, with the tokenizer's own chat template.
-    ap.add_argument("--msswift-args", default="--model_type llama --template chatml --template_backend jinja",
-                    help="more ms-swift deploy arguments")
+    ap.add_argument("--msswift-args", help="more ms-swift deploy arguments (default: its Llama "
+                    "loader with the tokenizer's own chat template; with --qwen2-100m, qwen2 and qwen)")
     ap.add_argument("--llamacpp-python", help="a Python with llama-cpp-python[server]")
     ap.add_argument("--gguf", help="an f32 GGUF of the same model for llama.cpp")
     args = ap.parse_args()
+    if args.qwen2_100m:
+        args.model = prepare_qwen2_chat(args)
+    if args.msswift_args is None:
+        args.msswift_args = ("--model_type qwen2 --template qwen" if args.qwen2_100m else
+                             "--model_type llama --template chatml --template_backend jinja")
     global SYSTEM
     if args.system:
         words = ("You are a helpful assistant for a city tourism office and you answer "
