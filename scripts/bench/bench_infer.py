@@ -116,7 +116,7 @@ def write_qwen2_chat(folder: str) -> None:
     Qwen2's pre-tokenizer split, and <|endoftext|>, <|im_start|>, <|im_end|> as ids 0-2."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    if os.path.exists(os.path.join(folder, "tokenizer.json")):
+    if os.path.exists(os.path.join(folder, "tokenizer_config.json")):
         return
     write_qwen2_100m(QWEN2)
     os.makedirs(folder, exist_ok=True)

@@ -201,6 +201,8 @@ def pct(values, p):
 def prepare_qwen2_chat(args):
     """Writes the chat Qwen2 with a peer's Python (it needs numpy, safetensors, tokenizers)."""
     folder = os.path.join(ROOT, ".cache", "bench", "Qwen2-100M-chat")
+    if os.path.exists(os.path.join(folder, "tokenizer_config.json")):
+        return folder  # written last: the folder is complete
     python = args.llamacpp_python or (
         os.path.join(os.path.dirname(args.msswift), "python") if args.msswift else sys.executable)
     subprocess.run([python, os.path.join(ROOT, "scripts", "bench", "bench_infer.py"),
