@@ -9,5 +9,5 @@ pub mod gemm;
 pub mod isa;
 pub(crate) mod math;
 pub(crate) mod multiversion;
-pub(crate) mod par;
+pub mod par;
 pub mod rowdot;

@@ -8,6 +8,10 @@
 //!
 //! Nested calls (a parallel loop inside a task) run inline on the calling thread; candle's
 //! pool would deadlock on them otherwise.
+//!
+//! Public so the runtime's inference loops (decode products, attention) run here as well:
+//! a serving step mixes prompts (our GEMM, this pool) with decoding rows, and when those
+//! rows went to rayon the two pools' spinning workers left a fifth of the cores idle.
 
 use std::cell::Cell;
 use std::sync::Mutex;
@@ -43,13 +47,13 @@ unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
 
 /// The number of threads parallel loops run on (the caller included).
-pub(crate) fn threads() -> usize {
+pub fn threads() -> usize {
     candle_core::utils::barrier_pool().n_workers() + 1
 }
 
 /// Runs `f(i)` for every `i < n`, spread over the pool (dynamically, in chunks of about
 /// `n / (8 * threads)` items).
-pub(crate) fn for_each(n: usize, f: impl Fn(usize) + Sync) {
+pub fn for_each(n: usize, f: impl Fn(usize) + Sync) {
     if n == 0 {
         return;
     }
@@ -65,7 +69,7 @@ pub(crate) fn for_each(n: usize, f: impl Fn(usize) + Sync) {
 }
 
 /// `(0..n).map(f).collect()`, computed in parallel.
-pub(crate) fn map<R: Send>(n: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
+pub fn map<R: Send>(n: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
     let slots: Vec<Mutex<Option<R>>> = (0..n).map(|_| Mutex::new(None)).collect();
     for_each(n, |i| {
         let value = f(i);
@@ -80,7 +84,7 @@ pub(crate) fn map<R: Send>(n: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
 }
 
 /// Runs `f(index, chunk)` for each `chunk`-sized piece of `data`, in parallel.
-pub(crate) fn for_each_chunk_mut<T: Send>(
+pub fn for_each_chunk_mut<T: Send>(
     data: &mut [T],
     chunk: usize,
     f: impl Fn(usize, &mut [T]) + Sync,
@@ -100,7 +104,7 @@ pub(crate) fn for_each_chunk_mut<T: Send>(
 
 /// Rows per task so that each thread gets a few tasks (for balance) and each task at least
 /// `min_rows` rows (so scheduling overhead stays small).
-pub(crate) fn rows_per_task(rows: usize, min_rows: usize) -> usize {
+pub fn rows_per_task(rows: usize, min_rows: usize) -> usize {
     let tasks = threads() * 4;
     rows.div_ceil(tasks).max(min_rows).max(1)
 }

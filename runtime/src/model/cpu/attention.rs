@@ -5,8 +5,7 @@
 //! Each (token, query head) output row is computed independently over exactly its
 //! sequence's keys, so a sequence's result does not depend on its batch neighbours.
 
-use kubeswift_kernels::cpu::rowdot;
-use rayon::prelude::*;
+use kubeswift_kernels::cpu::{par, rowdot};
 
 use crate::model::error::{ModelError, Result};
 use crate::model::kv_cache::{KvCache, SlotId};
@@ -109,15 +108,16 @@ pub fn attention(
         .map(|&(_, pos)| (pos + 1) * d * 2 * q_heads)
         .sum();
     let rows = n * q_heads;
-    let min_rows = if work < PARALLEL_MIN_WORK {
+    // On candle's pool, as the products around it (see `linear`).
+    let rows_per_task = if work < PARALLEL_MIN_WORK {
         rows.max(1)
     } else {
-        1
+        par::rows_per_task(rows, 1)
     };
-    out.par_chunks_mut(d)
-        .with_min_len(min_rows)
-        .enumerate()
-        .for_each_init(Vec::new, |scores: &mut Vec<f32>, (row, out_row)| {
+    par::for_each_chunk_mut(&mut out, rows_per_task * d, |task, chunk| {
+        let mut scores = Vec::new();
+        for (i, out_row) in chunk.chunks_exact_mut(d).enumerate() {
+            let row = task * rows_per_task + i;
             let (token, head) = (row / q_heads, row % q_heads);
             let (span, pos) = token_span[token];
             let slot = slots[span];
@@ -131,10 +131,11 @@ pub fn attention(
                 &kv.k[base..base + keys],
                 &kv.v[base..base + keys],
                 scale,
-                scores,
+                &mut scores,
                 out_row,
             );
-        });
+        }
+    });
     Ok(out)
 }
 

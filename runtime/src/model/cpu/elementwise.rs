@@ -1,10 +1,10 @@
 //! The small memory-bound ops of the inference path (residual add, RMSNorm, embedding
 //! gather, dtype widening), as plain loops on the calling thread.
 //!
-//! candle 0.11 runs large elementwise ops on its own spinning "barrier pool" besides rayon's
-//! pool; on a 2-core machine those spinners take the cores the matmul threads need (a
-//! quarter of prefill time went to spinning in profiles). These ops are cheap enough
-//! single-threaded, so the inference path never wakes that pool.
+//! They are cheap enough single-threaded that handing them to a pool costs more than it
+//! saves (candle's own elementwise ops wake its spinning "barrier pool" for each one; a
+//! quarter of prefill time once went to that). The products and attention around them do
+//! run on that pool (`kubeswift_kernels::cpu::par`), one set of threads for every step.
 
 use candle_core::{CpuStorage, Device, Storage, Tensor};
 use half::{bf16, f16};

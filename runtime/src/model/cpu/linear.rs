@@ -2,7 +2,8 @@
 //!
 //! Few rows (decode: one row per running sequence) is one pass over the weight
 //! (`kubeswift_kernels::cpu::rowdot`): each weight row is read once for all input rows,
-//! split across threads by output column. Many rows (prefill) is compute-bound and goes to
+//! split across threads by output column. The threads are candle's pool, as the GEMM's
+//! (`kubeswift_kernels::cpu::par`): a serving step runs both, and two pools fight. Many rows (prefill) is compute-bound and goes to
 //! the blocked GEMM of `kubeswift_kernels` (bf16/f16 weights are widened as it packs them,
 //! so no f32 copy of a weight is ever held).
 //! Every output element is a dot product computed the same way whatever the batch, so a
@@ -11,8 +12,7 @@
 use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
 use kubeswift_kernels::cpu::gemm::{Elem, MatRef, gemm};
-use kubeswift_kernels::cpu::rowdot;
-use rayon::prelude::*;
+use kubeswift_kernels::cpu::{par, rowdot};
 
 use super::elementwise::to_f32_vec;
 use super::storage::{with_f32_slice, with_weight_slice};
@@ -153,7 +153,7 @@ fn stream_many<T: Elem>(
     k: usize,
 ) -> Vec<Vec<f32>> {
     let total: usize = widths.iter().sum();
-    let threads = rayon::current_num_threads();
+    let threads = par::threads();
     let chunk = if total * k < PARALLEL_MIN_ELEMS || threads == 1 {
         usize::MAX
     } else {
@@ -168,14 +168,12 @@ fn stream_many<T: Elem>(
                 .map(move |s| (i, s, (s.saturating_add(chunk)).min(n)))
         })
         .collect();
-    let blocks: Vec<(usize, usize, Vec<f32>)> = tasks
-        .into_par_iter()
-        .map(|(i, start, end)| {
-            let mut out = vec![0f32; m * (end - start)];
-            rowdot::rows_dot(x, &ws[i][start * k..end * k], k, &mut out);
-            (i, start, out)
-        })
-        .collect();
+    let blocks: Vec<(usize, usize, Vec<f32>)> = par::map(tasks.len(), |t| {
+        let (i, start, end) = tasks[t];
+        let mut out = vec![0f32; m * (end - start)];
+        rowdot::rows_dot(x, &ws[i][start * k..end * k], k, &mut out);
+        (i, start, out)
+    });
     let mut outs: Vec<Vec<f32>> = widths.iter().map(|&n| vec![0f32; m * n]).collect();
     for (i, start, block) in blocks {
         let (n, width) = (widths[i], block.len() / m);
@@ -285,24 +283,20 @@ fn add_bias(y: &mut [f32], bias: &[f32]) {
 }
 
 fn stream_rows<T: Elem>(x: &[f32], w: &[T], y: &mut [f32], m: usize, n: usize, k: usize) {
-    let threads = rayon::current_num_threads();
+    let threads = par::threads();
     if n * k < PARALLEL_MIN_ELEMS || threads == 1 {
         rowdot::rows_dot(x, w, k, y);
         return;
     }
     // Column chunks, a multiple of 4 wide, a few per thread for balance.
     let chunk = n.div_ceil(threads * 4).next_multiple_of(4).max(4);
-    let blocks: Vec<(usize, Vec<f32>)> = (0..n)
-        .step_by(chunk)
-        .collect::<Vec<_>>()
-        .into_par_iter()
-        .map(|start| {
-            let end = (start + chunk).min(n);
-            let mut out = vec![0f32; m * (end - start)];
-            rowdot::rows_dot(x, &w[start * k..end * k], k, &mut out);
-            (start, out)
-        })
-        .collect();
+    let blocks: Vec<(usize, Vec<f32>)> = par::map(n.div_ceil(chunk), |t| {
+        let start = t * chunk;
+        let end = (start + chunk).min(n);
+        let mut out = vec![0f32; m * (end - start)];
+        rowdot::rows_dot(x, &w[start * k..end * k], k, &mut out);
+        (start, out)
+    });
     for (start, block) in blocks {
         let width = block.len() / m;
         for row in 0..m {
