@@ -210,7 +210,9 @@ def main():
     engines = [("kubeswift", a.ours, "--train_type", [])] if a.ours != "none" else []
     if a.ms_swift:
         # ms-swift cannot tell qwen2 from qwen2_gte for a local folder without a hub id.
-        engines.append(("ms-swift", a.ms_swift, a.ms_swift_tuner_flag, ["--model_type", "qwen2", "--template", "qwen"]))
+        # transformers refuses bf16 without a GPU unless told the run is on the CPU.
+        engines.append(("ms-swift", a.ms_swift, a.ms_swift_tuner_flag,
+                        ["--model_type", "qwen2", "--template", "qwen", "--use_cpu", "true"]))
 
     rows, curves = [], {}
     for dtype in a.dtypes.split(","):
