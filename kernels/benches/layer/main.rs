@@ -425,6 +425,48 @@ fn bench_gemm(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// The products of a LoRA layer's backward (and the adapter's forward), f32: where a
+/// training step spends its GEMM time beyond the forward's `x W^T`.
+fn bench_gemm_training(args: &Args) -> Result<()> {
+    let (t, r) = (args.tokens, 16);
+    println!("\nGEMM GFLOP/s at LoRA training shapes (f32, r = {r}): ours");
+    println!("| product | m x n x k | GFLOP/s |");
+    println!("|---|---|---:|");
+    // (name, m, n, k, A transposed, B transposed): A is [m, k] (or stored [k, m]), B is
+    // [k, n] (or stored [n, k]).
+    let shapes: [(&str, usize, usize, usize, bool, bool); 7] = [
+        ("dx = g W (up/gate)", t, 896, 4864, false, false),
+        ("dx = g W (down)", t, 4864, 896, false, false),
+        ("xa = x A^T", t, r, 896, false, true),
+        ("y += xa B^T", t, 4864, r, false, true),
+        ("gb = g B", t, r, 4864, false, false),
+        ("dA = gb^T x", r, 896, t, true, false),
+        ("dB = g^T xa", 4864, r, t, true, false),
+    ];
+    for (name, m, n, k, at, bt) in shapes {
+        let a: Vec<f32> = reference::random(1, &[m * k], 1.0, &Device::Cpu)?.to_vec1()?;
+        let b: Vec<f32> = reference::random(2, &[k * n], 1.0, &Device::Cpu)?.to_vec1()?;
+        let am = if at {
+            MatRef::row_major(&a, k, m).t()
+        } else {
+            MatRef::row_major(&a, m, k)
+        };
+        let bm = if bt {
+            MatRef::row_major(&b, n, k).t()
+        } else {
+            MatRef::row_major(&b, k, n)
+        };
+        let mut c = vec![0f32; m * n];
+        let ms = time_ms(args.warmup, args.iters, || {
+            gemm(am, bm, &mut c, n, 1.0, 0.0);
+            Ok(())
+        })?;
+        let gflops = 2.0 * (m * n * k) as f64 / ms.0 / 1e6;
+        println!("| {name} | {m} x {n} x {k} | {gflops:.0} |");
+    }
+    Ok(())
+}
+
 /// Decode-shaped products (a few rows against a large weight), one thread: the
 /// `rowdot` kernel inference decodes with beside the blocked GEMM, to place the crossover.
 fn bench_rowdot(args: &Args) -> Result<()> {
@@ -512,6 +554,7 @@ fn main() -> Result<()> {
     }
     if args.gemm {
         bench_gemm(&args)?;
+        bench_gemm_training(&args)?;
         bench_rowdot(&args)?;
     }
     if args.ops {
