@@ -22,13 +22,42 @@ const LORA: &str = "lora_linear";
 /// only `x` gets a gradient. Output dtype is `x`'s; `w` may have another float dtype
 /// (bf16 x bf16 uses the native bf16 GEMM where the CPU has it).
 pub fn frozen_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    frozen_linear_with(x, w, b, Output::Value)
+}
+
+/// [`frozen_linear`] for a recomputation whose output is only differentiated, never read:
+/// the backward is exact, but the forward skips the product and returns zeros.
+///
+/// Gradient checkpointing recomputes a decoder layer only to backpropagate through it.
+/// The layer's last projection (`down_proj`) feeds nothing else in the layer, so its
+/// value, a full `x W^T` product, would be computed and thrown away.
+pub fn frozen_linear_grad_only(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    frozen_linear_with(x, w, b, Output::GradOnly)
+}
+
+fn frozen_linear_with(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    output: Output,
+) -> Result<Tensor> {
     let frozen = Frozen::new(FROZEN, x, w, b)?;
     #[cfg(feature = "cuda")]
     if x.device().is_cuda() {
         // No fused CUDA kernel yet; `w` and `b` are detached, so only `x` gets a gradient.
         return crate::reference::linear(x, &frozen.w, frozen.b.as_ref());
     }
-    x.contiguous()?.apply_op1(FrozenLinear(frozen))
+    x.contiguous()?.apply_op1(FrozenLinear { frozen, output })
+}
+
+/// What a linear op's forward computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Output {
+    /// The layer's output.
+    Value,
+    /// Zeros of the output's shape, plus whatever the backward needs: for a caller that
+    /// only backpropagates through the result (see [`frozen_linear_grad_only`]).
+    GradOnly,
 }
 
 /// LoRA dropout on the adapter's input, as PEFT's `lora_dropout`: each element of `x` is
@@ -65,6 +94,35 @@ pub fn lora_linear_with_dropout(
     b_lora: &Tensor,
     scale: f64,
     dropout: Option<LoraDropout>,
+) -> Result<Tensor> {
+    lora_linear_with(x, w, b, a, b_lora, scale, dropout, Output::Value)
+}
+
+/// [`lora_linear_with_dropout`] whose output is only differentiated, never read (see
+/// [`frozen_linear_grad_only`]): the forward computes only `dropout(x) A^T`, which the
+/// backward needs for `B`'s gradient, and returns zeros.
+pub fn lora_linear_grad_only(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    a: &Tensor,
+    b_lora: &Tensor,
+    scale: f64,
+    dropout: Option<LoraDropout>,
+) -> Result<Tensor> {
+    lora_linear_with(x, w, b, a, b_lora, scale, dropout, Output::GradOnly)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn lora_linear_with(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    a: &Tensor,
+    b_lora: &Tensor,
+    scale: f64,
+    dropout: Option<LoraDropout>,
+    output: Output,
 ) -> Result<Tensor> {
     let frozen = Frozen::new(LORA, x, w, b)?;
     check_float(LORA, "a", a)?;
@@ -114,6 +172,7 @@ pub fn lora_linear_with_dropout(
         frozen,
         scale: scale as f32,
         dropout,
+        output,
         xa: Arc::new(Mutex::new(None)),
     };
     x.contiguous()?
@@ -218,7 +277,10 @@ fn f32_tensor(values: Vec<f32>, shape: &Shape, like: &Tensor) -> Tensor {
     )
 }
 
-struct FrozenLinear(Frozen);
+struct FrozenLinear {
+    frozen: Frozen,
+    output: Output,
+}
 
 impl CustomOp1 for FrozenLinear {
     fn name(&self) -> &'static str {
@@ -227,17 +289,19 @@ impl CustomOp1 for FrozenLinear {
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
         let (x0, x1) = contiguous_range(FROZEN, "x", xl)?;
-        let m = (x1 - x0) / self.0.inp.max(1);
-        let mut c = vec![0f32; m * self.0.out];
-        with_floats!(floats(FROZEN, "x", xs)?, x => self.0.forward(FROZEN, &x[x0..x1], &mut c))?;
-        Ok((f32_storage(c, xs.dtype()), self.0.out_shape(xl)))
+        let m = (x1 - x0) / self.frozen.inp.max(1);
+        let mut c = vec![0f32; m * self.frozen.out];
+        if self.output == Output::Value {
+            with_floats!(floats(FROZEN, "x", xs)?, x => self.frozen.forward(FROZEN, &x[x0..x1], &mut c))?;
+        }
+        Ok((f32_storage(c, xs.dtype()), self.frozen.out_shape(xl)))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let grad = grad.contiguous()?;
-        let m = grad.elem_count() / self.0.out.max(1);
-        let mut dx = vec![0f32; m * self.0.inp];
-        with_tensor_floats!(FROZEN, "grad", &grad, g => self.0.backward_x(FROZEN, g, &mut dx, 0.0))?;
+        let m = grad.elem_count() / self.frozen.out.max(1);
+        let mut dx = vec![0f32; m * self.frozen.inp];
+        with_tensor_floats!(FROZEN, "grad", &grad, g => self.frozen.backward_x(FROZEN, g, &mut dx, 0.0))?;
         Ok(Some(f32_tensor(dx, x.shape(), x)))
     }
 }
@@ -246,6 +310,7 @@ struct LoraLinear {
     frozen: Frozen,
     scale: f32,
     dropout: Option<LoraDropout>,
+    output: Output,
     /// `dropout(x) A^T` (`[m, r]`, f32) from the forward, reused by the backward for dB.
     xa: Arc<Mutex<Option<Arc<Vec<f32>>>>>,
 }
@@ -339,9 +404,12 @@ impl CustomOp3 for LoraLinear {
         let r = (a1 - a0) / inp.max(1);
         let mut c = vec![0f32; m * out];
         let mut xa = vec![0f32; m * r];
+        let value = self.output == Output::Value;
         with_floats!(floats(LORA, "x", xs)?, x => {
             let x = &x[x0..x1];
-            self.frozen.forward(LORA, x, &mut c)?;
+            if value {
+                self.frozen.forward(LORA, x, &mut c)?;
+            }
             with_floats!(floats(LORA, "a", as_)?, a => {
                 let at = MatRef::row_major(&a[a0..a1], r, inp).t();
                 match self.adapter_input(x) {
@@ -350,10 +418,12 @@ impl CustomOp3 for LoraLinear {
                 }
             });
         });
-        with_floats!(floats(LORA, "b_lora", bs)?, b => {
-            let bt = MatRef::row_major(&b[b0..b1], out, r).t();
-            gemm(MatRef::row_major(&xa, m, r), bt, &mut c, out, self.scale, 1.0);
-        });
+        if value {
+            with_floats!(floats(LORA, "b_lora", bs)?, b => {
+                let bt = MatRef::row_major(&b[b0..b1], out, r).t();
+                gemm(MatRef::row_major(&xa, m, r), bt, &mut c, out, self.scale, 1.0);
+            });
+        }
         if let Ok(mut slot) = self.xa.lock() {
             *slot = Some(Arc::new(xa));
         }

@@ -1,6 +1,7 @@
 use candle_core::{DType, Tensor};
 use kubeswift_kernels::{
-    LoraDropout, frozen_linear, lora_linear, lora_linear_with_dropout, reference,
+    LoraDropout, frozen_linear, frozen_linear_grad_only, lora_linear, lora_linear_grad_only,
+    lora_linear_with_dropout, reference,
 };
 
 use crate::common::*;
@@ -158,4 +159,56 @@ fn lora_dropout_is_reproducible_and_differentiable() {
     check_finite_difference("dropout lora dx", &inputs, 0, &grad(&g, &xv), loss);
     check_finite_difference("dropout lora dA", &inputs, 1, &grad(&g, &av), loss);
     check_finite_difference("dropout lora dB", &inputs, 2, &grad(&g, &bv), loss);
+}
+
+/// The gradient-only forms (gradient checkpointing's recomputation of a layer's last
+/// projection) give exactly the gradients of the ordinary ops, and skip the product.
+#[test]
+fn grad_only_linears_give_the_same_gradients_without_the_product() {
+    let x = rand(61, &[2, 13, 40], 1.0);
+    let w = rand(62, &[50, 40], 0.3);
+    let bias = rand(63, &[50], 0.3);
+    let xv = var(&x);
+    let y = frozen_linear(xv.as_tensor(), &w, Some(&bias)).unwrap();
+    let y0 = frozen_linear_grad_only(xv.as_tensor(), &w, Some(&bias)).unwrap();
+    assert_eq!(y0.dims(), y.dims());
+    let zeros = y0
+        .abs()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(zeros, 0.0, "the grad-only forward computes no product");
+    let g = weighted_sum(&y, 3).unwrap().backward().unwrap();
+    let g0 = weighted_sum(&y0, 3).unwrap().backward().unwrap();
+    assert_close("frozen grad-only dx", &grad(&g0, &xv), &grad(&g, &xv), 0.0);
+
+    let a = rand(64, &[5, 40], 0.3);
+    let bl = rand(65, &[50, 5], 0.3);
+    for drop in [None, Some(LoraDropout { p: 0.25, seed: 9 })] {
+        let (xv, av, bv) = (var(&x), var(&a), var(&bl));
+        let args = (xv.as_tensor(), av.as_tensor(), bv.as_tensor());
+        let y =
+            lora_linear_with_dropout(args.0, &w, Some(&bias), args.1, args.2, 2.0, drop).unwrap();
+        let y0 = lora_linear_grad_only(args.0, &w, Some(&bias), args.1, args.2, 2.0, drop).unwrap();
+        let zeros = y0
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(zeros, 0.0, "the grad-only LoRA forward computes no product");
+        let g = weighted_sum(&y, 4).unwrap().backward().unwrap();
+        let g0 = weighted_sum(&y0, 4).unwrap().backward().unwrap();
+        for (name, v) in [("dx", &xv), ("dA", &av), ("dB", &bv)] {
+            assert_close(
+                &format!("lora grad-only {name}"),
+                &grad(&g0, v),
+                &grad(&g, v),
+                0.0,
+            );
+        }
+    }
 }

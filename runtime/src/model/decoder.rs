@@ -236,6 +236,16 @@ impl Mlp {
         self.down_proj.forward_train(&y)
     }
 
+    /// [`Self::forward_train`] whose output is only backpropagated through: `down_proj`'s
+    /// product is skipped (see [`Linear::forward_train_grad_only`]).
+    fn forward_train_grad_only(&self, x: &Tensor) -> Result<Tensor> {
+        let y = ops::silu_mul(
+            &self.gate_proj.forward_train(x)?,
+            &self.up_proj.forward_train(x)?,
+        )?;
+        self.down_proj.forward_train_grad_only(&y)
+    }
+
     fn forward_infer(&self, x: &Tensor, groups: &[usize]) -> Result<Tensor> {
         let gate_up = Linear::forward_infer_many(&[&self.gate_proj, &self.up_proj], x, groups)?;
         let h = cpu::linear::silu_mul(&gate_up[0], &gate_up[1])?;
@@ -279,6 +289,21 @@ impl DecoderLayer {
             + self
                 .mlp
                 .forward_train(&self.post_attention_layernorm.forward_train(&h)?)?)?;
+        Ok(out)
+    }
+
+    /// The layer recomputed by gradient checkpointing, which only backpropagates through
+    /// the output (`sum(layer(x) * g)`): gradients are exactly [`Self::forward_train`]'s,
+    /// but the output's value is not (the MLP's last projection, a quarter of the layer's
+    /// products, is never computed; its input gradient needs only its input).
+    pub fn forward_train_for_backward(&self, x: &Tensor, ctx: &TrainContext) -> Result<Tensor> {
+        let h = (x + self
+            .self_attn
+            .forward_train(&self.input_layernorm.forward_train(x)?, ctx)?)?;
+        let out = (&h
+            + self
+                .mlp
+                .forward_train_grad_only(&self.post_attention_layernorm.forward_train(&h)?)?)?;
         Ok(out)
     }
 

@@ -23,6 +23,18 @@ pub trait LinearAdapter: Send + Sync + std::fmt::Debug {
         bias: Option<&Tensor>,
     ) -> candle_core::Result<Tensor>;
 
+    /// [`Self::forward_train`] for a recomputation that only backpropagates through the
+    /// result (see [`Linear::forward_train_grad_only`]): the gradients must be exact, the
+    /// value may be anything. By default the full forward.
+    fn forward_train_grad_only(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        self.forward_train(x, weight, bias)
+    }
+
     /// Inference mode: `base + adapter(x)` for f32 rows `x` `[N, in]` and the frozen
     /// output `base` `[N, out]`.
     fn forward_infer(&self, x: &Tensor, base: Tensor) -> candle_core::Result<Tensor>;
@@ -80,6 +92,21 @@ impl Linear {
                 .forward_train(x, &self.weight, self.bias.as_ref())
                 .ctx("linear adapter"),
             None => ops::linear(x, &self.weight, self.bias.as_ref()),
+        }
+    }
+
+    /// Training mode for a recomputation whose output is only backpropagated through,
+    /// never read (gradient checkpointing, [`DecoderLayer::forward_train_for_backward`]):
+    /// gradients are those of [`Self::forward_train`], the value is unspecified, and a
+    /// frozen weight's product is skipped.
+    ///
+    /// [`DecoderLayer::forward_train_for_backward`]: super::decoder::DecoderLayer::forward_train_for_backward
+    pub fn forward_train_grad_only(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.adapter {
+            Some(a) => a
+                .forward_train_grad_only(x, &self.weight, self.bias.as_ref())
+                .ctx("linear adapter"),
+            None => ops::linear_grad_only(x, &self.weight, self.bias.as_ref()),
         }
     }
 

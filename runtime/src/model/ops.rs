@@ -7,7 +7,7 @@
 
 use candle_core::{DType, Tensor};
 pub use kubeswift_kernels::{AttnMask, CrossEntropy};
-use kubeswift_kernels::{CrossEntropyOptions, frozen_linear};
+use kubeswift_kernels::{CrossEntropyOptions, frozen_linear, frozen_linear_grad_only};
 
 use super::error::{CandleContext, Result};
 
@@ -48,6 +48,18 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
         Some(b) => y.broadcast_add(b).ctx("linear bias"),
         None => Ok(y),
     }
+}
+
+/// [`linear`] whose output is only backpropagated through: a frozen weight's product is
+/// skipped (zeros come out, the input gradient is exact); a trainable weight (full
+/// fine-tuning) needs its product for nothing either, but candle's matmul has no such
+/// mode, so it runs as [`linear`].
+pub fn linear_grad_only(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let trainable = weight.track_op() || bias.is_some_and(Tensor::track_op);
+    if trainable {
+        return linear(x, weight, bias);
+    }
+    frozen_linear_grad_only(x, weight, bias).ctx("frozen_linear_grad_only")
 }
 
 /// Rows of `table` `[V, H]` for `ids` `[B, T]` -> `[B, T, H]`.

@@ -5,7 +5,9 @@
 //! layer's graph is dropped at once), then walks the layers backwards: it recomputes a
 //! layer from its saved input, and backpropagates the incoming gradient through it with
 //! the surrogate `sum(layer(x) * g)`, whose gradient is exactly the chain rule's. Peak
-//! memory is then one layer's activations instead of all of them.
+//! memory is then one layer's activations instead of all of them. The surrogate's value is
+//! never read, so the recomputation skips the product of the layer's last projection
+//! (`down_proj`): its input gradient needs only its input.
 
 use candle_core::{DType, Device, Tensor, Var};
 
@@ -241,7 +243,8 @@ fn forward_backward_checkpointed(
     // Backward: recompute one layer at a time.
     for (layer, input) in layers.iter().zip(inputs).rev() {
         let x = Var::from_tensor(&input)?;
-        let y = layer.forward_train(x.as_tensor(), &ctx)?;
+        // Only the surrogate's gradient is used, never `y`'s value.
+        let y = layer.forward_train_for_backward(x.as_tensor(), &ctx)?;
         let surrogate = y.mul(&g)?.sum_all()?;
         let grads = surrogate.backward()?;
         optimizer.accumulate(&grads)?;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use candle_core::{DType, Device, Tensor, Var};
-use kubeswift_kernels::{LoraDropout, lora_linear_with_dropout};
+use kubeswift_kernels::{LoraDropout, lora_linear_grad_only, lora_linear_with_dropout};
 use rand::SeedableRng;
 use rand::distr::{Distribution, Uniform};
 use rand::rngs::StdRng;
@@ -147,6 +147,33 @@ impl LinearAdapter for LoraLayer {
         }
         let frozen_bias = if self.bias.is_some() { None } else { bias };
         let y = lora_linear_with_dropout(
+            x,
+            weight,
+            frozen_bias,
+            self.a.as_tensor(),
+            self.b.as_tensor(),
+            self.scale,
+            dropout,
+        )?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.as_tensor().to_dtype(y.dtype())?),
+            None => Ok(y),
+        }
+    }
+
+    fn forward_train_grad_only(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        if self.dora.is_some() {
+            // DoRA's magnitude gradient reads the layer's output value.
+            return self.forward_train(x, weight, bias);
+        }
+        let dropout = self.control.dropout(self.dropout_p, self.index);
+        let frozen_bias = if self.bias.is_some() { None } else { bias };
+        let y = lora_linear_grad_only(
             x,
             weight,
             frozen_bias,
