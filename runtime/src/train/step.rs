@@ -241,7 +241,16 @@ fn forward_backward_checkpointed(
         .ok_or_else(|| ModelError::Input("no gradient reached the last hidden state".into()))?;
     drop(grads);
     // Backward: recompute one layer at a time.
-    for (layer, input) in layers.iter().zip(inputs).rev() {
+    for (index, (layer, input)) in layers.iter().zip(inputs).enumerate().rev() {
+        // The first layer's input gradient only feeds the embeddings: with a frozen
+        // embedding table its input stays a constant, and the products that would compute
+        // that gradient (q/k/v's `g W`) are skipped, as autograd does without checkpointing.
+        if index == 0 && !embedded.track_op() {
+            let y = layer.forward_train_for_backward(&input, &ctx)?;
+            let grads = y.mul(&g)?.sum_all()?.backward()?;
+            optimizer.accumulate(&grads)?;
+            break;
+        }
         let x = Var::from_tensor(&input)?;
         // Only the surrogate's gradient is used, never `y`'s value.
         let y = layer.forward_train_for_backward(x.as_tensor(), &ctx)?;
