@@ -140,7 +140,9 @@ impl Attention {
         })
     }
 
-    fn forward_train(&self, x: &Tensor, ctx: &TrainContext) -> Result<Tensor> {
+    /// Training mode; with `grad_only` the output is only backpropagated through and
+    /// `o_proj`'s product is skipped (see [`Linear::forward_train_grad_only`]).
+    fn forward_train(&self, x: &Tensor, ctx: &TrainContext, grad_only: bool) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let d = self.head_dim;
         let heads = |y: Tensor, n: usize| -> Result<Tensor> {
@@ -157,7 +159,7 @@ impl Attention {
         let k = ops::rope(&k, &ctx.cos, &ctx.sin, &ctx.positions)?;
         let y = ops::attention(&q, &k, &v, &ctx.mask)?;
         let y = y.transpose(1, 2)?.reshape((b, t, self.num_heads * d))?;
-        self.o_proj.forward_train(&y)
+        last_projection(&self.o_proj, &y, grad_only)
     }
 
     fn forward_infer(
@@ -228,28 +230,30 @@ impl Mlp {
         })
     }
 
-    fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
+    /// Training mode; with `grad_only` the output is only backpropagated through and
+    /// `down_proj`'s product is skipped (see [`Linear::forward_train_grad_only`]).
+    fn forward_train(&self, x: &Tensor, grad_only: bool) -> Result<Tensor> {
         let y = ops::silu_mul(
             &self.gate_proj.forward_train(x)?,
             &self.up_proj.forward_train(x)?,
         )?;
-        self.down_proj.forward_train(&y)
-    }
-
-    /// [`Self::forward_train`] whose output is only backpropagated through: `down_proj`'s
-    /// product is skipped (see [`Linear::forward_train_grad_only`]).
-    fn forward_train_grad_only(&self, x: &Tensor) -> Result<Tensor> {
-        let y = ops::silu_mul(
-            &self.gate_proj.forward_train(x)?,
-            &self.up_proj.forward_train(x)?,
-        )?;
-        self.down_proj.forward_train_grad_only(&y)
+        last_projection(&self.down_proj, &y, grad_only)
     }
 
     fn forward_infer(&self, x: &Tensor, groups: &[usize]) -> Result<Tensor> {
         let gate_up = Linear::forward_infer_many(&[&self.gate_proj, &self.up_proj], x, groups)?;
         let h = cpu::linear::silu_mul(&gate_up[0], &gate_up[1])?;
         self.down_proj.forward_infer(&h, groups)
+    }
+}
+
+/// A half-layer's last projection: the real product, or with `grad_only` one whose value
+/// is never read (see [`Linear::forward_train_grad_only`]).
+fn last_projection(linear: &Linear, x: &Tensor, grad_only: bool) -> Result<Tensor> {
+    if grad_only {
+        linear.forward_train_grad_only(x)
+    } else {
+        linear.forward_train(x)
     }
 }
 
@@ -282,29 +286,42 @@ impl DecoderLayer {
 
     /// Training mode: `[B, T, hidden]` in and out, differentiable.
     pub fn forward_train(&self, x: &Tensor, ctx: &TrainContext) -> Result<Tensor> {
-        let h = (x + self
-            .self_attn
-            .forward_train(&self.input_layernorm.forward_train(x)?, ctx)?)?;
-        let out = (&h
-            + self
-                .mlp
-                .forward_train(&self.post_attention_layernorm.forward_train(&h)?)?)?;
-        Ok(out)
+        Ok(self.forward_train_halves(x, ctx)?.1)
     }
 
-    /// The layer recomputed by gradient checkpointing, which only backpropagates through
-    /// the output (`sum(layer(x) * g)`): gradients are exactly [`Self::forward_train`]'s,
-    /// but the output's value is not (the MLP's last projection, a quarter of the layer's
-    /// products, is never computed; its input gradient needs only its input).
-    pub fn forward_train_for_backward(&self, x: &Tensor, ctx: &TrainContext) -> Result<Tensor> {
-        let h = (x + self
-            .self_attn
-            .forward_train(&self.input_layernorm.forward_train(x)?, ctx)?)?;
-        let out = (&h
-            + self
-                .mlp
-                .forward_train_grad_only(&self.post_attention_layernorm.forward_train(&h)?)?)?;
-        Ok(out)
+    /// [`Self::forward_train`] that also returns the residual stream between the two
+    /// halves (`h = x + attention(x)`), which gradient checkpointing keeps beside `x`.
+    pub fn forward_train_halves(&self, x: &Tensor, ctx: &TrainContext) -> Result<(Tensor, Tensor)> {
+        let h = self.attention_half(x, ctx, false)?;
+        let out = self.mlp_half(&h, false)?;
+        Ok((h, out))
+    }
+
+    /// `x + self_attn(input_layernorm(x))`; with `grad_only` its value is unspecified and
+    /// only its gradients are exact (gradient checkpointing's recomputation backpropagates
+    /// through `sum(half(x) * g)` and never reads the value, so `o_proj`'s product, whose
+    /// input gradient needs only its input, is skipped).
+    pub fn attention_half(
+        &self,
+        x: &Tensor,
+        ctx: &TrainContext,
+        grad_only: bool,
+    ) -> Result<Tensor> {
+        let a = self.self_attn.forward_train(
+            &self.input_layernorm.forward_train(x)?,
+            ctx,
+            grad_only,
+        )?;
+        Ok((x + a)?)
+    }
+
+    /// `h + mlp(post_attention_layernorm(h))`; `grad_only` as in
+    /// [`Self::attention_half`] (`down_proj`'s product is skipped).
+    pub fn mlp_half(&self, h: &Tensor, grad_only: bool) -> Result<Tensor> {
+        let m = self
+            .mlp
+            .forward_train(&self.post_attention_layernorm.forward_train(h)?, grad_only)?;
+        Ok((h + m)?)
     }
 
     fn forward_infer(

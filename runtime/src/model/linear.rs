@@ -96,11 +96,11 @@ impl Linear {
     }
 
     /// Training mode for a recomputation whose output is only backpropagated through,
-    /// never read (gradient checkpointing, [`DecoderLayer::forward_train_for_backward`]):
-    /// gradients are those of [`Self::forward_train`], the value is unspecified, and a
-    /// frozen weight's product is skipped.
+    /// never read (gradient checkpointing, [`DecoderLayer::attention_half`]): gradients
+    /// are those of [`Self::forward_train`], the value is unspecified, and a frozen
+    /// weight's product is skipped.
     ///
-    /// [`DecoderLayer::forward_train_for_backward`]: super::decoder::DecoderLayer::forward_train_for_backward
+    /// [`DecoderLayer::attention_half`]: super::decoder::DecoderLayer::attention_half
     pub fn forward_train_grad_only(&self, x: &Tensor) -> Result<Tensor> {
         match &self.adapter {
             Some(a) => a

@@ -1,13 +1,15 @@
 //! One micro-batch through the model: forward, loss and backward, with or without
 //! gradient checkpointing; and the no-gradient evaluation forward.
 //!
-//! Gradient checkpointing keeps only each decoder layer's input during the forward (the
-//! layer's graph is dropped at once), then walks the layers backwards: it recomputes a
-//! layer from its saved input, and backpropagates the incoming gradient through it with
-//! the surrogate `sum(layer(x) * g)`, whose gradient is exactly the chain rule's. Peak
-//! memory is then one layer's activations instead of all of them. The surrogate's value is
-//! never read, so the recomputation skips the product of the layer's last projection
-//! (`down_proj`): its input gradient needs only its input.
+//! Gradient checkpointing keeps only each decoder layer's input and its mid-layer residual
+//! (`h = x + attention(x)`) during the forward (the layer's graph is dropped at once), then
+//! walks the layers backwards: it recomputes each half-layer from its saved input and
+//! backpropagates the incoming gradient through it with the surrogate `sum(half(x) * g)`,
+//! whose gradient is exactly the chain rule's. Peak memory is then one layer's activations
+//! instead of all of them. The surrogates' values are never read, so the recomputation
+//! skips each half's last projection (`o_proj`, `down_proj`): their input gradients need
+//! only their inputs. Keeping `h` costs one more hidden-sized tensor per layer and saves
+//! recomputing `o_proj`.
 
 use candle_core::{DType, Device, Tensor, Var};
 
@@ -219,14 +221,14 @@ fn forward_backward_checkpointed(
 ) -> Result<LossStats, StepError> {
     let ctx = model.train_context(&batch.train_batch())?;
     let layers = &model.model.layers;
-    // Forward: keep each layer's input, drop its graph.
+    // Forward: keep each layer's input and its mid-layer residual, drop its graph.
     let embedded = embed_train(model, batch)?;
-    let mut inputs = Vec::with_capacity(layers.len());
+    let mut saved = Vec::with_capacity(layers.len());
     let mut x = embedded.detach();
     for layer in layers {
-        let y = layer.forward_train(&x, &ctx)?.detach();
-        inputs.push(x);
-        x = y;
+        let (h, y) = layer.forward_train_halves(&x, &ctx)?;
+        saved.push((x, h.detach()));
+        x = y.detach();
     }
     // The head: final norm and fused lm_head + loss.
     let top = Var::from_tensor(&x)?;
@@ -240,33 +242,47 @@ fn forward_backward_checkpointed(
         .cloned()
         .ok_or_else(|| ModelError::Input("no gradient reached the last hidden state".into()))?;
     drop(grads);
-    // Backward: recompute one layer at a time.
-    for (index, (layer, input)) in layers.iter().zip(inputs).enumerate().rev() {
+    // Backward: recompute one half-layer at a time, MLP then attention. Only the
+    // surrogates' gradients are used, never the halves' values (see `attention_half`).
+    for (index, (layer, (input, mid))) in layers.iter().zip(saved).enumerate().rev() {
+        g = backpropagate(&mid, &g, optimizer, true, |h| layer.mlp_half(h, true))?
+            .ok_or_else(|| ModelError::Input("no gradient reached a layer's residual".into()))?;
         // The first layer's input gradient only feeds the embeddings: with a frozen
-        // embedding table its input stays a constant, and the products that would compute
-        // that gradient (q/k/v's `g W`) are skipped, as autograd does without checkpointing.
-        if index == 0 && !embedded.track_op() {
-            let y = layer.forward_train_for_backward(&input, &ctx)?;
-            let grads = y.mul(&g)?.sum_all()?.backward()?;
-            optimizer.accumulate(&grads)?;
-            break;
+        // embedding table it is not computed (q/k/v's `g W` are skipped), as autograd does
+        // without checkpointing.
+        let needs_input_grad = index > 0 || embedded.track_op();
+        match backpropagate(&input, &g, optimizer, needs_input_grad, |x| {
+            layer.attention_half(x, &ctx, true)
+        })? {
+            Some(gx) => g = gx,
+            None if needs_input_grad => {
+                return Err(ModelError::Input("no gradient reached a layer input".into()).into());
+            }
+            None => {}
         }
-        let x = Var::from_tensor(&input)?;
-        // Only the surrogate's gradient is used, never `y`'s value.
-        let y = layer.forward_train_for_backward(x.as_tensor(), &ctx)?;
-        let surrogate = y.mul(&g)?.sum_all()?;
-        let grads = surrogate.backward()?;
-        optimizer.accumulate(&grads)?;
-        g = grads
-            .get(x.as_tensor())
-            .cloned()
-            .ok_or_else(|| ModelError::Input("no gradient reached a layer input".into()))?;
     }
     if embedded.track_op() {
         let grads = embedded.mul(&g)?.sum_all()?.backward()?;
         optimizer.accumulate(&grads)?;
     }
     Ok(stats)
+}
+
+/// Recomputes `half` from its saved `input` and backpropagates the incoming gradient `g`
+/// through it with the surrogate `sum(half(input) * g)`, adding the parameters' gradients
+/// to the optimizer; returns the input's gradient when `input_grad` asks for it.
+fn backpropagate(
+    input: &Tensor,
+    g: &Tensor,
+    optimizer: &mut AdamW,
+    input_grad: bool,
+    half: impl FnOnce(&Tensor) -> Result<Tensor, ModelError>,
+) -> Result<Option<Tensor>, StepError> {
+    let var = input_grad.then(|| Var::from_tensor(input)).transpose()?;
+    let x = var.as_ref().map_or(input, |v| v.as_tensor());
+    let grads = half(x)?.mul(g)?.sum_all()?.backward()?;
+    optimizer.accumulate(&grads)?;
+    Ok(var.and_then(|v| grads.get(v.as_tensor()).cloned()))
 }
 
 /// Loss and accuracy of a micro-batch without any gradient work (and never NEFTune noise).
