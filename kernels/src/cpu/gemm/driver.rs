@@ -236,9 +236,9 @@ unsafe fn orchestrate<K: Microkernel, TA: Elem, TB: Elem>(
     // SAFETY: the CPU has K's features (caller).
     unsafe {
         if split_n {
-            (e.pack_a)(job.a, K::MR, shared);
+            pack_shared::<K, TA>(e.pack_a, job.a, K::MR, shared);
         } else {
-            (e.pack_b)(job.b.t(), K::NR, shared);
+            pack_shared::<K, TB>(e.pack_b, job.b.t(), K::NR, shared);
         }
     }
     let shared: &[K::P] = shared;
@@ -248,6 +248,35 @@ unsafe fn orchestrate<K: Microkernel, TA: Elem, TB: Elem>(
         Prepacked::B(shared)
     };
     crate::cpu::par::for_each(tasks, |t| run_task(t, pre));
+}
+
+/// Packs the operand every task shares ([`pack_rows`]'s layout) with one task per `KC`
+/// depth block, so the other threads do not wait while one thread packs a whole weight.
+///
+/// # Safety
+/// The CPU has `K`'s features; `dst` holds [`packed_len`] elements for `src`.
+unsafe fn pack_shared<K: Microkernel, T: Elem>(
+    pack: unsafe fn(MatRef<'_, T>, usize, &mut [K::P]),
+    src: MatRef<'_, T>,
+    width: usize,
+    dst: &mut [K::P],
+) {
+    let (rows, depth) = (src.rows, src.cols);
+    let block_len = rows.div_ceil(width) * width * K::KC;
+    let dst_len = dst.len();
+    let base = SendPtr(dst.as_mut_ptr());
+    crate::cpu::par::for_each(depth.div_ceil(K::KC), |i| {
+        let pc = i * K::KC;
+        // Blocks before `pc` are all full, so this one starts at i * block_len.
+        let start = i * block_len;
+        let len = block_len.min(dst_len - start);
+        // SAFETY: blocks [start, start + len) are disjoint for distinct i and lie inside
+        // `dst`, which is borrowed mutably for the whole call; the CPU has K's features.
+        unsafe {
+            let block = std::slice::from_raw_parts_mut(base.ptr().add(start), len);
+            pack(src.sub(0, rows, pc, K::KC.min(depth - pc)), width, block);
+        }
+    });
 }
 
 /// Elements of `rows x depth` packed in panels of `width` rows, one `KC` depth block after
