@@ -126,6 +126,32 @@ impl LoraLayer {
     }
 }
 
+impl LoraLayer {
+    /// Plain LoRA's training forward (not DoRA); with `grad_only` through the kernel that
+    /// skips the frozen product because the caller only backpropagates through the result.
+    fn forward_train_plain(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        grad_only: bool,
+    ) -> candle_core::Result<Tensor> {
+        let dropout = self.control.dropout(self.dropout_p, self.index);
+        let frozen_bias = if self.bias.is_some() { None } else { bias };
+        let op = if grad_only {
+            lora_linear_grad_only
+        } else {
+            lora_linear_with_dropout
+        };
+        let (a, b) = (self.a.as_tensor(), self.b.as_tensor());
+        let y = op(x, weight, frozen_bias, a, b, self.scale, dropout)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.as_tensor().to_dtype(y.dtype())?),
+            None => Ok(y),
+        }
+    }
+}
+
 impl LinearAdapter for LoraLayer {
     fn forward_train(
         &self,
@@ -133,8 +159,8 @@ impl LinearAdapter for LoraLayer {
         weight: &Tensor,
         bias: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
-        let dropout = self.control.dropout(self.dropout_p, self.index);
         if let Some(dora) = &self.dora {
+            let dropout = self.control.dropout(self.dropout_p, self.index);
             let trained = self.bias.as_ref().map(|b| b.as_tensor());
             return dora.forward_train(
                 x,
@@ -145,20 +171,7 @@ impl LinearAdapter for LoraLayer {
                 dropout,
             );
         }
-        let frozen_bias = if self.bias.is_some() { None } else { bias };
-        let y = lora_linear_with_dropout(
-            x,
-            weight,
-            frozen_bias,
-            self.a.as_tensor(),
-            self.b.as_tensor(),
-            self.scale,
-            dropout,
-        )?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(&b.as_tensor().to_dtype(y.dtype())?),
-            None => Ok(y),
-        }
+        self.forward_train_plain(x, weight, bias, false)
     }
 
     fn forward_train_grad_only(
@@ -171,21 +184,7 @@ impl LinearAdapter for LoraLayer {
             // DoRA's magnitude gradient reads the layer's output value.
             return self.forward_train(x, weight, bias);
         }
-        let dropout = self.control.dropout(self.dropout_p, self.index);
-        let frozen_bias = if self.bias.is_some() { None } else { bias };
-        let y = lora_linear_grad_only(
-            x,
-            weight,
-            frozen_bias,
-            self.a.as_tensor(),
-            self.b.as_tensor(),
-            self.scale,
-            dropout,
-        )?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(&b.as_tensor().to_dtype(y.dtype())?),
-            None => Ok(y),
-        }
+        self.forward_train_plain(x, weight, bias, true)
     }
 
     fn forward_infer(&self, x: &Tensor, base: Tensor) -> candle_core::Result<Tensor> {
