@@ -30,8 +30,9 @@ pub fn frozen_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tenso
 /// the backward is exact, but the forward skips the product and returns zeros.
 ///
 /// Gradient checkpointing recomputes a decoder layer only to backpropagate through it.
-/// The layer's last projection (`down_proj`) feeds nothing else in the layer, so its
-/// value, a full `x W^T` product, would be computed and thrown away.
+/// The last projection of each half of the layer (`o_proj`, `down_proj`) feeds nothing
+/// else in that half, so its value, a full `x W^T` product, would be computed and thrown
+/// away.
 pub fn frozen_linear_grad_only(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     frozen_linear_with(x, w, b, Output::GradOnly)
 }
@@ -492,15 +493,13 @@ impl CustomOp3 for LoraLinear {
         // gb = g B: the gradient at the adapter's bottleneck, [m, r].
         let mut gb = vec![0f32; m * r];
         // B^T as f32 rows ([r, out]), so that g B is g's rows dotted with them.
-        let bt: Vec<f32> = with_tensor_floats!(LORA, "b_lora", b, bw => {
-            let mut bt = vec![0f32; r * out];
-            for (o, row) in bw.chunks_exact(r).enumerate() {
-                for (j, v) in row.iter().enumerate() {
-                    bt[j * out + o] = v.to_f32();
-                }
+        let bw = crate::ops::to_f32_vec(LORA, "b_lora", b)?;
+        let mut bt = vec![0f32; r * out];
+        for (o, row) in bw.chunks_exact(r).enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                bt[j * out + o] = v;
             }
-            Ok(bt)
-        })?;
+        }
         with_tensor_floats!(LORA, "grad", &grad, g => {
             thin_product(g, &bt, out, &mut gb);
             Ok(())

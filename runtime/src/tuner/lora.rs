@@ -124,9 +124,7 @@ impl LoraLayer {
             .map(|d| d.gain(self.a.as_tensor(), self.b.as_tensor(), self.scale))
             .transpose()
     }
-}
 
-impl LoraLayer {
     /// Plain LoRA's training forward (not DoRA); with `grad_only` through the kernel that
     /// skips the frozen product because the caller only backpropagates through the result.
     fn forward_train_plain(
