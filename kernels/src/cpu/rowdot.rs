@@ -3,10 +3,12 @@
 //! This is the inference decode step's product: each running sequence contributes one row,
 //! so `x` has a handful of rows while `W` (`[n, k]`, f32, bf16 or f16) is large. Packing
 //! `W` as a blocked GEMM does would cost a full pass over it per call, so instead each
-//! weight row is read in place and widened to f32 in registers, and a register tile of 4
-//! weight rows by 2 input rows keeps 8 accumulators busy with 6 loads per 8 FMAs, within
-//! AVX2's 16 registers (a 4 x 3 tile needs 17 and spilled), so a batch of 16 is
-//! compute-bound while one row still streams the weight at memory speed. While a block of
+//! weight row is read in place and widened to f32 in registers. With several input rows a
+//! register tile of 3 weight rows by 3 input rows keeps 9 accumulators busy with 6 loads
+//! per 9 FMAs (15 of AVX2's 16 registers; the earlier 4 x 2 tile needed 6 loads per 8, and
+//! on cores that issue one 256-bit load a cycle, Zen 1 here, the loads were the limit: 16
+//! rows went from ~28 to ~32 GFLOP/s a thread), so a batch of 16 is compute-bound; one
+//! row uses 4 x 1 tiles and still streams the weight at memory speed. While a block of
 //! weight rows is being used, the next block is prefetched (`column_block` says when):
 //! the first pass over a block otherwise waits on memory with nothing to overlap.
 //!
@@ -25,10 +27,28 @@ use crate::elem::Elem;
 #[cfg(target_arch = "x86_64")]
 use crate::elem::Typed;
 
-/// Weight rows per register tile.
-const TILE_W: usize = 4;
-/// Input rows per register tile (`column_block` handles the one-row remainder).
-const TILE_X: usize = 2;
+/// Weight rows per register tile: 4 for one input row (a pure stream of the weight), 3
+/// when several rows share it (a 3 x 3 tile: see the module docs).
+const TILE_W_ONE_ROW: usize = 4;
+const TILE_W: usize = 3;
+
+/// Column ranges a caller splits `w` into for threads should start at multiples of this
+/// (a multiple of both tile widths), so no range ends with a partial tile.
+pub const COLUMN_ALIGN: usize = 12;
+/// Input rows per register tile (`x_tiles` splits a remainder into tiles of 2).
+const TILE_X: usize = 3;
+
+/// How `m` input rows split into register tiles: `(tiles of 3, tiles of 2, tiles of 1)`.
+/// A remainder of one row becomes two tiles of 2 (a lone row would load its weight
+/// rows for one FMA each); only `m == 1` runs a 1-row tile.
+fn x_tiles(m: usize) -> (usize, usize, usize) {
+    match (m / TILE_X, m % TILE_X) {
+        (0, 1) => (0, 0, 1),
+        (t, 1) => (t - 1, 2, 0),
+        (t, 2) => (t, 1, 0),
+        (t, _) => (t, 0, 0),
+    }
+}
 
 /// `out[i * n + j] = dot(x[i], w[j])` for `x` `[m, k]` and `w` `[n, k]` row-major, `out`
 /// `[m, n]`.
@@ -138,7 +158,7 @@ mod avx2 {
 
     use half::{bf16, f16};
 
-    use super::{TILE_W, TILE_X};
+    use super::{TILE_W, TILE_W_ONE_ROW, x_tiles};
     use crate::elem::Elem;
 
     #[inline(always)]
@@ -251,35 +271,39 @@ mod avx2 {
                 unsafe {
                     let next = w.wrapping_add((c + R) * k);
                     let w = w.add(c * k);
-                    let overlap = m >= TILE_X || size_of::<$t>() < size_of::<f32>();
+                    let overlap = m >= 2 || size_of::<$t>() < size_of::<f32>();
                     let next_bytes = if overlap && c + 2 * R <= n {
                         R * k * size_of::<$t>()
                     } else {
                         0
                     };
-                    let tiles = m.div_ceil(TILE_X).max(1);
+                    let (threes, twos, ones) = x_tiles(m);
+                    let tiles = (threes + twos + ones).max(1);
                     let share = next_bytes.div_ceil(tiles).next_multiple_of(64);
                     let mut row = 0;
                     let mut t = 0;
-                    while row + TILE_X <= m {
-                        let (from, bytes) = prefetch_share(next, next_bytes, share, t);
-                        tile::<R, TILE_X>(
-                            x.add(row * k),
-                            w,
-                            k,
-                            out.add(row * n + c),
-                            n,
-                            from,
-                            bytes,
-                        );
-                        row += TILE_X;
-                        t += 1;
+                    macro_rules! run {
+                        ($count:expr, $rows:literal) => {
+                            for _ in 0..$count {
+                                let (from, bytes) = prefetch_share(next, next_bytes, share, t);
+                                tile::<R, $rows>(
+                                    x.add(row * k),
+                                    w,
+                                    k,
+                                    out.add(row * n + c),
+                                    n,
+                                    from,
+                                    bytes,
+                                );
+                                row += $rows;
+                                t += 1;
+                            }
+                        };
                     }
-                    // TILE_X is 2, so at most one row is left.
-                    if row < m {
-                        let (from, bytes) = prefetch_share(next, next_bytes, share, t);
-                        tile::<R, 1>(x.add(row * k), w, k, out.add(row * n + c), n, from, bytes);
-                    }
+                    run!(threes, 3);
+                    run!(twos, 2);
+                    run!(ones, 1);
+                    debug_assert_eq!(row, m);
                 }
             }
 
@@ -313,9 +337,16 @@ mod avx2 {
                 let mut c = 0;
                 // SAFETY: every tile stays inside the bounds the caller guarantees.
                 unsafe {
-                    while c + TILE_W <= n {
-                        column_block::<TILE_W>(x, w, k, m, out, n, c);
-                        c += TILE_W;
+                    if m == 1 {
+                        while c + TILE_W_ONE_ROW <= n {
+                            column_block::<TILE_W_ONE_ROW>(x, w, k, m, out, n, c);
+                            c += TILE_W_ONE_ROW;
+                        }
+                    } else {
+                        while c + TILE_W <= n {
+                            column_block::<TILE_W>(x, w, k, m, out, n, c);
+                            c += TILE_W;
+                        }
                     }
                     while c < n {
                         column_block::<1>(x, w, k, m, out, n, c);
@@ -422,17 +453,35 @@ mod tests {
     }
 
     #[test]
+    fn tiles_cover_every_row_count_without_lone_rows() {
+        for m in 0..50 {
+            let (threes, twos, ones) = x_tiles(m);
+            assert_eq!(3 * threes + 2 * twos + ones, m, "m={m}");
+            assert_eq!(ones, usize::from(m == 1), "m={m}");
+        }
+    }
+
+    #[test]
     fn a_row_gives_the_same_bits_alone_or_among_others() {
-        let (m, n, k) = (11, 10, 72);
-        let x = data(m * k, 3);
-        let w = data(n * k, 4);
-        let mut all = vec![0f32; m * n];
-        rows_dot(&x, &w, k, &mut all);
+        // Every split into 3-, 2- and 1-row tiles (m = 1..=13), against weight rows that
+        // fall in 3- and 4-wide tiles and in the remainder.
+        for m in 1..=13 {
+            let (n, k) = (10, 72);
+            let x = data(m * k, 3);
+            let w = data(n * k, 4);
+            let mut all = vec![0f32; m * n];
+            rows_dot(&x, &w, k, &mut all);
+            same_bits_alone(&x, &w, k, &all);
+        }
+    }
+
+    fn same_bits_alone(x: &[f32], w: &[f32], k: usize, all: &[f32]) {
+        let (m, n) = (x.len() / k, w.len() / k);
         for i in 0..m {
             let mut alone = vec![0f32; n];
-            rows_dot(&x[i * k..(i + 1) * k], &w, k, &mut alone);
-            assert_eq!(&all[i * n..(i + 1) * n], &alone[..], "row {i}");
-            // And a single weight row: the same bits as in the 4-row tiles.
+            rows_dot(&x[i * k..(i + 1) * k], w, k, &mut alone);
+            assert_eq!(&all[i * n..(i + 1) * n], &alone[..], "m={m} row {i}");
+            // And a single weight row: the same bits as in the wider tiles.
             for j in 0..n {
                 assert_eq!(
                     dot(&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]),

@@ -157,7 +157,10 @@ fn stream_many<T: Elem>(
     let chunk = if total * k < PARALLEL_MIN_ELEMS || threads == 1 {
         usize::MAX
     } else {
-        total.div_ceil(threads * 4).next_multiple_of(4).max(4)
+        total
+            .div_ceil(threads * 4)
+            .next_multiple_of(rowdot::COLUMN_ALIGN)
+            .max(rowdot::COLUMN_ALIGN)
     };
     let tasks: Vec<(usize, usize, usize)> = widths
         .iter()
@@ -288,8 +291,11 @@ fn stream_rows<T: Elem>(x: &[f32], w: &[T], y: &mut [f32], m: usize, n: usize, k
         rowdot::rows_dot(x, w, k, y);
         return;
     }
-    // Column chunks, a multiple of 4 wide, a few per thread for balance.
-    let chunk = n.div_ceil(threads * 4).next_multiple_of(4).max(4);
+    // Column chunks, whole register tiles wide, a few per thread for balance.
+    let chunk = n
+        .div_ceil(threads * 4)
+        .next_multiple_of(rowdot::COLUMN_ALIGN)
+        .max(rowdot::COLUMN_ALIGN);
     let blocks: Vec<(usize, Vec<f32>)> = par::map(n.div_ceil(chunk), |t| {
         let start = t * chunk;
         let end = (start + chunk).min(n);
