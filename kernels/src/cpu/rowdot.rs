@@ -32,9 +32,18 @@ use crate::elem::Typed;
 const TILE_W_ONE_ROW: usize = 4;
 const TILE_W: usize = 3;
 
-/// Column ranges a caller splits `w` into for threads should start at multiples of this
-/// (a multiple of both tile widths), so no range ends with a partial tile.
-pub const COLUMN_ALIGN: usize = 12;
+/// A multiple of both tile widths (they are coprime).
+const COLUMN_ALIGN: usize = TILE_W * TILE_W_ONE_ROW;
+
+/// Width of the column (weight-row) ranges to split `n` columns into for `threads`
+/// threads: about four ranges per thread for balance, each a whole number of register
+/// tiles of either width, so no range ends in a partial tile.
+pub fn column_chunk(n: usize, threads: usize) -> usize {
+    n.div_ceil(threads.max(1) * 4)
+        .next_multiple_of(COLUMN_ALIGN)
+        .max(COLUMN_ALIGN)
+}
+
 /// Input rows per register tile (`x_tiles` splits a remainder into tiles of 2).
 const TILE_X: usize = 3;
 
@@ -449,6 +458,16 @@ mod tests {
             check::<f32>(m, n, k);
             check::<bf16>(m, n, k);
             check::<f16>(m, n, k);
+        }
+    }
+
+    #[test]
+    fn column_chunks_are_whole_tiles_and_a_few_per_thread() {
+        for (n, threads) in [(1, 2), (192, 2), (1024, 2), (49152, 8), (5, 1)] {
+            let chunk = column_chunk(n, threads);
+            assert_eq!(chunk % TILE_W, 0, "n={n}");
+            assert_eq!(chunk % TILE_W_ONE_ROW, 0, "n={n}");
+            assert!(n.div_ceil(chunk) <= threads * 4, "n={n}: {chunk}");
         }
     }
 

@@ -157,10 +157,7 @@ fn stream_many<T: Elem>(
     let chunk = if total * k < PARALLEL_MIN_ELEMS || threads == 1 {
         usize::MAX
     } else {
-        total
-            .div_ceil(threads * 4)
-            .next_multiple_of(rowdot::COLUMN_ALIGN)
-            .max(rowdot::COLUMN_ALIGN)
+        rowdot::column_chunk(total, threads)
     };
     let tasks: Vec<(usize, usize, usize)> = widths
         .iter()
@@ -291,11 +288,7 @@ fn stream_rows<T: Elem>(x: &[f32], w: &[T], y: &mut [f32], m: usize, n: usize, k
         rowdot::rows_dot(x, w, k, y);
         return;
     }
-    // Column chunks, whole register tiles wide, a few per thread for balance.
-    let chunk = n
-        .div_ceil(threads * 4)
-        .next_multiple_of(rowdot::COLUMN_ALIGN)
-        .max(rowdot::COLUMN_ALIGN);
+    let chunk = rowdot::column_chunk(n, threads);
     let blocks: Vec<(usize, Vec<f32>)> = par::map(n.div_ceil(chunk), |t| {
         let start = t * chunk;
         let end = (start + chunk).min(n);
