@@ -23,6 +23,8 @@
 
 #[cfg(target_arch = "x86_64")]
 use crate::cpu::isa::{self, Isa};
+use crate::cpu::math::exp;
+use crate::cpu::multiversion::multiversion;
 use crate::elem::Elem;
 #[cfg(target_arch = "x86_64")]
 use crate::elem::Typed;
@@ -146,14 +148,31 @@ pub fn attend(q: &[f32], k: &[f32], v: &[f32], scale: f32, scores: &mut Vec<f32>
         *s *= scale;
         max = max.max(*s);
     }
-    let mut sum = 0f32;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
-    }
-    let inv = 1.0 / sum;
+    let inv = 1.0 / exp_shifted_sum(scores, max);
     for (p, vr) in scores.iter().zip(v.chunks_exact(d)) {
         axpy(p * inv, vr, out);
+    }
+}
+
+multiversion! {
+    /// `s[i] = e^(s[i] - max)` in place (the vectorised polynomial, not a libm call per
+    /// key); returns their sum. Summed in 8 lanes then folded, a fixed order, so a
+    /// sequence's softmax does not depend on anything but its own scores.
+    fn exp_shifted_sum(scores: &mut [f32], max: f32) -> f32 {
+        let mut lanes = [0f32; 8];
+        let mut chunks = scores.chunks_exact_mut(8);
+        for chunk in &mut chunks {
+            for (s, lane) in chunk.iter_mut().zip(lanes.iter_mut()) {
+                *s = exp(*s - max);
+                *lane += *s;
+            }
+        }
+        let mut sum = lanes.iter().sum::<f32>();
+        for s in chunks.into_remainder() {
+            *s = exp(*s - max);
+            sum += *s;
+        }
+        sum
     }
 }
 
@@ -512,25 +531,32 @@ mod tests {
 
     #[test]
     fn attend_is_softmax_weighted_values() {
-        let (d, keys) = (16, 5);
-        let q = data(d, 5);
-        let k = data(keys * d, 6);
-        let v = data(keys * d, 7);
-        let scale = 0.25;
-        let logits: Vec<f64> = k
-            .chunks_exact(d)
-            .map(|kr| scale as f64 * q.iter().zip(kr).map(|(a, b)| (a * b) as f64).sum::<f64>())
-            .collect();
-        let max = logits.iter().cloned().fold(f64::MIN, f64::max);
-        let e: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
-        let z: f64 = e.iter().sum();
-        let mut out = vec![f32::NAN; d];
-        attend(&q, &k, &v, scale, &mut Vec::new(), &mut out);
-        for (c, got) in out.iter().enumerate() {
-            let want: f64 = (0..keys).map(|j| e[j] / z * v[j * d + c] as f64).sum();
-            assert!((*got as f64 - want).abs() < 1e-5, "{c}: {got} vs {want}");
+        // 5 keys: the scalar tail only; 21: two 8-lane blocks and a tail.
+        for keys in [5, 21] {
+            let d = 16;
+            let q = data(d, 5);
+            let k = data(keys * d, 6);
+            let v = data(keys * d, 7);
+            let scale = 0.25;
+            let logits: Vec<f64> = k
+                .chunks_exact(d)
+                .map(|kr| scale as f64 * q.iter().zip(kr).map(|(a, b)| (a * b) as f64).sum::<f64>())
+                .collect();
+            let max = logits.iter().cloned().fold(f64::MIN, f64::max);
+            let e: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
+            let z: f64 = e.iter().sum();
+            let mut out = vec![f32::NAN; d];
+            attend(&q, &k, &v, scale, &mut Vec::new(), &mut out);
+            for (c, got) in out.iter().enumerate() {
+                let want: f64 = (0..keys).map(|j| e[j] / z * v[j * d + c] as f64).sum();
+                assert!(
+                    (*got as f64 - want).abs() < 1e-5,
+                    "{keys} keys, {c}: {got} vs {want}"
+                );
+            }
         }
-        attend(&q, &[], &[], scale, &mut Vec::new(), &mut out);
+        let mut out = vec![f32::NAN; 16];
+        attend(&data(16, 5), &[], &[], 0.25, &mut Vec::new(), &mut out);
         assert!(out.iter().all(|v| *v == 0.0));
     }
 

@@ -242,7 +242,9 @@ impl Mlp {
 
     fn forward_infer(&self, x: &Tensor, groups: &[usize]) -> Result<Tensor> {
         let gate_up = Linear::forward_infer_many(&[&self.gate_proj, &self.up_proj], x, groups)?;
-        let h = cpu::linear::silu_mul(&gate_up[0], &gate_up[1])?;
+        // The kernels' op: the vectorised exp on the pool's threads (a libm `expf` per
+        // element on one thread was ~2% of a 16-stream server's time).
+        let h = ops::silu_mul(&gate_up[0], &gate_up[1])?;
         self.down_proj.forward_infer(&h, groups)
     }
 }

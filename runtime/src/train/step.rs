@@ -9,7 +9,8 @@
 //! instead of all of them. The surrogates' values are never read, so the recomputation
 //! skips each half's last projection (`o_proj`, `down_proj`): their input gradients need
 //! only their inputs. Keeping `h` costs one more hidden-sized tensor per layer and saves
-//! recomputing `o_proj`.
+//! recomputing `o_proj`. The last layer is not recomputed at all: its graph is kept from
+//! the forward, which ends just before the backward begins.
 
 use candle_core::{DType, Device, Tensor, Var};
 
@@ -220,7 +221,9 @@ fn forward_backward_checkpointed(
     optimizer: &mut AdamW,
 ) -> Result<LossStats, StepError> {
     let ctx = model.train_context(&batch.train_batch())?;
-    let layers = &model.model.layers;
+    let Some((last, layers)) = model.model.layers.split_last() else {
+        return Err(ModelError::Input("the model has no decoder layers".into()).into());
+    };
     // Forward: keep each layer's input and its mid-layer residual, drop its graph.
     let embedded = embed_train(model, batch)?;
     let mut saved = Vec::with_capacity(layers.len());
@@ -230,17 +233,27 @@ fn forward_backward_checkpointed(
         saved.push((x, h.detach()));
         x = y.detach();
     }
+    // The last layer keeps its graph: the backward starts right after it, so recomputing
+    // it would redo the forward just done (one layer's recompute saved per step; the
+    // memory is the same, as the recompute would rebuild those activations at once).
+    // With a single layer and a frozen embedding table no input gradient is needed.
+    let last_input = (!layers.is_empty() || embedded.track_op())
+        .then(|| Var::from_tensor(&x))
+        .transpose()?;
+    let top = last.forward_train(last_input.as_ref().map_or(&x, |v| v.as_tensor()), &ctx)?;
     // The head: final norm and fused lm_head + loss.
-    let top = Var::from_tensor(&x)?;
-    let hidden = model.model.norm.forward_train(top.as_tensor())?;
+    let hidden = model.model.norm.forward_train(&top)?;
     let ce = model.loss_train(&hidden, &batch.labels)?;
     let stats = stats_of(&ce, batch)?;
     let grads = ce.loss_sum.backward()?;
     optimizer.accumulate(&grads)?;
-    let mut g = grads
-        .get(top.as_tensor())
-        .cloned()
-        .ok_or_else(|| ModelError::Input("no gradient reached the last hidden state".into()))?;
+    let mut g = match &last_input {
+        Some(input) => grads
+            .get(input.as_tensor())
+            .cloned()
+            .ok_or_else(|| ModelError::Input("no gradient reached a layer input".into()))?,
+        None => return Ok(stats),
+    };
     drop(grads);
     // Backward: recompute one half-layer at a time, MLP then attention. Only the
     // surrogates' gradients are used, never the halves' values (see `attention_half`).

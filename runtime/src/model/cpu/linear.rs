@@ -185,27 +185,6 @@ fn stream_many<T: Elem>(
     outs
 }
 
-/// `silu(gate) * up` elementwise, f32, one pass.
-pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    if gate.dims() != up.dims() {
-        return Err(ModelError::Input(format!(
-            "silu_mul: {:?} vs {:?}",
-            gate.dims(),
-            up.dims()
-        )));
-    }
-    let (g, u) = (gate.contiguous()?, up.contiguous()?);
-    let out = with_f32_slice(&g, |g| {
-        with_f32_slice(&u, |u| {
-            g.iter()
-                .zip(u)
-                .map(|(&a, &b)| a / (1.0 + (-a).exp()) * b)
-                .collect::<Vec<f32>>()
-        })
-    })??;
-    Ok(Tensor::from_vec(out, gate.dims(), &Device::Cpu)?)
-}
-
 /// A weight's elements, borrowed from its storage.
 pub enum WeightSlice<'a> {
     F32(&'a [f32]),
@@ -409,23 +388,6 @@ mod tests {
                 want.to_vec2::<f32>().unwrap()
             );
         }
-    }
-
-    #[test]
-    fn silu_mul_matches_candle() {
-        let dev = Device::Cpu;
-        let g = Tensor::randn(0f32, 2.0, (2, 9), &dev).unwrap();
-        let u = Tensor::randn(0f32, 1.0, (2, 9), &dev).unwrap();
-        let want = (g.silu().unwrap() * &u).unwrap();
-        let diff: f32 = (silu_mul(&g, &u).unwrap() - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
-        assert!(diff < 1e-6);
     }
 
     #[test]
