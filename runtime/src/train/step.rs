@@ -234,8 +234,9 @@ fn forward_backward_checkpointed(
         x = y.detach();
     }
     // The last layer keeps its graph: the backward starts right after it, so recomputing
-    // it would redo the forward just done (one layer's recompute saved per step; the
-    // memory is the same, as the recompute would rebuild those activations at once).
+    // it would redo the forward just done (one layer's recompute saved per step). The
+    // cost is that layer's activations living through the head's loss and backward:
+    // +0.11 GiB peak (0.95 -> 1.06) on the bench's 8-layer model at 8 x 256 tokens.
     // With a single layer and a frozen embedding table no input gradient is needed.
     let last_input = (!layers.is_empty() || embedded.track_op())
         .then(|| Var::from_tensor(&x))
