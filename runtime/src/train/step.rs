@@ -226,6 +226,10 @@ fn forward_backward_checkpointed(
     };
     // Forward: keep each layer's input and its mid-layer residual, drop its graph.
     let embedded = embed_train(model, batch)?;
+    // The first layer's input gradient only feeds the embeddings: with a frozen embedding
+    // table it is not computed (q/k/v's `g W` are skipped), as autograd does without
+    // checkpointing.
+    let needs_input_grad = |index: usize| index > 0 || embedded.track_op();
     let mut saved = Vec::with_capacity(layers.len());
     let mut x = embedded.detach();
     for layer in layers {
@@ -237,8 +241,7 @@ fn forward_backward_checkpointed(
     // it would redo the forward just done (one layer's recompute saved per step). The
     // cost is that layer's activations living through the head's loss and backward:
     // +0.11 GiB peak (0.95 -> 1.06) on the bench's 8-layer model at 8 x 256 tokens.
-    // With a single layer and a frozen embedding table no input gradient is needed.
-    let last_input = (!layers.is_empty() || embedded.track_op())
+    let last_input = needs_input_grad(layers.len())
         .then(|| Var::from_tensor(&x))
         .transpose()?;
     let top = last.forward_train(last_input.as_ref().map_or(&x, |v| v.as_tensor()), &ctx)?;
@@ -261,15 +264,12 @@ fn forward_backward_checkpointed(
     for (index, (layer, (input, mid))) in layers.iter().zip(saved).enumerate().rev() {
         g = backpropagate(&mid, &g, optimizer, true, |h| layer.mlp_half(h, true))?
             .ok_or_else(|| ModelError::Input("no gradient reached a layer's residual".into()))?;
-        // The first layer's input gradient only feeds the embeddings: with a frozen
-        // embedding table it is not computed (q/k/v's `g W` are skipped), as autograd does
-        // without checkpointing.
-        let needs_input_grad = index > 0 || embedded.track_op();
-        match backpropagate(&input, &g, optimizer, needs_input_grad, |x| {
+        let input_grad = needs_input_grad(index);
+        match backpropagate(&input, &g, optimizer, input_grad, |x| {
             layer.attention_half(x, &ctx, true)
         })? {
             Some(gx) => g = gx,
-            None if needs_input_grad => {
+            None if input_grad => {
                 return Err(ModelError::Input("no gradient reached a layer input".into()).into());
             }
             None => {}
