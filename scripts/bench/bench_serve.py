@@ -219,6 +219,8 @@ def main():
                          "template trained for it (written once to .cache/bench/Qwen2-100M-chat)")
     ap.add_argument("--levels", default="1,4,16")
     ap.add_argument("--requests-per-client", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="sweeps over the levels per server; each level reports its fastest")
     ap.add_argument("--prompt", type=int, default=32, help="prompt length in words")
     ap.add_argument("--new", type=int, default=64, help="generated tokens per request")
     ap.add_argument("--adapters", nargs="*", default=[], help="NAME=PATH LoRA adapters to serve")
@@ -264,15 +266,21 @@ def main():
         proc, host, port = start()
         try:
             one_request(host, port, name, "warm up", 4)
-            for c in levels:
-                tps, ttfts, errors = run_level(host, port, server_models, c,
-                                               args.requests_per_client, prompt, args.new)
-                rows.append((server, c, tps, pct(ttfts, 50), pct(ttfts, 99), len(ttfts),
-                             len(errors)))
+            # Rounds sweep every level in turn, so a slow spell of a shared machine does not
+            # fall on one level only; each level keeps its fastest round.
+            best = {}
+            for _ in range(args.rounds):
+                for c in levels:
+                    tps, ttfts, errors = run_level(host, port, server_models, c,
+                                                   args.requests_per_client, prompt, args.new)
+                    row = (server, c, tps, pct(ttfts, 50), pct(ttfts, 99), len(ttfts), len(errors))
+                    if c not in best or tps > best[c][2]:
+                        best[c] = row
+            rows.extend(best[c] for c in levels)
         finally:
             stop(proc)
     print(f"\nswift deploy {args.server_args}, {name}, {args.new} new tokens, ~{args.prompt}-word prompt, "
-          f"{args.system}-word system prompt, "
+          f"{args.system}-word system prompt, best of {args.rounds} round(s), "
           f"{args.requests_per_client} requests per client, {os.cpu_count()} CPUs, "
           f"models {', '.join(models)}")
     print(f"{'server':>10} | {'streams':>7} | {'gen tok/s':>9} | {'TTFT p50 ms':>11} | "
