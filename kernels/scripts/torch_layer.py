@@ -83,6 +83,30 @@ class Layer(torch.nn.Module):
         return x + self.down(F.silu(self.gate(h)) * self.up(h))
 
 
+def gemm(a):
+    """GFLOP/s of `F.linear(x, w)` (C[m, n] = A[m, k] B[n, k]^T, no bias) at the layer's
+    shapes: the product both engines spend most of a training step in."""
+    t, h, i = a.tokens, a.hidden, a.intermediate
+    for m, n, k in [(t, i, h), (t, h, i), (t, h, h), (t, 128, h)]:
+        for name in a.dtypes.split(","):
+            dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[name]
+            x = torch.randn(m, k, dtype=dtype)
+            w = torch.randn(n, k, dtype=dtype)
+            times = []
+            with torch.no_grad():
+                for j in range(a.warmup + a.iters):
+                    t0 = time.perf_counter()
+                    F.linear(x, w)
+                    if j >= a.warmup:
+                        times.append(time.perf_counter() - t0)
+            print(json.dumps({
+                "impl": f"pytorch {torch.__version__.split('+')[0]}",
+                "gemm": [m, n, k],
+                "dtype": name,
+                "gflops": 2.0 * m * n * k / statistics.median(times) / 1e9,
+            }), flush=True)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--tokens", type=int, default=256)
@@ -98,9 +122,14 @@ def main():
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--alpha", type=float, default=32.0)
     p.add_argument("--theta", type=float, default=1e6)
+    p.add_argument("--gemm", action="store_true",
+                   help="time the layer's forward GEMMs (F.linear) instead of the layer")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
+    if a.gemm:
+        gemm(a)
+        return
     for name in a.dtypes.split(","):
         dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[name]
         layer = Layer(a, dtype)

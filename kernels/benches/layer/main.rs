@@ -12,8 +12,9 @@
 //! `--malloc-defaults` leaves glibc's defaults on both sides.
 //!
 //! `--ops` adds a per-kernel breakdown and `--gemm` the GEMM throughput at the layer's
-//! shapes (ours vs candle's matmul) and at decode shapes (`rowdot` vs our GEMM). PyTorch
-//! runs with `$KUBESWIFT_BENCH_PYTHON`, else `/work/venv-py/bin/python`, else `python3`.
+//! shapes (ours vs candle's matmul and PyTorch's `F.linear`) and at decode shapes (`rowdot`
+//! vs our GEMM). PyTorch runs with `$KUBESWIFT_BENCH_PYTHON`, else
+//! `/work/venv-py/bin/python`, else `python3`.
 
 mod model;
 
@@ -178,8 +179,9 @@ fn bench_layer(args: &Args, dtype: DType, kernels: bool) -> Result<Row> {
     })
 }
 
-/// Runs scripts/torch_layer.py and parses its JSON lines.
-fn bench_torch(args: &Args) -> Vec<Row> {
+/// Runs scripts/torch_layer.py with the bench's sizes and `extra`, and parses its JSON
+/// lines; empty (with the reason on stderr) when the peer cannot run.
+fn run_torch_peer(args: &Args, extra: &[&str]) -> Vec<serde_json::Value> {
     let python = std::env::var("KUBESWIFT_BENCH_PYTHON")
         .ok()
         .unwrap_or_else(|| {
@@ -204,6 +206,7 @@ fn bench_torch(args: &Args) -> Vec<Row> {
         .args(["--warmup", &args.warmup.to_string()])
         .args(["--threads", &threads().to_string()])
         .args(["--dtypes", &dtypes.join(",")])
+        .args(extra)
         .output();
     let out = match out {
         Ok(o) if o.status.success() => o,
@@ -222,6 +225,13 @@ fn bench_torch(args: &Args) -> Vec<Row> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .collect()
+}
+
+/// The PyTorch layer's forward and backward times, one row per dtype.
+fn bench_torch(args: &Args) -> Vec<Row> {
+    run_torch_peer(args, &[])
+        .into_iter()
         .map(|v| Row {
             name: format!(
                 "{} ({})",
@@ -371,9 +381,23 @@ fn bench_ops(args: &Args, dtype: DType) -> Result<()> {
 fn bench_gemm(args: &Args) -> Result<()> {
     let dev = Device::Cpu;
     let t = args.tokens;
+    // PyTorch's `F.linear` at the same shapes, same threads, run first so the two do not
+    // share the cores: the GEMM is where both training engines spend most of a step.
+    let torch: Vec<serde_json::Value> = if args.torch {
+        run_torch_peer(args, &["--gemm"])
+    } else {
+        Vec::new()
+    };
+    let torch_gflops = |m: usize, n: usize, k: usize, dtype: &str| {
+        torch
+            .iter()
+            .find(|v| v["gemm"] == serde_json::json!([m, n, k]) && v["dtype"] == dtype)
+            .and_then(|v| v["gflops"].as_f64())
+            .map_or("-".to_string(), |g| format!("{g:.0}"))
+    };
     println!("\nGEMM GFLOP/s, C[m, n] = A[m, k] B[n, k]^T (a linear layer's forward)");
-    println!("| m x n x k | dtype | ours | candle matmul |");
-    println!("|---|---|---:|---:|");
+    println!("| m x n x k | dtype | ours | candle matmul | pytorch F.linear |");
+    println!("|---|---|---:|---:|---:|");
     for (m, n, k) in [(t, 4864, 896), (t, 896, 4864), (t, 896, 896), (t, 128, 896)] {
         for dtype in &args.dtypes {
             let a = reference::random(1, &[m, k], 1.0, &dev)?.to_dtype(*dtype)?;
@@ -415,10 +439,11 @@ fn bench_gemm(args: &Args) -> Result<()> {
             let bt = b.t()?;
             let theirs = time_ms(args.warmup, args.iters, || a.matmul(&bt).map(drop))?;
             println!(
-                "| {m} x {n} x {k} | {} | {:.0} | {:.0} |",
+                "| {m} x {n} x {k} | {} | {:.0} | {:.0} | {} |",
                 dtype_name(*dtype),
                 flops / ours.0 / 1e6,
-                flops / theirs.0 / 1e6
+                flops / theirs.0 / 1e6,
+                torch_gflops(m, n, k, dtype_name(*dtype))
             );
         }
     }
