@@ -4,13 +4,20 @@
 //! so `x` has a handful of rows while `W` (`[n, k]`, f32, bf16 or f16) is large. Packing
 //! `W` as a blocked GEMM does would cost a full pass over it per call, so instead each
 //! weight row is read in place and widened to f32 in registers. With several input rows a
-//! register tile of 3 weight rows by 3 input rows keeps 9 accumulators busy with 6 loads
-//! per 9 FMAs (15 of AVX2's 16 registers; the earlier 4 x 2 tile needed 6 loads per 8, and
-//! on cores that issue one 256-bit load a cycle, Zen 1 here, the loads were the limit: 16
-//! rows went from ~28 to ~32 GFLOP/s a thread), so a batch of 16 is compute-bound; one
-//! row uses 4 x 1 tiles and still streams the weight at memory speed. While a block of
-//! weight rows is being used, the next block is prefetched (`column_block` says when):
-//! the first pass over a block otherwise waits on memory with nothing to overlap.
+//! register tile of 3 weight rows by up to 4 input rows keeps the FMA units busy; one
+//! factor of each FMA comes straight from memory, so even 12 accumulators fit in AVX2's 16
+//! registers without spilling. bf16 weights use 4 input rows (7 loads per 12 FMAs, and
+//! the widening of each weight vector is shared by 4 rows instead of 3): on Zen 3, one
+//! thread, bf16 weights, 3 x 3 -> 3 x 4 took 4 rows from ~55 to ~75 GFLOP/s, 16 rows from
+//! ~65 to ~76 and 64 from ~69 to ~77 (old and new alternating, three rounds). f32 weights
+//! keep 3 input rows (6 loads per 9 FMAs): 4 rows helped some shapes and hurt others there;
+//! so do f16 weights, for want of a measurement.
+//! (The 4 x 2 tile before 3 x 3 needed 6 loads per 8 FMAs; on one-load-a-cycle Zen 1,
+//! 3 x 3 took 16 rows from ~28 to ~32 GFLOP/s a thread.) So a batch of 16 is
+//! compute-bound; one row uses 4 x 1 tiles and still streams the weight at memory
+//! speed. While a block of weight rows is being used, the next block is prefetched
+//! (`column_block` says when): the first pass over a block otherwise waits on memory with
+//! nothing to overlap.
 //!
 //! Every output element is accumulated the same way wherever it falls in a tile (8 f32
 //! lanes over `k` in order, a fixed horizontal sum, then the scalar tail), so a row's
@@ -30,7 +37,7 @@ use crate::elem::Elem;
 use crate::elem::Typed;
 
 /// Weight rows per register tile: 4 for one input row (a pure stream of the weight), 3
-/// when several rows share it (a 3 x 3 tile: see the module docs).
+/// when several rows share it (3 x 3 or 3 x 4 tiles: see the module docs).
 const TILE_W_ONE_ROW: usize = 4;
 const TILE_W: usize = 3;
 
@@ -46,18 +53,32 @@ pub fn column_chunk(n: usize, threads: usize) -> usize {
         .max(COLUMN_ALIGN)
 }
 
-/// Input rows per register tile (`x_tiles` splits a remainder into tiles of 2).
-const TILE_X: usize = 3;
+/// Input rows per register tile: 4 for bf16 weights, whose widening the rows share; 3 for
+/// f32 weights, where 4 measured no better, and for f16 ones, not measured (see the module
+/// docs).
+const TILE_X_BF16: usize = 4;
+const TILE_X_F32: usize = 3;
 
-/// How `m` input rows split into register tiles: `(tiles of 3, tiles of 2, tiles of 1)`.
-/// A remainder of one row becomes two tiles of 2 (a lone row would load its weight
-/// rows for one FMA each); only `m == 1` runs a 1-row tile.
-fn x_tiles(m: usize) -> (usize, usize, usize) {
-    match (m / TILE_X, m % TILE_X) {
-        (0, 1) => (0, 0, 1),
-        (t, 1) => (t - 1, 2, 0),
-        (t, 2) => (t, 1, 0),
-        (t, _) => (t, 0, 0),
+/// How `m` input rows split into register tiles of at most `tile_x` (3 or 4) rows: how
+/// many tiles of 4, 3, 2 and 1 rows. A remainder of one row is folded into tiles of 3 and
+/// 2 (a lone row would load its weight rows for one FMA each); only `m == 1` runs a 1-row
+/// tile.
+fn x_tiles(m: usize, tile_x: usize) -> [usize; 4] {
+    if tile_x == 4 {
+        match (m / 4, m % 4) {
+            (0, 1) => [0, 0, 0, 1],
+            (t, 1) => [t - 1, 1, 1, 0],
+            (t, 2) => [t, 0, 1, 0],
+            (t, 3) => [t, 1, 0, 0],
+            (t, _) => [t, 0, 0, 0],
+        }
+    } else {
+        match (m / 3, m % 3) {
+            (0, 1) => [0, 0, 0, 1],
+            (t, 1) => [0, t - 1, 2, 0],
+            (t, 2) => [0, t, 1, 0],
+            (t, _) => [0, t, 0, 0],
+        }
     }
 }
 
@@ -186,7 +207,7 @@ mod avx2 {
 
     use half::{bf16, f16};
 
-    use super::{TILE_W, TILE_W_ONE_ROW, x_tiles};
+    use super::{TILE_W, TILE_W_ONE_ROW, TILE_X_BF16, TILE_X_F32, x_tiles};
     use crate::elem::Elem;
 
     #[inline(always)]
@@ -221,7 +242,7 @@ mod avx2 {
     }
 
     macro_rules! rows_dot {
-        ($name:ident, $t:ty, $load:ident) => {
+        ($name:ident, $t:ty, $load:ident, $tile_x:expr) => {
             /// `R` weight rows against `M` input rows; results go to `out` (row stride `ldo`).
             /// Along the way, asks for the `prefetch` bytes starting at `ahead` (see
             /// `column_block`), spread evenly over the loop.
@@ -305,8 +326,8 @@ mod avx2 {
                     } else {
                         0
                     };
-                    let (threes, twos, ones) = x_tiles(m);
-                    let tiles = (threes + twos + ones).max(1);
+                    let [fours, threes, twos, ones] = x_tiles(m, $tile_x);
+                    let tiles = (fours + threes + twos + ones).max(1);
                     let share = next_bytes.div_ceil(tiles).next_multiple_of(64);
                     let mut row = 0;
                     let mut t = 0;
@@ -328,6 +349,7 @@ mod avx2 {
                             }
                         };
                     }
+                    run!(fours, 4);
                     run!(threes, 3);
                     run!(twos, 2);
                     run!(ones, 1);
@@ -387,15 +409,15 @@ mod avx2 {
 
     mod f32_weights {
         use super::*;
-        rows_dot!(rows_dot_f32, f32, load_f32);
+        rows_dot!(rows_dot_f32, f32, load_f32, TILE_X_F32);
     }
     mod bf16_weights {
         use super::*;
-        rows_dot!(rows_dot_bf16, bf16, load_bf16);
+        rows_dot!(rows_dot_bf16, bf16, load_bf16, TILE_X_BF16);
     }
     mod f16_weights {
         use super::*;
-        rows_dot!(rows_dot_f16, f16, load_f16);
+        rows_dot!(rows_dot_f16, f16, load_f16, TILE_X_F32);
     }
     pub use bf16_weights::rows_dot_bf16;
     pub use f16_weights::rows_dot_f16;
@@ -493,9 +515,16 @@ mod tests {
     #[test]
     fn tiles_cover_every_row_count_without_lone_rows() {
         for m in 0..50 {
-            let (threes, twos, ones) = x_tiles(m);
-            assert_eq!(3 * threes + 2 * twos + ones, m, "m={m}");
+            let [fours, threes, twos, ones] = x_tiles(m, 4);
+            assert_eq!(4 * fours + 3 * threes + 2 * twos + ones, m, "m={m}");
             assert_eq!(ones, usize::from(m == 1), "m={m}");
+            // At most one smaller tile of each size: the rows stay in big tiles.
+            assert!(threes <= 1 && twos <= 1, "m={m}: {threes} x 3, {twos} x 2");
+
+            let [fours, threes, twos, ones] = x_tiles(m, 3);
+            assert_eq!(3 * threes + 2 * twos + ones, m, "m={m}");
+            assert_eq!((fours, ones), (0, usize::from(m == 1)), "m={m}");
+            assert!(twos <= 2, "m={m}: {twos} x 2");
         }
     }
 
