@@ -240,10 +240,13 @@ def main():
             row = {"dtype": dtype, "grad_ckpt": ckpt}
             # Engines alternate within a round, so a slow spell of a shared machine does not
             # land on one engine only; each engine keeps its fastest round.
+            runs = []
+            for name, exe, tuner_flag, extra in engines:
+                work = os.path.join(CACHE, "runs", f"{name}-{dtype}-{'ckpt' if ckpt else 'nockpt'}")
+                cmd = [exe, "sft", tuner_flag, "lora"] + common_args(a, model, data, dtype, ckpt, os.path.join(work, "out")) + extra
+                runs.append((name, work, cmd))
             for round_no in range(1, a.rounds + 1):
-                for name, exe, tuner_flag, extra in engines:
-                    work = os.path.join(CACHE, "runs", f"{name}-{dtype}-{'ckpt' if ckpt else 'nockpt'}")
-                    cmd = [exe, "sft", tuner_flag, "lora"] + common_args(a, model, data, dtype, ckpt, os.path.join(work, "out")) + extra
+                for name, work, cmd in runs:
                     r = run_engine(cmd, work, env, a.steps, work + ".log", a.timeout)
                     s = summarise(r, tokens_per_step)
                     label = f"{name} {dtype} ckpt={ckpt}" + (f" round {round_no}" if a.rounds > 1 else "")
