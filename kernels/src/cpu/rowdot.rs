@@ -6,12 +6,16 @@
 //! weight row is read in place and widened to f32 in registers. With several input rows a
 //! register tile of 3 weight rows by up to 4 input rows keeps the FMA units busy; one
 //! factor of each FMA comes straight from memory, so even 12 accumulators fit in AVX2's 16
-//! registers without spilling. bf16 weights use 4 input rows (7 loads per 12 FMAs, and
-//! the widening of each weight vector is shared by 4 rows instead of 3): on Zen 3, one
-//! thread, bf16 weights, 3 x 3 -> 3 x 4 took 4 rows from ~55 to ~75 GFLOP/s, 16 rows from
-//! ~65 to ~76 and 64 from ~69 to ~77 (old and new alternating, three rounds). f32 weights
-//! keep 3 input rows (6 loads per 9 FMAs): 4 rows helped some shapes and hurt others there;
-//! so do f16 weights, for want of a measurement.
+//! registers without spilling: 3 x 4 tiles, 7 loads per 12 FMAs, and a 16-bit weight
+//! vector is widened once for 4 rows. On Zen 3, one thread, bf16 weights, 3 x 3 -> 3 x 4
+//! took 4 rows from ~55 to ~75 GFLOP/s, 16 rows from ~65 to ~76 and 64 from ~69 to ~77.
+//! For f32 weights 3 x 4 first measured mixed; the cause was the loop, not the tile: a
+//! test of the prefetch schedule in every step left it short of general registers, and it
+//! reloaded its row pointers from the stack each step. With the prefetches issued once per
+//! 64 values and the pointers held in registers, f32 3 x 3 -> 3 x 4 on the same shapes went
+//! (old and new binaries alternating): 16 rows ~64-69 -> ~75-79 GFLOP/s at depth 896-1024
+//! and ~60 -> ~70 at depth 2816-4864, where three weight rows no longer fit in L1 beside the
+//! inputs and every extra tile reads them from L2 again; 64 rows ~77-79 -> ~83-89.
 //! (The 4 x 2 tile before 3 x 3 needed 6 loads per 8 FMAs; on one-load-a-cycle Zen 1,
 //! 3 x 3 took 16 rows from ~28 to ~32 GFLOP/s a thread.) So a batch of 16 is
 //! compute-bound; one row uses 4 x 1 tiles and still streams the weight at memory
@@ -37,7 +41,7 @@ use crate::elem::Elem;
 use crate::elem::Typed;
 
 /// Weight rows per register tile: 4 for one input row (a pure stream of the weight), 3
-/// when several rows share it (3 x 3 or 3 x 4 tiles: see the module docs).
+/// when several rows share it (3 x 4 tiles: see the module docs).
 const TILE_W_ONE_ROW: usize = 4;
 const TILE_W: usize = 3;
 
@@ -53,32 +57,19 @@ pub fn column_chunk(n: usize, threads: usize) -> usize {
         .max(COLUMN_ALIGN)
 }
 
-/// Input rows per register tile: 4 for bf16 weights, whose widening the rows share; 3 for
-/// f32 weights, where 4 measured no better, and for f16 ones, not measured (see the module
-/// docs).
-const TILE_X_BF16: usize = 4;
-const TILE_X_F32: usize = 3;
+/// Input rows per register tile (3 x 4 tiles: see the module docs).
+const TILE_X: usize = 4;
 
-/// How `m` input rows split into register tiles of at most `tile_x` (3 or 4) rows: how
-/// many tiles of 4, 3, 2 and 1 rows. A remainder of one row is folded into tiles of 3 and
-/// 2 (a lone row would load its weight rows for one FMA each); only `m == 1` runs a 1-row
-/// tile.
-fn x_tiles(m: usize, tile_x: usize) -> [usize; 4] {
-    if tile_x == 4 {
-        match (m / 4, m % 4) {
-            (0, 1) => [0, 0, 0, 1],
-            (t, 1) => [t - 1, 1, 1, 0],
-            (t, 2) => [t, 0, 1, 0],
-            (t, 3) => [t, 1, 0, 0],
-            (t, _) => [t, 0, 0, 0],
-        }
-    } else {
-        match (m / 3, m % 3) {
-            (0, 1) => [0, 0, 0, 1],
-            (t, 1) => [0, t - 1, 2, 0],
-            (t, 2) => [0, t, 1, 0],
-            (t, _) => [0, t, 0, 0],
-        }
+/// How `m` input rows split into register tiles of at most [`TILE_X`] rows: how many
+/// tiles of 4, 3, 2 and 1 rows. A remainder of one row is folded into tiles of 3 and 2 (a
+/// lone row would load its weight rows for one FMA each); only `m == 1` runs a 1-row tile.
+fn x_tiles(m: usize) -> [usize; 4] {
+    match (m / TILE_X, m % TILE_X) {
+        (0, 1) => [0, 0, 0, 1],
+        (t, 1) => [t - 1, 1, 1, 0],
+        (t, 2) => [t, 0, 1, 0],
+        (t, 3) => [t, 1, 0, 0],
+        (t, _) => [t, 0, 0, 0],
     }
 }
 
@@ -207,7 +198,7 @@ mod avx2 {
 
     use half::{bf16, f16};
 
-    use super::{TILE_W, TILE_W_ONE_ROW, TILE_X_BF16, TILE_X_F32, x_tiles};
+    use super::{TILE_W, TILE_W_ONE_ROW, x_tiles};
     use crate::elem::Elem;
 
     #[inline(always)]
@@ -242,7 +233,27 @@ mod avx2 {
     }
 
     macro_rules! rows_dot {
-        ($name:ident, $t:ty, $load:ident, $tile_x:expr) => {
+        ($name:ident, $t:ty, $load:ident) => {
+            /// One step of a tile: 8 values of `k` from `i`, `R` weight rows against `M`
+            /// input rows (the weight vectors widened once, shared by the rows).
+            #[inline(always)]
+            unsafe fn step<const R: usize, const M: usize>(
+                acc: &mut [[__m256; R]; M],
+                xr: &[*const f32; M],
+                wr: &[*const $t; R],
+                i: usize,
+            ) {
+                unsafe {
+                    let wv: [__m256; R] = std::array::from_fn(|r| $load(wr[r].add(i)));
+                    for (row, x) in acc.iter_mut().zip(xr) {
+                        let xv = _mm256_loadu_ps(x.add(i));
+                        for (a, w) in row.iter_mut().zip(&wv) {
+                            *a = _mm256_fmadd_ps(xv, *w, *a);
+                        }
+                    }
+                }
+            }
+
             /// `R` weight rows against `M` input rows; results go to `out` (row stride `ldo`).
             /// Along the way, asks for the `prefetch` bytes starting at `ahead` (see
             /// `column_block`), spread evenly over the loop.
@@ -258,31 +269,30 @@ mod avx2 {
             ) {
                 unsafe {
                     let mut acc = [[_mm256_setzero_ps(); R]; M];
-                    // One group = 64 weights per row; `per_group` lines are asked for in each.
+                    let xr: [*const f32; M] = std::array::from_fn(|mi| x.add(mi * k));
+                    let wr: [*const $t; R] = std::array::from_fn(|r| w.add(r * k));
+                    // One group = 64 weights per row; `per_group` lines are asked for in
+                    // each, before its eight steps. (A test of `i % 64` in every step, as
+                    // this once was, left the loop short of registers: it reloaded its
+                    // pointers from the stack each step.)
                     let per_group = (prefetch / 64).div_ceil(k.div_ceil(64));
                     let ahead = ahead as *const i8;
                     let mut asked = 0;
                     let mut i = 0;
+                    while i + 64 <= k {
+                        let lines = per_group.min((prefetch - asked) / 64);
+                        for l in 0..lines {
+                            // A hint: it never faults.
+                            _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(asked + 64 * l));
+                        }
+                        asked += 64 * lines;
+                        for j in 0..8 {
+                            step::<R, M>(&mut acc, &xr, &wr, i + 8 * j);
+                        }
+                        i += 64;
+                    }
                     while i + 8 <= k {
-                        if i % 64 == 0 {
-                            for _ in 0..per_group {
-                                if asked < prefetch {
-                                    // A hint: it never faults.
-                                    _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(asked));
-                                    asked += 64;
-                                }
-                            }
-                        }
-                        let mut wv = [_mm256_setzero_ps(); R];
-                        for (r, v) in wv.iter_mut().enumerate() {
-                            *v = $load(w.add(r * k + i));
-                        }
-                        for (mi, row) in acc.iter_mut().enumerate() {
-                            let xv = _mm256_loadu_ps(x.add(mi * k + i));
-                            for (a, wr) in row.iter_mut().zip(&wv) {
-                                *a = _mm256_fmadd_ps(xv, *wr, *a);
-                            }
-                        }
+                        step::<R, M>(&mut acc, &xr, &wr, i);
                         i += 8;
                     }
                     for (mi, row) in acc.iter().enumerate() {
@@ -326,7 +336,7 @@ mod avx2 {
                     } else {
                         0
                     };
-                    let [fours, threes, twos, ones] = x_tiles(m, $tile_x);
+                    let [fours, threes, twos, ones] = x_tiles(m);
                     let tiles = (fours + threes + twos + ones).max(1);
                     let share = next_bytes.div_ceil(tiles).next_multiple_of(64);
                     let mut row = 0;
@@ -409,15 +419,15 @@ mod avx2 {
 
     mod f32_weights {
         use super::*;
-        rows_dot!(rows_dot_f32, f32, load_f32, TILE_X_F32);
+        rows_dot!(rows_dot_f32, f32, load_f32);
     }
     mod bf16_weights {
         use super::*;
-        rows_dot!(rows_dot_bf16, bf16, load_bf16, TILE_X_BF16);
+        rows_dot!(rows_dot_bf16, bf16, load_bf16);
     }
     mod f16_weights {
         use super::*;
-        rows_dot!(rows_dot_f16, f16, load_f16, TILE_X_F32);
+        rows_dot!(rows_dot_f16, f16, load_f16);
     }
     pub use bf16_weights::rows_dot_bf16;
     pub use f16_weights::rows_dot_f16;
@@ -515,25 +525,21 @@ mod tests {
     #[test]
     fn tiles_cover_every_row_count_without_lone_rows() {
         for m in 0..50 {
-            let [fours, threes, twos, ones] = x_tiles(m, 4);
+            let [fours, threes, twos, ones] = x_tiles(m);
             assert_eq!(4 * fours + 3 * threes + 2 * twos + ones, m, "m={m}");
             assert_eq!(ones, usize::from(m == 1), "m={m}");
             // At most one smaller tile of each size: the rows stay in big tiles.
             assert!(threes <= 1 && twos <= 1, "m={m}: {threes} x 3, {twos} x 2");
-
-            let [fours, threes, twos, ones] = x_tiles(m, 3);
-            assert_eq!(3 * threes + 2 * twos + ones, m, "m={m}");
-            assert_eq!((fours, ones), (0, usize::from(m == 1)), "m={m}");
-            assert!(twos <= 2, "m={m}: {twos} x 2");
         }
     }
 
     #[test]
     fn a_row_gives_the_same_bits_alone_or_among_others() {
-        // Every split into 3-, 2- and 1-row tiles (m = 1..=13), against weight rows that
-        // fall in 3- and 4-wide tiles and in the remainder.
-        for m in 1..=13 {
-            let (n, k) = (10, 72);
+        // Every split into 4-, 3-, 2- and 1-row tiles (m = 1..=13), against weight rows
+        // that fall in 3- and 4-wide tiles and in the remainder; depths of one 64-value
+        // group and a step, and of two groups, a step and a scalar tail.
+        for (m, k) in (1..=13).flat_map(|m| [(m, 72), (m, 141)]) {
+            let n = 10;
             let x = data(m * k, 3);
             let w = data(n * k, 4);
             let mut all = vec![0f32; m * n];
