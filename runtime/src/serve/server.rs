@@ -9,6 +9,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
+use axum::serve::ListenerExt;
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -139,6 +140,15 @@ pub fn start(
     let (tx, rx) = oneshot::channel::<()>();
     let throughput = log_interval.map(|every| tokio::spawn(log_throughput(metrics, every)));
     let done = tokio::spawn(async move {
+        // Token streaming writes a small SSE chunk per step; with Nagle's algorithm on, a
+        // chunk may wait for the ACK of the one before, which a client can hold back for
+        // its delayed-ACK timer (up to 40 ms on Linux). uvicorn (ms-swift's and vLLM's
+        // server) sets TCP_NODELAY on every connection too.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY on a connection");
+            }
+        });
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async {
                 let _ = rx.await;
