@@ -296,9 +296,8 @@ mod avx2 {
                     let xr: [*const f32; M] = std::array::from_fn(|mi| x.add(mi * k));
                     let wr: [*const $t; R] = std::array::from_fn(|r| w.add(r * k));
                     // One group = 64 weights per row; `per_group` lines are asked for in
-                    // each, before its eight steps. (A test of `i % 64` in every step, as
-                    // this once was, left the loop short of registers: it reloaded its
-                    // pointers from the stack each step.)
+                    // each, before its eight steps (not tested per step: see the module
+                    // docs).
                     let per_group = (prefetch / 64).div_ceil(k.div_ceil(64));
                     let ahead = ahead as *const i8;
                     let mut asked = 0;
