@@ -10,7 +10,7 @@ use super::cpu::SeqSpan;
 use super::decoder::{InferContext, Loader, Model, TrainContext, check_ids};
 use super::error::{CandleContext, ModelError, Result};
 use super::kv_cache::KvCache;
-use super::linear::Linear;
+use super::linear::{InferRows, Linear};
 use super::ops::{self, AttnMask, CrossEntropy};
 use super::rope::Rope;
 use super::weights::Weights;
@@ -287,24 +287,17 @@ impl CausalLm {
             cos: &cos,
             sin: &sin,
         };
-        let hidden = self.model.forward_infer(tokens, &ctx, cache)?;
+        let last_only = rows == LogitRows::Last;
+        let hidden = self.model.forward_infer(tokens, &ctx, cache, last_only)?;
         for s in spans {
             cache.advance(s.slot, s.len)?;
         }
-        let (hidden, groups) = match rows {
-            LogitRows::All => (hidden, groups),
-            LogitRows::Last => {
-                let mut last = Vec::with_capacity(spans.len());
-                let mut end = 0u32;
-                for s in spans {
-                    end += s.len as u32;
-                    last.push(end - 1);
-                }
-                let rows = hidden.index_select(&Tensor::new(last.as_slice(), &self.device)?, 0)?;
-                (rows, vec![1; spans.len()])
-            }
+        let rows = if last_only {
+            InferRows::LastTokens
+        } else {
+            InferRows::Tokens(&groups)
         };
-        self.lm_head.forward_infer(&hidden, &groups)
+        self.lm_head.forward_infer(&hidden, rows)
     }
 
     fn rope_vectors(&self, positions: &[u32]) -> (Vec<f32>, Vec<f32>) {

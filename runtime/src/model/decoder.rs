@@ -14,7 +14,7 @@ use super::config::DecoderConfig;
 use super::cpu::{self, AttentionInput, Heads, QkNorm, SeqSpan};
 use super::error::{CandleContext, ModelError, Result};
 use super::kv_cache::KvCache;
-use super::linear::Linear;
+use super::linear::{InferRows, Linear};
 use super::ops;
 use super::weights::Weights;
 
@@ -162,6 +162,7 @@ impl Attention {
         last_projection(&self.o_proj, &y, grad_only)
     }
 
+    /// Every token's output, `[N, hidden]`.
     fn forward_infer(
         &self,
         x: &Tensor,
@@ -169,11 +170,54 @@ impl Attention {
         layer: usize,
         cache: &mut KvCache,
     ) -> Result<Tensor> {
-        let qkv =
-            Linear::forward_infer_many(&[&self.q_proj, &self.k_proj, &self.v_proj], x, ctx.groups)?;
+        let qkv = Linear::forward_infer_many(
+            &[&self.q_proj, &self.k_proj, &self.v_proj],
+            x,
+            InferRows::Tokens(ctx.groups),
+        )?;
         let [q, k, v]: [Tensor; 3] = qkv
             .try_into()
             .map_err(|_| ModelError::Input("q/k/v projection count".into()))?;
+        self.attend_and_project(&q, &k, &v, None, ctx, layer, cache)
+    }
+
+    /// Every token's key and value into the cache, but the output of the `rows` tokens
+    /// only: `[rows, hidden]`, each sequence's last token.
+    fn forward_infer_rows(
+        &self,
+        x: &Tensor,
+        rows: &[usize],
+        ctx: &InferContext,
+        layer: usize,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let kv = Linear::forward_infer_many(
+            &[&self.k_proj, &self.v_proj],
+            x,
+            InferRows::Tokens(ctx.groups),
+        )?;
+        let [k, v]: [Tensor; 2] = kv
+            .try_into()
+            .map_err(|_| ModelError::Input("k/v projection count".into()))?;
+        let q = self
+            .q_proj
+            .forward_infer(&select_rows(x, rows)?, InferRows::LastTokens)?;
+        self.attend_and_project(&q, &k, &v, Some(rows), ctx, layer, cache)
+    }
+
+    /// Attention of `q` (all tokens, or those `query_tokens` names) over the cache after
+    /// writing `k`/`v`, then `o_proj`.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_and_project(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        query_tokens: Option<&[usize]>,
+        ctx: &InferContext,
+        layer: usize,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
         let norms = match (&self.q_norm, &self.k_norm) {
             (Some(qn), Some(kn)) => Some((
                 cpu::elementwise::to_f32_vec(&qn.weight)?,
@@ -187,12 +231,13 @@ impl Attention {
             kv_heads: self.num_kv_heads,
             head_dim: self.head_dim,
         };
-        let n = x.dim(0)?;
-        let out = cpu::with_f32_slice(&q, |q| {
-            cpu::with_f32_slice(&k, |k| {
-                cpu::with_f32_slice(&v, |v| {
+        let n = q.dim(0)?;
+        let out = cpu::with_f32_slice(q, |q| {
+            cpu::with_f32_slice(k, |k| {
+                cpu::with_f32_slice(v, |v| {
                     let input = AttentionInput {
                         q,
+                        query_tokens,
                         k,
                         v,
                         cos: ctx.cos,
@@ -207,8 +252,12 @@ impl Attention {
                 })
             })
         })????;
-        let y = Tensor::from_vec(out, (n, self.num_heads * self.head_dim), x.device())?;
-        self.o_proj.forward_infer(&y, ctx.groups)
+        let y = Tensor::from_vec(out, (n, self.num_heads * self.head_dim), q.device())?;
+        let rows = match query_tokens {
+            None => InferRows::Tokens(ctx.groups),
+            Some(_) => InferRows::LastTokens,
+        };
+        self.o_proj.forward_infer(&y, rows)
     }
 }
 
@@ -240,12 +289,12 @@ impl Mlp {
         last_projection(&self.down_proj, &y, grad_only)
     }
 
-    fn forward_infer(&self, x: &Tensor, groups: &[usize]) -> Result<Tensor> {
-        let gate_up = Linear::forward_infer_many(&[&self.gate_proj, &self.up_proj], x, groups)?;
+    fn forward_infer(&self, x: &Tensor, rows: InferRows) -> Result<Tensor> {
+        let gate_up = Linear::forward_infer_many(&[&self.gate_proj, &self.up_proj], x, rows)?;
         // The kernels' op: the vectorised exp on the pool's threads (a libm `expf` per
         // element on one thread was ~2% of a 16-stream server's time).
         let h = ops::silu_mul(&gate_up[0], &gate_up[1])?;
-        self.down_proj.forward_infer(&h, groups)
+        self.down_proj.forward_infer(&h, rows)
     }
 }
 
@@ -342,10 +391,42 @@ impl DecoderLayer {
         let h = cpu::elementwise::add(x, &a)?;
         let m = self.mlp.forward_infer(
             &self.post_attention_layernorm.forward_infer(&h)?,
-            ctx.groups,
+            InferRows::Tokens(ctx.groups),
         )?;
         Ok((h + m)?)
     }
+
+    /// As `forward_infer`, but only the `rows` tokens (each sequence's last) go past the
+    /// keys and values: what the last layer needs when only their logits are read.
+    /// `[rows, hidden]`.
+    fn forward_infer_rows(
+        &self,
+        x: &Tensor,
+        rows: &[usize],
+        ctx: &InferContext,
+        layer: usize,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let a = self.self_attn.forward_infer_rows(
+            &self.input_layernorm.forward_infer(x)?,
+            rows,
+            ctx,
+            layer,
+            cache,
+        )?;
+        let h = cpu::elementwise::add(&select_rows(x, rows)?, &a)?;
+        let m = self.mlp.forward_infer(
+            &self.post_attention_layernorm.forward_infer(&h)?,
+            InferRows::LastTokens,
+        )?;
+        Ok((h + m)?)
+    }
+}
+
+/// Rows `rows` of a `[N, hidden]` tensor.
+fn select_rows(x: &Tensor, rows: &[usize]) -> Result<Tensor> {
+    let ids: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+    Ok(x.index_select(&Tensor::new(ids.as_slice(), x.device())?, 0)?)
 }
 
 /// `model.*`: embeddings, the decoder layers and the final norm.
@@ -387,17 +468,41 @@ impl Model {
         ops::embedding(input_ids, &self.embed_tokens)
     }
 
-    /// Flattened ids `[N]` -> hidden states `[N, hidden]` (f32) after the final norm.
+    /// Flattened ids `[N]` -> hidden states after the final norm, f32: `[N, hidden]`, or
+    /// with `last_only` `[sequences, hidden]`, each span's last token.
+    ///
+    /// With `last_only` the last layer computes every token's key and value (the cache
+    /// needs them) but its queries, attention, `o_proj` and MLP only for the last tokens,
+    /// as llama.cpp does: for a prompt of T tokens that is about 1/layers of the prompt's
+    /// products saved (Qwen2-100M: 8 layers, ~12%). Those rows go through the
+    /// few-rows kernel, as decode rows do, so a sequence's result still depends only on
+    /// its own tokens.
     pub fn forward_infer(
         &self,
         ids: &[u32],
         ctx: &InferContext,
         cache: &mut KvCache,
+        last_only: bool,
     ) -> Result<Tensor> {
         let mut x = cpu::elementwise::embedding(&self.embed_tokens, ids)?;
+        let last_rows: Vec<usize> = ctx
+            .spans
+            .iter()
+            .scan(0, |end, s| {
+                *end += s.len;
+                Some(*end - 1)
+            })
+            .collect();
+        let prune = last_only && last_rows.len() < ids.len();
+        let layers = self.layers.len();
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward_infer(&x, ctx, i, cache)?;
+            x = if prune && i + 1 == layers {
+                layer.forward_infer_rows(&x, &last_rows, ctx, i, cache)?
+            } else {
+                layer.forward_infer(&x, ctx, i, cache)?
+            };
         }
+        // Unpruned with `last_only`, every token is its span's last already.
         self.norm.forward_infer(&x)
     }
 

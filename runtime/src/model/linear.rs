@@ -38,6 +38,23 @@ pub trait LinearAdapter: Send + Sync + std::fmt::Debug {
     /// Inference mode: `base + adapter(x)` for f32 rows `x` `[N, in]` and the frozen
     /// output `base` `[N, out]`.
     fn forward_infer(&self, x: &Tensor, base: Tensor) -> candle_core::Result<Tensor>;
+
+    /// [`Self::forward_infer`] when the rows are one per sequence of the batch, each its
+    /// last token: all the last decoder layer computes when only the last tokens' logits
+    /// are wanted (see `Model::forward_infer`). An adapter that works row by row needs
+    /// nothing else; one that routes rows by sequence must override it.
+    fn forward_infer_last_tokens(&self, x: &Tensor, base: Tensor) -> candle_core::Result<Tensor> {
+        self.forward_infer(x, base)
+    }
+}
+
+/// What the rows of an inference forward are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InferRows<'a> {
+    /// Every new token of the step, sequence after sequence: the token count of each.
+    Tokens(&'a [usize]),
+    /// One row per sequence: its last token.
+    LastTokens,
 }
 
 /// `y = x W^T + b` with the weight in checkpoint layout, plus an optional adapter.
@@ -133,25 +150,36 @@ impl Linear {
     pub fn forward_infer_many(
         layers: &[&Linear],
         x: &Tensor,
-        groups: &[usize],
+        rows: InferRows,
     ) -> Result<Vec<Tensor>> {
         if layers.iter().any(|l| l.adapter.is_some()) {
-            return layers.iter().map(|l| l.forward_infer(x, groups)).collect();
+            return layers.iter().map(|l| l.forward_infer(x, rows)).collect();
         }
         let ws: Vec<(&Tensor, Option<&Tensor>)> = layers
             .iter()
             .map(|l| (&l.weight, l.bias.as_ref()))
             .collect();
-        cpu::linear::linear_many(x, &ws, groups)
+        cpu::linear::linear_many(x, &ws, &row_groups(x, rows)?)
     }
 
-    /// Inference mode: `x` is f32 `[tokens, in]`, `groups` the token count of each sequence
-    /// (see [`cpu::linear`]); the CPU kernel reads the weight in its stored dtype.
-    pub fn forward_infer(&self, x: &Tensor, groups: &[usize]) -> Result<Tensor> {
-        let y = cpu::linear::linear(x, &self.weight, self.bias.as_ref(), groups)?;
-        match &self.adapter {
-            Some(a) => a.forward_infer(x, y).ctx("linear adapter"),
-            None => Ok(y),
+    /// Inference mode: `x` is f32 `[rows, in]`; the token count of each sequence picks
+    /// the kernel (see [`cpu::linear`]), which reads the weight in its stored dtype.
+    pub fn forward_infer(&self, x: &Tensor, rows: InferRows) -> Result<Tensor> {
+        let y = cpu::linear::linear(x, &self.weight, self.bias.as_ref(), &row_groups(x, rows)?)?;
+        match (&self.adapter, rows) {
+            (Some(a), InferRows::Tokens(_)) => a.forward_infer(x, y).ctx("linear adapter"),
+            (Some(a), InferRows::LastTokens) => {
+                a.forward_infer_last_tokens(x, y).ctx("linear adapter")
+            }
+            (None, _) => Ok(y),
         }
     }
+}
+
+/// The kernels' row groups: one row per sequence for last tokens.
+fn row_groups(x: &Tensor, rows: InferRows) -> Result<Vec<usize>> {
+    Ok(match rows {
+        InferRows::Tokens(groups) => groups.to_vec(),
+        InferRows::LastTokens => vec![1; x.dim(0)?],
+    })
 }

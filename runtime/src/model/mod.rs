@@ -32,6 +32,6 @@ pub use cpu::SeqSpan;
 pub use error::{ModelError, Result};
 pub use generation_config::GenerationConfig;
 pub use kv_cache::{KvCache, SlotId};
-pub use linear::{Linear, LinearAdapter};
+pub use linear::{InferRows, Linear, LinearAdapter};
 pub use model_type::ModelType;
 pub use pretrained::{Pretrained, PretrainedOptions};

@@ -65,6 +65,17 @@ fn current_routing() -> Option<Vec<RowRun>> {
     ROUTING.with(|r| r.borrow().clone())
 }
 
+/// The routing the engine set, or an error naming what is missing.
+fn routing_here() -> candle_core::Result<Vec<RowRun>> {
+    current_routing().ok_or_else(|| {
+        candle_core::Error::Msg(
+            "multi-LoRA layer called without a routing (the engine sets which rows use which \
+             adapter)"
+                .into(),
+        )
+    })
+}
+
 /// Rows at or above which a run's delta goes through gemm (as the base linear's kernel).
 const GEMM_MIN_ROWS: usize = 16;
 
@@ -118,6 +129,35 @@ fn tensor_err(e: candle_core::Error) -> candle_core::Error {
 
 impl MultiLoraLayer {
     /// Adds `scale * (x A^T) B^T` of each row's adapter to `y` (`rows` x `out`).
+    /// `base` plus each run's adapter delta on its rows.
+    fn forward_routed(
+        &self,
+        x: &Tensor,
+        base: Tensor,
+        routing: &Routing,
+    ) -> candle_core::Result<Tensor> {
+        if routing.iter().all(|r| r.adapter.is_none()) {
+            return Ok(base);
+        }
+        let rows: usize = routing.iter().map(|r| r.rows).sum();
+        let (n, out) = base.dims2()?;
+        if n != rows || x.dims2()? != (n, self.in_features) || out != self.out_features {
+            return Err(candle_core::Error::Msg(format!(
+                "multi-LoRA: routing covers {rows} rows, input is {:?}, output {:?}",
+                x.dims(),
+                base.dims()
+            )));
+        }
+        let x: Vec<f32> = x
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1()
+            .map_err(tensor_err)?;
+        let mut y: Vec<f32> = base.flatten_all()?.to_vec1().map_err(tensor_err)?;
+        self.add_deltas(&x, &mut y, routing)?;
+        Tensor::from_vec(y, (n, out), base.device())
+    }
+
     fn add_deltas(&self, x: &[f32], y: &mut [f32], routing: &Routing) -> candle_core::Result<()> {
         let (inp, out) = (self.in_features, self.out_features);
         let mut row = 0;
@@ -205,33 +245,17 @@ impl LinearAdapter for MultiLoraLayer {
     }
 
     fn forward_infer(&self, x: &Tensor, base: Tensor) -> candle_core::Result<Tensor> {
-        let Some(routing) = current_routing() else {
-            return Err(candle_core::Error::Msg(
-                "multi-LoRA layer called without a routing (the engine sets which rows use \
-                 which adapter)"
-                    .into(),
-            ));
-        };
-        if routing.iter().all(|r| r.adapter.is_none()) {
-            return Ok(base);
-        }
-        let rows: usize = routing.iter().map(|r| r.rows).sum();
-        let (n, out) = base.dims2()?;
-        if n != rows || x.dims2()? != (n, self.in_features) || out != self.out_features {
-            return Err(candle_core::Error::Msg(format!(
-                "multi-LoRA: routing covers {rows} rows, input is {:?}, output {:?}",
-                x.dims(),
-                base.dims()
-            )));
-        }
-        let x: Vec<f32> = x
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1()
-            .map_err(tensor_err)?;
-        let mut y: Vec<f32> = base.flatten_all()?.to_vec1().map_err(tensor_err)?;
-        self.add_deltas(&x, &mut y, &routing)?;
-        Tensor::from_vec(y, (n, out), base.device())
+        let routing = routing_here()?;
+        self.forward_routed(x, base, &routing)
+    }
+
+    /// One row per run: each sequence's last token.
+    fn forward_infer_last_tokens(&self, x: &Tensor, base: Tensor) -> candle_core::Result<Tensor> {
+        let routing: Vec<RowRun> = routing_here()?
+            .iter()
+            .map(|r| RowRun { rows: 1, ..*r })
+            .collect();
+        self.forward_routed(x, base, &routing)
     }
 }
 
@@ -447,6 +471,26 @@ mod tests {
         // Row 1: base. Row 2: A x = [5, 6], B = I, bias [10, 20] -> [15, 26].
         // Row 3: adapter 1 does not touch this layer.
         assert_eq!(y, [8.0, 16.0, 0.0, 0.0, 15.0, 26.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn last_token_rows_take_their_sequences_adapters() {
+        // Three sequences of 4, 2 and 5 tokens; only each one's last token is computed.
+        let x = Tensor::new(
+            &[[1f32, 2.0, 3.0], [1.0, 1.0, 1.0], [5.0, 6.0, 7.0]],
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let base = Tensor::zeros((3, 2), DType::F32, &candle_core::Device::Cpu).unwrap();
+        let routing = [run(4, Some(0)), run(2, None), run(5, Some(2))];
+        let l = layer();
+        let y = with_routing(&routing, || l.forward_infer_last_tokens(&x, base.clone())).unwrap();
+        assert_eq!(
+            y.to_vec2::<f32>().unwrap(),
+            [[8.0, 16.0], [0.0, 0.0], [15.0, 26.0]]
+        );
+        // The same rows read as every token of the step do not cover the routing.
+        assert!(with_routing(&routing, || l.forward_infer(&x, base)).is_err());
     }
 
     #[test]

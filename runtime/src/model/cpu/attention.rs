@@ -36,10 +36,15 @@ pub struct QkNorm<'a> {
     pub eps: f32,
 }
 
-/// The inputs of one layer's attention: `q` `[N, q_heads*D]`, `k`/`v` `[N, kv_heads*D]`,
+/// The inputs of one layer's attention: `q` `[Q, q_heads*D]`, `k`/`v` `[N, kv_heads*D]`,
 /// `cos`/`sin` `[N, D/2]`, tokens ordered span by span.
 pub struct AttentionInput<'a> {
+    /// Queries of every token (`Q = N`), or of the tokens `query_tokens` names.
     pub q: &'a [f32],
+    /// Which of the `N` tokens `q`'s rows belong to, in order; `None`: all of them. The
+    /// last decoder layer of a prompt step only needs each sequence's last token (see
+    /// `decoder`), but every token's key and value for the cache.
+    pub query_tokens: Option<&'a [usize]>,
     pub k: &'a [f32],
     pub v: &'a [f32],
     pub cos: &'a [f32],
@@ -64,12 +69,26 @@ pub fn attention(
         head_dim: d,
     } = heads;
     let n: usize = spans.iter().map(|s| s.len).sum();
-    if input.q.len() != n * q_heads * d
+    let all_tokens: Vec<usize>;
+    let query_tokens = match input.query_tokens {
+        Some(t) => t,
+        None => {
+            all_tokens = (0..n).collect();
+            &all_tokens
+        }
+    };
+    if let Some(&t) = query_tokens.iter().find(|&&t| t >= n) {
+        return Err(ModelError::Input(format!(
+            "attention: query token {t} is outside the step's {n} tokens"
+        )));
+    }
+    let nq = query_tokens.len();
+    if input.q.len() != nq * q_heads * d
         || input.k.len() != n * kv_heads * d
         || input.v.len() != n * kv_heads * d
     {
         return Err(ModelError::Input(format!(
-            "attention: {n} tokens but q/k/v hold {}/{}/{} values",
+            "attention: {nq} queries of {n} tokens but q/k/v hold {}/{}/{} values",
             input.q.len(),
             input.k.len(),
             input.v.len()
@@ -81,7 +100,18 @@ pub fn attention(
         rms_norm_rows(&mut q, norm.q, norm.eps);
         rms_norm_rows(&mut k, norm.k, norm.eps);
     }
-    rope_rows(&mut q, q_heads, d, input.cos, input.sin);
+    if input.query_tokens.is_some() {
+        let half = d / 2;
+        let pick = |table: &[f32]| -> Vec<f32> {
+            query_tokens
+                .iter()
+                .flat_map(|&t| table[t * half..(t + 1) * half].iter().copied())
+                .collect()
+        };
+        rope_rows(&mut q, q_heads, d, &pick(input.cos), &pick(input.sin));
+    } else {
+        rope_rows(&mut q, q_heads, d, input.cos, input.sin);
+    }
     rope_rows(&mut k, kv_heads, d, input.cos, input.sin);
 
     // Cache the new keys/values first: queries then read every key of their sequence,
@@ -102,12 +132,12 @@ pub fn attention(
         .collect::<Result<_>>()?;
     let group = q_heads / kv_heads;
     let scale = 1.0 / (d as f32).sqrt();
-    let mut out = vec![0f32; n * q_heads * d];
-    let work: usize = token_span
+    let mut out = vec![0f32; nq * q_heads * d];
+    let work: usize = query_tokens
         .iter()
-        .map(|&(_, pos)| (pos + 1) * d * 2 * q_heads)
+        .map(|&t| (token_span[t].1 + 1) * d * 2 * q_heads)
         .sum();
-    let rows = n * q_heads;
+    let rows = nq * q_heads;
     // On candle's pool, as the products around it (see `linear`).
     let rows_per_task = if work < PARALLEL_MIN_WORK {
         rows.max(1)
@@ -118,8 +148,8 @@ pub fn attention(
         let mut scores = Vec::new();
         for (i, out_row) in chunk.chunks_exact_mut(d).enumerate() {
             let row = task * rows_per_task + i;
-            let (token, head) = (row / q_heads, row % q_heads);
-            let (span, pos) = token_span[token];
+            let (query, head) = (row / q_heads, row % q_heads);
+            let (span, pos) = token_span[query_tokens[query]];
             let slot = slots[span];
             let kv = slot.layer(layer);
             let cap = slot.capacity();
@@ -240,6 +270,7 @@ mod tests {
                 v: &v[start * 16..(start + len) * 16],
                 cos: &cos[..len * 4],
                 sin: &sin[..len * 4],
+                query_tokens: None,
                 qk_norm: None,
             };
             got.extend(
@@ -263,6 +294,7 @@ mod tests {
             v: &cat(&ov, &v[..4 * 16]),
             cos: &[1f32; 7 * 4],
             sin: &[0f32; 7 * 4],
+            query_tokens: None,
             qk_norm: None,
         };
         let spans = [
@@ -279,6 +311,80 @@ mod tests {
         ];
         let batched = attention(input, h, &spans, 0, &mut cache2).unwrap();
         assert_eq!(&batched[3 * 32..], &got[..4 * 32]);
+    }
+
+    #[test]
+    fn queries_of_some_tokens_give_their_rows_and_cache_every_key() {
+        let h = Heads {
+            q_heads: 4,
+            kv_heads: 2,
+            head_dim: 8,
+        };
+        // Two prompts (5 and 3 tokens) in one step, with a real rotation.
+        let n = 8;
+        let (q, k, v) = (data(n * 32, 11), data(n * 16, 12), data(n * 16, 13));
+        let (cos, sin): (Vec<f32>, Vec<f32>) = (0..n * 4)
+            .map(|i| ((i as f32 * 0.3).cos(), (i as f32 * 0.3).sin()))
+            .unzip();
+        let run = |query_tokens: Option<&[usize]>, q: &[f32]| {
+            let mut cache = KvCache::new(1, 2, 8);
+            let (a, b) = (cache.allocate(5), cache.allocate(3));
+            let spans = [
+                SeqSpan {
+                    slot: a,
+                    start: 0,
+                    len: 5,
+                },
+                SeqSpan {
+                    slot: b,
+                    start: 0,
+                    len: 3,
+                },
+            ];
+            let input = AttentionInput {
+                q,
+                query_tokens,
+                k: &k,
+                v: &v,
+                cos: &cos,
+                sin: &sin,
+                qk_norm: None,
+            };
+            let out = attention(input, h, &spans, 0, &mut cache).unwrap();
+            let keys: Vec<Vec<f32>> = [a, b]
+                .iter()
+                .map(|&s| cache.slot(s).unwrap().layer(0).k.to_vec())
+                .collect();
+            (out, keys)
+        };
+        let (all, all_keys) = run(None, &q);
+        let last = [4, 7];
+        let picked: Vec<f32> = last
+            .iter()
+            .flat_map(|&t| q[t * 32..(t + 1) * 32].iter().copied())
+            .collect();
+        let (some, some_keys) = run(Some(&last), &picked);
+        assert_eq!(some.len(), 2 * 32);
+        assert_eq!(&some[..32], &all[4 * 32..5 * 32]);
+        assert_eq!(&some[32..], &all[7 * 32..8 * 32]);
+        assert_eq!(some_keys, all_keys);
+        // A query token outside the step is an error, not a panic.
+        let input = AttentionInput {
+            q: &picked[..32],
+            query_tokens: Some(&[8]),
+            k: &k,
+            v: &v,
+            cos: &cos,
+            sin: &sin,
+            qk_norm: None,
+        };
+        let mut cache = KvCache::new(1, 2, 8);
+        let spans = [SeqSpan {
+            slot: cache.allocate(8),
+            start: 0,
+            len: 8,
+        }];
+        assert!(attention(input, h, &spans, 0, &mut cache).is_err());
     }
 
     #[test]
