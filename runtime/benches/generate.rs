@@ -132,6 +132,8 @@ fn run(
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let o = parse()?;
+    // As the `swift` binary does (see its main): freed buffers stay in the process.
+    kubeswift_kernels::cpu::alloc::keep_freed_memory();
     let config = DecoderConfig::from_file(&o.model.join("config.json"))?;
     let opts = LoadOptions {
         dtype: Some(o.dtype),
