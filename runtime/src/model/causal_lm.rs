@@ -259,6 +259,12 @@ impl CausalLm {
         }
         check_ids(tokens, self.config.vocab_size)?;
         for s in spans {
+            if s.len == 0 {
+                return Err(ModelError::Input(format!(
+                    "forward_infer: the span of slot {} has no tokens",
+                    s.slot
+                )));
+            }
             let cached = cache.len(s.slot)?;
             if cached != s.start {
                 return Err(ModelError::Input(format!(

@@ -217,6 +217,30 @@ fn last_token_prefill_matches_every_token_prefill_and_caches_the_same_keys() {
 }
 
 #[test]
+fn an_empty_span_is_an_error_not_a_panic() {
+    let p = load("tiny-Qwen2.5", false);
+    let mut cache = p.model.new_kv_cache();
+    let (a, b) = (cache.allocate(4), cache.allocate(4));
+    let spans = [
+        SeqSpan {
+            slot: a,
+            start: 0,
+            len: 0,
+        },
+        SeqSpan {
+            slot: b,
+            start: 0,
+            len: 2,
+        },
+    ];
+    let err = p
+        .model
+        .forward_infer(&[1, 2], &spans, &mut cache, LogitRows::Last)
+        .unwrap_err();
+    assert!(err.to_string().contains("no tokens"), "{err}");
+}
+
+#[test]
 fn a_ragged_batch_gives_each_sequence_its_own_logits_exactly() {
     let p = load("tiny-Qwen3", false);
     let r = reference("tiny-Qwen3");
