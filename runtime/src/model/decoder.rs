@@ -162,62 +162,39 @@ impl Attention {
         last_projection(&self.o_proj, &y, grad_only)
     }
 
-    /// Every token's output, `[N, hidden]`.
+    /// Every token's output, `[N, hidden]`; or with `last_rows` (each sequence's last
+    /// token) every token's key and value into the cache but those rows' output only.
     fn forward_infer(
         &self,
         x: &Tensor,
         ctx: &InferContext,
         layer: usize,
         cache: &mut KvCache,
+        last_rows: Option<&[usize]>,
     ) -> Result<Tensor> {
-        let qkv = Linear::forward_infer_many(
-            &[&self.q_proj, &self.k_proj, &self.v_proj],
-            x,
-            InferRows::Tokens(ctx.groups),
-        )?;
-        let [q, k, v]: [Tensor; 3] = qkv
-            .try_into()
-            .map_err(|_| ModelError::Input("q/k/v projection count".into()))?;
-        self.attend_and_project(&q, &k, &v, None, ctx, layer, cache)
-    }
-
-    /// Every token's key and value into the cache, but the output of the `rows` tokens
-    /// only: `[rows, hidden]`, each sequence's last token.
-    fn forward_infer_rows(
-        &self,
-        x: &Tensor,
-        rows: &[usize],
-        ctx: &InferContext,
-        layer: usize,
-        cache: &mut KvCache,
-    ) -> Result<Tensor> {
-        let kv = Linear::forward_infer_many(
-            &[&self.k_proj, &self.v_proj],
-            x,
-            InferRows::Tokens(ctx.groups),
-        )?;
-        let [k, v]: [Tensor; 2] = kv
-            .try_into()
-            .map_err(|_| ModelError::Input("k/v projection count".into()))?;
-        let q = self
-            .q_proj
-            .forward_infer(&select_rows(x, rows)?, InferRows::LastTokens)?;
-        self.attend_and_project(&q, &k, &v, Some(rows), ctx, layer, cache)
-    }
-
-    /// Attention of `q` (all tokens, or those `query_tokens` names) over the cache after
-    /// writing `k`/`v`, then `o_proj`.
-    #[allow(clippy::too_many_arguments)]
-    fn attend_and_project(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        query_tokens: Option<&[usize]>,
-        ctx: &InferContext,
-        layer: usize,
-        cache: &mut KvCache,
-    ) -> Result<Tensor> {
+        let tokens = InferRows::Tokens(ctx.groups);
+        let (q, k, v) = match last_rows {
+            None => {
+                let [q, k, v]: [Tensor; 3] = Linear::forward_infer_many(
+                    &[&self.q_proj, &self.k_proj, &self.v_proj],
+                    x,
+                    tokens,
+                )?
+                .try_into()
+                .map_err(|_| ModelError::Input("q/k/v projection count".into()))?;
+                (q, k, v)
+            }
+            Some(rows) => {
+                let [k, v]: [Tensor; 2] =
+                    Linear::forward_infer_many(&[&self.k_proj, &self.v_proj], x, tokens)?
+                        .try_into()
+                        .map_err(|_| ModelError::Input("k/v projection count".into()))?;
+                let q = self
+                    .q_proj
+                    .forward_infer(&select_rows(x, rows)?, InferRows::LastTokens)?;
+                (q, k, v)
+            }
+        };
         let norms = match (&self.q_norm, &self.k_norm) {
             (Some(qn), Some(kn)) => Some((
                 cpu::elementwise::to_f32_vec(&qn.weight)?,
@@ -232,12 +209,12 @@ impl Attention {
             head_dim: self.head_dim,
         };
         let n = q.dim(0)?;
-        let out = cpu::with_f32_slice(q, |q| {
-            cpu::with_f32_slice(k, |k| {
-                cpu::with_f32_slice(v, |v| {
+        let out = cpu::with_f32_slice(&q, |q| {
+            cpu::with_f32_slice(&k, |k| {
+                cpu::with_f32_slice(&v, |v| {
                     let input = AttentionInput {
                         q,
-                        query_tokens,
+                        query_tokens: last_rows,
                         k,
                         v,
                         cos: ctx.cos,
@@ -253,8 +230,8 @@ impl Attention {
             })
         })????;
         let y = Tensor::from_vec(out, (n, self.num_heads * self.head_dim), q.device())?;
-        let rows = match query_tokens {
-            None => InferRows::Tokens(ctx.groups),
+        let rows = match last_rows {
+            None => tokens,
             Some(_) => InferRows::LastTokens,
         };
         self.o_proj.forward_infer(&y, rows)
@@ -375,50 +352,32 @@ impl DecoderLayer {
         Ok((h + m)?)
     }
 
+    /// `[N, hidden]`; with `last_rows` (each sequence's last token) only those tokens go
+    /// past the keys and values, what the last layer needs when only their logits are
+    /// read: `[last_rows, hidden]`.
     fn forward_infer(
         &self,
         x: &Tensor,
         ctx: &InferContext,
         layer: usize,
         cache: &mut KvCache,
+        last_rows: Option<&[usize]>,
     ) -> Result<Tensor> {
         let a = self.self_attn.forward_infer(
             &self.input_layernorm.forward_infer(x)?,
             ctx,
             layer,
             cache,
+            last_rows,
         )?;
-        let h = cpu::elementwise::add(x, &a)?;
-        let m = self.mlp.forward_infer(
-            &self.post_attention_layernorm.forward_infer(&h)?,
-            InferRows::Tokens(ctx.groups),
-        )?;
-        Ok((h + m)?)
-    }
-
-    /// As `forward_infer`, but only the `rows` tokens (each sequence's last) go past the
-    /// keys and values: what the last layer needs when only their logits are read.
-    /// `[rows, hidden]`.
-    fn forward_infer_rows(
-        &self,
-        x: &Tensor,
-        rows: &[usize],
-        ctx: &InferContext,
-        layer: usize,
-        cache: &mut KvCache,
-    ) -> Result<Tensor> {
-        let a = self.self_attn.forward_infer_rows(
-            &self.input_layernorm.forward_infer(x)?,
-            rows,
-            ctx,
-            layer,
-            cache,
-        )?;
-        let h = cpu::elementwise::add(&select_rows(x, rows)?, &a)?;
-        let m = self.mlp.forward_infer(
-            &self.post_attention_layernorm.forward_infer(&h)?,
-            InferRows::LastTokens,
-        )?;
+        let (x, rows) = match last_rows {
+            None => (x.clone(), InferRows::Tokens(ctx.groups)),
+            Some(r) => (select_rows(x, r)?, InferRows::LastTokens),
+        };
+        let h = cpu::elementwise::add(&x, &a)?;
+        let m = self
+            .mlp
+            .forward_infer(&self.post_attention_layernorm.forward_infer(&h)?, rows)?;
         Ok((h + m)?)
     }
 }
@@ -496,11 +455,8 @@ impl Model {
         let prune = last_only && last_rows.len() < ids.len();
         let layers = self.layers.len();
         for (i, layer) in self.layers.iter().enumerate() {
-            x = if prune && i + 1 == layers {
-                layer.forward_infer_rows(&x, &last_rows, ctx, i, cache)?
-            } else {
-                layer.forward_infer(&x, ctx, i, cache)?
-            };
+            let rows = (prune && i + 1 == layers).then_some(last_rows.as_slice());
+            x = layer.forward_infer(&x, ctx, i, cache, rows)?;
         }
         // Unpruned with `last_only`, every token is its span's last already.
         self.norm.forward_infer(&x)

@@ -61,7 +61,8 @@ fn reference(name: &str) -> Reference {
     }
 }
 
-fn infer_logits(p: &Pretrained, ids: &[u32]) -> Tensor {
+/// Logits of a fresh prefill of `ids` alone.
+fn prefill(p: &Pretrained, ids: &[u32], rows: LogitRows) -> Tensor {
     let mut cache = p.model.new_kv_cache();
     let slot = cache.allocate(ids.len());
     let span = SeqSpan {
@@ -70,8 +71,12 @@ fn infer_logits(p: &Pretrained, ids: &[u32]) -> Tensor {
         len: ids.len(),
     };
     p.model
-        .forward_infer(ids, &[span], &mut cache, LogitRows::All)
+        .forward_infer(ids, &[span], &mut cache, rows)
         .unwrap()
+}
+
+fn infer_logits(p: &Pretrained, ids: &[u32]) -> Tensor {
+    prefill(p, ids, LogitRows::All)
 }
 
 fn train_logits(p: &Pretrained, ids: &[u32]) -> Tensor {
@@ -145,16 +150,7 @@ fn decoding_token_by_token_matches_prefill_logits() {
 
 /// Logits of `ids`' last token, the way generation asks for them.
 fn last_logits(p: &Pretrained, ids: &[u32]) -> Vec<f32> {
-    let mut cache = p.model.new_kv_cache();
-    let slot = cache.allocate(ids.len());
-    let span = SeqSpan {
-        slot,
-        start: 0,
-        len: ids.len(),
-    };
-    p.model
-        .forward_infer(ids, &[span], &mut cache, LogitRows::Last)
-        .unwrap()
+    prefill(p, ids, LogitRows::Last)
         .squeeze(0)
         .unwrap()
         .to_vec1()
