@@ -298,12 +298,12 @@ impl CausalLm {
         for s in spans {
             cache.advance(s.slot, s.len)?;
         }
-        let rows = if last_only {
+        let head_rows = if last_only {
             InferRows::LastTokens
         } else {
             InferRows::Tokens(&groups)
         };
-        self.lm_head.forward_infer(&hidden, rows)
+        self.lm_head.forward_infer(&hidden, head_rows)
     }
 
     fn rope_vectors(&self, positions: &[u32]) -> (Vec<f32>, Vec<f32>) {

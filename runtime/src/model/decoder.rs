@@ -173,6 +173,10 @@ impl Attention {
         last_rows: Option<&[usize]>,
     ) -> Result<Tensor> {
         let tokens = InferRows::Tokens(ctx.groups);
+        let out_rows = match last_rows {
+            None => tokens,
+            Some(_) => InferRows::LastTokens,
+        };
         let (q, k, v) = match last_rows {
             None => {
                 let [q, k, v]: [Tensor; 3] = Linear::forward_infer_many(
@@ -191,7 +195,7 @@ impl Attention {
                         .map_err(|_| ModelError::Input("k/v projection count".into()))?;
                 let q = self
                     .q_proj
-                    .forward_infer(&select_rows(x, rows)?, InferRows::LastTokens)?;
+                    .forward_infer(&select_rows(x, rows)?, out_rows)?;
                 (q, k, v)
             }
         };
@@ -230,11 +234,7 @@ impl Attention {
             })
         })????;
         let y = Tensor::from_vec(out, (n, self.num_heads * self.head_dim), q.device())?;
-        let rows = match last_rows {
-            None => tokens,
-            Some(_) => InferRows::LastTokens,
-        };
-        self.o_proj.forward_infer(&y, rows)
+        self.o_proj.forward_infer(&y, out_rows)
     }
 }
 
@@ -444,21 +444,21 @@ impl Model {
         last_only: bool,
     ) -> Result<Tensor> {
         let mut x = cpu::elementwise::embedding(&self.embed_tokens, ids)?;
-        let last_rows: Vec<usize> = ctx
-            .spans
-            .iter()
-            .scan(0, |end, s| {
-                *end += s.len;
-                Some(*end - 1)
-            })
-            .collect();
-        let prune = last_only && last_rows.len() < ids.len();
+        // With one token per span (decode) every token is its span's last already.
+        let last_rows: Option<Vec<usize>> = (last_only && ctx.spans.len() < ids.len()).then(|| {
+            ctx.spans
+                .iter()
+                .scan(0, |end, s| {
+                    *end += s.len;
+                    Some(*end - 1)
+                })
+                .collect()
+        });
         let layers = self.layers.len();
         for (i, layer) in self.layers.iter().enumerate() {
-            let rows = (prune && i + 1 == layers).then_some(last_rows.as_slice());
+            let rows = last_rows.as_deref().filter(|_| i + 1 == layers);
             x = layer.forward_infer(&x, ctx, i, cache, rows)?;
         }
-        // Unpruned with `last_only`, every token is its span's last already.
         self.norm.forward_infer(&x)
     }
 

@@ -4,6 +4,7 @@
 //! (issue 4) attaches there through [`Linear::set_adapter`] while the base weight stays
 //! shared, so injecting adapters never copies the model.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use candle_core::Tensor;
@@ -177,9 +178,9 @@ impl Linear {
 }
 
 /// The kernels' row groups: one row per sequence for last tokens.
-fn row_groups(x: &Tensor, rows: InferRows) -> Result<Vec<usize>> {
+fn row_groups<'a>(x: &Tensor, rows: InferRows<'a>) -> Result<Cow<'a, [usize]>> {
     Ok(match rows {
-        InferRows::Tokens(groups) => groups.to_vec(),
-        InferRows::LastTokens => vec![1; x.dim(0)?],
+        InferRows::Tokens(groups) => Cow::Borrowed(groups),
+        InferRows::LastTokens => Cow::Owned(vec![1; x.dim(0)?]),
     })
 }

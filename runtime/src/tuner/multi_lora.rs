@@ -128,7 +128,6 @@ fn tensor_err(e: candle_core::Error) -> candle_core::Error {
 }
 
 impl MultiLoraLayer {
-    /// Adds `scale * (x A^T) B^T` of each row's adapter to `y` (`rows` x `out`).
     /// `base` plus each run's adapter delta on its rows.
     fn forward_routed(
         &self,
@@ -158,6 +157,7 @@ impl MultiLoraLayer {
         Tensor::from_vec(y, (n, out), base.device())
     }
 
+    /// Adds `scale * (x A^T) B^T` of each row's adapter to `y` (`rows` x `out`).
     fn add_deltas(&self, x: &[f32], y: &mut [f32], routing: &Routing) -> candle_core::Result<()> {
         let (inp, out) = (self.in_features, self.out_features);
         let mut row = 0;

@@ -69,20 +69,14 @@ pub fn attention(
         head_dim: d,
     } = heads;
     let n: usize = spans.iter().map(|s| s.len).sum();
-    let all_tokens: Vec<usize>;
-    let query_tokens = match input.query_tokens {
-        Some(t) => t,
-        None => {
-            all_tokens = (0..n).collect();
-            &all_tokens
-        }
-    };
-    if let Some(&t) = query_tokens.iter().find(|&&t| t >= n) {
+    // The token of each query row.
+    let token_of = |query: usize| input.query_tokens.map_or(query, |t| t[query]);
+    if let Some(&t) = input.query_tokens.into_iter().flatten().find(|&&t| t >= n) {
         return Err(ModelError::Input(format!(
             "attention: query token {t} is outside the step's {n} tokens"
         )));
     }
-    let nq = query_tokens.len();
+    let nq = input.query_tokens.map_or(n, <[usize]>::len);
     if input.q.len() != nq * q_heads * d
         || input.k.len() != n * kv_heads * d
         || input.v.len() != n * kv_heads * d
@@ -100,17 +94,18 @@ pub fn attention(
         rms_norm_rows(&mut q, norm.q, norm.eps);
         rms_norm_rows(&mut k, norm.k, norm.eps);
     }
-    if input.query_tokens.is_some() {
-        let half = d / 2;
-        let pick = |table: &[f32]| -> Vec<f32> {
-            query_tokens
-                .iter()
-                .flat_map(|&t| table[t * half..(t + 1) * half].iter().copied())
-                .collect()
-        };
-        rope_rows(&mut q, q_heads, d, &pick(input.cos), &pick(input.sin));
-    } else {
-        rope_rows(&mut q, q_heads, d, input.cos, input.sin);
+    match input.query_tokens {
+        None => rope_rows(&mut q, q_heads, d, input.cos, input.sin),
+        Some(tokens) => {
+            let half = d / 2;
+            let pick = |table: &[f32]| -> Vec<f32> {
+                tokens
+                    .iter()
+                    .flat_map(|&t| table[t * half..(t + 1) * half].iter().copied())
+                    .collect()
+            };
+            rope_rows(&mut q, q_heads, d, &pick(input.cos), &pick(input.sin));
+        }
     }
     rope_rows(&mut k, kv_heads, d, input.cos, input.sin);
 
@@ -133,9 +128,8 @@ pub fn attention(
     let group = q_heads / kv_heads;
     let scale = 1.0 / (d as f32).sqrt();
     let mut out = vec![0f32; nq * q_heads * d];
-    let work: usize = query_tokens
-        .iter()
-        .map(|&t| (token_span[t].1 + 1) * d * 2 * q_heads)
+    let work: usize = (0..nq)
+        .map(|query| (token_span[token_of(query)].1 + 1) * d * 2 * q_heads)
         .sum();
     let rows = nq * q_heads;
     // On candle's pool, as the products around it (see `linear`).
@@ -149,7 +143,7 @@ pub fn attention(
         for (i, out_row) in chunk.chunks_exact_mut(d).enumerate() {
             let row = task * rows_per_task + i;
             let (query, head) = (row / q_heads, row % q_heads);
-            let (span, pos) = token_span[query_tokens[query]];
+            let (span, pos) = token_span[token_of(query)];
             let slot = slots[span];
             let kv = slot.layer(layer);
             let cap = slot.capacity();
