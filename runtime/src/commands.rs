@@ -13,6 +13,26 @@ pub const EXIT_NOT_BUILT: u8 = 3;
 #[error("{0}")]
 pub struct NotBuilt(pub String);
 
+/// An error and its causes on one line, `outer: cause: root`, as anyhow's `{:#}` prints
+/// them, but without a cause whose text its parent already spelled out: many of our
+/// errors put their source in their own message (`--system x.txt: cannot read the file:
+/// No such file or directory`) and also expose it as `source()`, which `{:#}` then
+/// printed a second time.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(part.trim()) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
 /// Runs one subcommand with its resolved arguments.
 pub fn run(command: Command, resolved: Resolved) -> ExitCode {
     if let Some(path) = &resolved.loaded_from {
@@ -25,7 +45,7 @@ pub fn run(command: Command, resolved: Resolved) -> ExitCode {
             Ok(Some(code)) => return ExitCode::from(code),
             Ok(None) => {}
             Err(e) => {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", error_text(&e));
                 return ExitCode::FAILURE;
             }
         }
@@ -41,7 +61,7 @@ pub fn run(command: Command, resolved: Resolved) -> ExitCode {
         return match run(&resolved.args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", error_text(&e));
                 if e.chain().any(|c| c.is::<NotBuilt>()) {
                     ExitCode::from(EXIT_NOT_BUILT)
                 } else {
@@ -69,5 +89,40 @@ fn engine_name(command: Command) -> &'static str {
         Command::Eval => "evaluation",
         Command::App => "app",
         Command::WebUi => "web-ui",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("--system {path}: cannot read the file: {source}")]
+    struct Echoing {
+        path: String,
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_cause_already_in_its_parents_text_is_printed_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        let e = anyhow::Error::new(Echoing {
+            path: "x.txt".into(),
+            source: io,
+        });
+        assert_eq!(
+            error_text(&e),
+            "--system x.txt: cannot read the file: No such file or directory"
+        );
+        // anyhow's own rendering repeats it; this is what the helper is for.
+        assert_eq!(format!("{e:#}").matches("No such file").count(), 2);
+    }
+
+    #[test]
+    fn context_and_distinct_causes_are_all_kept_in_order() {
+        let e = anyhow::anyhow!("root cause")
+            .context("middle")
+            .context("outer");
+        assert_eq!(error_text(&e), "outer: middle: root cause");
     }
 }

@@ -12,10 +12,10 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde_json::Value;
 
-use super::engine::{Engine, Event, GenerationParams, Request};
+use super::engine::{Engine, EngineOptions, Event, GenerationParams, Request};
 use super::error::InferError;
 use super::{metric, result};
-use crate::data::{DataOptions, sampling};
+use crate::data::{DataOptions, RowOrigin, sampling};
 use crate::dist::{DataParallel, WorldInfo};
 use crate::model::pretrained::dtype_arg;
 use crate::model::{LoadOptions, Pretrained, PretrainedOptions};
@@ -107,7 +107,17 @@ impl<'a> Session<'a> {
 
     fn engine(&self) -> Engine<'_> {
         let batch = self.args.int("max_batch_size").unwrap_or(1).max(1) as usize;
-        Engine::new(&self.pretrained.model, &self.pretrained.tokenizer, batch)
+        // `--max_model_len` caps the context as `swift deploy` does: a longer prompt is an
+        // error naming it instead of the argument being ignored.
+        let options = EngineOptions {
+            max_model_len: self
+                .args
+                .int("max_model_len")
+                .filter(|&m| m > 0)
+                .map(|m| m as usize),
+            ..EngineOptions::new(batch)
+        };
+        Engine::with_options(&self.pretrained.model, &self.pretrained.tokenizer, options)
     }
 
     fn request(&self, messages: &[Message]) -> anyhow::Result<Request> {
@@ -183,7 +193,7 @@ impl<'a> Session<'a> {
             let request = match self.request(&with_system(&history, &system)) {
                 Ok(r) => r,
                 Err(e) => {
-                    writeln!(out, "error: {e:#}")?;
+                    writeln!(out, "error: {}", crate::commands::error_text(&e))?;
                     history.pop();
                     continue;
                 }
@@ -221,11 +231,16 @@ impl<'a> Session<'a> {
 
     /// The validation conversations: `--val_dataset`, or the split of `--dataset`, then
     /// `--val_dataset_sample` rows of them.
-    fn conversations(&self) -> anyhow::Result<Vec<Vec<Message>>> {
+    /// Each with the file and line it came from, for errors.
+    fn conversations(&self) -> anyhow::Result<Vec<(RowOrigin, Vec<Message>)>> {
         let model_len = self.pretrained.model.config.max_position_embeddings;
         let opts = DataOptions::from_args(self.args, Some(model_len))?;
         let loaded = crate::data::load(&opts)?;
-        let rows: Vec<Vec<Message>> = loaded.val.into_iter().map(|r| r.sample.messages).collect();
+        let rows: Vec<(RowOrigin, Vec<Message>)> = loaded
+            .val
+            .into_iter()
+            .map(|r| (r.origin, r.sample.messages))
+            .collect();
         if rows.is_empty() {
             bail!(
                 "no validation rows: give --val_dataset, or --dataset with --split_dataset_ratio > 0"
@@ -245,7 +260,8 @@ impl<'a> Session<'a> {
 
     /// Batch inference over the validation rows into `--result_path` (printed).
     fn infer_dataset(&self, mut dist: DataParallel) -> anyhow::Result<()> {
-        let mut all_rows = self.conversations()?;
+        let (origins, mut all_rows): (Vec<RowOrigin>, Vec<Vec<Message>>) =
+            self.conversations()?.into_iter().unzip();
         // ms-swift's InferRequest.remove_response: a final assistant turn is the label.
         let all_labels: Vec<Option<String>> = all_rows
             .iter_mut()
@@ -263,7 +279,8 @@ impl<'a> Session<'a> {
         let labels: Vec<Option<String>> = mine.iter().map(|&i| all_labels[i].clone()).collect();
         let requests: Vec<Request> = rows
             .iter()
-            .map(|m| self.request(m))
+            .zip(&mine)
+            .map(|(m, &i)| self.request(m).with_context(|| origins[i].to_string()))
             .collect::<anyhow::Result<_>>()?;
         let mut engine = self.engine();
         let outputs = if self.args.bool("stream") {

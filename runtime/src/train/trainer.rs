@@ -496,7 +496,10 @@ impl<'a> Trainer<'a> {
             .append(true)
             .open(&path)
             .with_context(|| format!("{}", path.display()))?;
-        writeln!(f, "{}", Value::Object(line.clone()))
+        // One write per line, so a reader tailing the file (a dashboard, the bench) never
+        // sees half a record: formatting into the file wrote it token by token.
+        let text = format!("{}\n", Value::Object(line.clone()));
+        f.write_all(text.as_bytes())
             .with_context(|| format!("{}", path.display()))?;
         if let Some(tb) = &mut self.tensorboard {
             for (k, v) in &line {

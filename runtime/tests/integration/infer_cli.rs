@@ -147,3 +147,62 @@ fn bad_inputs_fail_with_one_clear_line() {
     assert_eq!(code, 1);
     assert!(stderr.contains("--adapters"), "{stderr}");
 }
+
+#[test]
+fn a_row_that_cannot_be_asked_names_its_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("val.jsonl");
+    // Line 2 is only a label: with the final assistant turn taken as the label, nothing is
+    // left to ask.
+    std::fs::write(
+        &data,
+        [
+            r#"{"query": "Hello", "response": "Hi"}"#,
+            r#"{"messages": [{"role": "assistant", "content": "x"}]}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let data = data.display().to_string();
+    let (code, _, stderr) = swift(&[
+        "infer",
+        "--model",
+        &fixture("tiny-Qwen2.5"),
+        "--val_dataset",
+        &data,
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains(&format!("{data}:2")), "{stderr}");
+}
+
+#[test]
+fn max_model_len_caps_the_prompt_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("val.jsonl");
+    std::fs::write(&data, r#"{"query": "Hello there, how are you today?"}"#).unwrap();
+    let result = dir.path().join("result.jsonl");
+    let run = |len: &str| {
+        swift(&[
+            "infer",
+            "--model",
+            &fixture("tiny-Qwen2.5"),
+            "--val_dataset",
+            &data.display().to_string(),
+            "--max_new_tokens",
+            "2",
+            "--result_path",
+            &result.display().to_string(),
+            "--max_model_len",
+            len,
+        ])
+    };
+    let (code, _, stderr) = run("4");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("--max_model_len"), "{stderr}");
+    assert!(!result.exists());
+    let (code, _, stderr) = run("4096");
+    assert_eq!(code, 0, "{stderr}");
+    let text = std::fs::read_to_string(&result).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.ends_with('\n'));
+}
