@@ -134,15 +134,9 @@ impl DecoderConfig {
             })?;
         let parse = |v: Value| -> Result<_> {
             Ok(match architecture {
-                Architecture::Qwen2 => serde_json::from_value::<qwen2::Config>(v)
-                    .map_err(|source| json_err(path, source))?
-                    .decoder_config(path)?,
-                Architecture::Qwen3 => serde_json::from_value::<qwen3::Config>(v)
-                    .map_err(|source| json_err(path, source))?
-                    .decoder_config(path)?,
-                Architecture::Llama => serde_json::from_value::<llama::Config>(v)
-                    .map_err(|source| json_err(path, source))?
-                    .decoder_config(path)?,
+                Architecture::Qwen2 => typed::<qwen2::Config>(path, v)?.decoder_config(path)?,
+                Architecture::Qwen3 => typed::<qwen3::Config>(path, v)?.decoder_config(path)?,
+                Architecture::Llama => typed::<llama::Config>(path, v)?.decoder_config(path)?,
             })
         };
         let cfg = parse(value)?;
@@ -187,6 +181,12 @@ impl DecoderConfig {
                 ),
             ));
         }
+        if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps.is_finite()) {
+            return Err(field_err(
+                "rms_norm_eps",
+                format!("{} must be a positive number", self.rms_norm_eps),
+            ));
+        }
         if !self.head_dim.is_multiple_of(2) {
             return Err(field_err(
                 "head_dim",
@@ -194,6 +194,38 @@ impl DecoderConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// config.json's value as an architecture's config. A wrong type names its field
+/// (`field 'hidden_size': invalid type: string "big", expected usize`): the file was parsed
+/// to a `Value` first, so serde's own message has no line to point at. The shared fields
+/// sit in a flattened [`BaseConfig`], which hides their names from the path tracker, so a
+/// failure is located by reading that part alone.
+fn typed<T: serde::de::DeserializeOwned>(path: &Path, v: Value) -> Result<T> {
+    // The field's error if the tracker knows where it failed, else serde's own error.
+    let located = |e: serde_path_to_error::Error<serde_json::Error>| {
+        let field = e.path().to_string();
+        let source = e.into_inner();
+        if field == "." {
+            Err(source)
+        } else {
+            Ok(ModelError::ConfigField {
+                path: path.to_path_buf(),
+                field,
+                message: source.to_string(),
+            })
+        }
+    };
+    let unlocated = match serde_path_to_error::deserialize::<_, T>(v.clone()).map_err(located) {
+        Ok(config) => return Ok(config),
+        Err(Ok(field_error)) => return Err(field_error),
+        Err(Err(source)) => source,
+    };
+    match serde_path_to_error::deserialize::<_, BaseConfig>(v).map_err(located) {
+        Err(Ok(field_error)) => Err(field_error),
+        // Not in the shared part, or still unlocated (a missing field names itself).
+        _ => Err(json_err(path, unlocated)),
     }
 }
 
@@ -505,6 +537,11 @@ mod tests {
             ),
             ("use_sliding_window", json!(true), "use_sliding_window"),
             ("num_key_value_heads", json!(3), "num_key_value_heads"),
+            // Wrong types name the field too (the file is parsed to a Value first, so
+            // serde's own message had no line and no name).
+            ("hidden_size", json!("big"), "field 'hidden_size'"),
+            ("rms_norm_eps", json!(-1.0), "field 'rms_norm_eps'"),
+            ("rms_norm_eps", json!(0.0), "field 'rms_norm_eps'"),
         ] {
             let mut v = qwen25_v4();
             v[field] = value;

@@ -53,7 +53,10 @@ impl Pretrained {
             tracing::info!(model_type = model_type.name, detected_from = ?how, "model_type");
         }
         let tokenizer = load_tokenizer(folder, &config, &config_path)?;
-        let tokenizer_config = read_optional_json(&folder.join("tokenizer_config.json"))?;
+        let tokenizer_config = with_chat_template_file(
+            read_optional_json(&folder.join("tokenizer_config.json"))?,
+            folder,
+        )?;
         let generation_config = GenerationConfig::from_folder(folder)?;
         let model = CausalLm::load(folder, config, &opts.load)?;
         tracing::info!(
@@ -138,6 +141,26 @@ fn load_tokenizer(folder: &Path, config: &DecoderConfig, config_path: &Path) -> 
         });
     }
     Ok(tokenizer)
+}
+
+/// transformers (since 4.47) saves a tokenizer's chat template as `chat_template.jinja`
+/// beside tokenizer_config.json instead of inside it, and when that file is present it
+/// wins over the config's entry (`PreTrainedTokenizerBase.from_pretrained`). Folded in
+/// here so `--template_backend jinja` reads either layout.
+fn with_chat_template_file(mut config: Value, folder: &Path) -> Result<Value> {
+    let path = folder.join("chat_template.jinja");
+    if !path.is_file() {
+        return Ok(config);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    if !config.is_object() {
+        config = Value::Object(Default::default());
+    }
+    config["chat_template"] = Value::String(text);
+    Ok(config)
 }
 
 fn read_optional_json(path: &Path) -> Result<Value> {

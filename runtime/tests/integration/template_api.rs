@@ -223,3 +223,41 @@ fn user_errors_name_what_is_wrong() {
         .unwrap_err();
     assert!(matches!(err, TemplateError::JinjaTraining), "{err}");
 }
+
+/// transformers 4.47+ saves the chat template as `chat_template.jinja`; the jinja backend
+/// reads it, and it wins over tokenizer_config.json's entry as in transformers.
+#[test]
+fn a_chat_template_jinja_file_is_the_jinja_backends_template() {
+    use kubeswift_runtime::model::{Pretrained, PretrainedOptions};
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/tiny-Qwen2.5");
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("tiny-Qwen2.5");
+    std::fs::create_dir(&folder).unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), folder.join(entry.file_name())).unwrap();
+    }
+    std::fs::write(
+        folder.join("chat_template.jinja"),
+        "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}\
+         {% if add_generation_prompt %}[assistant] {% endif %}",
+    )
+    .unwrap();
+    let pretrained = Pretrained::load(&folder, &PretrainedOptions::default()).unwrap();
+    let jinja = TemplateOptions {
+        backend: kubeswift_runtime::template::Backend::Jinja,
+        ..TemplateOptions::new("qwen2_5")
+    };
+    let t = Template::new(
+        &jinja,
+        pretrained.tokenizer.clone(),
+        &pretrained.tokenizer_config,
+    )
+    .unwrap();
+    let prompt = t.encode_prompt(&[Message::user("hi there")]).unwrap();
+    let text = t.tokenizer().decode(&prompt, false).unwrap();
+    assert!(
+        text.contains("[user] hi there") && text.ends_with("[assistant] "),
+        "{text:?}"
+    );
+}
