@@ -23,6 +23,39 @@ use crate::template::{Message, Role};
 
 pub const ROUTE: &str = "/v1/chat/completions";
 
+/// Requests whose answer would silently not be what was asked: tool calling (our
+/// templates render no tool schemas and nothing parses calls out of the text) and JSON
+/// modes (nothing constrains decoding). `{"type": "text"}` and `tool_choice: "none"` ask
+/// for plain text and are fine.
+fn refuse_unserved_features(body: &Body) -> Result<(), ApiError> {
+    let plain_text_only = matches!(body.raw("tool_choice"), Some(Value::String(s)) if s == "none");
+    for name in ["tools", "functions"] {
+        let asked = match body.raw(name) {
+            None => false,
+            Some(Value::Array(items)) => !items.is_empty(),
+            Some(_) => true,
+        };
+        if asked && !plain_text_only {
+            return Err(ApiError::invalid(
+                name,
+                format!("'{name}' (tool calling) is not supported by this server"),
+            ));
+        }
+    }
+    match body.raw("response_format") {
+        None => Ok(()),
+        Some(v) if v.get("type").and_then(Value::as_str) == Some("text") => Ok(()),
+        Some(v) => Err(ApiError::invalid(
+            "response_format",
+            format!(
+                "'response_format' {} is not supported (only {{\"type\": \"text\"}})",
+                v.get("type")
+                    .map_or_else(|| v.to_string(), Value::to_string)
+            ),
+        )),
+    }
+}
+
 pub async fn handle(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
@@ -41,6 +74,7 @@ async fn run(
     let model: String = body.required("model")?;
     let target = state.resolve_model(&model)?;
     let messages = messages(&body)?;
+    refuse_unserved_features(&body)?;
     let mut sampling = SamplingRequest::parse(&body, limits(&state))?;
     sampling.logprobs = chat_logprobs(&body, limits(&state))?;
     if sampling.logprobs.is_some() && state.defaults.num_beams > 1 {
@@ -276,5 +310,41 @@ impl ChunkFormat for ChatChunks {
         let mut chunk = self.chunk(g, json!([]));
         chunk["usage"] = usage.json();
         chunk
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(json: &str) -> Option<String> {
+        let body = Body::parse(json.as_bytes()).unwrap();
+        refuse_unserved_features(&body).err().and_then(|e| e.param)
+    }
+
+    #[test]
+    fn tool_calls_and_json_modes_are_refused_plain_text_is_not() {
+        let tool = r#"[{"type": "function", "function": {"name": "f"}}]"#;
+        assert_eq!(
+            refused(&format!(r#"{{"tools": {tool}}}"#)).as_deref(),
+            Some("tools")
+        );
+        assert_eq!(
+            refused(r#"{"functions": [{"name": "f"}]}"#).as_deref(),
+            Some("functions")
+        );
+        assert_eq!(
+            refused(r#"{"response_format": {"type": "json_schema"}}"#).as_deref(),
+            Some("response_format")
+        );
+        assert_eq!(
+            refused(&format!(r#"{{"tools": {tool}, "tool_choice": "none"}}"#)),
+            None
+        );
+        assert_eq!(
+            refused(r#"{"tools": [], "response_format": {"type": "text"}}"#),
+            None
+        );
+        assert_eq!(refused(r#"{"tools": null, "response_format": null}"#), None);
     }
 }

@@ -59,7 +59,7 @@ impl SamplingRequest {
         {
             return Err(ApiError::invalid(
                 "temperature",
-                format!("'temperature' must be in [0, 2], got {t}"),
+                format!("'temperature' must be in [0, 2], got {t:?}"),
             ));
         }
         let top_p = finite(body, "top_p")?;
@@ -68,7 +68,7 @@ impl SamplingRequest {
         {
             return Err(ApiError::invalid(
                 "top_p",
-                format!("'top_p' must be in (0, 1], got {p}"),
+                format!("'top_p' must be in (0, 1], got {p:?}"),
             ));
         }
         let top_k = match body.opt::<i64>("top_k")? {
@@ -87,7 +87,7 @@ impl SamplingRequest {
         {
             return Err(ApiError::invalid(
                 "repetition_penalty",
-                format!("'repetition_penalty' must be in (0, 10], got {r}"),
+                format!("'repetition_penalty' must be in (0, 10], got {r:?}"),
             ));
         }
         for name in ["presence_penalty", "frequency_penalty"] {
@@ -97,6 +97,24 @@ impl SamplingRequest {
                 return Err(ApiError::invalid(
                     name,
                     format!("'{name}' is not supported; use 'repetition_penalty'"),
+                ));
+            }
+        }
+        // A bias the engine does not apply would silently change what the client asked
+        // for; an empty map (some clients send one by default) asks nothing.
+        match body.raw("logit_bias") {
+            None => {}
+            Some(Value::Object(o)) if o.is_empty() => {}
+            Some(Value::Object(_)) => {
+                return Err(ApiError::invalid(
+                    "logit_bias",
+                    "'logit_bias' is not supported",
+                ));
+            }
+            Some(v) => {
+                return Err(ApiError::invalid(
+                    "logit_bias",
+                    format!("'logit_bias' must be an object, not {}", json_kind(v)),
                 ));
             }
         }
@@ -327,6 +345,11 @@ mod tests {
             "stream_options"
         );
         assert_eq!(param(r#"{"presence_penalty": 1}"#), "presence_penalty");
+        assert_eq!(param(r#"{"logit_bias": {"5": 100}}"#), "logit_bias");
+        assert_eq!(param(r#"{"logit_bias": [1]}"#), "logit_bias");
+        assert!(parse(r#"{"logit_bias": {}}"#).is_ok());
+        let huge = parse(r#"{"temperature": 1e308}"#).unwrap_err();
+        assert!(huge.message.ends_with("got 1e308"), "{}", huge.message);
         assert_eq!(param(r#"{"seed": "x"}"#), "seed");
         assert_eq!(
             check_logprobs("top_logprobs", 6, LIMITS)

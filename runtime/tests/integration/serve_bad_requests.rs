@@ -73,6 +73,10 @@ fn corpus() -> Vec<(&'static str, Vec<u8>, u16)> {
         (CHAT, chat(json!({"top_logprobs": 2})), 400),
         (CHAT, chat(json!({"seed": "abc"})), 400),
         (CHAT, chat(json!({"messages": user(&"word ".repeat(2000))})), 400),
+        // Features that would otherwise be ignored, giving an answer not asked for.
+        (CHAT, chat(json!({"logit_bias": {"5": 100}})), 400),
+        (CHAT, chat(json!({"tools": [{"type": "function", "function": {"name": "f"}}]})), 400),
+        (CHAT, chat(json!({"response_format": {"type": "json_object"}})), 400),
         (COMPLETIONS, j(json!({"model": MODEL})), 400),
         (COMPLETIONS, j(json!({"model": MODEL, "prompt": 42})), 400),
         (COMPLETIONS, j(json!({"model": MODEL, "prompt": [-1, 5]})), 400),
