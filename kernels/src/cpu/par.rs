@@ -22,7 +22,7 @@ thread_local! {
 
 /// A raw pointer that may cross threads. Users guarantee that concurrent tasks write
 /// disjoint elements through it (each use site has a SAFETY comment saying why).
-pub(crate) struct SendPtr<T>(pub *mut T);
+pub struct SendPtr<T>(pub *mut T);
 
 // Not derived: the derive would require `T: Copy`.
 impl<T> Clone for SendPtr<T> {
@@ -36,7 +36,7 @@ impl<T> SendPtr<T> {
     /// The pointer. (A method, so closures capture the whole `Send` wrapper rather than
     /// its raw-pointer field.)
     #[inline(always)]
-    pub(crate) fn ptr(self) -> *mut T {
+    pub fn ptr(self) -> *mut T {
         self.0
     }
 }

@@ -12,6 +12,7 @@
 use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
 use kubeswift_kernels::cpu::gemm::{Elem, MatRef, gemm};
+use kubeswift_kernels::cpu::par::SendPtr;
 use kubeswift_kernels::cpu::{par, rowdot};
 
 use super::elementwise::to_f32_vec;
@@ -168,20 +169,23 @@ fn stream_many<T: Elem>(
                 .map(move |s| (i, s, (s.saturating_add(chunk)).min(n)))
         })
         .collect();
-    let blocks: Vec<(usize, usize, Vec<f32>)> = par::map(tasks.len(), |t| {
-        let (i, start, end) = tasks[t];
-        let mut out = vec![0f32; m * (end - start)];
-        rowdot::rows_dot(x, &ws[i][start * k..end * k], k, &mut out);
-        (i, start, out)
-    });
     let mut outs: Vec<Vec<f32>> = widths.iter().map(|&n| vec![0f32; m * n]).collect();
-    for (i, start, block) in blocks {
-        let (n, width) = (widths[i], block.len() / m);
-        for row in 0..m {
-            outs[i][row * n + start..row * n + start + width]
-                .copy_from_slice(&block[row * width..(row + 1) * width]);
+    let bases: Vec<SendPtr<f32>> = outs.iter_mut().map(|o| SendPtr(o.as_mut_ptr())).collect();
+    par::for_each(tasks.len(), |t| {
+        let (i, start, end) = tasks[t];
+        // SAFETY: task `t` writes columns [start, end) of the `[m, widths[i]]` output `i`,
+        // which stays alive and unmoved until the loop returns; tasks' column ranges of
+        // one output are disjoint.
+        unsafe {
+            rowdot::rows_dot_strided(
+                x,
+                &ws[i][start * k..end * k],
+                k,
+                bases[i].ptr().add(start),
+                widths[i],
+            );
         }
-    }
+    });
     outs
 }
 
@@ -273,21 +277,16 @@ fn stream_rows<T: Elem>(x: &[f32], w: &[T], y: &mut [f32], m: usize, n: usize, k
         rowdot::rows_dot(x, w, k, y);
         return;
     }
+    debug_assert_eq!(y.len(), m * n);
     let chunk = rowdot::column_chunk(n, threads);
-    let blocks: Vec<(usize, Vec<f32>)> = par::map(n.div_ceil(chunk), |t| {
+    let base = SendPtr(y.as_mut_ptr());
+    par::for_each(n.div_ceil(chunk), |t| {
         let start = t * chunk;
         let end = (start + chunk).min(n);
-        let mut out = vec![0f32; m * (end - start)];
-        rowdot::rows_dot(x, &w[start * k..end * k], k, &mut out);
-        (start, out)
+        // SAFETY: task `t` writes columns [start, end) of the `[m, n]` output `y`, borrowed
+        // mutably for the whole loop; tasks' column ranges are disjoint.
+        unsafe { rowdot::rows_dot_strided(x, &w[start * k..end * k], k, base.ptr().add(start), n) };
     });
-    for (start, block) in blocks {
-        let width = block.len() / m;
-        for row in 0..m {
-            y[row * n + start..row * n + start + width]
-                .copy_from_slice(&block[row * width..(row + 1) * width]);
-        }
-    }
 }
 
 #[cfg(test)]
