@@ -19,7 +19,11 @@ What is measured, from outside both processes, the same way:
 - peak RSS: the largest resident set of the whole process tree (ms-swift's `swift`
   launcher starts a Python child), sampled every 20 ms;
 - start to first step: from spawning the process to the first step's log line, minus one
-  median step (so it estimates when the first step began).
+  median step (so it estimates when the first step began; a first step that pays for
+  first-touching its memory counts as start);
+- loop start: from spawning the process to when its own log says the training loop
+  begins (ours: the `training` line; ms-swift: its `Train:` progress bar appearing), as
+  seen by polling the log; the direct reading of the same moment.
 
 On a shared machine whose speed drifts over minutes, `--rounds N` runs each setting N times
 with the engines alternating and keeps each engine's fastest run; `--timeout S` kills a run
@@ -120,8 +124,15 @@ def tree_rss_bytes(root_pid: int) -> int:
     return total
 
 
+# What each engine prints when its training loop begins.
+LOOP_MARKERS = {
+    "kubeswift": "kubeswift_runtime::train::trainer",
+    "ms-swift": "Train:",
+}
+
+
 def run_engine(cmd: list[str], out_dir: str, env: dict, steps: int, log_path: str,
-               timeout: float) -> dict:
+               timeout: float, loop_marker: str | None = None) -> dict:
     """Runs one training command; returns step times, losses, peak RSS and exit status.
     A run still going after `timeout` seconds is killed with its whole process group
     (ms-swift's launcher runs the trainer as a child) and marked as timed out."""
@@ -136,7 +147,12 @@ def run_engine(cmd: list[str], out_dir: str, env: dict, steps: int, log_path: st
         peak = 0
         seen = 0
         timed_out = False
+        loop_start = None
         while True:
+            if loop_marker and loop_start is None:
+                with open(log_path, errors="replace") as f:
+                    if loop_marker in f.read():
+                        loop_start = time.perf_counter() - t0
             if not timed_out and time.perf_counter() - t0 > timeout:
                 timed_out = True
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -159,7 +175,8 @@ def run_engine(cmd: list[str], out_dir: str, env: dict, steps: int, log_path: st
                 break
             time.sleep(0.02)
     return {"rc": proc.returncode, "times": step_times, "losses": losses, "peak": peak,
-            "wall": time.perf_counter() - t0, "steps": steps, "timed_out": timed_out}
+            "wall": time.perf_counter() - t0, "steps": steps, "timed_out": timed_out,
+            "loop_start": loop_start}
 
 
 def summarise(r: dict, tokens_per_step: int) -> dict:
@@ -175,8 +192,13 @@ def summarise(r: dict, tokens_per_step: int) -> dict:
         "tok_s": tokens_per_step * len(gaps) / sum(gaps),
         "peak_gib": r["peak"] / 2**30,
         "start_s": max(times[0] - step, 0.0),
+        "loop_start_s": r["loop_start"],
         "step_s": step,
     }
+
+
+def fmt_s(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.2f}"
 
 
 def common_args(a, model, data, dtype, ckpt, out):
@@ -247,14 +269,16 @@ def main():
                 runs.append((name, work, cmd))
             for round_no in range(1, a.rounds + 1):
                 for name, work, cmd in runs:
-                    r = run_engine(cmd, work, env, a.steps, work + ".log", a.timeout)
+                    r = run_engine(cmd, work, env, a.steps, work + ".log", a.timeout,
+                                   LOOP_MARKERS.get(name))
                     s = summarise(r, tokens_per_step)
                     label = f"{name} {dtype} ckpt={ckpt}" + (f" round {round_no}" if a.rounds > 1 else "")
                     if not s["ok"]:
                         print(f"{label}: {s['why']}, log {work}.log", file=sys.stderr)
                     else:
                         print(f"{label}: {s['tok_s']:.0f} tok/s, peak {s['peak_gib']:.2f} GiB, "
-                              f"start {s['start_s']:.1f} s", file=sys.stderr, flush=True)
+                              f"start {s['start_s']:.1f} s, loop start {fmt_s(s['loop_start_s'])}",
+                              file=sys.stderr, flush=True)
                     best = row.get(name)
                     if best is None or (s["ok"] and (not best["ok"] or s["tok_s"] > best["tok_s"])):
                         row[name] = s
@@ -265,16 +289,17 @@ def main():
           f"(first two are warm-up), {a.threads} threads"
           + (f", best of {a.rounds} alternating rounds" if a.rounds > 1 else "") + "\n")
     names = [e[0] for e in engines]
-    head = "| dtype | grad ckpt | " + " | ".join(f"{n} tok/s | {n} peak RSS GiB | {n} start s" for n in names)
-    if len(names) == 2:
-        head += " | speed ratio | RSS ratio |"
+    head = "| dtype | grad ckpt | " + " | ".join(
+        f"{n} tok/s | {n} peak RSS GiB | {n} start s | {n} loop start s" for n in names)
+    head += " | speed ratio | RSS ratio |" if len(names) == 2 else " |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for row in rows:
         cells = [row["dtype"], "on" if row["grad_ckpt"] else "off"]
         for n in names:
             s = row[n]
-            cells += [f"{s['tok_s']:.0f}", f"{s['peak_gib']:.2f}", f"{s['start_s']:.1f}"] if s["ok"] else [s["why"], "-", "-"]
+            cells += ([f"{s['tok_s']:.0f}", f"{s['peak_gib']:.2f}", f"{s['start_s']:.1f}",
+                       fmt_s(s["loop_start_s"])] if s["ok"] else [s["why"], "-", "-", "-"])
         if len(names) == 2:
             x, y = row[names[0]], row[names[1]]
             if x["ok"] and y["ok"]:
