@@ -35,6 +35,9 @@ pub fn run(user_args: &Args) -> anyhow::Result<()> {
     let args = &local_args;
     let model_path = args.str("model").unwrap_or(given_model);
     let mut config = ServeConfig::from_args(args, &model_name);
+    if args.str("api_key") == Some("") {
+        tracing::warn!("--api_key is empty: requests are served without a key");
+    }
     config.adapters = ServedAdapters::parse(&args.strings("adapters"), &config.served_model_name)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -73,7 +73,12 @@ impl ServeConfig {
         ServeConfig {
             host: args.str("host").unwrap_or("0.0.0.0").to_string(),
             port: args.int("port").unwrap_or(8000).clamp(0, 65535) as u16,
-            api_key: args.str("api_key").map(String::from),
+            // An empty key (a chart value left blank) means no key, as in vLLM: kept as
+            // a key it would be one no client can send, and every request would be a 401.
+            api_key: args
+                .str("api_key")
+                .filter(|k| !k.is_empty())
+                .map(String::from),
             served_model_name: args
                 .str("served_model_name")
                 .unwrap_or(model_name)
@@ -192,6 +197,12 @@ mod tests {
         assert_eq!(c.log_interval, Some(Duration::from_secs(20)));
         assert_eq!(c.max_logprobs, 20);
         assert_eq!(c.max_batch_size, DEPLOY_DEFAULT_BATCH);
+        assert_eq!(c.api_key, None);
+    }
+
+    #[test]
+    fn an_empty_api_key_means_none() {
+        let c = ServeConfig::from_args(&args(&["--api_key", ""]), "tiny");
         assert_eq!(c.api_key, None);
     }
 
