@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use kubeswift_args::Args;
 
 use super::adapters::ServedAdapters;
-use super::config::{ServeConfig, kv_budget_tokens};
+use super::config::{API_KEY_ENV, ServeConfig, kv_budget_tokens};
 use super::memory;
 use super::server::{self, shutdown_signal};
 use crate::infer::command::load_model;
@@ -35,8 +35,12 @@ pub fn run(user_args: &Args) -> anyhow::Result<()> {
     let args = &local_args;
     let model_path = args.str("model").unwrap_or(given_model);
     let mut config = ServeConfig::from_args(args, &model_name);
-    if args.str("api_key") == Some("") {
-        tracing::warn!("--api_key is empty: requests are served without a key");
+    match args.str("api_key") {
+        Some("") => tracing::warn!("--api_key is empty: requests are served without a key"),
+        None if config.api_key.is_some() => {
+            tracing::info!(from = API_KEY_ENV, "requests need the API key")
+        }
+        _ => {}
     }
     config.adapters = ServedAdapters::parse(&args.strings("adapters"), &config.served_model_name)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

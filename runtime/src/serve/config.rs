@@ -62,6 +62,22 @@ const QUEUE_PER_SLOT: usize = 4;
 /// prompt is read (vLLM's chunked prefill, whose default is larger for GPUs).
 pub const DEFAULT_STEP_TOKENS: usize = 512;
 
+/// The environment variable `swift deploy` reads its API key from when `--api_key` is not
+/// given: a pod takes it from a Secret (`env[].valueFrom.secretKeyRef`), so the key is
+/// not written into the SwiftDeployment or the pod's command line for anyone who can read
+/// them (vLLM's `VLLM_API_KEY`).
+pub const API_KEY_ENV: &str = "SWIFT_API_KEY";
+
+/// The key to require: `--api_key` when given (empty: none), else [`API_KEY_ENV`] (empty
+/// or unset: none).
+pub fn api_key(arg: Option<&str>, env: Option<String>) -> Option<String> {
+    match arg {
+        Some(key) => Some(key.to_string()),
+        None => env,
+    }
+    .filter(|k| !k.is_empty())
+}
+
 impl ServeConfig {
     /// Settings for serving `model_name` with the resolved deploy arguments.
     pub fn from_args(args: &Args, model_name: &str) -> Self {
@@ -75,10 +91,7 @@ impl ServeConfig {
             port: args.int("port").unwrap_or(8000).clamp(0, 65535) as u16,
             // An empty key (a chart value left blank) means no key, as in vLLM: kept as
             // a key it would be one no client can send, and every request would be a 401.
-            api_key: args
-                .str("api_key")
-                .filter(|k| !k.is_empty())
-                .map(String::from),
+            api_key: api_key(args.str("api_key"), std::env::var(API_KEY_ENV).ok()),
             served_model_name: args
                 .str("served_model_name")
                 .unwrap_or(model_name)
@@ -201,9 +214,14 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_api_key_means_none() {
-        let c = ServeConfig::from_args(&args(&["--api_key", ""]), "tiny");
-        assert_eq!(c.api_key, None);
+    fn the_api_key_comes_from_the_argument_else_the_environment_and_empty_is_none() {
+        let env = || Some("from-secret".to_string());
+        assert_eq!(api_key(Some("k"), env()).as_deref(), Some("k"));
+        assert_eq!(api_key(None, env()).as_deref(), Some("from-secret"));
+        assert_eq!(api_key(None, None), None);
+        assert_eq!(api_key(None, Some(String::new())), None);
+        // An explicitly empty argument turns the key off even with the variable set.
+        assert_eq!(api_key(Some(""), env()), None);
     }
 
     #[test]

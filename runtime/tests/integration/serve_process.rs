@@ -57,7 +57,11 @@ fn slow_model() -> (PathBuf, String) {
 
 /// Starts the server on an ephemeral port; returns it and its base URL.
 fn spawn(model: &Path) -> (Child, String) {
-    let mut child = deploy(model, &["--port", "0", "--verbose", "true"])
+    spawn_with(deploy(model, &["--port", "0", "--verbose", "true"]))
+}
+
+fn spawn_with(mut cmd: Command) -> (Child, String) {
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -132,4 +136,35 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
         client.get(format!("{url}/health")).send().await.is_err(),
         "no longer listening"
     );
+}
+
+/// A pod takes its API key from a Secret through `SWIFT_API_KEY` instead of the command
+/// line; `/health` stays open for the kubelet's probes.
+#[tokio::test]
+async fn the_api_key_can_come_from_the_environment() {
+    let mut cmd = deploy(&fixture(MODEL), &["--port", "0"]);
+    cmd.env("SWIFT_API_KEY", "from-a-secret");
+    let (mut child, url) = spawn_with(cmd);
+    let client = reqwest::Client::new();
+    let status = |r: reqwest::Response| r.status().as_u16();
+    let models = format!("{url}/v1/models");
+    assert_eq!(status(client.get(&models).send().await.unwrap()), 401);
+    let wrong = client
+        .get(&models)
+        .bearer_auth("guess")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(wrong), 401);
+    let right = client
+        .get(&models)
+        .bearer_auth("from-a-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(right), 200);
+    let health = client.get(format!("{url}/health")).send().await.unwrap();
+    assert_eq!(status(health), 200);
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

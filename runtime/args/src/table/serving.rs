@@ -41,7 +41,7 @@ pub(super) const ROWS: &[ArgSpec] = &[
 
     deploy("host", T::Str, text("0.0.0.0"), "Address the server binds."),
     deploy("port", T::Int, int(8000), "Port the server listens on."),
-    deploy("api_key", T::Str, NONE, "Require 'Authorization: Bearer <api_key>'."),
+    deploy("api_key", T::Str, NONE, "Require 'Authorization: Bearer <api_key>'; unset: the SWIFT_API_KEY environment variable (e.g. from a Secret); empty: no key."),
     deploy("owned_by", T::Str, text("swift"), "owned_by in /v1/models."),
     deploy("served_model_name", T::Str, derived("the model's folder name"), "Model name the server answers to.").hot(),
     deploy("verbose", T::Bool, TRUE, "Log requests and responses."),
