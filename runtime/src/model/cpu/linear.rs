@@ -169,6 +169,8 @@ fn stream_many<T: Elem>(
                 .map(move |s| (i, s, (s.saturating_add(chunk)).min(n)))
         })
         .collect();
+    // The writes below go through raw pointers: `x` must be the `m` rows they assume.
+    assert_eq!(x.len(), m * k, "stream_many: x must be [{m}, {k}]");
     let mut outs: Vec<Vec<f32>> = widths.iter().map(|&n| vec![0f32; m * n]).collect();
     let bases: Vec<SendPtr<f32>> = outs.iter_mut().map(|o| SendPtr(o.as_mut_ptr())).collect();
     par::for_each(tasks.len(), |t| {
@@ -277,7 +279,8 @@ fn stream_rows<T: Elem>(x: &[f32], w: &[T], y: &mut [f32], m: usize, n: usize, k
         rowdot::rows_dot(x, w, k, y);
         return;
     }
-    debug_assert_eq!(y.len(), m * n);
+    // The writes below go through a raw pointer: the sizes are checked, not assumed.
+    assert!(x.len() == m * k && y.len() == m * n, "stream_rows: shapes");
     let chunk = rowdot::column_chunk(n, threads);
     let base = SendPtr(y.as_mut_ptr());
     par::for_each(n.div_ceil(chunk), |t| {
