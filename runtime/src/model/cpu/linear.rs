@@ -153,6 +153,28 @@ fn stream_many<T: Elem>(
     m: usize,
     k: usize,
 ) -> Vec<Vec<f32>> {
+    let mut outs: Vec<Vec<f32>> = widths.iter().map(|&n| vec![0f32; m * n]).collect();
+    let mut views: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
+    stream_into(x, ws, &mut views, m, k);
+    outs
+}
+
+/// `outs[i] = x W_i^T` (`[m, n_i]` each) for the weights `ws`, their columns split into
+/// chunks spread over the pool; each task writes its columns of its output in place.
+fn stream_into<T: Elem>(x: &[f32], ws: &[&[T]], outs: &mut [&mut [f32]], m: usize, k: usize) {
+    let widths: Vec<usize> = ws.iter().map(|w| w.len() / k).collect();
+    // The writes below go through raw pointers: the shapes are checked, not assumed.
+    assert!(
+        x.len() == m * k && outs.len() == ws.len(),
+        "stream_into: x must be [{m}, {k}], one output per weight"
+    );
+    for (out, &n) in outs.iter().zip(&widths) {
+        assert_eq!(
+            out.len(),
+            m * n,
+            "stream_into: an output must be [{m}, {n}]"
+        );
+    }
     let total: usize = widths.iter().sum();
     let threads = par::threads();
     let chunk = if total * k < PARALLEL_MIN_ELEMS || threads == 1 {
@@ -169,15 +191,12 @@ fn stream_many<T: Elem>(
                 .map(move |s| (i, s, (s.saturating_add(chunk)).min(n)))
         })
         .collect();
-    // The writes below go through raw pointers: `x` must be the `m` rows they assume.
-    assert_eq!(x.len(), m * k, "stream_many: x must be [{m}, {k}]");
-    let mut outs: Vec<Vec<f32>> = widths.iter().map(|&n| vec![0f32; m * n]).collect();
     let bases: Vec<SendPtr<f32>> = outs.iter_mut().map(|o| SendPtr(o.as_mut_ptr())).collect();
     par::for_each(tasks.len(), |t| {
         let (i, start, end) = tasks[t];
-        // SAFETY: task `t` writes columns [start, end) of the `[m, widths[i]]` output `i`,
-        // which stays alive and unmoved until the loop returns; tasks' column ranges of
-        // one output are disjoint.
+        // SAFETY: task `t` writes columns [start, end) of the `[m, widths[i]]` output `i`
+        // (sizes checked above), borrowed mutably for the whole loop; tasks' column ranges
+        // of one output are disjoint.
         unsafe {
             rowdot::rows_dot_strided(
                 x,
@@ -188,7 +207,6 @@ fn stream_many<T: Elem>(
             );
         }
     });
-    outs
 }
 
 /// A weight's elements, borrowed from its storage.
@@ -231,7 +249,7 @@ fn grouped_rows<T: Elem>(x: &[f32], w: &[T], y: &mut [f32], groups: &[usize], n:
                 &x[row * k..(row + rows) * k],
                 &mut y[row * n..(row + rows) * n],
             );
-            stream_rows(xs, w, out, rows, n, k);
+            stream_into(xs, &[w], &mut [out], rows, k);
         }
         row += rows;
     }
@@ -271,25 +289,6 @@ fn add_bias(y: &mut [f32], bias: &[f32]) {
             *v += b;
         }
     }
-}
-
-fn stream_rows<T: Elem>(x: &[f32], w: &[T], y: &mut [f32], m: usize, n: usize, k: usize) {
-    let threads = par::threads();
-    if n * k < PARALLEL_MIN_ELEMS || threads == 1 {
-        rowdot::rows_dot(x, w, k, y);
-        return;
-    }
-    // The writes below go through a raw pointer: the sizes are checked, not assumed.
-    assert!(x.len() == m * k && y.len() == m * n, "stream_rows: shapes");
-    let chunk = rowdot::column_chunk(n, threads);
-    let base = SendPtr(y.as_mut_ptr());
-    par::for_each(n.div_ceil(chunk), |t| {
-        let start = t * chunk;
-        let end = (start + chunk).min(n);
-        // SAFETY: task `t` writes columns [start, end) of the `[m, n]` output `y`, borrowed
-        // mutably for the whole loop; tasks' column ranges are disjoint.
-        unsafe { rowdot::rows_dot_strided(x, &w[start * k..end * k], k, base.ptr().add(start), n) };
-    });
 }
 
 #[cfg(test)]
