@@ -101,6 +101,11 @@ const RANGES: &[(&str, Range)] = &[
     ("top_p", Range::OpenClosed(0.0, 1.0)),
     ("learning_rate", Range::OpenClosed(0.0, f64::INFINITY)),
     ("weight_decay", Range::AtLeast(0.0)),
+    // What torch.optim.AdamW itself refuses ("Invalid beta parameter at index 0").
+    ("adam_beta1", Range::HalfOpen(0.0, 1.0)),
+    ("adam_beta2", Range::HalfOpen(0.0, 1.0)),
+    ("adam_epsilon", Range::AtLeast(0.0)),
+    ("lorap_lr_ratio", Range::OpenClosed(0.0, f64::INFINITY)),
     ("max_grad_norm", Range::AtLeast(0.0)),
     ("split_dataset_ratio", Range::HalfOpen(0.0, 1.0)),
     ("lora_dropout", Range::HalfOpen(0.0, 1.0)),

@@ -255,6 +255,20 @@ fn bad_values_name_argument_value_and_expectation() {
     );
     let text = err(&["sample", "--data_range", "3", "3"]).to_string();
     assert!(text.contains("data_range"), "{text}");
+    // Optimizer settings PyTorch's AdamW would refuse (a beta of 1.5 diverges silently).
+    for (name, value, expected) in [
+        ("--adam_beta1", "1.5", "[0, 1)"),
+        ("--adam_beta2", "1", "[0, 1)"),
+        ("--adam_epsilon", "-0.5", ">= 0"),
+        ("--lorap_lr_ratio", "0", "> 0"),
+    ] {
+        let text = err(&["sft", name, value]).to_string();
+        assert!(text.contains(name) && text.contains(expected), "{text}");
+    }
+    assert_eq!(
+        ok(&["sft", "--adam_beta2", "0.999"]).float("adam_beta2"),
+        Some(0.999)
+    );
     let text = err(&["sft", "--streaming", "true"]).to_string();
     assert!(text.contains("--max_steps"), "{text}");
     let text = err(&["sft", "--template_backend", "jinja"]).to_string();
