@@ -98,6 +98,15 @@ pub enum StorageError {
         reason: String,
     },
 
+    /// `--resume_from_checkpoint` named one `checkpoint-N` folder that holds no complete
+    /// checkpoint.
+    #[error(
+        "'{location}' names one checkpoint, but no complete checkpoint is there (missing, or \
+         its save or upload never finished); name its run or output folder to resume from \
+         the newest complete one"
+    )]
+    NoCheckpoint { location: String },
+
     /// A checkpoint manifest that is missing fields or disagrees with the files.
     #[error("checkpoint manifest '{uri}' is invalid: {reason}")]
     BadManifest { uri: String, reason: String },

@@ -2,7 +2,10 @@
 //! every start, so the argument may be an output root (`s3://b/runs/exp1`, whose `vN-*`
 //! runs are searched), one run folder (its `checkpoint-*` folders are searched), a
 //! checkpoint folder, or a `best`/`last` pointer. The newest complete checkpoint wins;
-//! an empty or missing location means "start fresh" (None), which the caller logs.
+//! an empty or missing location means "start fresh" (None), which the caller logs;
+//! except when it names one `checkpoint-N` folder: that is a user pointing at the work
+//! to continue, and starting fresh instead would silently throw it away (as Hugging
+//! Face's Trainer, it is an error).
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
@@ -88,10 +91,27 @@ pub fn rank_candidates<'a>(dirs: impl IntoIterator<Item = &'a str>) -> Vec<Candi
 
 /// Resolves `--resume_from_checkpoint` for a local path or URI.
 pub async fn resolve_resume(arg: &str) -> Result<Option<ResumePoint>> {
-    match Location::parse(arg)? {
-        Location::Local(path) => resolve_local(&path),
-        Location::Remote(loc) => resolve_remote(&Remote::open(&loc)?).await,
+    let location = Location::parse(arg)?;
+    let found = match &location {
+        Location::Local(path) => resolve_local(path)?,
+        Location::Remote(loc) => resolve_remote(&Remote::open(loc)?).await?,
+    };
+    if found.is_none() && names_one_checkpoint(&location) {
+        return Err(StorageError::NoCheckpoint {
+            location: location.to_string(),
+        });
     }
+    Ok(found)
+}
+
+/// Whether the location's last segment is a `checkpoint-N` folder (rather than a run, an
+/// output root or a pointer to search).
+fn names_one_checkpoint(location: &Location) -> bool {
+    let name = match location {
+        Location::Local(path) => path.file_name().and_then(|n| n.to_str()).unwrap_or(""),
+        Location::Remote(loc) => loc.name(),
+    };
+    checkpoint_step(name).is_some()
 }
 
 /// Local resolution: folders renamed into place by [`LocalCheckpoint`] (or saved by
@@ -355,5 +375,38 @@ mod tests {
             resolve_local(&run.join("last")).unwrap().unwrap().step,
             Some(200)
         );
+    }
+
+    #[tokio::test]
+    async fn a_named_checkpoint_that_is_missing_or_unfinished_is_an_error() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        let arg = |p: &Path| p.to_str().unwrap().to_string();
+        // A missing or empty root, run or pointer: nothing saved yet, start fresh.
+        assert_eq!(
+            resolve_resume(&arg(&r.join("missing"))).await.unwrap(),
+            None
+        );
+        assert_eq!(resolve_resume(&arg(r)).await.unwrap(), None);
+        assert_eq!(resolve_resume(&arg(&r.join("last"))).await.unwrap(), None);
+        // One checkpoint named, but not there (a typo) or never finished.
+        let unfinished = r.join("v0-20250101-000000/checkpoint-5");
+        std::fs::create_dir_all(&unfinished).unwrap();
+        for ck in [
+            r.join("v0-20250101-000000/checkpoint-50"),
+            unfinished.clone(),
+        ] {
+            let e = resolve_resume(&arg(&ck)).await.unwrap_err().to_string();
+            assert!(
+                e.contains(&arg(&ck)) && e.contains("no complete checkpoint"),
+                "{e}"
+            );
+        }
+        // Once complete, it resolves.
+        std::fs::write(unfinished.join("trainer_state.json"), "{}").unwrap();
+        let point = resolve_resume(&format!("{}/", arg(&unfinished)))
+            .await
+            .unwrap();
+        assert_eq!(point.unwrap().step, Some(5));
     }
 }

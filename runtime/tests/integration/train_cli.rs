@@ -257,6 +257,19 @@ fn bad_training_input_fails_with_one_clear_line() {
             ],
             "target_modules",
         ),
+        (
+            // One checkpoint named that is not there: not a silent fresh start.
+            vec![
+                "--dataset".into(),
+                broken.display().to_string(),
+                "--resume_from_checkpoint".into(),
+                dir.path()
+                    .join("out/v0-x/checkpoint-9")
+                    .display()
+                    .to_string(),
+            ],
+            "checkpoint-9' names one checkpoint, but no complete checkpoint is there",
+        ),
     ];
     for (extra, needle) in cases {
         let mut args: Vec<String> = [
