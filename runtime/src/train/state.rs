@@ -50,6 +50,17 @@ pub enum StateError {
     },
 }
 
+/// What a resume says when a checkpoint lacks our state: it was saved without it
+/// (`--save_only_model`, or by ms-swift / transformers, whose optimizer we cannot read),
+/// and its weights alone can still be resumed.
+fn missing_state(path: &Path) -> StateError {
+    file_err(
+        path,
+        "not in this checkpoint (saved with --save_only_model, or by ms-swift/transformers); \
+         add --resume_only_model true to resume its weights with a fresh optimizer",
+    )
+}
+
 fn file_err(path: &Path, message: impl ToString) -> StateError {
     StateError::File {
         file: path.display().to_string(),
@@ -66,6 +77,9 @@ impl RunState {
 
     pub fn load(dir: &Path) -> Result<Self, StateError> {
         let path = dir.join(RUN_STATE_FILE);
+        if !path.exists() {
+            return Err(missing_state(&path));
+        }
         let text = std::fs::read_to_string(&path).map_err(|e| file_err(&path, e))?;
         serde_json::from_str(&text).map_err(|e| {
             file_err(
@@ -96,6 +110,9 @@ pub fn save_optimizer(optimizer: &AdamW, dir: &Path) -> Result<(), StateError> {
 /// parameters).
 pub fn load_optimizer(optimizer: &mut AdamW, dir: &Path) -> Result<(), StateError> {
     let path = dir.join(OPTIMIZER_FILE);
+    if !path.exists() {
+        return Err(missing_state(&path));
+    }
     let tensors =
         candle_core::safetensors::load(&path, &Device::Cpu).map_err(|e| file_err(&path, e))?;
     let step = tensors

@@ -588,6 +588,70 @@ fn save_strategy_no_saves_nothing_and_links_exist_only_on_request() {
     );
 }
 
+/// A `--save_only_model` checkpoint holds no optimizer or run state: resuming it fully says
+/// so and names `--resume_only_model`, which then resumes its weights.
+#[test]
+fn a_weights_only_checkpoint_resumes_only_with_resume_only_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("reverse.jsonl");
+    write_dataset(&data, 16);
+    let data = data.display().to_string();
+    let m = model("tiny-Qwen2.5");
+    let first = tmp.path().join("first").display().to_string();
+    let run = |out: &str, steps: &str, extra: &[&str]| {
+        let mut args = vec![
+            "sft",
+            "--model",
+            &m,
+            "--dataset",
+            &data,
+            "--split_dataset_ratio",
+            "0",
+            "--max_steps",
+            steps,
+            "--save_steps",
+            "2",
+            "--report_to",
+            "none",
+            "--output_dir",
+            out,
+        ];
+        args.extend(extra);
+        swift(&args)
+    };
+    let (code, _, stderr) = run(&first, "2", &["--save_only_model", "true"]);
+    assert_eq!(code, 0, "{stderr}");
+    let ck = run_dir(Path::new(&first)).join("checkpoint-2");
+    assert!(ck.join("adapter_model.safetensors").is_file());
+    assert!(!ck.join("optimizer.safetensors").exists());
+    let ck = ck.display().to_string();
+
+    let second = tmp.path().join("second").display().to_string();
+    let (code, _, stderr) = run(&second, "4", &["--resume_from_checkpoint", &ck]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("optimizer.safetensors") && stderr.contains("--resume_only_model true"),
+        "{stderr}"
+    );
+    let third = tmp.path().join("third").display().to_string();
+    let (code, _, stderr) = run(
+        &third,
+        "4",
+        &[
+            "--resume_from_checkpoint",
+            &ck,
+            "--resume_only_model",
+            "true",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        run_dir(Path::new(&third))
+            .join("checkpoint-4/adapter_model.safetensors")
+            .is_file()
+    );
+}
+
 /// `--init_weights pissa` trains, and every checkpoint carries ms-swift's
 /// `converted/default` plain-LoRA adapter (rank 2r) beside the PiSSA one; `swift infer`
 /// loads the PiSSA checkpoint (recomputing the residual base).
