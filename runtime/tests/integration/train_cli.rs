@@ -298,6 +298,15 @@ fn bad_training_input_fails_with_one_clear_line() {
     }
 }
 
+/// A temporary folder with the word-reversal dataset of `rows` rows in it: the folder,
+/// the dataset's path and the tiny Qwen2.5 fixture model's.
+fn reverse_task(rows: usize) -> (tempfile::TempDir, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.jsonl");
+    write_dataset(&data, rows);
+    (dir, data.display().to_string(), model("tiny-Qwen2.5"))
+}
+
 /// A deterministic dataset big enough for a run of several dozen steps.
 fn write_dataset(path: &Path, rows: usize) {
     let words = [
@@ -355,11 +364,7 @@ fn resume_args<'a>(model: &'a str, data: &'a str, out: &'a str) -> Vec<&'a str> 
 
 #[test]
 fn a_run_killed_with_sigkill_resumes_to_bit_identical_adapter_weights() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data.jsonl");
-    write_dataset(&data, 200);
-    let data = data.display().to_string();
-    let m = model("tiny-Qwen2.5");
+    let (dir, data, m) = reverse_task(200);
 
     let full_out = dir.path().join("full").display().to_string();
     let (code, _, stderr) = swift(&resume_args(&m, &data, &full_out));
@@ -592,11 +597,7 @@ fn save_strategy_no_saves_nothing_and_links_exist_only_on_request() {
 /// so and names `--resume_only_model`, which then resumes its weights.
 #[test]
 fn a_weights_only_checkpoint_resumes_only_with_resume_only_model() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("reverse.jsonl");
-    write_dataset(&data, 16);
-    let data = data.display().to_string();
-    let m = model("tiny-Qwen2.5");
+    let (tmp, data, m) = reverse_task(16);
     let first = tmp.path().join("first").display().to_string();
     let run = |out: &str, steps: &str, extra: &[&str]| {
         let mut args = vec![
@@ -657,11 +658,7 @@ fn a_weights_only_checkpoint_resumes_only_with_resume_only_model() {
 /// loads the PiSSA checkpoint (recomputing the residual base).
 #[test]
 fn pissa_run_saves_the_converted_adapter_and_infers() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data.jsonl");
-    write_dataset(&data, 16);
-    let data = data.display().to_string();
-    let m = model("tiny-Qwen2.5");
+    let (dir, data, m) = reverse_task(16);
     let out = dir.path().join("out").display().to_string();
     let (code, _, stderr) = swift(&[
         "sft",
@@ -723,11 +720,7 @@ fn pissa_run_saves_the_converted_adapter_and_infers() {
 /// dropout path and its masks resume too), and infer and export read the checkpoint.
 #[test]
 fn dora_run_trains_the_magnitude_resumes_exactly_and_infers_and_merges() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data.jsonl");
-    write_dataset(&data, 24);
-    let data = data.display().to_string();
-    let m = model("tiny-Qwen2.5");
+    let (dir, data, m) = reverse_task(24);
     let dora_args = |out: &str| -> Vec<String> {
         [
             "sft",
