@@ -135,6 +135,31 @@ mod tests {
     }
 
     #[test]
+    fn a_gradient_sums_every_use_of_a_tensor_and_is_contiguous() {
+        // candle's backward is patched (scripts/vendor/candle.py) to store a tensor's first
+        // gradient as it is instead of adding it to zeros; sums over several uses, a first
+        // gradient that arrives transposed, and `x - x` must come out as before.
+        let dev = Device::Cpu;
+        let x = Var::new(&[[1f32, -2., 3.], [4., 5., -6.]], &dev).unwrap();
+        let c = Tensor::new(&[[0.5f32, 1.0], [1.5, 2.0], [2.5, 3.0]], &dev).unwrap();
+        let xt = x.as_tensor().t().unwrap();
+        let uses = [
+            (xt.contiguous().unwrap() * &c).unwrap().sum_all().unwrap(),
+            (x.as_tensor() * x.as_tensor()).unwrap().sum_all().unwrap(),
+            (x.as_tensor() - x.as_tensor()).unwrap().sum_all().unwrap(),
+        ];
+        let loss = ((&uses[0] + &uses[1]).unwrap() + &uses[2]).unwrap();
+        let grads = loss.backward().unwrap();
+        let g = grads.get(x.as_tensor()).unwrap();
+        assert!(g.is_contiguous());
+        let expected = (c.t().unwrap() + (x.as_tensor() * 2.0).unwrap()).unwrap();
+        assert_eq!(
+            g.to_vec2::<f32>().unwrap(),
+            expected.to_vec2::<f32>().unwrap()
+        );
+    }
+
+    #[test]
     fn every_op_passes_gradients() {
         // The property candle's fused ops lack: d(out)/d(input) and d(out)/d(weight) exist.
         let dev = Device::Cpu;
