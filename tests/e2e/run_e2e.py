@@ -420,13 +420,27 @@ def scenario_restarts_exhausted(cluster, ctx):
     return f"Failed: {message}"
 
 
+def signal_job(cluster, name, sig):
+    """Sends `sig` to every running process of the job's pods (each pod is a process group)."""
+    for key, c in list(cluster.agent.containers.items()):
+        if name in key[1] and c.proc.poll() is None:
+            os.killpg(c.proc.pid, sig)
+
+
 def scenario_suspend_resume(cluster, ctx):
     """Suspend stops the processes; resume continues from the last checkpoint, not step 0."""
     name = "tiny-lora-suspend"
     cluster.apply(train_doc(name))
     wait_for("a first checkpoint", lambda: cluster.checkpoint_steps(name), 120, interval=0.1)
-    cluster.kubectl("patch", "swifttrainjob", name, "--type", "merge", "-p", '{"spec":{"suspend":true}}')
-    wait_phase(cluster, name, "Suspended", 60)
+    # The tiny run's 20 steps take ~3 s, about what suspending takes to reach the pods: the
+    # run is frozen (SIGSTOP) while the suspend goes through, so it cannot finish first. The
+    # node agent's SIGTERM waits, pending, until SIGCONT lets it land.
+    signal_job(cluster, name, signal.SIGSTOP)
+    try:
+        cluster.kubectl("patch", "swifttrainjob", name, "--type", "merge", "-p", '{"spec":{"suspend":true}}')
+        wait_phase(cluster, name, "Suspended", 60)
+    finally:
+        signal_job(cluster, name, signal.SIGCONT)
     wait_for("the processes to stop", lambda: not [k for k in cluster.running_processes() if name in k[1]], 60)
     at = max(cluster.checkpoint_steps(name))
     assert at < 20, f"the run finished ({at}) before it was suspended: nothing was tested"
