@@ -96,6 +96,9 @@ pub async fn resolve_resume(arg: &str) -> Result<Option<ResumePoint>> {
         Location::Local(path) => resolve_local(path)?,
         Location::Remote(loc) => resolve_remote(&Remote::open(loc)?).await?,
     };
+    // `resolve_remote` refuses a listed `checkpoint-N` without a valid manifest itself,
+    // since a `best`/`last` pointer leads there too; this catches the rest (a missing
+    // folder, a local one never finished).
     if found.is_none() && names_one_checkpoint(&location) {
         return Err(StorageError::NoCheckpoint {
             location: location.to_string(),
