@@ -148,7 +148,7 @@ ACCUMULATE = '''
 
 # `let g = grads.or_insert(x)?;` directly followed by `*g = g.add(&y)?` (y a plain name).
 OR_INSERT_ADD = re.compile(
-    r"let (\w+) = grads\.or_insert\((\w+)\)\?;\n(\s*)\*\1 = \1\.add\(&(\w+)\)\?(;?)"
+    r"let (\w+) = grads\.or_insert\((\w+)\)\?;\n\s*\*\1 = \1\.add\(&(\w+)\)\?(;?)"
 )
 
 
@@ -159,8 +159,8 @@ def patch_backprop(path: Path) -> None:
     )
     assert source.count(anchor) == 1, "candle's GradStore::or_insert doc comment moved"
     source = source.replace(anchor, ACCUMULATE.lstrip("\n"))
-    source, count = OR_INSERT_ADD.subn(r"grads.accumulate(\2, &\4)?\5", source)
-    # 0.11.1 has 35 such pairs (the custom ops', reshapes', unary ops'...); fewer means the
+    source, count = OR_INSERT_ADD.subn(r"grads.accumulate(\2, &\3)?\4", source)
+    # 0.11.1 has 37 such pairs (the custom ops', reshapes', unary ops'...); fewer means the
     # source changed shape and this patch needs a look.
     assert count >= 30, f"only {count} or_insert/add pairs found in backprop.rs"
     path.write_text(source)

@@ -422,9 +422,9 @@ def scenario_restarts_exhausted(cluster, ctx):
 
 def signal_job(cluster, name, sig):
     """Sends `sig` to every running process of the job's pods (each pod is a process group)."""
-    for key, c in list(cluster.agent.containers.items()):
-        if name in key[1] and c.proc.poll() is None:
-            os.killpg(c.proc.pid, sig)
+    for key in cluster.running_processes():
+        if name in key[1]:
+            os.killpg(cluster.agent.containers[key].proc.pid, sig)
 
 
 def scenario_suspend_resume(cluster, ctx):
