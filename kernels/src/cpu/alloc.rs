@@ -6,6 +6,11 @@
 //! a TLB shoot-down on free. On the 2-core VMs we measured, that was most of a SiLU-mul
 //! backward (24 ms of 30) and a large part of a decoder layer's step. Keeping freed memory
 //! in the process removes it.
+//!
+//! Weights read once per generated token want the opposite treatment from the TLB's point
+//! of view: a 500 MB model in 4 KiB pages is ~130 000 pages, and a decode step walks all of
+//! them. Backing the weights with 2 MiB pages ([`back_with_huge_pages`]) measured 3-11%
+//! faster batch-1 decode on the 2-core Zen 3 VMs.
 
 /// Makes glibc's malloc keep freed memory for reuse: blocks up to 32 MiB come from the heap
 /// instead of fresh `mmap`s, and the heap is never trimmed. Call once at the start of a
@@ -31,5 +36,91 @@ pub fn keep_freed_memory() -> bool {
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     {
         false
+    }
+}
+
+/// The size of a transparent huge page on x86-64 and (4 KiB-granule) aarch64 Linux.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// What [`back_with_huge_pages`] could do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HugePages {
+    /// The kernel moved the range onto huge pages (every 2 MiB-aligned piece of it that
+    /// lies in one anonymous mapping).
+    Collapsed,
+    /// The kernel did part of it, or none (not enough free huge pages, or a piece that
+    /// crosses mappings); the rest stays on small pages, which is only slower.
+    Partly,
+    /// The range is smaller than a huge page, or this kernel or OS cannot collapse memory
+    /// (Linux before 6.1, transparent huge pages disabled, not Linux).
+    Unsupported,
+}
+
+/// Moves the memory under `bytes` onto transparent huge pages (`madvise(MADV_COLLAPSE)`,
+/// synchronous, contents unchanged), for data that is read over and over, such as model
+/// weights. The range is widened to 2 MiB boundaries: a weight living in malloc's heap
+/// shares its first and last huge page with its neighbours, which is harmless (the same
+/// process's memory, copied as is) and lets consecutive weights fill whole huge pages.
+/// Pieces of the widened range that lie in another mapping, or none, are left alone by the
+/// kernel. Best effort: nothing fails if the kernel says no.
+pub fn back_with_huge_pages(bytes: &[u8]) -> HugePages {
+    if bytes.len() < HUGE_PAGE / 2 {
+        return HugePages::Unsupported;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        let start = bytes.as_ptr() as usize & !(HUGE_PAGE - 1);
+        let end = (bytes.as_ptr() as usize + bytes.len()).next_multiple_of(HUGE_PAGE);
+        // SAFETY: MADV_COLLAPSE never changes the contents of the memory it is given (it
+        // copies pages into a huge page and remaps them, as khugepaged does in the
+        // background), and on ranges that are not mapped it only returns an error.
+        let rc =
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_COLLAPSE) };
+        if rc == 0 {
+            return HugePages::Collapsed;
+        }
+        match std::io::Error::last_os_error().raw_os_error() {
+            // Unknown advice (kernel < 6.1) or huge pages switched off.
+            Some(libc::EINVAL) | Some(libc::EPERM) => HugePages::Unsupported,
+            _ => HugePages::Partly,
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        HugePages::Unsupported
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collapsing_keeps_the_contents_and_tolerates_any_range() {
+        let data: Vec<u32> = (0..3_000_000u32)
+            .map(|i| i.wrapping_mul(2_654_435_761))
+            .collect();
+        let expected: u64 = data.iter().map(|&v| v as u64).sum();
+        // SAFETY: a u32 slice viewed as bytes (alignment 1, same length in bytes).
+        let bytes =
+            unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), data.len() * 4) };
+        let outcome = back_with_huge_pages(bytes);
+        if outcome == HugePages::Collapsed {
+            // At least the 2 MiB pieces inside the 12 MB are now huge pages.
+            let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
+            let huge_kb: u64 = rollup
+                .lines()
+                .find_map(|l| l.strip_prefix("AnonHugePages:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0);
+            assert!(
+                huge_kb >= 4096,
+                "collapsed but AnonHugePages is {huge_kb} kB"
+            );
+        }
+        assert_eq!(data.iter().map(|&v| v as u64).sum::<u64>(), expected);
+        assert_eq!(data[2_999_999], 2_999_999u32.wrapping_mul(2_654_435_761));
+        // Too small to be worth it: left alone.
+        assert_eq!(back_with_huge_pages(&bytes[..4096]), HugePages::Unsupported);
     }
 }

@@ -39,6 +39,8 @@ impl Loader<'_> {
         } else {
             t
         };
+        // Last, once the tensor is in the memory it will live in (a variable is a copy).
+        super::cpu::storage::back_with_huge_pages(&t);
         self.params.push((name.to_string(), t.clone()));
         Ok(t)
     }

@@ -5,7 +5,7 @@
 pub mod attention;
 pub mod elementwise;
 pub mod linear;
-mod storage;
+pub(crate) mod storage;
 
 pub use attention::{AttentionInput, Heads, QkNorm, SeqSpan, attention};
 pub use linear::linear;

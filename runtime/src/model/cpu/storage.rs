@@ -2,6 +2,7 @@
 //! inside candle's storage lock, hence the closures.
 
 use candle_core::{CpuStorage, Storage, Tensor};
+use kubeswift_kernels::cpu::alloc::{self, HugePages};
 
 use super::linear::WeightSlice;
 use crate::model::error::{ModelError, Result};
@@ -34,5 +35,22 @@ pub fn with_weight_slice<R>(w: &Tensor, f: impl FnOnce(WeightSlice<'_>) -> R) ->
             w.dtype(),
             w.device().location()
         ))),
+    }
+}
+
+/// Moves a CPU tensor's memory onto transparent huge pages when it is large enough to
+/// matter (see [`kubeswift_kernels::cpu::alloc::back_with_huge_pages`]): decoding reads
+/// every weight once per token, and with 4 KiB pages much of that walk is TLB misses.
+pub fn back_with_huge_pages(t: &Tensor) -> HugePages {
+    let (storage, _) = t.storage_and_layout();
+    fn bytes<T>(v: &[T]) -> &[u8] {
+        // SAFETY: any initialised slice may be viewed as its bytes (alignment 1, same size).
+        unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+    }
+    match &*storage {
+        Storage::Cpu(CpuStorage::F32(v)) => alloc::back_with_huge_pages(bytes(v)),
+        Storage::Cpu(CpuStorage::BF16(v)) => alloc::back_with_huge_pages(bytes(v)),
+        Storage::Cpu(CpuStorage::F16(v)) => alloc::back_with_huge_pages(bytes(v)),
+        _ => HugePages::Unsupported,
     }
 }
