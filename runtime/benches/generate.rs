@@ -7,11 +7,15 @@
 //! forward over `batch` prompts of `prompt` random tokens; decode is `new` greedy steps of
 //! one token per sequence. `scripts/bench/bench_infer.py` runs it beside transformers and
 //! llama.cpp and prints the table.
+//!
+//! `--read-bandwidth` instead prints `{"read_gb_s": ..}`: how fast this machine's threads
+//! can read memory, the ceiling of batch-1 decode (which reads every weight once a token).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::DType;
+use kubeswift_kernels::cpu::{par, rowdot};
 use kubeswift_runtime::model::config::{DecoderConfig, parse_dtype};
 use kubeswift_runtime::model::{CausalLm, LoadOptions, LogitRows, SeqSpan};
 use rand::rngs::StdRng;
@@ -24,6 +28,7 @@ struct Opts {
     prompt: usize,
     new: usize,
     repeat: usize,
+    read_bandwidth: bool,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -34,6 +39,7 @@ fn parse() -> Result<Opts, String> {
         prompt: 128,
         new: 64,
         repeat: 2,
+        read_bandwidth: false,
     };
     // `cargo test --all-targets` runs this binary without `--bench`: a few tokens of the
     // tiny fixture model then, so the suite checks the bench works without timing anything.
@@ -50,6 +56,10 @@ fn parse() -> Result<Opts, String> {
     while let Some(flag) = args.next() {
         // `cargo bench` passes --bench to harness-less benches.
         if flag == "--bench" {
+            continue;
+        }
+        if flag == "--read-bandwidth" {
+            o.read_bandwidth = true;
             continue;
         }
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
@@ -130,16 +140,112 @@ fn run(
     Ok((prefill, t1.elapsed().as_secs_f64()))
 }
 
+/// Bytes a second the thread pool the decode kernels run on can read: every thread sums
+/// its share of a buffer far larger than the caches, held on huge pages as the weights
+/// are; best of several passes, as the decode figures are. With `kernel`, the pieces are
+/// instead read by the batch-1 decode kernel (`rowdot::rows_dot`, one input row against
+/// 1024-wide weight rows), which says how close that kernel gets to the plain read.
+fn read_bandwidth(mib: usize, kernel: bool) -> f64 {
+    const K: usize = 1024;
+    let n = (mib << 20) / 4;
+    let data = vec![1f32; n];
+    // SAFETY: an f32 slice viewed as its bytes.
+    let bytes = unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), n * 4) };
+    kubeswift_kernels::cpu::alloc::back_with_huge_pages(bytes);
+    let tasks = 256;
+    let per = n / tasks / K * K;
+    let x = vec![1f32; K];
+    let mut best = 0f64;
+    for _ in 0..10 {
+        let t = Instant::now();
+        let sums = par::map(tasks, |i| {
+            let piece = &data[i * per..(i + 1) * per];
+            if kernel {
+                let mut out = vec![0f32; per / K];
+                rowdot::rows_dot(&x, piece, K, &mut out);
+                out.iter().sum()
+            } else {
+                plain_sum(piece)
+            }
+        });
+        std::hint::black_box(sums.iter().sum::<f32>());
+        best = best.max((tasks * per * 4) as f64 / t.elapsed().as_secs_f64());
+    }
+    best
+}
+
+/// A sum with as little work per byte as the CPU allows (AVX2 where present), so memory
+/// is the only limit.
+fn plain_sum(xs: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is present (checked above).
+        return unsafe { plain_sum_avx2(xs) };
+    }
+    let mut acc = [0f32; 16];
+    for c in xs.chunks_exact(16) {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    acc.iter().sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn plain_sum_avx2(xs: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for c in xs.chunks_exact(32) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            // SAFETY: `c` holds 32 floats, so `c[8 * j..]` has 8.
+            *a = _mm256_add_ps(*a, unsafe { _mm256_loadu_ps(c.as_ptr().add(8 * j)) });
+        }
+    }
+    let mut lanes = [0f32; 8];
+    // SAFETY: `lanes` holds 8 floats.
+    unsafe {
+        _mm256_storeu_ps(
+            lanes.as_mut_ptr(),
+            _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])),
+        )
+    };
+    lanes.iter().sum()
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let o = parse()?;
     // As the `swift` binary does (see its main): freed buffers stay in the process.
     kubeswift_kernels::cpu::alloc::keep_freed_memory();
+    if o.read_bandwidth {
+        let mib = if std::env::args().any(|a| a == "--bench") {
+            512
+        } else {
+            8
+        };
+        let read = read_bandwidth(mib, false) / 1e9;
+        let kernel = read_bandwidth(mib, true) / 1e9;
+        println!(
+            "{}",
+            serde_json::json!({ "threads": par::threads(), "read_gb_s": read, "decode_kernel_gb_s": kernel })
+        );
+        return Ok(());
+    }
     let config = DecoderConfig::from_file(&o.model.join("config.json"))?;
     let opts = LoadOptions {
         dtype: Some(o.dtype),
         ..LoadOptions::default()
     };
     let model = CausalLm::load(&o.model, config, &opts)?;
+    // What one batch-1 decode step reads: every weight, except that an input embedding not
+    // shared with the output layer gives one row per token.
+    let params = model.named_parameters();
+    let untied = params.iter().any(|(name, _)| name == "lm_head.weight");
+    let streamed_bytes: usize = params
+        .iter()
+        .filter(|(name, _)| !(untied && name.ends_with("embed_tokens.weight")))
+        .map(|(_, t)| t.elem_count() * t.dtype().size_in_bytes())
+        .sum();
     let mut rng = StdRng::seed_from_u64(0);
     // A short warm-up run touches every weight page and wakes the thread pool.
     run(
@@ -167,7 +273,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "batch": o.batch,
             "prompt": o.prompt,
             "new": o.new,
-            "threads": rayon::current_num_threads(),
+            "threads": par::threads(),
+            "streamed_bytes": streamed_bytes,
             "prefill_tok_s": (o.batch * o.prompt) as f64 / best_prefill,
             "decode_tok_s": (o.batch * o.new) as f64 / best_decode,
         })

@@ -10,6 +10,12 @@ and bf16 (kubeswift and torch in bf16; llama.cpp on an f16 GGUF, its half-precis
 Batches 1 and 8: B prompts of --prompt random tokens, then --new greedy tokens each.
 Every engine uses --threads threads (default 2, the CI machine's cores).
 
+Batch-1 decode reads every weight once per token, so memory bandwidth bounds it. The bench
+also measures how fast --threads threads read memory here (`generate --read-bandwidth`,
+before and after the engines run) and prints a second table for the batch-1 rows: the
+bytes a second each engine's decode streams (tokens/s x the weight bytes a step reads) and what 3x
+transformers would have to stream, both against that ceiling.
+
 Run through scripts/bench/bench_infer.sh (it installs torch, transformers, gguf and
 llama-cpp-python into the ignored .venv/bench), or directly with a Python that has them:
     python scripts/bench/bench_infer.py [--prompt 128 --new 64 --threads 2]
@@ -240,7 +246,27 @@ def bench_kubeswift(folder, dtype, batch, prompt, new, threads):
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
     r = json.loads(out.strip().splitlines()[-1])
+    STREAMED_BYTES[(folder, dtype)] = r["streamed_bytes"]
     return r["prefill_tok_s"], r["decode_tok_s"]
+
+
+# Weight bytes one batch-1 decode step reads, per (folder, dtype), as our bench reports them
+# (every weight but an untied input embedding, of which a step reads one row).
+STREAMED_BYTES = {}
+
+
+def read_bandwidth(threads):
+    """GB/s the machine's --threads threads read: the better of a plain sum and our decode
+    kernel (whose software prefetch sometimes gets more out of the memory than the plain
+    loop's hardware prefetch)."""
+    cmd = ["cargo", "bench", "-q", "-p", "kubeswift-runtime", "--bench", "generate", "--",
+           "--read-bandwidth"]
+    env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    print(f"read bandwidth: {r['read_gb_s']:.1f} GB/s plain, {r['decode_kernel_gb_s']:.1f} GB/s "
+          "through the decode kernel", file=sys.stderr, flush=True)
+    return max(r["read_gb_s"], r["decode_kernel_gb_s"])
 
 
 def bench_transformers(folder, dtype, batch, prompt, new, threads):
@@ -366,6 +392,7 @@ def main():
     folders = {"SmolLM2-135M": SMOLLM2, "Qwen2-100M": QWEN2}
     engines = args.engines.split(",")
     rows = []
+    ceiling = read_bandwidth(args.threads)
     for name in args.models.split(","):
         folder = folders[name]
         if not os.path.exists(os.path.join(folder, "model.safetensors")):
@@ -391,7 +418,9 @@ def main():
                         print(f"{name} {dtype} b{batch} {engine}: prefill {r[0]:.0f} tok/s, decode {r[1]:.1f} tok/s",
                               file=sys.stderr, flush=True)
                 rows.append(row)
+    ceiling = max(ceiling, read_bandwidth(args.threads))
     print_table(rows, engines, args)
+    print_bandwidth(rows, engines, ceiling)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
@@ -412,6 +441,30 @@ def print_table(rows, engines, args):
             cells += [f"{r[e]['prefill']:.0f}", f"{r[e]['decode']:.1f}"]
         if ratios:
             cells += [f"{r['kubeswift']['decode'] / r[e]['decode']:.2f}x" for e in engines if e != "kubeswift"]
+        print("| " + " | ".join(cells) + " |")
+
+
+def print_bandwidth(rows, engines, ceiling):
+    folders = {"SmolLM2-135M": SMOLLM2, "Qwen2-100M": QWEN2}
+    print(f"\nbatch-1 decode against memory bandwidth: this machine reads {ceiling:.1f} GB/s on these "
+          "threads (best of the probes before and after); GB/s = decode tokens/s x the weight bytes a "
+          "step reads\n")
+    head = "| model | dtype | MB read a step | " + " | ".join(f"{e} GB/s" for e in engines)
+    if "transformers" in engines:
+        head += " | 3x transformers needs"
+    print(head + " |")
+    print("|" + "---|" * (head.count("|") - 1))
+    for r in rows:
+        size = STREAMED_BYTES.get((folders[r["model"]], r["dtype"]))
+        if r["batch"] != 1 or size is None:
+            continue
+        cells = [r["model"], r["dtype"], f"{size / 1e6:.0f}"]
+        for e in engines:
+            gb = r[e]["decode"] * size / 1e9
+            cells.append(f"{gb:.1f} ({gb / ceiling:.0%})")
+        if "transformers" in engines:
+            need = 3 * r["transformers"]["decode"] * size / 1e9
+            cells.append(f"{need:.1f} ({need / ceiling:.0%})")
         print("| " + " | ".join(cells) + " |")
 
 
