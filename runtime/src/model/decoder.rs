@@ -380,7 +380,8 @@ impl DecoderLayer {
         let m = self
             .mlp
             .forward_infer(&self.post_attention_layernorm.forward_infer(&h)?, rows)?;
-        Ok((h + m)?)
+        // Our add, not candle's: candle hands even a decode step's one row to its pool.
+        cpu::elementwise::add(&h, &m)
     }
 }
 
