@@ -145,13 +145,11 @@ fn run(
 /// are; best of several passes, as the decode figures are. With `kernel`, the pieces are
 /// instead read by the batch-1 decode kernel (`rowdot::rows_dot`, one input row against
 /// 1024-wide weight rows), which says how close that kernel gets to the plain read.
-fn read_bandwidth(mib: usize, kernel: bool) -> f64 {
+fn read_bandwidth(kernel: bool) -> f64 {
     const K: usize = 1024;
-    let n = (mib << 20) / 4;
+    let n = (512 << 20) / 4;
     let data = vec![1f32; n];
-    // SAFETY: an f32 slice viewed as its bytes.
-    let bytes = unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), n * 4) };
-    kubeswift_kernels::cpu::alloc::back_with_huge_pages(bytes);
+    kubeswift_kernels::cpu::alloc::back_with_huge_pages(&data);
     let tasks = 256;
     let per = n / tasks / K * K;
     let x = vec![1f32; K];
@@ -218,13 +216,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // As the `swift` binary does (see its main): freed buffers stay in the process.
     kubeswift_kernels::cpu::alloc::keep_freed_memory();
     if o.read_bandwidth {
-        let mib = if std::env::args().any(|a| a == "--bench") {
-            512
-        } else {
-            8
-        };
-        let read = read_bandwidth(mib, false) / 1e9;
-        let kernel = read_bandwidth(mib, true) / 1e9;
+        let read = read_bandwidth(false) / 1e9;
+        let kernel = read_bandwidth(true) / 1e9;
         println!(
             "{}",
             serde_json::json!({ "threads": par::threads(), "read_gb_s": read, "decode_kernel_gb_s": kernel })

@@ -35,6 +35,7 @@ ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)),
 CACHE = os.path.join(ROOT, ".cache", "bench")
 SMOLLM2 = os.path.join(ROOT, ".cache", "models", "SmolLM2-135M-Instruct")
 QWEN2 = os.path.join(CACHE, "Qwen2-100M")
+FOLDERS = {"SmolLM2-135M": SMOLLM2, "Qwen2-100M": QWEN2}
 
 
 # ---------------------------------------------------------------- model preparation
@@ -239,13 +240,17 @@ def write_gguf(folder: str, out: str, half: bool) -> None:
 
 # ---------------------------------------------------------------- engines
 
-def bench_kubeswift(folder, dtype, batch, prompt, new, threads):
-    cmd = ["cargo", "bench", "-q", "-p", "kubeswift-runtime", "--bench", "generate", "--",
-           "--model", folder, "--dtype", dtype, "--batch", str(batch), "--prompt", str(prompt),
-           "--new", str(new)]
+def run_generate(args, threads):
+    """Our `generate` bench with `args` on `threads` threads: its JSON result line."""
+    cmd = ["cargo", "bench", "-q", "-p", "kubeswift-runtime", "--bench", "generate", "--", *args]
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
-    r = json.loads(out.strip().splitlines()[-1])
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def bench_kubeswift(folder, dtype, batch, prompt, new, threads):
+    r = run_generate(["--model", folder, "--dtype", dtype, "--batch", str(batch),
+                      "--prompt", str(prompt), "--new", str(new)], threads)
     STREAMED_BYTES[(folder, dtype)] = r["streamed_bytes"]
     return r["prefill_tok_s"], r["decode_tok_s"]
 
@@ -259,11 +264,7 @@ def read_bandwidth(threads):
     """GB/s the machine's --threads threads read: the better of a plain sum and our decode
     kernel (whose software prefetch sometimes gets more out of the memory than the plain
     loop's hardware prefetch)."""
-    cmd = ["cargo", "bench", "-q", "-p", "kubeswift-runtime", "--bench", "generate", "--",
-           "--read-bandwidth"]
-    env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
-    r = json.loads(out.strip().splitlines()[-1])
+    r = run_generate(["--read-bandwidth"], threads)
     print(f"read bandwidth: {r['read_gb_s']:.1f} GB/s plain, {r['decode_kernel_gb_s']:.1f} GB/s "
           "through the decode kernel", file=sys.stderr, flush=True)
     return max(r["read_gb_s"], r["decode_kernel_gb_s"])
@@ -389,12 +390,11 @@ def main():
         return
 
     write_qwen2_100m(QWEN2)
-    folders = {"SmolLM2-135M": SMOLLM2, "Qwen2-100M": QWEN2}
     engines = args.engines.split(",")
     rows = []
-    ceiling = read_bandwidth(args.threads)
+    ceiling = 0.0
     for name in args.models.split(","):
-        folder = folders[name]
+        folder = FOLDERS[name]
         if not os.path.exists(os.path.join(folder, "model.safetensors")):
             sys.exit(f"{folder} is missing (SmolLM2: run scripts/fixtures/fetch_smollm2.sh)")
         for dtype in args.dtypes.split(","):
@@ -447,7 +447,6 @@ def print_table(rows, engines, args):
 
 
 def print_bandwidth(rows, engines, ceiling):
-    folders = {"SmolLM2-135M": SMOLLM2, "Qwen2-100M": QWEN2}
     print(f"\nbatch-1 decode against memory bandwidth: this machine reads {ceiling:.1f} GB/s on these "
           "threads (best of the probes beside every row); GB/s = decode tokens/s x the weight bytes a "
           "step reads\n")
@@ -457,7 +456,7 @@ def print_bandwidth(rows, engines, ceiling):
     print(head + " |")
     print("|" + "---|" * (head.count("|") - 1))
     for r in rows:
-        size = STREAMED_BYTES.get((folders[r["model"]], r["dtype"]))
+        size = STREAMED_BYTES.get((FOLDERS[r["model"]], r["dtype"]))
         if r["batch"] != 1 or size is None:
             continue
         cells = [r["model"], r["dtype"], f"{size / 1e6:.0f}"]

@@ -42,15 +42,10 @@ pub fn with_weight_slice<R>(w: &Tensor, f: impl FnOnce(WeightSlice<'_>) -> R) ->
 /// matter (see [`kubeswift_kernels::cpu::alloc::back_with_huge_pages`]): decoding reads
 /// every weight once per token, and with 4 KiB pages much of that walk is TLB misses.
 pub fn back_with_huge_pages(t: &Tensor) -> HugePages {
-    let (storage, _) = t.storage_and_layout();
-    fn bytes<T>(v: &[T]) -> &[u8] {
-        // SAFETY: any initialised slice may be viewed as its bytes (alignment 1, same size).
-        unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
-    }
-    match &*storage {
-        Storage::Cpu(CpuStorage::F32(v)) => alloc::back_with_huge_pages(bytes(v)),
-        Storage::Cpu(CpuStorage::BF16(v)) => alloc::back_with_huge_pages(bytes(v)),
-        Storage::Cpu(CpuStorage::F16(v)) => alloc::back_with_huge_pages(bytes(v)),
+    match &*t.storage_and_layout().0 {
+        Storage::Cpu(CpuStorage::F32(v)) => alloc::back_with_huge_pages(v),
+        Storage::Cpu(CpuStorage::BF16(v)) => alloc::back_with_huge_pages(v),
+        Storage::Cpu(CpuStorage::F16(v)) => alloc::back_with_huge_pages(v),
         _ => HugePages::Unsupported,
     }
 }
