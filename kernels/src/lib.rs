@@ -40,8 +40,8 @@ pub use ops::cross_entropy::{
     CrossEntropy, CrossEntropyOptions, IGNORE_INDEX, linear_cross_entropy,
 };
 pub use ops::linear::{
-    LoraDropout, dropout_factors, frozen_linear, frozen_linear_grad_only, lora_linear,
-    lora_linear_grad_only, lora_linear_with_dropout,
+    LoraDropout, dropout_factors, frozen_linear, frozen_linear_grad_only, frozen_linear_replay,
+    lora_linear, lora_linear_grad_only, lora_linear_replay, lora_linear_with_dropout,
 };
 pub use ops::rms_norm::rms_norm;
 pub use ops::rope::{rope, rope_tables};

@@ -11,7 +11,8 @@ after right truncation and both engines see the same number of tokens per step.
 
 Settings (both engines): LoRA r8, alpha 32, all-linear, dropout 0, per-device batch 8,
 gradient accumulation 1, max_length 256, logging every step, no saving, no eval, one
-process; dtype f32 and bf16, gradient checkpointing on and off.
+process; dtype f32 and bf16, gradient checkpointing on and off (`--ckpt`), and optionally
+ours with `--recompute_granularity selective` beside ms-swift's checkpointing (`selective`).
 
 What is measured, from outside both processes, the same way:
 - tokens/s: batch x max_length tokens per step, over the steps after the first two
@@ -201,6 +202,11 @@ def fmt_s(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds:.2f}"
 
 
+# How the table names a checkpointing setting (ms-swift runs "selective" rows with its own,
+# full, checkpointing: it has no selective mode).
+CKPT_LABELS = {"on": "on", "off": "off", "selective": "selective (ms-swift: on)"}
+
+
 def common_args(a, model, data, dtype, ckpt, out):
     return [
         "--model", model, "--dataset", data, "--torch_dtype", {"f32": "float32", "bf16": "bfloat16"}[dtype],
@@ -227,7 +233,10 @@ def main():
     ap.add_argument("--max_length", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtypes", default="f32,bf16")
-    ap.add_argument("--ckpt", default="on,off")
+    ap.add_argument("--ckpt", default="on,off",
+                    help="gradient checkpointing settings: on, off, selective (ours with "
+                         "--recompute_granularity selective; ms-swift, which has no such mode, "
+                         "runs with its checkpointing on)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--rounds", type=int, default=1,
                     help="runs per engine and setting, engines alternating; the table keeps each engine's fastest")
@@ -258,14 +267,20 @@ def main():
 
     rows, curves = [], {}
     for dtype in a.dtypes.split(","):
-        for ckpt in [c == "on" for c in a.ckpt.split(",")]:
+        for ckpt in a.ckpt.split(","):
+            if ckpt not in ("on", "off", "selective"):
+                sys.exit(f"--ckpt: {ckpt!r} is not on, off or selective")
             row = {"dtype": dtype, "grad_ckpt": ckpt}
             # Engines alternate within a round, so a slow spell of a shared machine does not
             # land on one engine only; each engine keeps its fastest round.
             runs = []
             for name, exe, tuner_flag, extra in engines:
-                work = os.path.join(CACHE, "runs", f"{name}-{dtype}-{'ckpt' if ckpt else 'nockpt'}")
-                cmd = [exe, "sft", tuner_flag, "lora"] + common_args(a, model, data, dtype, ckpt, os.path.join(work, "out")) + extra
+                work = os.path.join(CACHE, "runs", f"{name}-{dtype}-ckpt-{ckpt}")
+                granularity = (["--recompute_granularity", "selective"]
+                               if ckpt == "selective" and name == "kubeswift" else [])
+                cmd = ([exe, "sft", tuner_flag, "lora"]
+                       + common_args(a, model, data, dtype, ckpt != "off", os.path.join(work, "out"))
+                       + extra + granularity)
                 runs.append((name, work, cmd))
             for round_no in range(1, a.rounds + 1):
                 for name, work, cmd in runs:
@@ -295,7 +310,7 @@ def main():
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for row in rows:
-        cells = [row["dtype"], "on" if row["grad_ckpt"] else "off"]
+        cells = [row["dtype"], CKPT_LABELS[row["grad_ckpt"]]]
         for n in names:
             s = row[n]
             cells += ([f"{s['tok_s']:.0f}", f"{s['peak_gib']:.2f}", f"{s['start_s']:.1f}",
@@ -309,15 +324,15 @@ def main():
         print("| " + " | ".join(cells) + " |")
     for dtype in a.dtypes.split(","):
         ours = [r for r in rows if r["dtype"] == dtype]
-        on = next((r for r in ours if r["grad_ckpt"]), None)
-        off = next((r for r in ours if not r["grad_ckpt"]), None)
-        for n in names:
-            if on and off and on[n]["ok"] and off[n]["ok"]:
-                print(f"{n} {dtype}: gradient checkpointing saves "
-                      f"{off[n]['peak_gib'] - on[n]['peak_gib']:.2f} GiB of peak RSS")
+        off = next((r for r in ours if r["grad_ckpt"] == "off"), None)
+        for on in (r for r in ours if r["grad_ckpt"] != "off"):
+            for n in names:
+                if off and on[n]["ok"] and off[n]["ok"]:
+                    print(f"{n} {dtype}: gradient checkpointing {CKPT_LABELS[on['grad_ckpt']]} saves "
+                          f"{off[n]['peak_gib'] - on[n]['peak_gib']:.2f} GiB of peak RSS")
     print("\nloss per step:")
     for (name, dtype, ckpt), losses in curves.items():
-        print(f"  {name:9} {dtype:4} ckpt={'on ' if ckpt else 'off'}: " + " ".join(f"{x:.3f}" for x in losses))
+        print(f"  {name:9} {dtype:4} ckpt={ckpt:9}: " + " ".join(f"{x:.3f}" for x in losses))
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"rows": rows, "curves": {"|".join(map(str, k)): v for k, v in curves.items()}}, f, indent=1)

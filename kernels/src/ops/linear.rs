@@ -13,7 +13,7 @@ use crate::elem::Elem;
 use crate::error::{shape_err, value_err};
 use crate::ops::f32_storage;
 use crate::storage::{
-    check_float, contiguous_range, floats, with_cpu, with_floats, with_tensor_floats,
+    check_float, contiguous_range, floats, owned, with_cpu, with_floats, with_tensor_floats,
 };
 
 const FROZEN: &str = "frozen_linear";
@@ -37,6 +37,20 @@ pub fn frozen_linear_grad_only(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Re
     frozen_linear_with(x, w, b, Output::GradOnly)
 }
 
+/// [`frozen_linear`] replayed for gradient checkpointing: `saved` is what this op returned
+/// for the same `x` in the forward, and is returned again (copied) instead of being
+/// recomputed; the backward is [`frozen_linear`]'s. Selective recomputation keeps each
+/// product's output through the forward so that the backward's recomputation of a layer
+/// redoes only the cheap work between the products.
+pub fn frozen_linear_replay(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    saved: &Tensor,
+) -> Result<Tensor> {
+    frozen_linear_with(x, w, b, Output::Saved(saved.clone()))
+}
+
 fn frozen_linear_with(
     x: &Tensor,
     w: &Tensor,
@@ -44,6 +58,7 @@ fn frozen_linear_with(
     output: Output,
 ) -> Result<Tensor> {
     let frozen = Frozen::new(FROZEN, x, w, b)?;
+    output.check(FROZEN, x, &frozen)?;
     #[cfg(feature = "cuda")]
     if x.device().is_cuda() {
         // No fused CUDA kernel yet; `w` and `b` are detached, so only `x` gets a gradient.
@@ -53,13 +68,50 @@ fn frozen_linear_with(
 }
 
 /// What a linear op's forward computes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 enum Output {
     /// The layer's output.
     Value,
     /// Zeros of the output's shape, plus whatever the backward needs: for a caller that
     /// only backpropagates through the result (see [`frozen_linear_grad_only`]).
     GradOnly,
+    /// The output an earlier forward of the same op on the same input gave, plus whatever
+    /// the backward needs (see [`frozen_linear_replay`]).
+    Saved(Tensor),
+}
+
+impl Output {
+    /// Whether the forward computes the layer's product.
+    fn computes_value(&self) -> bool {
+        matches!(self, Output::Value)
+    }
+
+    /// A saved output must be what the op would return: `x`'s dtype and leading dims,
+    /// the layer's output width.
+    fn check(&self, op: &'static str, x: &Tensor, frozen: &Frozen) -> Result<()> {
+        let Output::Saved(saved) = self else {
+            return Ok(());
+        };
+        check_float(op, "saved", saved)?;
+        let expected = frozen.out_shape(x.layout());
+        if saved.shape() != &expected || saved.dtype() != x.dtype() {
+            return Err(shape_err(
+                op,
+                "saved",
+                saved.shape(),
+                format!(
+                    "{expected:?} in {:?}, the output of this op for x",
+                    x.dtype()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The saved output's values as a fresh storage (ops return owned storage).
+    fn saved_storage(op: &'static str, saved: &Tensor) -> Result<CpuStorage> {
+        with_tensor_floats!(op, "saved", saved, v => Ok(owned(v.to_vec())))
+    }
 }
 
 /// Up to this rank the adapter's thin products go through [`thin_product`] rather than
@@ -157,6 +209,33 @@ pub fn lora_linear_grad_only(
     lora_linear_with(x, w, b, a, b_lora, scale, dropout, Output::GradOnly)
 }
 
+/// [`lora_linear_with_dropout`] replayed for gradient checkpointing (see
+/// [`frozen_linear_replay`]): `saved` is the op's output for the same `x`, `a`, `b_lora`
+/// and dropout in the forward and is returned again; only `dropout(x) A^T`, which the
+/// backward needs for `B`'s gradient, is recomputed.
+#[allow(clippy::too_many_arguments)]
+pub fn lora_linear_replay(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    a: &Tensor,
+    b_lora: &Tensor,
+    scale: f64,
+    dropout: Option<LoraDropout>,
+    saved: &Tensor,
+) -> Result<Tensor> {
+    lora_linear_with(
+        x,
+        w,
+        b,
+        a,
+        b_lora,
+        scale,
+        dropout,
+        Output::Saved(saved.clone()),
+    )
+}
+
 #[allow(clippy::too_many_arguments)]
 fn lora_linear_with(
     x: &Tensor,
@@ -169,6 +248,7 @@ fn lora_linear_with(
     output: Output,
 ) -> Result<Tensor> {
     let frozen = Frozen::new(LORA, x, w, b)?;
+    output.check(LORA, x, &frozen)?;
     check_float(LORA, "a", a)?;
     check_float(LORA, "b_lora", b_lora)?;
     let (r, a_in) = a
@@ -334,8 +414,14 @@ impl CustomOp1 for FrozenLinear {
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
         let (x0, x1) = contiguous_range(FROZEN, "x", xl)?;
         let m = (x1 - x0) / self.frozen.inp.max(1);
+        if let Output::Saved(saved) = &self.output {
+            return Ok((
+                Output::saved_storage(FROZEN, saved)?,
+                self.frozen.out_shape(xl),
+            ));
+        }
         let mut c = vec![0f32; m * self.frozen.out];
-        if self.output == Output::Value {
+        if self.output.computes_value() {
             with_floats!(floats(FROZEN, "x", xs)?, x => self.frozen.forward(FROZEN, &x[x0..x1], &mut c))?;
         }
         Ok((f32_storage(c, xs.dtype()), self.frozen.out_shape(xl)))
@@ -446,9 +532,10 @@ impl CustomOp3 for LoraLinear {
         let (b0, b1) = contiguous_range(LORA, "b_lora", bl)?;
         let m = (x1 - x0) / inp.max(1);
         let r = (a1 - a0) / inp.max(1);
-        let mut c = vec![0f32; m * out];
+        let value = self.output.computes_value();
+        // Replayed: the saved output stands in for the products (none is allocated).
+        let mut c = vec![0f32; if value { m * out } else { 0 }];
         let mut xa = vec![0f32; m * r];
-        let value = self.output == Output::Value;
         with_floats!(floats(LORA, "x", xs)?, x => {
             let x = &x[x0..x1];
             if value {
@@ -469,7 +556,12 @@ impl CustomOp3 for LoraLinear {
         if let Ok(mut slot) = self.xa.lock() {
             *slot = Some(Arc::new(xa));
         }
-        Ok((f32_storage(c, xs.dtype()), self.frozen.out_shape(xl)))
+        let storage = match &self.output {
+            Output::Value => f32_storage(c, xs.dtype()),
+            Output::GradOnly => f32_storage(vec![0f32; m * out], xs.dtype()),
+            Output::Saved(saved) => Output::saved_storage(LORA, saved)?,
+        };
+        Ok((storage, self.frozen.out_shape(xl)))
     }
 
     fn bwd(

@@ -1,7 +1,7 @@
 use candle_core::{DType, Tensor};
 use kubeswift_kernels::{
-    LoraDropout, frozen_linear, frozen_linear_grad_only, lora_linear, lora_linear_grad_only,
-    lora_linear_with_dropout, reference,
+    LoraDropout, frozen_linear, frozen_linear_grad_only, frozen_linear_replay, lora_linear,
+    lora_linear_grad_only, lora_linear_replay, lora_linear_with_dropout, reference,
 };
 
 use crate::common::*;
@@ -211,4 +211,59 @@ fn grad_only_linears_give_the_same_gradients_without_the_product() {
             );
         }
     }
+}
+
+/// The replayed forms (selective recomputation) return the saved output as it is, without
+/// computing the product, and give exactly the ordinary ops' gradients.
+#[test]
+fn replayed_linears_return_the_saved_output_and_the_same_gradients() {
+    let x = rand(71, &[2, 13, 40], 1.0);
+    let w = rand(72, &[50, 40], 0.3);
+    let bias = rand(73, &[50], 0.3);
+    // A stand-in for the saved output that the product could never give: what comes out
+    // is what was saved, not a recomputation.
+    let marker = rand(74, &[2, 13, 50], 5.0);
+    let xv = var(&x);
+    let y = frozen_linear(xv.as_tensor(), &w, Some(&bias)).unwrap();
+    let y1 = frozen_linear_replay(xv.as_tensor(), &w, Some(&bias), &marker).unwrap();
+    assert_close("frozen replay value", &y1, &marker, 0.0);
+    let g = weighted_sum(&y, 3).unwrap().backward().unwrap();
+    let g1 = weighted_sum(&y1, 3).unwrap().backward().unwrap();
+    assert_close("frozen replay dx", &grad(&g1, &xv), &grad(&g, &xv), 0.0);
+
+    let a = rand(75, &[5, 40], 0.3);
+    let bl = rand(76, &[50, 5], 0.3);
+    for drop in [None, Some(LoraDropout { p: 0.25, seed: 9 })] {
+        let (xv, av, bv) = (var(&x), var(&a), var(&bl));
+        let args = (xv.as_tensor(), av.as_tensor(), bv.as_tensor());
+        let y =
+            lora_linear_with_dropout(args.0, &w, Some(&bias), args.1, args.2, 2.0, drop).unwrap();
+        let saved = y.detach();
+        let y1 =
+            lora_linear_replay(args.0, &w, Some(&bias), args.1, args.2, 2.0, drop, &saved).unwrap();
+        assert_close("lora replay value", &y1, &y, 0.0);
+        let g = weighted_sum(&y, 4).unwrap().backward().unwrap();
+        let g1 = weighted_sum(&y1, 4).unwrap().backward().unwrap();
+        for (name, v) in [("dx", &xv), ("dA", &av), ("dB", &bv)] {
+            assert_close(
+                &format!("lora replay {name}"),
+                &grad(&g1, v),
+                &grad(&g, v),
+                0.0,
+            );
+        }
+    }
+}
+
+#[test]
+fn a_saved_output_of_another_shape_or_dtype_is_refused() {
+    let x = rand(81, &[3, 8], 1.0);
+    let w = rand(82, &[6, 8], 0.3);
+    let wrong_width = rand(83, &[3, 5], 1.0);
+    let err = frozen_linear_replay(&x, &w, None, &wrong_width).unwrap_err();
+    assert!(err.to_string().contains("saved"), "{err}");
+    let wrong_dtype = rand(84, &[3, 6], 1.0).to_dtype(DType::BF16).unwrap();
+    let (a, bl) = (rand(85, &[2, 8], 0.3), rand(86, &[6, 2], 0.3));
+    let err = lora_linear_replay(&x, &w, None, &a, &bl, 1.0, None, &wrong_dtype).unwrap_err();
+    assert!(err.to_string().contains("saved"), "{err}");
 }

@@ -142,17 +142,24 @@ impl Attention {
         })
     }
 
-    /// Training mode; with `grad_only` the output is only backpropagated through and
-    /// `o_proj`'s product is skipped (see [`Linear::forward_train_grad_only`]).
-    fn forward_train(&self, x: &Tensor, ctx: &TrainContext, grad_only: bool) -> Result<Tensor> {
+    /// Training mode, q/k/v from `products`; with `grad_only` the output is only
+    /// backpropagated through and `o_proj`'s product is skipped (see
+    /// [`Linear::forward_train_grad_only`]).
+    fn forward_train(
+        &self,
+        x: &Tensor,
+        ctx: &TrainContext,
+        grad_only: bool,
+        mut products: Products,
+    ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let d = self.head_dim;
         let heads = |y: Tensor, n: usize| -> Result<Tensor> {
             Ok(y.reshape((b, t, n, d))?.transpose(1, 2)?)
         };
-        let mut q = heads(self.q_proj.forward_train(x)?, self.num_heads)?;
-        let mut k = heads(self.k_proj.forward_train(x)?, self.num_kv_heads)?;
-        let v = heads(self.v_proj.forward_train(x)?, self.num_kv_heads)?;
+        let mut q = heads(products.project(0, &self.q_proj, x)?, self.num_heads)?;
+        let mut k = heads(products.project(1, &self.k_proj, x)?, self.num_kv_heads)?;
+        let v = heads(products.project(2, &self.v_proj, x)?, self.num_kv_heads)?;
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
             q = qn.forward_train(&q)?;
             k = kn.forward_train(&k)?;
@@ -258,12 +265,13 @@ impl Mlp {
         })
     }
 
-    /// Training mode; with `grad_only` the output is only backpropagated through and
-    /// `down_proj`'s product is skipped (see [`Linear::forward_train_grad_only`]).
-    fn forward_train(&self, x: &Tensor, grad_only: bool) -> Result<Tensor> {
+    /// Training mode, gate/up from `products`; with `grad_only` the output is only
+    /// backpropagated through and `down_proj`'s product is skipped (see
+    /// [`Linear::forward_train_grad_only`]).
+    fn forward_train(&self, x: &Tensor, grad_only: bool, mut products: Products) -> Result<Tensor> {
         let y = ops::silu_mul(
-            &self.gate_proj.forward_train(x)?,
-            &self.up_proj.forward_train(x)?,
+            &products.project(0, &self.gate_proj, x)?,
+            &products.project(1, &self.up_proj, x)?,
         )?;
         last_projection(&self.down_proj, &y, grad_only)
     }
@@ -275,6 +283,52 @@ impl Mlp {
         let h = ops::silu_mul(&gate_up[0], &gate_up[1])?;
         self.down_proj.forward_infer(&h, rows)
     }
+}
+
+/// Where a half-layer's first products (q/k/v, gate/up: the ones the rest of the half
+/// reads) come from in a training forward. Gradient checkpointing's selective form keeps
+/// them through the forward, so that the backward's recomputation of the half redoes only
+/// the cheap work between products (norms, RoPE, attention, SiLU) and not ~65% of the
+/// forward's FLOPs.
+pub enum Products<'a> {
+    /// Computed.
+    Compute,
+    /// Computed, and each output kept in order (detached: its storage, not its graph);
+    /// `None` for a layer that could not replay it (see [`Linear::replays`]), so no memory
+    /// is held for nothing.
+    Keep(&'a mut Vec<Option<Tensor>>),
+    /// Taken from what a `Keep` forward of the same half on the same input kept; the
+    /// gradients are exact (see [`Linear::forward_train_replay`]). Products not kept are
+    /// computed.
+    Reuse(&'a [Option<Tensor>]),
+}
+
+impl Products<'_> {
+    /// The half's `index`-th product, `linear(x)`.
+    fn project(&mut self, index: usize, linear: &Linear, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Products::Compute => linear.forward_train(x),
+            Products::Keep(kept) => {
+                let y = linear.forward_train(x)?;
+                kept.push(linear.replays().then(|| y.detach()));
+                Ok(y)
+            }
+            Products::Reuse(saved) => match saved.get(index) {
+                Some(Some(saved)) => linear.forward_train_replay(x, saved),
+                Some(None) => linear.forward_train(x),
+                None => Err(ModelError::Input(format!(
+                    "no kept product {index} to replay"
+                ))),
+            },
+        }
+    }
+}
+
+/// A decoder layer's kept products (see [`Products`]), one list per half.
+#[derive(Debug, Default)]
+pub struct LayerProducts {
+    pub attention: Vec<Option<Tensor>>,
+    pub mlp: Vec<Option<Tensor>>,
 }
 
 /// A half-layer's last projection: the real product, or with `grad_only` one whose value
@@ -322,35 +376,52 @@ impl DecoderLayer {
     /// [`Self::forward_train`] that also returns the residual stream between the two
     /// halves (`h = x + attention(x)`), which gradient checkpointing keeps beside `x`.
     pub fn forward_train_halves(&self, x: &Tensor, ctx: &TrainContext) -> Result<(Tensor, Tensor)> {
-        let h = self.attention_half(x, ctx, false)?;
-        let out = self.mlp_half(&h, false)?;
+        let h = self.attention_half(x, ctx, false, Products::Compute)?;
+        let out = self.mlp_half(&h, false, Products::Compute)?;
         Ok((h, out))
     }
 
-    /// `x + self_attn(input_layernorm(x))`; with `grad_only` its value is unspecified and
-    /// only its gradients are exact (gradient checkpointing's recomputation backpropagates
-    /// through `sum(half(x) * g)` and never reads the value, so `o_proj`'s product, whose
-    /// input gradient needs only its input, is skipped).
+    /// [`Self::forward_train_halves`] that also keeps the layer's first products for a
+    /// selective recomputation ([`Products::Reuse`]).
+    pub fn forward_train_keeping(
+        &self,
+        x: &Tensor,
+        ctx: &TrainContext,
+    ) -> Result<(Tensor, Tensor, LayerProducts)> {
+        let mut kept = LayerProducts::default();
+        let h = self.attention_half(x, ctx, false, Products::Keep(&mut kept.attention))?;
+        let out = self.mlp_half(&h, false, Products::Keep(&mut kept.mlp))?;
+        Ok((h, out, kept))
+    }
+
+    /// `x + self_attn(input_layernorm(x))`, q/k/v from `products`; with `grad_only` its
+    /// value is unspecified and only its gradients are exact (gradient checkpointing's
+    /// recomputation backpropagates through `sum(half(x) * g)` and never reads the value,
+    /// so `o_proj`'s product, whose input gradient needs only its input, is skipped).
     pub fn attention_half(
         &self,
         x: &Tensor,
         ctx: &TrainContext,
         grad_only: bool,
+        products: Products,
     ) -> Result<Tensor> {
         let a = self.self_attn.forward_train(
             &self.input_layernorm.forward_train(x)?,
             ctx,
             grad_only,
+            products,
         )?;
         Ok((x + a)?)
     }
 
-    /// `h + mlp(post_attention_layernorm(h))`; `grad_only` as in
+    /// `h + mlp(post_attention_layernorm(h))`, gate/up from `products`; `grad_only` as in
     /// [`Self::attention_half`] (`down_proj`'s product is skipped).
-    pub fn mlp_half(&self, h: &Tensor, grad_only: bool) -> Result<Tensor> {
-        let m = self
-            .mlp
-            .forward_train(&self.post_attention_layernorm.forward_train(h)?, grad_only)?;
+    pub fn mlp_half(&self, h: &Tensor, grad_only: bool, products: Products) -> Result<Tensor> {
+        let m = self.mlp.forward_train(
+            &self.post_attention_layernorm.forward_train(h)?,
+            grad_only,
+            products,
+        )?;
         Ok((h + m)?)
     }
 

@@ -36,6 +36,25 @@ pub trait LinearAdapter: Send + Sync + std::fmt::Debug {
         self.forward_train(x, weight, bias)
     }
 
+    /// Whether [`Self::forward_train_replay`] skips recomputing (by default it does not).
+    fn replays(&self) -> bool {
+        false
+    }
+
+    /// [`Self::forward_train`] replayed in a recomputation (see [`Linear::forward_train_replay`]):
+    /// `saved` is what it returned for the same `x` in the forward. The value must be
+    /// `saved`'s and the gradients exact; by default the full forward (recomputed).
+    fn forward_train_replay(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        saved: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let _ = saved;
+        self.forward_train(x, weight, bias)
+    }
+
     /// Inference mode: `base + adapter(x)` for f32 rows `x` `[N, in]` and the frozen
     /// output `base` `[N, out]`.
     fn forward_infer(&self, x: &Tensor, base: Tensor) -> candle_core::Result<Tensor>;
@@ -128,6 +147,30 @@ impl Linear {
         }
     }
 
+    /// Whether [`Self::forward_train_replay`] reuses the saved output: with a frozen weight
+    /// and an adapter (or none) that can; a trainable weight's product is recomputed, so
+    /// keeping its output would only hold memory.
+    pub fn replays(&self) -> bool {
+        match &self.adapter {
+            Some(a) => a.replays(),
+            None => !(self.weight.track_op() || self.bias.as_ref().is_some_and(Tensor::track_op)),
+        }
+    }
+
+    /// Training mode replayed in gradient checkpointing's selective recomputation: `saved`
+    /// is what [`Self::forward_train`] returned for the same `x` in the forward (detached).
+    /// The value is `saved`, the gradients are [`Self::forward_train`]'s, and a frozen
+    /// weight's product is not recomputed (a trainable one is, as is an adapter that
+    /// cannot replay).
+    pub fn forward_train_replay(&self, x: &Tensor, saved: &Tensor) -> Result<Tensor> {
+        match &self.adapter {
+            Some(a) => a
+                .forward_train_replay(x, &self.weight, self.bias.as_ref(), saved)
+                .ctx("linear adapter"),
+            None => ops::linear_replay(x, &self.weight, self.bias.as_ref(), saved),
+        }
+    }
+
     /// Appends `prefix.weight` (and `prefix.bias`) as mutable tensors.
     pub fn push_tensors_mut<'a>(
         &'a mut self,
@@ -183,4 +226,29 @@ fn row_groups<'a>(x: &Tensor, rows: InferRows<'a>) -> Result<Cow<'a, [usize]>> {
         InferRows::Tokens(groups) => Cow::Borrowed(groups),
         InferRows::LastTokens => Cow::Owned(vec![1; x.dim(0)?]),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Var};
+
+    use super::*;
+
+    #[test]
+    fn only_a_frozen_product_is_replayed() {
+        let w = Tensor::ones((3, 2), DType::F32, &Device::Cpu).unwrap();
+        let x = Tensor::ones((4, 2), DType::F32, &Device::Cpu).unwrap();
+        let frozen = Linear::new(w.clone(), None);
+        assert!(frozen.replays());
+        // The saved value comes back as it is: the product (all 2s) is not recomputed.
+        let saved = Tensor::full(7f32, (4, 3), &Device::Cpu).unwrap();
+        let y = frozen.forward_train_replay(&x, &saved).unwrap();
+        assert_eq!(y.to_vec2::<f32>().unwrap(), vec![vec![7f32; 3]; 4]);
+
+        // Full fine-tuning: the weight is trained, its product is recomputed.
+        let trained = Linear::new(Var::from_tensor(&w).unwrap().as_tensor().clone(), None);
+        assert!(!trained.replays());
+        let y = trained.forward_train_replay(&x, &saved).unwrap();
+        assert_eq!(y.to_vec2::<f32>().unwrap(), vec![vec![2f32; 3]; 4]);
+    }
 }

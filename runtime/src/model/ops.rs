@@ -7,7 +7,9 @@
 
 use candle_core::{DType, Tensor};
 pub use kubeswift_kernels::{AttnMask, CrossEntropy};
-use kubeswift_kernels::{CrossEntropyOptions, frozen_linear, frozen_linear_grad_only};
+use kubeswift_kernels::{
+    CrossEntropyOptions, frozen_linear, frozen_linear_grad_only, frozen_linear_replay,
+};
 
 use super::error::{CandleContext, Result};
 
@@ -60,6 +62,22 @@ pub fn linear_grad_only(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> R
         return linear(x, weight, bias);
     }
     frozen_linear_grad_only(x, weight, bias).ctx("frozen_linear_grad_only")
+}
+
+/// [`linear`] replayed in a recomputation: `saved` is what it returned for the same `x` in
+/// the forward; a frozen weight's product is not recomputed (the saved value comes back,
+/// the input gradient is exact). A trainable weight (full fine-tuning) recomputes.
+pub fn linear_replay(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    saved: &Tensor,
+) -> Result<Tensor> {
+    let trainable = weight.track_op() || bias.is_some_and(Tensor::track_op);
+    if trainable {
+        return linear(x, weight, bias);
+    }
+    frozen_linear_replay(x, weight, bias, saved).ctx("frozen_linear_replay")
 }
 
 /// Rows of `table` `[V, H]` for `ids` `[B, T]` -> `[B, T, H]`.

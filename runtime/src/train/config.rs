@@ -5,6 +5,7 @@ use serde_json::Value;
 
 use crate::train::optimizer::AdamWConfig;
 use crate::train::schedule::ScheduleKind;
+use crate::train::step::Checkpointing;
 
 /// `--eval_strategy` / `--save_strategy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,7 +104,8 @@ pub struct TrainConfig {
     pub metric_for_best_model: String,
     pub greater_is_better: bool,
     pub create_checkpoint_symlink: bool,
-    pub gradient_checkpointing: bool,
+    /// `--gradient_checkpointing` with `--recompute_granularity`.
+    pub checkpointing: Checkpointing,
     pub tensorboard: bool,
     pub disable_tqdm: bool,
     pub drop_last: bool,
@@ -163,6 +165,21 @@ impl TrainConfig {
             "token" => AccStrategy::Token,
             "seq" => AccStrategy::Seq,
             other => return Err(bad("acc_strategy", other, "expected token or seq")),
+        };
+        let checkpointing = match (
+            args.opt_bool("gradient_checkpointing").unwrap_or(true),
+            args.str("recompute_granularity").unwrap_or("full"),
+        ) {
+            (false, _) => Checkpointing::Off,
+            (true, "full") => Checkpointing::Full,
+            (true, "selective") => Checkpointing::Selective,
+            (true, other) => {
+                return Err(bad(
+                    "recompute_granularity",
+                    other,
+                    "expected full or selective",
+                ));
+            }
         };
         let schedule_name = args.str("lr_scheduler_type").unwrap_or("cosine");
         let schedule = ScheduleKind::parse(schedule_name)
@@ -245,7 +262,7 @@ impl TrainConfig {
                 .unwrap_or(!metric.contains("loss")),
             metric_for_best_model: metric,
             create_checkpoint_symlink: args.bool("create_checkpoint_symlink"),
-            gradient_checkpointing: args.opt_bool("gradient_checkpointing").unwrap_or(true),
+            checkpointing,
             tensorboard: report_to.iter().any(|r| r == "tensorboard" || r == "all"),
             disable_tqdm: args.bool("disable_tqdm"),
             drop_last: args.bool("dataloader_drop_last"),
@@ -304,7 +321,7 @@ mod tests {
         assert_eq!(c.adamw.beta2, 0.95);
         assert_eq!(c.adamw.weight_decay, 0.1);
         assert_eq!(c.schedule, ScheduleKind::Cosine);
-        assert!(c.gradient_checkpointing);
+        assert_eq!(c.checkpointing, Checkpointing::Full);
         assert_eq!(c.eval_strategy, Strategy::Steps);
         assert_eq!(c.eval_steps.steps(1000), 500);
         assert_eq!(c.best_metric_key(), "eval_loss");
@@ -327,6 +344,26 @@ mod tests {
         let m = TrainConfig::from_args(&args(&["--max_steps", "7"])).unwrap();
         assert_eq!(m.total_steps(10), 7);
         assert_eq!(Interval(0.25).steps(10), 3);
+    }
+
+    #[test]
+    fn reads_checkpointing_and_its_granularity() {
+        let c = |argv: &[&str]| TrainConfig::from_args(&args(argv)).unwrap().checkpointing;
+        assert_eq!(c(&[]), Checkpointing::Full);
+        assert_eq!(
+            c(&["--gradient_checkpointing", "false"]),
+            Checkpointing::Off
+        );
+        let selective = ["--recompute_granularity", "selective"];
+        assert_eq!(c(&selective), Checkpointing::Selective);
+        // Without checkpointing nothing is recomputed, whatever the granularity.
+        let off = [
+            "--gradient_checkpointing",
+            "false",
+            "--recompute_granularity",
+            "selective",
+        ];
+        assert_eq!(c(&off), Checkpointing::Off);
     }
 
     #[test]

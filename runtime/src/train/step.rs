@@ -11,10 +11,18 @@
 //! only their inputs. Keeping `h` costs one more hidden-sized tensor per layer and saves
 //! recomputing `o_proj`. The last layer is not recomputed at all: its graph is kept from
 //! the forward, which ends just before the backward begins.
+//!
+//! The selective form (`--recompute_granularity selective`) also keeps the outputs of each
+//! half's first products (q/k/v, gate/up) from the forward, so the recomputation replays
+//! them instead of multiplying again and redoes only norms, RoPE, attention and SiLU: the
+//! step costs about what it does without checkpointing, and memory sits between the two
+//! (per token and layer it keeps `x`, `h`, q/k/v and gate/up, where no checkpointing keeps
+//! every intermediate and every op's inputs).
 
 use candle_core::{DType, Device, Tensor, Var};
 
 use crate::data::Batch;
+use crate::model::decoder::Products;
 use crate::model::{CausalLm, ModelError, TrainBatch};
 use crate::train::neftune::EmbedNoise;
 use crate::train::optimizer::{AdamW, OptimizerError};
@@ -156,16 +164,34 @@ impl MicroBatch {
     }
 }
 
+/// Whether and how the training step recomputes activations in the backward
+/// (`--gradient_checkpointing`, `--recompute_granularity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checkpointing {
+    /// Every layer's graph is kept from the forward.
+    Off,
+    /// Each layer keeps its input and mid-layer residual and is recomputed whole.
+    Full,
+    /// As `Full`, also keeping the layer's first products, which are not recomputed.
+    Selective,
+}
+
 /// Forward and backward of one micro-batch; gradients of the summed loss are added to the
 /// optimizer's accumulators.
 pub fn forward_backward(
     model: &CausalLm,
     batch: &MicroBatch,
     optimizer: &mut AdamW,
-    checkpointing: bool,
+    checkpointing: Checkpointing,
 ) -> Result<LossStats, StepError> {
-    if checkpointing {
-        return forward_backward_checkpointed(model, batch, optimizer);
+    match checkpointing {
+        Checkpointing::Full => {
+            return forward_backward_checkpointed(model, batch, optimizer, false);
+        }
+        Checkpointing::Selective => {
+            return forward_backward_checkpointed(model, batch, optimizer, true);
+        }
+        Checkpointing::Off => {}
     }
     let hidden = hidden_train(model, batch)?;
     let ce = model.loss_train(&hidden, &batch.labels)?;
@@ -215,16 +241,19 @@ fn stats_of(
     })
 }
 
+/// Checkpointed forward and backward; `selective` keeps each layer's first products.
 fn forward_backward_checkpointed(
     model: &CausalLm,
     batch: &MicroBatch,
     optimizer: &mut AdamW,
+    selective: bool,
 ) -> Result<LossStats, StepError> {
     let ctx = model.train_context(&batch.train_batch())?;
     let Some((last, layers)) = model.model.layers.split_last() else {
         return Err(ModelError::Input("the model has no decoder layers".into()).into());
     };
-    // Forward: keep each layer's input and its mid-layer residual, drop its graph.
+    // Forward: keep each layer's input and its mid-layer residual (and with `selective`
+    // its first products), drop its graph.
     let embedded = embed_train(model, batch)?;
     // The first layer's input gradient only feeds the embeddings: with a frozen embedding
     // table it is not computed (q/k/v's `g W` are skipped), as autograd does without
@@ -233,8 +262,14 @@ fn forward_backward_checkpointed(
     let mut saved = Vec::with_capacity(layers.len());
     let mut x = embedded.detach();
     for layer in layers {
-        let (h, y) = layer.forward_train_halves(&x, &ctx)?;
-        saved.push((x, h.detach()));
+        let (h, y, kept) = if selective {
+            let (h, y, kept) = layer.forward_train_keeping(&x, &ctx)?;
+            (h, y, Some(kept))
+        } else {
+            let (h, y) = layer.forward_train_halves(&x, &ctx)?;
+            (h, y, None)
+        };
+        saved.push((x, h.detach(), kept));
         x = y.detach();
     }
     // The last layer keeps its graph: the backward starts right after it, so recomputing
@@ -261,12 +296,16 @@ fn forward_backward_checkpointed(
     drop(grads);
     // Backward: recompute one half-layer at a time, MLP then attention. Only the
     // surrogates' gradients are used, never the halves' values (see `attention_half`).
-    for (index, (layer, (input, mid))) in layers.iter().zip(saved).enumerate().rev() {
-        g = backpropagate(&mid, &g, optimizer, true, |h| layer.mlp_half(h, true))?
+    for (index, (layer, (input, mid, kept))) in layers.iter().zip(saved).enumerate().rev() {
+        let (attention, mlp) = match &kept {
+            Some(k) => (Products::Reuse(&k.attention), Products::Reuse(&k.mlp)),
+            None => (Products::Compute, Products::Compute),
+        };
+        g = backpropagate(&mid, &g, optimizer, true, |h| layer.mlp_half(h, true, mlp))?
             .ok_or_else(|| ModelError::Input("no gradient reached a layer's residual".into()))?;
         let input_grad = needs_input_grad(index);
         match backpropagate(&input, &g, optimizer, input_grad, |x| {
-            layer.attention_half(x, &ctx, true)
+            layer.attention_half(x, &ctx, true, attention)
         })? {
             Some(gx) => g = gx,
             None if input_grad => {

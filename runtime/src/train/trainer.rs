@@ -381,7 +381,7 @@ impl<'a> Trainer<'a> {
                     self.parts.model,
                     &mb,
                     &mut self.optimizer,
-                    self.config.gradient_checkpointing,
+                    self.config.checkpointing,
                 )
                 .with_context(|| format!("training step {}", self.state.global_step + 1))?;
                 stats.add(s);

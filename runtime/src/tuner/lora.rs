@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use candle_core::{DType, Device, Tensor, Var};
-use kubeswift_kernels::{LoraDropout, lora_linear_grad_only, lora_linear_with_dropout};
+use kubeswift_kernels::{
+    LoraDropout, lora_linear_grad_only, lora_linear_replay, lora_linear_with_dropout,
+};
 use rand::SeedableRng;
 use rand::distr::{Distribution, Uniform};
 use rand::rngs::StdRng;
@@ -103,6 +105,15 @@ pub struct LoraLayer {
     control: Arc<DropoutControl>,
 }
 
+/// Which form of the fused kernel a plain LoRA training forward runs.
+#[derive(Clone, Copy)]
+enum PlainPass<'a> {
+    Value,
+    GradOnly,
+    /// The layer's output from the forward (no trained bias, so it is the kernel's).
+    Replay(&'a Tensor),
+}
+
 impl LoraLayer {
     /// The layer's merged weight (f32): `W + scale B A`, or DoRA's
     /// `(m / ||W + scale B A||)[:, None] * (W + scale B A)`, for the base weight `w`.
@@ -125,24 +136,32 @@ impl LoraLayer {
             .transpose()
     }
 
-    /// Plain LoRA's training forward (not DoRA); with `grad_only` through the kernel that
-    /// skips the frozen product because the caller only backpropagates through the result.
+    /// Plain LoRA's training forward (not DoRA), as `pass` asks: the value, or through
+    /// the kernel that skips the frozen product because the caller only backpropagates
+    /// through the result, or replaying the value a forward saved.
     fn forward_train_plain(
         &self,
         x: &Tensor,
         weight: &Tensor,
         bias: Option<&Tensor>,
-        grad_only: bool,
+        pass: PlainPass,
     ) -> candle_core::Result<Tensor> {
         let dropout = self.control.dropout(self.dropout_p, self.index);
         let frozen_bias = if self.bias.is_some() { None } else { bias };
-        let op = if grad_only {
-            lora_linear_grad_only
-        } else {
-            lora_linear_with_dropout
-        };
         let (a, b) = (self.a.as_tensor(), self.b.as_tensor());
-        let y = op(x, weight, frozen_bias, a, b, self.scale, dropout)?;
+        let y = match pass {
+            PlainPass::Value => {
+                lora_linear_with_dropout(x, weight, frozen_bias, a, b, self.scale, dropout)?
+            }
+            PlainPass::GradOnly => {
+                lora_linear_grad_only(x, weight, frozen_bias, a, b, self.scale, dropout)?
+            }
+            PlainPass::Replay(saved) => {
+                // Only without a trained bias (see `forward_train_replay`): `saved` is the
+                // kernel's output.
+                lora_linear_replay(x, weight, frozen_bias, a, b, self.scale, dropout, saved)?
+            }
+        };
         match &self.bias {
             Some(b) => y.broadcast_add(&b.as_tensor().to_dtype(y.dtype())?),
             None => Ok(y),
@@ -169,7 +188,7 @@ impl LinearAdapter for LoraLayer {
                 dropout,
             );
         }
-        self.forward_train_plain(x, weight, bias, false)
+        self.forward_train_plain(x, weight, bias, PlainPass::Value)
     }
 
     fn forward_train_grad_only(
@@ -182,7 +201,26 @@ impl LinearAdapter for LoraLayer {
             // DoRA's magnitude gradient reads the layer's output value.
             return self.forward_train(x, weight, bias);
         }
-        self.forward_train_plain(x, weight, bias, true)
+        self.forward_train_plain(x, weight, bias, PlainPass::GradOnly)
+    }
+
+    fn replays(&self) -> bool {
+        self.dora.is_none() && self.bias.is_none()
+    }
+
+    fn forward_train_replay(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        saved: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        if !self.replays() {
+            // DoRA's output is not the kernel's, and a trained bias is added after it:
+            // neither has the kernel's output at hand to replay, so both recompute.
+            return self.forward_train(x, weight, bias);
+        }
+        self.forward_train_plain(x, weight, bias, PlainPass::Replay(saved))
     }
 
     fn forward_infer(&self, x: &Tensor, base: Tensor) -> candle_core::Result<Tensor> {

@@ -11,12 +11,15 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use kubeswift_runtime::export::merge::merge_adapter;
+use kubeswift_runtime::model::decoder::Products;
 use kubeswift_runtime::model::{
     LoadOptions, LogitRows, Pretrained, PretrainedOptions, SeqSpan, TrainBatch,
 };
 use kubeswift_runtime::train::neftune::EmbedNoise;
 use kubeswift_runtime::train::optimizer::{AdamW, AdamWConfig};
-use kubeswift_runtime::train::step::{MicroBatch, evaluate, forward_backward, hidden_train};
+use kubeswift_runtime::train::step::{
+    Checkpointing, MicroBatch, evaluate, forward_backward, hidden_train,
+};
 use kubeswift_runtime::tuner::dora::magnitude_key;
 use kubeswift_runtime::tuner::lora::LoraAdapters;
 use kubeswift_runtime::tuner::lora_config::peft_key;
@@ -126,11 +129,18 @@ fn adamw() -> AdamWConfig {
     }
 }
 
+/// Every way a step can treat activations: each must give the same loss and gradients.
+const ALL_CHECKPOINTING: [Checkpointing; 3] = [
+    Checkpointing::Off,
+    Checkpointing::Full,
+    Checkpointing::Selective,
+];
+
 /// Loss and per-parameter gradients of the mean loss, through the trainer's step.
 fn run_step(
     p: &Pretrained,
     trainables: Vec<kubeswift_runtime::train::optimizer::Trainable>,
-    checkpointing: bool,
+    checkpointing: Checkpointing,
     f: &Fixture,
 ) -> (f64, HashMap<String, Vec<f32>>) {
     let mb = micro_batch(f);
@@ -148,7 +158,7 @@ fn run_step(
 #[test]
 fn lora_loss_and_every_gradient_match_peft() {
     let f = fixture();
-    for checkpointing in [false, true] {
+    for checkpointing in ALL_CHECKPOINTING {
         let mut p = load();
         let adapters =
             LoraAdapters::load(&mut p.model, &fixtures().join("training/adapter"), true).unwrap();
@@ -156,7 +166,7 @@ fn lora_loss_and_every_gradient_match_peft() {
         let (loss, grads) = run_step(&p, adapters.trainables(None), checkpointing, &f);
         assert!(
             (loss - f.lora_loss).abs() < 1e-5,
-            "loss {loss} vs PEFT {} (checkpointing {checkpointing})",
+            "loss {loss} vs PEFT {} (checkpointing {checkpointing:?})",
             f.lora_loss
         );
         for (path, _) in &adapters.layers {
@@ -172,7 +182,7 @@ fn lora_loss_and_every_gradient_match_peft() {
 #[test]
 fn full_fine_tuning_loss_and_every_gradient_match_transformers() {
     let f = fixture();
-    for checkpointing in [false, true] {
+    for checkpointing in ALL_CHECKPOINTING {
         let mut p = load();
         let vars = p.model.make_trainable(|_| true).unwrap();
         assert_eq!(vars.len(), f.full.len());
@@ -197,7 +207,7 @@ fn full_fine_tuning_loss_and_every_gradient_match_transformers() {
             let d = rel_diff(&grads[name], reference);
             assert!(
                 d < 1e-4,
-                "{name}: relative gradient difference {d} (checkpointing {checkpointing})"
+                "{name}: relative gradient difference {d} (checkpointing {checkpointing:?})"
             );
         }
     }
@@ -283,17 +293,18 @@ fn neftune_noise_changes_training_loss_only() {
         bits(&reference.unwrap())
     );
 
-    let step = |mb: &MicroBatch, checkpointing: bool| {
+    let step = |mb: &MicroBatch, checkpointing: Checkpointing| {
         let mut opt = AdamW::new(adapters.trainables(None), adamw()).unwrap();
         forward_backward(&p.model, mb, &mut opt, checkpointing)
             .unwrap()
             .mean_loss()
     };
-    let clean = step(&plain, false);
+    let clean = step(&plain, Checkpointing::Off);
     let mut noisy = micro_batch(&f);
     noisy.embed_noise = EmbedNoise::for_micro_step(15.0, 42, 0);
-    let with_noise = step(&noisy, false);
-    let with_noise_ckpt = step(&noisy, true);
+    let with_noise = step(&noisy, Checkpointing::Off);
+    let with_noise_ckpt = step(&noisy, Checkpointing::Full);
+    let with_noise_selective = step(&noisy, Checkpointing::Selective);
     assert!(
         (with_noise - clean).abs() > 1e-4,
         "noise left the loss at {clean}"
@@ -302,10 +313,14 @@ fn neftune_noise_changes_training_loss_only() {
         (with_noise - with_noise_ckpt).abs() < 1e-5,
         "{with_noise} vs checkpointed {with_noise_ckpt}"
     );
+    assert!(
+        (with_noise - with_noise_selective).abs() < 1e-5,
+        "{with_noise} vs selectively checkpointed {with_noise_selective}"
+    );
     let other_step = {
         let mut mb = micro_batch(&f);
         mb.embed_noise = EmbedNoise::for_micro_step(15.0, 42, 1);
-        step(&mb, false)
+        step(&mb, Checkpointing::Off)
     };
     assert_ne!(
         other_step, with_noise,
@@ -335,7 +350,7 @@ fn dora_adapter() -> PathBuf {
 fn dora_loss_and_every_gradient_match_peft() {
     let f = fixture();
     let (peft_loss, reference) = dora_fixture();
-    for checkpointing in [false, true] {
+    for checkpointing in ALL_CHECKPOINTING {
         let mut p = load();
         let adapters = LoraAdapters::load(&mut p.model, &dora_adapter(), true).unwrap();
         assert_eq!(adapters.layers.len(), 14, "all-linear on 2 layers");
@@ -346,7 +361,7 @@ fn dora_loss_and_every_gradient_match_peft() {
         let loss_diff = (loss - peft_loss).abs();
         assert!(
             loss_diff < 1e-5,
-            "loss {loss} vs PEFT {peft_loss} (checkpointing {checkpointing})"
+            "loss {loss} vs PEFT {peft_loss} (checkpointing {checkpointing:?})"
         );
         let mut worst = [0f32; 3];
         for (path, _) in &adapters.layers {
@@ -362,7 +377,7 @@ fn dora_loss_and_every_gradient_match_peft() {
             }
         }
         eprintln!(
-            "DoRA parity (checkpointing {checkpointing}): |loss diff| {loss_diff:e}, max relative \
+            "DoRA parity (checkpointing {checkpointing:?}): |loss diff| {loss_diff:e}, max relative \
              gradient diff A {:e}, B {:e}, magnitude {:e}",
             worst[0], worst[1], worst[2]
         );
@@ -479,4 +494,56 @@ fn a_dora_adapter_shares_a_multi_lora_batch_with_lora_and_the_base() {
             "row {row}, adapter {adapter:?}: max |logit diff| {d}"
         );
     }
+}
+
+/// Selective recomputation keeps a layer's q/k/v and gate/up outputs from the forward and
+/// its replay takes them instead of multiplying again: replaying gives the forward's value
+/// bit for bit, and replaying altered products gives another value (they are read, not
+/// recomputed). Gradients through the replay are checked by the parity tests above.
+#[test]
+fn selective_recomputation_replays_the_kept_products() {
+    let f = fixture();
+    let mut p = load();
+    LoraAdapters::load(&mut p.model, &fixtures().join("training/adapter"), true).unwrap();
+    let mb = micro_batch(&f);
+    let batch = TrainBatch {
+        input_ids: &mb.input_ids,
+        position_ids: Some(&mb.position_ids),
+        sample_lengths: Some(&mb.sample_lengths),
+    };
+    let ctx = p.model.train_context(&batch).unwrap();
+    let x = p.model.model.embed_train(&mb.input_ids).unwrap();
+    let layer = &p.model.model.layers[0];
+    let (h, y, kept) = layer.forward_train_keeping(&x, &ctx).unwrap();
+    assert_eq!((kept.attention.len(), kept.mlp.len()), (3, 2));
+    assert!(
+        kept.attention.iter().chain(&kept.mlp).all(Option::is_some),
+        "every LoRA layer's product is kept"
+    );
+    let normed = layer.input_layernorm.forward_train(&x).unwrap();
+    let q = layer.self_attn.q_proj.forward_train(&normed).unwrap();
+    let kept_q = kept.attention[0].as_ref().unwrap();
+    assert_eq!(max_diff(kept_q, &q), 0.0, "q_proj's output is kept");
+
+    let replayed_h = layer
+        .attention_half(&x, &ctx, false, Products::Reuse(&kept.attention))
+        .unwrap();
+    assert_eq!(max_diff(&replayed_h, &h), 0.0);
+    let replayed_y = layer
+        .mlp_half(&h, false, Products::Reuse(&kept.mlp))
+        .unwrap();
+    assert_eq!(max_diff(&replayed_y, &y), 0.0);
+
+    let doubled: Vec<Option<Tensor>> = kept
+        .mlp
+        .iter()
+        .map(|t| t.as_ref().map(|t| (t * 2.0).unwrap()))
+        .collect();
+    let altered = layer
+        .mlp_half(&h, false, Products::Reuse(&doubled))
+        .unwrap();
+    assert!(
+        max_diff(&altered, &y) > 1e-3,
+        "the replay must read the kept products"
+    );
 }

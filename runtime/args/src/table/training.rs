@@ -38,6 +38,7 @@ const REPORT_TO: &[&str] = &[
     "all",
 ];
 const STRATEGIES: &[&str] = &["no", "steps", "epoch"];
+const RECOMPUTE_GRANULARITY: &[&str] = &["full", "selective"];
 
 #[rustfmt::skip]
 pub(super) const ROWS: &[ArgSpec] = &[
@@ -89,6 +90,8 @@ pub(super) const ROWS: &[ArgSpec] = &[
     r("hub_model_id", T::Str, NONE, "Hub model id to push to.").default_only(),
     r("hub_private_repo", T::Bool, FALSE, "Make the hub repo private.").default_only(),
     hf("warmup_steps", T::Int, int(0), "Linear warmup steps; overrides warmup_ratio when > 0."),
+    hf("recompute_granularity", T::Choice(RECOMPUTE_GRANULARITY), text("full"),
+      "With gradient_checkpointing: full recomputes each decoder layer in backward; selective keeps the outputs of its q/k/v and gate/up products and recomputes only the rest (near no-checkpointing speed, more memory than full). The name is Megatron-SWIFT's."),
     hf("adam_beta1", T::Float, float(0.9), "AdamW beta1."),
     hf("adam_beta2", T::Float, float(0.95), "AdamW beta2 (ms-swift's default 0.95)."),
     hf("adam_epsilon", T::Float, float(1e-8), "AdamW epsilon."),
