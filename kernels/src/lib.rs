@@ -39,6 +39,7 @@ pub use ops::attention::{AttnMask, attention, attention_with_scale};
 pub use ops::cross_entropy::{
     CrossEntropy, CrossEntropyOptions, IGNORE_INDEX, linear_cross_entropy,
 };
+pub use ops::grad_seed::grad_seed;
 pub use ops::linear::{
     LoraDropout, dropout_factors, frozen_linear, frozen_linear_grad_only, frozen_linear_replay,
     lora_linear, lora_linear_grad_only, lora_linear_replay, lora_linear_with_dropout,

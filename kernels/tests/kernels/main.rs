@@ -9,6 +9,7 @@ mod common;
 
 mod attention;
 mod cross_entropy;
+mod grad_seed;
 mod gradient_flow;
 mod linear;
 mod rms_norm;

@@ -80,6 +80,12 @@ pub fn linear_replay(
     frozen_linear_replay(x, weight, bias, saved).ctx("frozen_linear_replay")
 }
 
+/// A scalar whose backward hands `g` to `y` as its gradient: `sum(y * g)`'s gradient
+/// without computing it (gradient checkpointing's recomputations).
+pub fn grad_seed(y: &Tensor, g: &Tensor) -> Result<Tensor> {
+    kubeswift_kernels::grad_seed(y, g).ctx("grad_seed")
+}
+
 /// Rows of `table` `[V, H]` for `ids` `[B, T]` -> `[B, T, H]`.
 pub fn embedding(ids: &Tensor, table: &Tensor) -> Result<Tensor> {
     let (b, t) = ids.dims2()?;

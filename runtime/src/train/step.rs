@@ -5,7 +5,8 @@
 //! (`h = x + attention(x)`) during the forward (the layer's graph is dropped at once), then
 //! walks the layers backwards: it recomputes each half-layer from its saved input and
 //! backpropagates the incoming gradient through it with the surrogate `sum(half(x) * g)`,
-//! whose gradient is exactly the chain rule's. Peak memory is then one layer's activations
+//! whose gradient is exactly the chain rule's (`ops::grad_seed`: the surrogate's gradient
+//! without computing the surrogate). Peak memory is then one layer's activations
 //! instead of all of them. The surrogates' values are never read, so the recomputation
 //! skips each half's last projection (`o_proj`, `down_proj`): their input gradients need
 //! only their inputs. Keeping `h` costs one more hidden-sized tensor per layer and saves
@@ -23,6 +24,7 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use crate::data::Batch;
 use crate::model::decoder::Products;
+use crate::model::ops;
 use crate::model::{CausalLm, ModelError, TrainBatch};
 use crate::train::neftune::EmbedNoise;
 use crate::train::optimizer::{AdamW, OptimizerError};
@@ -315,14 +317,14 @@ fn forward_backward_checkpointed(
         }
     }
     if embedded.track_op() {
-        let grads = embedded.mul(&g)?.sum_all()?.backward()?;
+        let grads = ops::grad_seed(&embedded, &g)?.backward()?;
         optimizer.accumulate(&grads)?;
     }
     Ok(stats)
 }
 
 /// Recomputes `half` from its saved `input` and backpropagates the incoming gradient `g`
-/// through it with the surrogate `sum(half(input) * g)`, adding the parameters' gradients
+/// through it (`grad_seed`, the surrogate `sum(half(input) * g)` without its passes), adding the parameters' gradients
 /// to the optimizer; returns the input's gradient when `input_grad` asks for it.
 fn backpropagate(
     input: &Tensor,
@@ -333,7 +335,7 @@ fn backpropagate(
 ) -> Result<Option<Tensor>, StepError> {
     let var = input_grad.then(|| Var::from_tensor(input)).transpose()?;
     let x = var.as_ref().map_or(input, |v| v.as_tensor());
-    let grads = half(x)?.mul(g)?.sum_all()?.backward()?;
+    let grads = ops::grad_seed(&half(x)?, g)?.backward()?;
     optimizer.accumulate(&grads)?;
     Ok(var.and_then(|v| grads.get(v.as_tensor()).cloned()))
 }
