@@ -23,6 +23,8 @@ pub(crate) struct Loader<'a> {
     pub weights: &'a Weights,
     pub dtype: DType,
     pub trainable: bool,
+    /// See [`super::LoadOptions::huge_pages`].
+    pub huge_pages: bool,
     /// Every parameter created so far, by checkpoint name (variables when trainable).
     pub params: Vec<(String, Tensor)>,
     pub vars: Vec<(String, Var)>,
@@ -40,7 +42,9 @@ impl Loader<'_> {
             t
         };
         // Last, once the tensor is in the memory it will live in (a variable is a copy).
-        super::cpu::storage::back_with_huge_pages(&t);
+        if self.huge_pages {
+            super::cpu::storage::back_with_huge_pages(&t);
+        }
         self.params.push((name.to_string(), t.clone()));
         Ok(t)
     }

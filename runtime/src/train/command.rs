@@ -64,6 +64,8 @@ fn train(user_args: &Args, reporter: &Arc<ProgressReporter>) -> anyhow::Result<T
             trainable: false,
             // The GPU of this worker in the `cuda` build, when it has one (device.rs).
             device: crate::device::compute_device()?,
+            // Training streams weights through the GEMM's packing, not once a token.
+            huge_pages: false,
         },
     };
     let mut pretrained = Pretrained::load(model_dir, &opts)?;

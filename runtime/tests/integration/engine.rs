@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device};
+use candle_core::DType;
 use kubeswift_runtime::infer::{
     Engine, EngineOptions, EngineStats, Event, FinishReason, GenerationParams, InferError, Output,
     Request, SamplingConfig,
@@ -27,7 +27,7 @@ fn load(name: &str) -> Pretrained {
         load: LoadOptions {
             dtype: Some(DType::F32),
             trainable: false,
-            device: Device::Cpu,
+            ..LoadOptions::default()
         },
     };
     Pretrained::load(&fixture(name), &opts).unwrap()

@@ -26,7 +26,7 @@ fn load(name: &str, trainable: bool) -> Pretrained {
         load: LoadOptions {
             dtype: Some(DType::F32),
             trainable,
-            device: Device::Cpu,
+            ..LoadOptions::default()
         },
     };
     Pretrained::load(&fixture(name), &opts).unwrap()
