@@ -533,8 +533,9 @@ impl CustomOp3 for LoraLinear {
         let m = (x1 - x0) / inp.max(1);
         let r = (a1 - a0) / inp.max(1);
         let value = self.output.computes_value();
-        // Replayed: the saved output stands in for the products (none is allocated).
-        let mut c = vec![0f32; if value { m * out } else { 0 }];
+        let replayed = matches!(self.output, Output::Saved(_));
+        // Replayed, the saved output stands in for the products: no buffer for them.
+        let mut c = vec![0f32; if replayed { 0 } else { m * out }];
         let mut xa = vec![0f32; m * r];
         with_floats!(floats(LORA, "x", xs)?, x => {
             let x = &x[x0..x1];
@@ -557,9 +558,9 @@ impl CustomOp3 for LoraLinear {
             *slot = Some(Arc::new(xa));
         }
         let storage = match &self.output {
-            Output::Value => f32_storage(c, xs.dtype()),
-            Output::GradOnly => f32_storage(vec![0f32; m * out], xs.dtype()),
             Output::Saved(saved) => Output::saved_storage(LORA, saved)?,
+            // The product, or zeros for a gradient-only forward.
+            Output::Value | Output::GradOnly => f32_storage(c, xs.dtype()),
         };
         Ok((storage, self.frozen.out_shape(xl)))
     }

@@ -374,28 +374,29 @@ impl DecoderLayer {
 
     /// Training mode: `[B, T, hidden]` in and out, differentiable.
     pub fn forward_train(&self, x: &Tensor, ctx: &TrainContext) -> Result<Tensor> {
-        Ok(self.forward_train_halves(x, ctx)?.1)
+        Ok(self.forward_train_halves(x, ctx, None)?.1)
     }
 
     /// [`Self::forward_train`] that also returns the residual stream between the two
-    /// halves (`h = x + attention(x)`), which gradient checkpointing keeps beside `x`.
-    pub fn forward_train_halves(&self, x: &Tensor, ctx: &TrainContext) -> Result<(Tensor, Tensor)> {
-        let h = self.attention_half(x, ctx, false, Products::Compute)?;
-        let out = self.mlp_half(&h, false, Products::Compute)?;
-        Ok((h, out))
-    }
-
-    /// [`Self::forward_train_halves`] that also keeps the layer's first products for a
-    /// selective recomputation ([`Products::Reuse`]).
-    pub fn forward_train_keeping(
+    /// halves (`h = x + attention(x)`), which gradient checkpointing keeps beside `x`; with
+    /// `keep`, the layer's first products are kept there too for a selective
+    /// recomputation ([`Products::Reuse`]).
+    pub fn forward_train_halves(
         &self,
         x: &Tensor,
         ctx: &TrainContext,
-    ) -> Result<(Tensor, Tensor, LayerProducts)> {
-        let mut kept = LayerProducts::default();
-        let h = self.attention_half(x, ctx, false, Products::Keep(&mut kept.attention))?;
-        let out = self.mlp_half(&h, false, Products::Keep(&mut kept.mlp))?;
-        Ok((h, out, kept))
+        keep: Option<&mut LayerProducts>,
+    ) -> Result<(Tensor, Tensor)> {
+        let (attention, mlp) = match keep {
+            Some(kept) => (
+                Products::Keep(&mut kept.attention),
+                Products::Keep(&mut kept.mlp),
+            ),
+            None => (Products::Compute, Products::Compute),
+        };
+        let h = self.attention_half(x, ctx, false, attention)?;
+        let out = self.mlp_half(&h, false, mlp)?;
+        Ok((h, out))
     }
 
     /// `x + self_attn(input_layernorm(x))`, q/k/v from `products`; with `grad_only` its

@@ -153,7 +153,7 @@ impl Linear {
     pub fn replays(&self) -> bool {
         match &self.adapter {
             Some(a) => a.replays(),
-            None => !(self.weight.track_op() || self.bias.as_ref().is_some_and(Tensor::track_op)),
+            None => !ops::is_trainable(&self.weight, self.bias.as_ref()),
         }
     }
 

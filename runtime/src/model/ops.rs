@@ -35,12 +35,17 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     kubeswift_kernels::silu_mul(gate, up).ctx("silu_mul")
 }
 
+/// Whether a linear layer's weight or bias is being trained (full fine-tuning,
+/// `modules_to_save`): such a layer runs through candle's differentiable matmul.
+pub fn is_trainable(weight: &Tensor, bias: Option<&Tensor>) -> bool {
+    weight.track_op() || bias.is_some_and(Tensor::track_op)
+}
+
 /// `x W^T + b` for `x` `[.., in]`, `W` `[out, in]`. A frozen weight goes through the
 /// frozen-linear kernel (no weight gradient is ever computed); a trainable one (full
 /// fine-tuning) through candle's differentiable matmul.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let trainable = weight.track_op() || bias.is_some_and(Tensor::track_op);
-    if !trainable {
+    if !is_trainable(weight, bias) {
         return frozen_linear(x, weight, bias).ctx("frozen_linear");
     }
     let y = x
@@ -57,8 +62,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
 /// fine-tuning) needs its product for nothing either, but candle's matmul has no such
 /// mode, so it runs as [`linear`].
 pub fn linear_grad_only(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let trainable = weight.track_op() || bias.is_some_and(Tensor::track_op);
-    if trainable {
+    if is_trainable(weight, bias) {
         return linear(x, weight, bias);
     }
     frozen_linear_grad_only(x, weight, bias).ctx("frozen_linear_grad_only")
@@ -73,8 +77,7 @@ pub fn linear_replay(
     bias: Option<&Tensor>,
     saved: &Tensor,
 ) -> Result<Tensor> {
-    let trainable = weight.track_op() || bias.is_some_and(Tensor::track_op);
-    if trainable {
+    if is_trainable(weight, bias) {
         return linear(x, weight, bias);
     }
     frozen_linear_replay(x, weight, bias, saved).ctx("frozen_linear_replay")

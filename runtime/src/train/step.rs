@@ -23,7 +23,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 
 use crate::data::Batch;
-use crate::model::decoder::Products;
+use crate::model::decoder::{LayerProducts, Products};
 use crate::model::ops;
 use crate::model::{CausalLm, ModelError, TrainBatch};
 use crate::train::neftune::EmbedNoise;
@@ -186,14 +186,9 @@ pub fn forward_backward(
     optimizer: &mut AdamW,
     checkpointing: Checkpointing,
 ) -> Result<LossStats, StepError> {
-    match checkpointing {
-        Checkpointing::Full => {
-            return forward_backward_checkpointed(model, batch, optimizer, false);
-        }
-        Checkpointing::Selective => {
-            return forward_backward_checkpointed(model, batch, optimizer, true);
-        }
-        Checkpointing::Off => {}
+    if checkpointing != Checkpointing::Off {
+        let selective = checkpointing == Checkpointing::Selective;
+        return forward_backward_checkpointed(model, batch, optimizer, selective);
     }
     let hidden = hidden_train(model, batch)?;
     let ce = model.loss_train(&hidden, &batch.labels)?;
@@ -264,13 +259,8 @@ fn forward_backward_checkpointed(
     let mut saved = Vec::with_capacity(layers.len());
     let mut x = embedded.detach();
     for layer in layers {
-        let (h, y, kept) = if selective {
-            let (h, y, kept) = layer.forward_train_keeping(&x, &ctx)?;
-            (h, y, Some(kept))
-        } else {
-            let (h, y) = layer.forward_train_halves(&x, &ctx)?;
-            (h, y, None)
-        };
+        let mut kept = selective.then(LayerProducts::default);
+        let (h, y) = layer.forward_train_halves(&x, &ctx, kept.as_mut())?;
         saved.push((x, h.detach(), kept));
         x = y.detach();
     }

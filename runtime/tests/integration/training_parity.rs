@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use kubeswift_runtime::export::merge::merge_adapter;
-use kubeswift_runtime::model::decoder::Products;
+use kubeswift_runtime::model::decoder::{LayerProducts, Products};
 use kubeswift_runtime::model::{
     LoadOptions, LogitRows, Pretrained, PretrainedOptions, SeqSpan, TrainBatch,
 };
@@ -514,7 +514,10 @@ fn selective_recomputation_replays_the_kept_products() {
     let ctx = p.model.train_context(&batch).unwrap();
     let x = p.model.model.embed_train(&mb.input_ids).unwrap();
     let layer = &p.model.model.layers[0];
-    let (h, y, kept) = layer.forward_train_keeping(&x, &ctx).unwrap();
+    let mut kept = LayerProducts::default();
+    let (h, y) = layer
+        .forward_train_halves(&x, &ctx, Some(&mut kept))
+        .unwrap();
     assert_eq!((kept.attention.len(), kept.mlp.len()), (3, 2));
     assert!(
         kept.attention.iter().chain(&kept.mlp).all(Option::is_some),
