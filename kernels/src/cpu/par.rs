@@ -14,7 +14,9 @@
 //! rows went to rayon the two pools' spinning workers left a fifth of the cores idle.
 
 use std::cell::Cell;
+use std::ops::Range;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 thread_local! {
     static IN_PARALLEL: Cell<bool> = const { Cell::new(false) };
@@ -66,6 +68,87 @@ pub fn for_each(n: usize, f: impl Fn(usize) + Sync) {
         range.for_each(&f);
         IN_PARALLEL.with(|c| c.set(was));
     });
+}
+
+/// Runs `f(range)` over ranges of items covering `0..n` once each: every thread walks its
+/// own contiguous share from the front, in claims that shrink as the share runs out, and a
+/// thread done with its share takes items from the back of another's.
+///
+/// For loops whose neighbouring items share data: decode attention's query heads of one
+/// key/value head read the same cached keys and values, which [`for_each`]'s small chunks
+/// from a shared cursor spread over every thread (each thread then reads most of the cache
+/// from memory), while whole groups per task balance badly (three key/value heads on two
+/// threads). Stealing keeps the balance: a thread the machine slows down is not waited for.
+pub fn for_each_owned_range(n: usize, f: impl Fn(Range<usize>) + Sync) {
+    let threads = threads();
+    if n == 0 {
+        return;
+    }
+    // Claims are packed into 32-bit halves; a larger loop simply runs on the caller.
+    if n == 1 || threads == 1 || IN_PARALLEL.with(Cell::get) || n > u32::MAX as usize {
+        f(0..n);
+        return;
+    }
+    let shares: Vec<Share> = (0..threads)
+        .map(|t| Share::new(t * n / threads..(t + 1) * n / threads))
+        .collect();
+    candle_core::utils::barrier_pool().execute(|tid| {
+        let was = IN_PARALLEL.with(|c| c.replace(true));
+        // The pool's workers are 0..threads-1 and the caller `threads - 1`.
+        let own = tid.min(threads - 1);
+        while let Some(r) = shares[own].claim(End::Front) {
+            f(r);
+        }
+        for other in (1..threads).map(|d| (own + d) % threads) {
+            while let Some(r) = shares[other].claim(End::Back) {
+                f(r);
+            }
+        }
+        IN_PARALLEL.with(|c| c.set(was));
+    });
+}
+
+/// Which end of a [`Share`] a claim takes from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The owner's.
+    Front,
+    /// A thief's.
+    Back,
+}
+
+/// One thread's share of [`for_each_owned_range`]'s items: the unclaimed `front..back`,
+/// packed in one atomic so the owner and a thief never both take an item.
+struct Share(AtomicU64);
+
+impl Share {
+    fn new(r: Range<usize>) -> Self {
+        Share(AtomicU64::new(((r.start as u64) << 32) | r.end as u64))
+    }
+
+    /// A quarter of what is left (at least one item): long runs while the share is long,
+    /// single items at its end, where a thief may be working towards the owner.
+    fn claim(&self, end: End) -> Option<Range<usize>> {
+        let mut cur = self.0.load(Ordering::Relaxed);
+        loop {
+            let (front, back) = (cur >> 32, cur & u64::from(u32::MAX));
+            if front >= back {
+                return None;
+            }
+            let take = (back - front).div_ceil(4);
+            let (next, range) = match end {
+                End::Front => (((front + take) << 32) | back, front..front + take),
+                End::Back => ((front << 32) | (back - take), back - take..back),
+            };
+            match self
+                .0
+                .compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return Some(range.start as usize..range.end as usize),
+                Err(seen) => cur = seen,
+            }
+        }
+    }
 }
 
 /// `(0..n).map(f).collect()`, computed in parallel.
@@ -125,5 +208,49 @@ mod tests {
         let mut data = vec![0usize; 10];
         for_each_chunk_mut(&mut data, 3, |i, c| c.fill(i));
         assert_eq!(data, vec![0, 0, 0, 1, 1, 1, 2, 2, 2, 3]);
+    }
+
+    #[test]
+    fn owned_ranges_cover_every_item_once_even_when_a_thread_is_slow() {
+        for n in [1, 2, 3, 9, 100, 1000] {
+            let hits: Vec<Mutex<usize>> = (0..n).map(|_| Mutex::new(0)).collect();
+            for_each_owned_range(n, |r| {
+                // The thread starting at 0 lags: the others must take the rest of its share.
+                if r.start == 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                for i in r {
+                    *hits[i].lock().unwrap() += 1;
+                }
+            });
+            assert!(hits.iter().all(|h| *h.lock().unwrap() == 1), "n={n}");
+        }
+    }
+
+    #[test]
+    fn a_share_hands_out_shrinking_claims_from_both_ends_without_overlap() {
+        let share = Share::new(10..50);
+        let (mut front, mut back) = (Vec::new(), Vec::new());
+        loop {
+            match (share.claim(End::Front), share.claim(End::Back)) {
+                (None, None) => break,
+                (a, b) => {
+                    front.extend(a);
+                    back.extend(b);
+                }
+            }
+        }
+        // The owner's claims are adjacent and shrinking; with the thief's they tile 10..50.
+        assert_eq!(front[0], 10..20);
+        assert!(
+            front
+                .windows(2)
+                .all(|w| w[0].end == w[1].start && w[0].len() >= w[1].len())
+        );
+        let mut all: Vec<_> = front.iter().chain(&back).cloned().collect();
+        all.sort_by_key(|r| r.start);
+        assert_eq!(all.first().map(|r| r.start), Some(10));
+        assert!(all.windows(2).all(|w| w[0].end == w[1].start));
+        assert_eq!(all.last().map(|r| r.end), Some(50));
     }
 }
