@@ -169,12 +169,20 @@ pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
 }
 
 /// One query row's attention over `keys` cached keys and values: `out = softmax(scale *
-/// K q) V`, with `k` and `v` `[keys, d]` row-major (`d = q.len()`) and `scores` a scratch
-/// buffer reused between calls. An empty key set leaves `out` zero.
+/// K q) V`, with `k` and `v` `[keys, d]` row-major (`d = q.len()`), in f32 or, as a
+/// bf16/f16 model's cache holds them, in its dtype (widened as they are read), and
+/// `scores` a scratch buffer reused between calls. An empty key set leaves `out` zero.
 ///
 /// # Panics
 /// If `k`, `v` and `out` do not match `q`'s width (caller bugs).
-pub fn attend(q: &[f32], k: &[f32], v: &[f32], scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+pub fn attend<T: Elem>(
+    q: &[f32],
+    k: &[T],
+    v: &[T],
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
     let d = q.len();
     assert!(
         d > 0 && k.len() == v.len() && out.len() == d,
@@ -208,18 +216,27 @@ pub fn attend(q: &[f32], k: &[f32], v: &[f32], scale: f32, scores: &mut Vec<f32>
 ///
 /// # Panics
 /// If `v` is not `p.len()` rows of `out.len()` (a caller bug).
-pub fn weighted_sum(p: &[f32], v: &[f32], out: &mut [f32]) {
+pub fn weighted_sum<T: Elem>(p: &[f32], v: &[T], out: &mut [f32]) {
     let d = out.len();
     assert_eq!(v.len(), p.len() * d, "weighted_sum: v must be [rows, d]");
     out.fill(0.0);
     #[cfg(target_arch = "x86_64")]
     if isa::active() >= Isa::Avx2 {
-        // SAFETY: AVX2/FMA present; `v` holds `p.len() * d` values, checked above.
-        unsafe { avx2::weighted_sum(p, v.as_ptr(), out) };
+        // SAFETY: AVX2/FMA/F16C present; `v` holds `p.len() * d` values, checked above.
+        unsafe {
+            match T::typed(v) {
+                Typed::F32(v) => avx2::weighted_sum_f32(p, v.as_ptr(), out),
+                Typed::BF16(v) => avx2::weighted_sum_bf16(p, v.as_ptr(), out),
+                Typed::F16(v) => avx2::weighted_sum_f16(p, v.as_ptr(), out),
+            }
+        }
         return;
     }
     for (&pj, vr) in p.iter().zip(v.chunks_exact(d.max(1))) {
-        axpy(pj, vr, out);
+        // As `axpy` does it: a multiply and an add, not fused.
+        for (o, &x) in out.iter_mut().zip(vr) {
+            *o += pj * x.to_f32();
+        }
     }
 }
 
@@ -492,47 +509,59 @@ mod avx2 {
     pub use f16_weights::rows_dot_f16;
     pub use f32_weights::rows_dot_f32;
 
-    /// # Safety
-    /// AVX2/FMA present; `v` holds `p.len() * out.len()` values; `out` is zero.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn weighted_sum(p: &[f32], v: *const f32, out: &mut [f32]) {
-        let d = out.len();
-        let o = out.as_mut_ptr();
-        unsafe {
-            /// Columns `[c, c + 8 * B)`: `B` vectors accumulated over every row.
-            #[inline(always)]
-            unsafe fn block<const B: usize>(p: &[f32], v: *const f32, d: usize, o: *mut f32) {
+    macro_rules! weighted_sum {
+        ($name:ident, $t:ty, $load:ident) => {
+            /// # Safety
+            /// AVX2/FMA/F16C present; `v` holds `p.len() * out.len()` values; `out` is zero.
+            #[target_feature(enable = "avx2,fma,f16c")]
+            pub unsafe fn $name(p: &[f32], v: *const $t, out: &mut [f32]) {
+                let d = out.len();
+                let o = out.as_mut_ptr();
                 unsafe {
-                    let mut acc = [_mm256_setzero_ps(); B];
-                    for (j, &pj) in p.iter().enumerate() {
-                        let w = _mm256_set1_ps(pj);
-                        let row = v.add(j * d);
-                        for (b, a) in acc.iter_mut().enumerate() {
-                            *a = _mm256_fmadd_ps(w, load_f32(row.add(8 * b)), *a);
+                    /// Columns `[c, c + 8 * B)`: `B` vectors accumulated over every row.
+                    #[inline(always)]
+                    unsafe fn block<const B: usize>(
+                        p: &[f32],
+                        v: *const $t,
+                        d: usize,
+                        o: *mut f32,
+                    ) {
+                        unsafe {
+                            let mut acc = [_mm256_setzero_ps(); B];
+                            for (j, &pj) in p.iter().enumerate() {
+                                let w = _mm256_set1_ps(pj);
+                                let row = v.add(j * d);
+                                for (b, a) in acc.iter_mut().enumerate() {
+                                    *a = _mm256_fmadd_ps(w, $load(row.add(8 * b)), *a);
+                                }
+                            }
+                            for (b, a) in acc.iter().enumerate() {
+                                _mm256_storeu_ps(o.add(8 * b), *a);
+                            }
                         }
                     }
-                    for (b, a) in acc.iter().enumerate() {
-                        _mm256_storeu_ps(o.add(8 * b), *a);
+                    let mut c = 0;
+                    while c + 64 <= d {
+                        block::<8>(p, v.add(c), d, o.add(c));
+                        c += 64;
+                    }
+                    while c + 8 <= d {
+                        block::<1>(p, v.add(c), d, o.add(c));
+                        c += 8;
+                    }
+                    // The scalar tail, as `axpy` does it (a multiply and an add, not fused).
+                    for (j, &pj) in p.iter().enumerate() {
+                        for col in c..d {
+                            *o.add(col) += pj * (*v.add(j * d + col)).to_f32();
+                        }
                     }
                 }
             }
-            let mut c = 0;
-            while c + 64 <= d {
-                block::<8>(p, v.add(c), d, o.add(c));
-                c += 64;
-            }
-            while c + 8 <= d {
-                block::<1>(p, v.add(c), d, o.add(c));
-                c += 8;
-            }
-            // The scalar tail, as `axpy` does it (a multiply and an add, not fused).
-            for (j, &pj) in p.iter().enumerate() {
-                for col in c..d {
-                    *o.add(col) += pj * *v.add(j * d + col);
-                }
-            }
-        }
+        };
     }
+    weighted_sum!(weighted_sum_f32, f32, load_f32);
+    weighted_sum!(weighted_sum_bf16, bf16, load_bf16);
+    weighted_sum!(weighted_sum_f16, f16, load_f16);
 
     /// # Safety
     /// AVX2/FMA present; `x` and `y` hold `n` values.
@@ -714,7 +743,7 @@ mod tests {
             }
         }
         let mut out = vec![f32::NAN; 16];
-        attend(&data(16, 5), &[], &[], 0.25, &mut Vec::new(), &mut out);
+        attend::<f32>(&data(16, 5), &[], &[], 0.25, &mut Vec::new(), &mut out);
         assert!(out.iter().all(|v| *v == 0.0));
     }
 
@@ -731,6 +760,43 @@ mod tests {
             let mut got = vec![f32::NAN; d];
             weighted_sum(&p, &v, &mut got);
             assert_eq!(got, want, "{rows} rows of {d}");
+        }
+    }
+
+    #[test]
+    fn attention_over_a_bf16_or_f16_cache_equals_it_over_the_widened_values() {
+        // 64- and 8-value blocks and a scalar tail; widening is exact, so the bits agree.
+        for (keys, d) in [(7, 64), (21, 83)] {
+            let (q, k, v) = (data(d, 11), data(keys * d, 12), data(keys * d, 13));
+            let (kb, vb): (Vec<bf16>, Vec<bf16>) = (bf16::from_f32_vec(k), bf16::from_f32_vec(v));
+            let (kh, vh): (Vec<f16>, Vec<f16>) = (
+                kb.iter().map(|x| f16::from_f32(x.to_f32())).collect(),
+                vb.iter().map(|x| f16::from_f32(x.to_f32())).collect(),
+            );
+            let widen = |xs: &[bf16]| xs.iter().map(|x| x.to_f32()).collect::<Vec<f32>>();
+            let widen_h = |xs: &[f16]| xs.iter().map(|x| x.to_f32()).collect::<Vec<f32>>();
+            let mut want = vec![0f32; d];
+            attend(
+                &q,
+                &widen(&kb),
+                &widen(&vb),
+                0.125,
+                &mut Vec::new(),
+                &mut want,
+            );
+            let mut got = vec![f32::NAN; d];
+            attend(&q, &kb, &vb, 0.125, &mut Vec::new(), &mut got);
+            assert_eq!(got, want, "bf16, {keys} keys of {d}");
+            attend(
+                &q,
+                &widen_h(&kh),
+                &widen_h(&vh),
+                0.125,
+                &mut Vec::new(),
+                &mut want,
+            );
+            attend(&q, &kh, &vh, 0.125, &mut Vec::new(), &mut got);
+            assert_eq!(got, want, "f16, {keys} keys of {d}");
         }
     }
 

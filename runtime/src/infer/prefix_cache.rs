@@ -181,7 +181,10 @@ mod tests {
             .apply(hit, |snap, n| kv.restore(target, snap, n))
             .unwrap();
         assert_eq!(kv.len(target).unwrap(), 20);
-        assert_eq!(kv.slot(target).unwrap().layer(0).k[19 * 2], 19.0);
+        assert_eq!(
+            kv.slot(target).unwrap().layer(0).k.to_f32_vec()[19 * 2],
+            19.0
+        );
         // The same prompt again: all but its last token.
         assert_eq!(cache.lookup(None, &first).unwrap().len, 22);
         // Another adapter's keys differ: no hit.

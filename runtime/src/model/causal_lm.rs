@@ -9,7 +9,7 @@ use super::config::DecoderConfig;
 use super::cpu::SeqSpan;
 use super::decoder::{InferContext, Loader, Model, TrainContext, check_ids};
 use super::error::{CandleContext, ModelError, Result};
-use super::kv_cache::KvCache;
+use super::kv_cache::{KvCache, KvDtype};
 use super::linear::{InferRows, Linear};
 use super::ops::{self, AttnMask, CrossEntropy};
 use super::rope::Rope;
@@ -240,12 +240,14 @@ impl CausalLm {
         Ok(made)
     }
 
-    /// A KV cache for this model's layer shape (slots are reserved per sequence).
+    /// A KV cache for this model's layer shape (slots are reserved per sequence), in the
+    /// model's dtype as Hugging Face's caches are.
     pub fn new_kv_cache(&self) -> KvCache {
-        KvCache::new(
+        KvCache::with_dtype(
             self.config.num_hidden_layers,
             self.config.num_key_value_heads,
             self.config.head_dim,
+            KvDtype::for_model(self.dtype),
         )
     }
 

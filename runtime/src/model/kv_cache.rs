@@ -6,15 +6,120 @@
 //! memory is reserved once when the sequence is admitted (prompt + max new tokens) and
 //! zero-initialised lazily by the OS, so nothing is copied or reallocated while decoding.
 
+use candle_core::DType;
+use half::{bf16, f16};
+use kubeswift_kernels::cpu::gemm::Elem;
+
 use super::error::{ModelError, Result};
+
+/// Cached keys or values in the cache's dtype: the model's, as Hugging Face's caches hold
+/// them, so a bf16 model's cache takes half the memory of f32 and a decode step's
+/// attention reads half the bytes (it widens them as it reads).
+#[derive(Debug, Clone)]
+pub enum KvBuf {
+    F32(Vec<f32>),
+    BF16(Vec<bf16>),
+    F16(Vec<f16>),
+}
+
+impl KvBuf {
+    /// `n` zeros. Large zeroed blocks come straight from the OS, so pages stay unmapped
+    /// until a token is written there.
+    fn zeros(dtype: KvDtype, n: usize) -> Self {
+        match dtype {
+            KvDtype::F32 => KvBuf::F32(vec![0.0; n]),
+            KvDtype::BF16 => KvBuf::BF16(vec![bf16::ZERO; n]),
+            KvDtype::F16 => KvBuf::F16(vec![f16::ZERO; n]),
+        }
+    }
+
+    /// An empty buffer of the same dtype with room for `n` values.
+    fn with_capacity_like(&self, n: usize) -> Self {
+        match self {
+            KvBuf::F32(_) => KvBuf::F32(Vec::with_capacity(n)),
+            KvBuf::BF16(_) => KvBuf::BF16(Vec::with_capacity(n)),
+            KvBuf::F16(_) => KvBuf::F16(Vec::with_capacity(n)),
+        }
+    }
+
+    /// Stores `src` (f32, rounded to the buffer's dtype) at `at`.
+    fn store(&mut self, at: usize, src: &[f32]) {
+        let n = src.len();
+        match self {
+            KvBuf::F32(b) => b[at..at + n].copy_from_slice(src),
+            KvBuf::BF16(b) => bf16::store(src, &mut b[at..at + n]),
+            KvBuf::F16(b) => f16::store(src, &mut b[at..at + n]),
+        }
+    }
+
+    /// Copies `n` values of `src` from `from` to `at`; the dtypes must match.
+    fn copy_from(&mut self, at: usize, src: &KvBuf, from: usize, n: usize) -> Result<()> {
+        match (self, src) {
+            (KvBuf::F32(d), KvBuf::F32(s)) => d[at..at + n].copy_from_slice(&s[from..from + n]),
+            (KvBuf::BF16(d), KvBuf::BF16(s)) => d[at..at + n].copy_from_slice(&s[from..from + n]),
+            (KvBuf::F16(d), KvBuf::F16(s)) => d[at..at + n].copy_from_slice(&s[from..from + n]),
+            _ => {
+                return Err(ModelError::Input(
+                    "kv cache: a snapshot of another dtype cannot be restored here".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends `n` values of `src` from `from`; the dtypes match (same cache).
+    fn extend_from(&mut self, src: &KvBuf, from: usize, n: usize) {
+        match (self, src) {
+            (KvBuf::F32(d), KvBuf::F32(s)) => d.extend_from_slice(&s[from..from + n]),
+            (KvBuf::BF16(d), KvBuf::BF16(s)) => d.extend_from_slice(&s[from..from + n]),
+            (KvBuf::F16(d), KvBuf::F16(s)) => d.extend_from_slice(&s[from..from + n]),
+            _ => unreachable!("a slot's buffers share the cache's dtype"),
+        }
+    }
+
+    /// Every value, widened to f32 (for inspection and tests).
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        match self {
+            KvBuf::F32(b) => b.clone(),
+            KvBuf::BF16(b) => b.iter().map(|x| x.to_f32()).collect(),
+            KvBuf::F16(b) => b.iter().map(|x| x.to_f32()).collect(),
+        }
+    }
+}
+
+/// The element type of a [`KvCache`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvDtype {
+    F32,
+    BF16,
+    F16,
+}
+
+impl KvDtype {
+    /// The cache dtype for a model computing in `dtype`: its own (f32 for anything else).
+    pub fn for_model(dtype: DType) -> Self {
+        match dtype {
+            DType::BF16 => KvDtype::BF16,
+            DType::F16 => KvDtype::F16,
+            _ => KvDtype::F32,
+        }
+    }
+
+    fn size_in_bytes(self) -> usize {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::BF16 | KvDtype::F16 => 2,
+        }
+    }
+}
 
 /// Keys and values of one layer of one sequence.
 #[derive(Debug, Clone)]
 pub struct LayerKv {
     /// `[kv_heads, capacity, head_dim]`.
-    pub k: Vec<f32>,
+    pub k: KvBuf,
     /// `[kv_heads, capacity, head_dim]`.
-    pub v: Vec<f32>,
+    pub v: KvBuf,
 }
 
 /// One sequence's cache across all layers.
@@ -51,6 +156,7 @@ pub struct KvCache {
     num_layers: usize,
     kv_heads: usize,
     head_dim: usize,
+    dtype: KvDtype,
     slots: Vec<Option<SlotKv>>,
 }
 
@@ -58,13 +164,23 @@ pub struct KvCache {
 pub type SlotId = usize;
 
 impl KvCache {
+    /// An f32 cache.
     pub fn new(num_layers: usize, kv_heads: usize, head_dim: usize) -> Self {
+        Self::with_dtype(num_layers, kv_heads, head_dim, KvDtype::F32)
+    }
+
+    pub fn with_dtype(num_layers: usize, kv_heads: usize, head_dim: usize, dtype: KvDtype) -> Self {
         KvCache {
             num_layers,
             kv_heads,
             head_dim,
+            dtype,
             slots: Vec::new(),
         }
+    }
+
+    pub fn dtype(&self) -> KvDtype {
+        self.dtype
     }
 
     pub fn kv_heads(&self) -> usize {
@@ -79,12 +195,10 @@ impl KvCache {
     pub fn allocate(&mut self, capacity: usize) -> SlotId {
         let per_layer = self.kv_heads * capacity * self.head_dim;
         let slot = SlotKv {
-            // vec![0.0; n] asks the allocator for zeroed memory; large blocks come straight
-            // from the OS and pages stay unmapped until a token is written there.
             layers: (0..self.num_layers)
                 .map(|_| LayerKv {
-                    k: vec![0.0; per_layer],
-                    v: vec![0.0; per_layer],
+                    k: KvBuf::zeros(self.dtype, per_layer),
+                    v: KvBuf::zeros(self.dtype, per_layer),
                 })
                 .collect(),
             capacity,
@@ -146,8 +260,8 @@ impl KvCache {
             for h in 0..kv_heads {
                 let n = len * head_dim;
                 let (s0, t0) = (h * cap_s * head_dim, h * cap_t * head_dim);
-                lt.k[t0..t0 + n].copy_from_slice(&ls.k[s0..s0 + n]);
-                lt.v[t0..t0 + n].copy_from_slice(&ls.v[s0..s0 + n]);
+                lt.k.copy_from(t0, &ls.k, s0, n)?;
+                lt.v.copy_from(t0, &ls.v, s0, n)?;
             }
         }
         target.len = len;
@@ -159,9 +273,9 @@ impl KvCache {
         self.slots.iter().flatten().map(|s| s.len).sum()
     }
 
-    /// Bytes one cached token takes over all layers (keys and values, f32).
+    /// Bytes one cached token takes over all layers (keys and values).
     pub fn bytes_per_token(&self) -> usize {
-        2 * self.num_layers * self.kv_heads * self.head_dim * std::mem::size_of::<f32>()
+        2 * self.num_layers * self.kv_heads * self.head_dim * self.dtype.size_in_bytes()
     }
 
     pub fn slot(&self, slot: SlotId) -> Result<&SlotKv> {
@@ -209,8 +323,8 @@ impl KvCache {
             for h in 0..kv_heads {
                 let src = (t * kv_heads + h) * d;
                 let dst = (h * cap + start + t) * d;
-                l.k[dst..dst + d].copy_from_slice(&k[src..src + d]);
-                l.v[dst..dst + d].copy_from_slice(&v[src..src + d]);
+                l.k.store(dst, &k[src..src + d]);
+                l.v.store(dst, &v[src..src + d]);
             }
         }
         Ok(())
@@ -230,12 +344,12 @@ impl SlotKv {
             .layers
             .iter()
             .map(|l| {
-                let mut k = Vec::with_capacity(kv_heads * len * head_dim);
-                let mut v = Vec::with_capacity(kv_heads * len * head_dim);
+                let mut k = l.k.with_capacity_like(kv_heads * len * head_dim);
+                let mut v = l.v.with_capacity_like(kv_heads * len * head_dim);
                 for h in 0..kv_heads {
                     let s = h * self.capacity * head_dim;
-                    k.extend_from_slice(&l.k[s..s + len * head_dim]);
-                    v.extend_from_slice(&l.v[s..s + len * head_dim]);
+                    k.extend_from(&l.k, s, len * head_dim);
+                    v.extend_from(&l.v, s, len * head_dim);
                 }
                 LayerKv { k, v }
             })
@@ -266,13 +380,13 @@ mod tests {
         c.advance(a, 3).unwrap();
         c.copy_prefix(a, b, 2).unwrap();
         assert_eq!(c.len(b).unwrap(), 2);
-        let (sa, sb) = (c.slot(a).unwrap().layer(1), c.slot(b).unwrap().layer(1));
-        // head 1, position 1 of both.
-        assert_eq!(
-            sa.k[(8 + 1) * 4..(8 + 2) * 4],
-            sb.k[(8 + 1) * 4..(8 + 2) * 4]
+        let (sa, sb) = (
+            c.slot(a).unwrap().layer(1).k.to_f32_vec(),
+            c.slot(b).unwrap().layer(1).k.to_f32_vec(),
         );
-        assert_eq!(sa.k[(8 + 1) * 4], 12.0);
+        // head 1, position 1 of both.
+        assert_eq!(sa[(8 + 1) * 4..(8 + 2) * 4], sb[(8 + 1) * 4..(8 + 2) * 4]);
+        assert_eq!(sa[(8 + 1) * 4], 12.0);
         assert_eq!(c.cached_tokens(), 5);
         let snap = c.snapshot(a, 3).unwrap();
         assert!(c.snapshot(a, 4).is_err(), "only 3 tokens are cached");
@@ -281,10 +395,10 @@ mod tests {
         assert_eq!(c.allocate(4), a);
         c.restore(a, &snap, 3).unwrap();
         assert_eq!(c.len(a).unwrap(), 3);
-        let restored = c.slot(a).unwrap().layer(1);
+        let restored = c.slot(a).unwrap().layer(1).k.to_f32_vec();
         // head 1 of a slot reserved for 4 tokens starts at 4 * head_dim.
         assert_eq!(
-            restored.k[(4 + 2) * 4..(4 + 3) * 4],
+            restored[(4 + 2) * 4..(4 + 3) * 4],
             k[(2 * 2 + 1) * 4..(2 * 2 + 2) * 4]
         );
         assert!(
@@ -292,6 +406,36 @@ mod tests {
             "more than the snapshot holds"
         );
         assert_eq!(c.bytes_per_token(), 2 * 2 * 2 * 4 * 4);
+    }
+
+    #[test]
+    fn a_bf16_cache_holds_the_rounded_values_in_half_the_bytes() {
+        let mut c = KvCache::with_dtype(1, 1, 4, KvDtype::BF16);
+        assert_eq!(c.bytes_per_token(), 2 * 4 * 2);
+        let s = c.allocate(3);
+        let k = [1.0, 1.0 + 1.0 / 256.0, -3.140625, 1e-3];
+        c.write(s, 0, 1, &k, &[2.0; 4]).unwrap();
+        c.advance(s, 2).unwrap();
+        let layer = c.slot(s).unwrap().layer(0);
+        assert!(matches!(layer.k, KvBuf::BF16(_)));
+        let got = layer.k.to_f32_vec();
+        let rounded: Vec<f32> = k.iter().map(|&x| bf16::from_f32(x).to_f32()).collect();
+        assert_eq!(&got[4..8], &rounded[..]);
+        assert_eq!(got[4 + 1], 1.0, "1 + 2^-8 rounds to 1 in bf16");
+        // Snapshots and restores keep the dtype.
+        let snap = c.snapshot(s, 2).unwrap();
+        let t = c.allocate(2);
+        c.restore(t, &snap, 2).unwrap();
+        assert_eq!(
+            c.slot(t).unwrap().layer(0).k.to_f32_vec()[4..8],
+            rounded[..]
+        );
+        // A snapshot of an f32 cache does not go into a bf16 one.
+        let mut f = KvCache::new(1, 1, 4);
+        let fs = f.allocate(2);
+        f.advance(fs, 2).unwrap();
+        let f32_snap = f.snapshot(fs, 2).unwrap();
+        assert!(c.restore(t, &f32_snap, 2).is_err());
     }
 
     #[test]

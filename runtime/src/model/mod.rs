@@ -31,7 +31,7 @@ pub use config::{Architecture, DecoderConfig};
 pub use cpu::SeqSpan;
 pub use error::{ModelError, Result};
 pub use generation_config::GenerationConfig;
-pub use kv_cache::{KvCache, SlotId};
+pub use kv_cache::{KvCache, KvDtype, SlotId};
 pub use linear::{InferRows, Linear, LinearAdapter};
 pub use model_type::ModelType;
 pub use pretrained::{Pretrained, PretrainedOptions};

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use kubeswift_runtime::model::{
-    LoadOptions, LogitRows, Pretrained, PretrainedOptions, SeqSpan, TrainBatch,
+    KvDtype, LoadOptions, LogitRows, Pretrained, PretrainedOptions, SeqSpan, TrainBatch,
 };
 use serde_json::Value;
 
@@ -361,4 +361,58 @@ fn bf16_weights_stay_close_to_f32() {
     let r = reference(name);
     let d = max_diff(&infer_logits(&p, &r.prompts[0]), &r.logits[0]);
     assert!(d < 0.1, "bf16 logits drift {d}");
+
+    // The KV cache holds the model's dtype, as Hugging Face's does: half the bytes.
+    let cache = p.model.new_kv_cache();
+    assert_eq!(cache.dtype(), KvDtype::BF16);
+    assert_eq!(
+        cache.bytes_per_token() * 2,
+        load(name, false).model.new_kv_cache().bytes_per_token()
+    );
+    // Prompt and decode steps read the same rounded keys and values: token by token gives
+    // the prompt's logits (up to the products' different summation order).
+    let ids = &r.prompts[1];
+    let full = infer_logits(&p, ids);
+    let mut cache = p.model.new_kv_cache();
+    let slot = cache.allocate(ids.len());
+    for (t, &id) in ids.iter().enumerate() {
+        let span = SeqSpan {
+            slot,
+            start: t,
+            len: 1,
+        };
+        let step = p
+            .model
+            .forward_infer(&[id], &[span], &mut cache, LogitRows::Last)
+            .unwrap();
+        let d = max_diff(&step.squeeze(0).unwrap(), &full.get(t).unwrap());
+        assert!(d < 1e-4, "bf16 position {t}: {d}");
+    }
+    // And a sequence decoded beside another gives its bits alone.
+    let (a, b) = (&r.prompts[0], &r.prompts[2]);
+    let mut cache = p.model.new_kv_cache();
+    let (sa, sb) = (cache.allocate(a.len()), cache.allocate(b.len()));
+    let spans = [
+        SeqSpan {
+            slot: sa,
+            start: 0,
+            len: a.len(),
+        },
+        SeqSpan {
+            slot: sb,
+            start: 0,
+            len: b.len(),
+        },
+    ];
+    let last = p
+        .model
+        .forward_infer(
+            &[a.as_slice(), b.as_slice()].concat(),
+            &spans,
+            &mut cache,
+            LogitRows::Last,
+        )
+        .unwrap();
+    let last_a: Vec<f32> = last.get(0).unwrap().to_vec1().unwrap();
+    assert_eq!(last_a, last_logits(&p, a));
 }

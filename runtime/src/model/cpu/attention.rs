@@ -8,7 +8,7 @@
 use kubeswift_kernels::cpu::{par, rowdot};
 
 use crate::model::error::{ModelError, Result};
-use crate::model::kv_cache::{KvCache, SlotId};
+use crate::model::kv_cache::{KvBuf, KvCache, SlotId};
 
 /// The tokens of one sequence in a forward step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,18 +143,22 @@ pub fn attention(
             let cap = slot.capacity();
             let base = (head / group) * cap * d;
             let qr = &q[row * d..(row + 1) * d];
-            let keys = (pos + 1) * d;
+            let keys = base..base + (pos + 1) * d;
             // SAFETY: row `row` of the `[rows, d]` output, allocated above and not
             // otherwise borrowed during the loop; the loop hands each row to one call.
             let out_row = unsafe { std::slice::from_raw_parts_mut(out_ptr.ptr().add(row * d), d) };
-            rowdot::attend(
-                qr,
-                &kv.k[base..base + keys],
-                &kv.v[base..base + keys],
-                scale,
-                &mut scores,
-                out_row,
-            );
+            match (&kv.k, &kv.v) {
+                (KvBuf::F32(k), KvBuf::F32(v)) => {
+                    rowdot::attend(qr, &k[keys.clone()], &v[keys], scale, &mut scores, out_row)
+                }
+                (KvBuf::BF16(k), KvBuf::BF16(v)) => {
+                    rowdot::attend(qr, &k[keys.clone()], &v[keys], scale, &mut scores, out_row)
+                }
+                (KvBuf::F16(k), KvBuf::F16(v)) => {
+                    rowdot::attend(qr, &k[keys.clone()], &v[keys], scale, &mut scores, out_row)
+                }
+                _ => unreachable!("a layer's keys and values share the cache's dtype"),
+            }
         }
     };
     // On candle's pool, as the products around it (see `linear`), each thread taking a
@@ -399,7 +403,7 @@ mod tests {
             let out = attention(input, h, &spans, 0, &mut cache).unwrap();
             let keys: Vec<Vec<f32>> = [a, b]
                 .iter()
-                .map(|&s| cache.slot(s).unwrap().layer(0).k.to_vec())
+                .map(|&s| cache.slot(s).unwrap().layer(0).k.to_f32_vec())
                 .collect();
             (out, keys)
         };
