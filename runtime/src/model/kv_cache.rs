@@ -7,6 +7,7 @@
 //! zero-initialised lazily by the OS, so nothing is copied or reallocated while decoding.
 
 use candle_core::DType;
+use half::vec::HalfBitsVecExt;
 use half::{bf16, f16};
 use kubeswift_kernels::cpu::gemm::Elem;
 
@@ -23,13 +24,15 @@ pub enum KvBuf {
 }
 
 impl KvBuf {
-    /// `n` zeros. Large zeroed blocks come straight from the OS, so pages stay unmapped
-    /// until a token is written there.
+    /// `n` zeros, asked of the allocator as zeroed memory: large blocks come straight from
+    /// the OS and their pages stay unmapped until a token is written there. (Hence the
+    /// half types from zeroed `u16`s: `vec![bf16::ZERO; n]` would write every element,
+    /// touching a whole reservation up front.)
     fn zeros(dtype: KvDtype, n: usize) -> Self {
         match dtype {
             KvDtype::F32 => KvBuf::F32(vec![0.0; n]),
-            KvDtype::BF16 => KvBuf::BF16(vec![bf16::ZERO; n]),
-            KvDtype::F16 => KvBuf::F16(vec![f16::ZERO; n]),
+            KvDtype::BF16 => KvBuf::BF16(vec![0u16; n].reinterpret_into()),
+            KvDtype::F16 => KvBuf::F16(vec![0u16; n].reinterpret_into()),
         }
     }
 
