@@ -128,23 +128,28 @@ fn training_logits_match_transformers() {
 fn decoding_token_by_token_matches_prefill_logits() {
     for name in FIXTURES {
         let p = load(name, false);
-        let ids = &reference(name).prompts[1];
-        let full = infer_logits(&p, ids);
-        let mut cache = p.model.new_kv_cache();
-        let slot = cache.allocate(ids.len());
-        for (t, &id) in ids.iter().enumerate() {
-            let span = SeqSpan {
-                slot,
-                start: t,
-                len: 1,
-            };
-            let step = p
-                .model
-                .forward_infer(&[id], &[span], &mut cache, LogitRows::Last)
-                .unwrap();
-            let d = max_diff(&step.squeeze(0).unwrap(), &full.get(t).unwrap());
-            assert!(d < 1e-5, "{name} position {t}: {d}");
-        }
+        assert_decoding_matches_prefill(&p, &reference(name).prompts[1], 1e-5, name);
+    }
+}
+
+/// Feeds `ids` one token at a time through the cache and checks each step's logits
+/// against the whole prompt's, within `tol`.
+fn assert_decoding_matches_prefill(p: &Pretrained, ids: &[u32], tol: f32, label: &str) {
+    let full = infer_logits(p, ids);
+    let mut cache = p.model.new_kv_cache();
+    let slot = cache.allocate(ids.len());
+    for (t, &id) in ids.iter().enumerate() {
+        let span = SeqSpan {
+            slot,
+            start: t,
+            len: 1,
+        };
+        let step = p
+            .model
+            .forward_infer(&[id], &[span], &mut cache, LogitRows::Last)
+            .unwrap();
+        let d = max_diff(&step.squeeze(0).unwrap(), &full.get(t).unwrap());
+        assert!(d < tol, "{label} position {t}: {d}");
     }
 }
 
@@ -241,6 +246,14 @@ fn a_ragged_batch_gives_each_sequence_its_own_logits_exactly() {
     let p = load("tiny-Qwen3", false);
     let r = reference("tiny-Qwen3");
     let (a, b) = (&r.prompts[0], &r.prompts[2]);
+    let (last_a, last_b) = batched_last_logits(&p, a, b);
+    // Every kernel computes a sequence's rows the same way alone or batched: identical bits.
+    assert_eq!(last_a, last_logits(&p, a));
+    assert_eq!(last_b, last_logits(&p, b));
+}
+
+/// The last tokens' logits of prompts `a` and `b` run as one ragged batch.
+fn batched_last_logits(p: &Pretrained, a: &[u32], b: &[u32]) -> (Vec<f32>, Vec<f32>) {
     let mut cache = p.model.new_kv_cache();
     let (sa, sb) = (cache.allocate(a.len()), cache.allocate(b.len()));
     let spans = [
@@ -255,16 +268,12 @@ fn a_ragged_batch_gives_each_sequence_its_own_logits_exactly() {
             len: b.len(),
         },
     ];
-    let tokens = [a.as_slice(), b.as_slice()].concat();
     let last = p
         .model
-        .forward_infer(&tokens, &spans, &mut cache, LogitRows::Last)
+        .forward_infer(&[a, b].concat(), &spans, &mut cache, LogitRows::Last)
         .unwrap();
-    let last_a: Vec<f32> = last.get(0).unwrap().to_vec1().unwrap();
-    let last_b: Vec<f32> = last.get(1).unwrap().to_vec1().unwrap();
-    // Every kernel computes a sequence's rows the same way alone or batched: identical bits.
-    assert_eq!(last_a, last_logits(&p, a));
-    assert_eq!(last_b, last_logits(&p, b));
+    let row = |i: usize| last.get(i).unwrap().to_vec1().unwrap();
+    (row(0), row(1))
 }
 
 #[test]
@@ -371,48 +380,10 @@ fn bf16_weights_stay_close_to_f32() {
     );
     // Prompt and decode steps read the same rounded keys and values: token by token gives
     // the prompt's logits (up to the products' different summation order).
-    let ids = &r.prompts[1];
-    let full = infer_logits(&p, ids);
-    let mut cache = p.model.new_kv_cache();
-    let slot = cache.allocate(ids.len());
-    for (t, &id) in ids.iter().enumerate() {
-        let span = SeqSpan {
-            slot,
-            start: t,
-            len: 1,
-        };
-        let step = p
-            .model
-            .forward_infer(&[id], &[span], &mut cache, LogitRows::Last)
-            .unwrap();
-        let d = max_diff(&step.squeeze(0).unwrap(), &full.get(t).unwrap());
-        assert!(d < 1e-4, "bf16 position {t}: {d}");
-    }
+    assert_decoding_matches_prefill(&p, &r.prompts[1], 1e-4, "bf16");
     // And a sequence decoded beside another gives its bits alone.
     let (a, b) = (&r.prompts[0], &r.prompts[2]);
-    let mut cache = p.model.new_kv_cache();
-    let (sa, sb) = (cache.allocate(a.len()), cache.allocate(b.len()));
-    let spans = [
-        SeqSpan {
-            slot: sa,
-            start: 0,
-            len: a.len(),
-        },
-        SeqSpan {
-            slot: sb,
-            start: 0,
-            len: b.len(),
-        },
-    ];
-    let last = p
-        .model
-        .forward_infer(
-            &[a.as_slice(), b.as_slice()].concat(),
-            &spans,
-            &mut cache,
-            LogitRows::Last,
-        )
-        .unwrap();
-    let last_a: Vec<f32> = last.get(0).unwrap().to_vec1().unwrap();
+    let (last_a, last_b) = batched_last_logits(&p, a, b);
     assert_eq!(last_a, last_logits(&p, a));
+    assert_eq!(last_b, last_logits(&p, b));
 }
