@@ -92,16 +92,20 @@ pub fn for_each_owned_range(n: usize, f: impl Fn(Range<usize>) + Sync) {
     let shares: Vec<Share> = (0..threads)
         .map(|t| Share::new(t * n / threads..(t + 1) * n / threads))
         .collect();
-    candle_core::utils::barrier_pool().execute(|tid| {
+    // One pool item per share: whichever thread takes item `own` walks that share, then
+    // helps with the others'. (The pool's chunked loop, not its per-thread `execute`, so a
+    // call from inside one of candle's own parallel ops runs inline instead of waiting on
+    // the pool it is part of.)
+    candle_core::utils::barrier_pool().execute_chunked(threads, |owners| {
         let was = IN_PARALLEL.with(|c| c.replace(true));
-        // The pool's workers are 0..threads-1 and the caller `threads - 1`.
-        let own = tid.min(threads - 1);
-        while let Some(r) = shares[own].claim(End::Front) {
-            f(r);
-        }
-        for other in (1..threads).map(|d| (own + d) % threads) {
-            while let Some(r) = shares[other].claim(End::Back) {
+        for own in owners {
+            while let Some(r) = shares[own].claim(End::Front) {
                 f(r);
+            }
+            for other in (1..threads).map(|d| (own + d) % threads) {
+                while let Some(r) = shares[other].claim(End::Back) {
+                    f(r);
+                }
             }
         }
         IN_PARALLEL.with(|c| c.set(was));
