@@ -763,6 +763,10 @@ mod tests {
         }
     }
 
+    fn widen<T: Elem>(xs: &[T]) -> Vec<f32> {
+        xs.iter().map(|x| x.to_f32()).collect()
+    }
+
     #[test]
     fn attention_over_a_bf16_or_f16_cache_equals_it_over_the_widened_values() {
         // 64- and 8-value blocks and a scalar tail; widening is exact, so the bits agree.
@@ -773,8 +777,6 @@ mod tests {
                 kb.iter().map(|x| f16::from_f32(x.to_f32())).collect(),
                 vb.iter().map(|x| f16::from_f32(x.to_f32())).collect(),
             );
-            let widen = |xs: &[bf16]| xs.iter().map(|x| x.to_f32()).collect::<Vec<f32>>();
-            let widen_h = |xs: &[f16]| xs.iter().map(|x| x.to_f32()).collect::<Vec<f32>>();
             let mut want = vec![0f32; d];
             attend(
                 &q,
@@ -789,8 +791,8 @@ mod tests {
             assert_eq!(got, want, "bf16, {keys} keys of {d}");
             attend(
                 &q,
-                &widen_h(&kh),
-                &widen_h(&vh),
+                &widen(&kh),
+                &widen(&vh),
                 0.125,
                 &mut Vec::new(),
                 &mut want,

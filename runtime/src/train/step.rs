@@ -314,8 +314,9 @@ fn forward_backward_checkpointed(
 }
 
 /// Recomputes `half` from its saved `input` and backpropagates the incoming gradient `g`
-/// through it (`grad_seed`, the surrogate `sum(half(input) * g)` without its passes), adding the parameters' gradients
-/// to the optimizer; returns the input's gradient when `input_grad` asks for it.
+/// through it (`grad_seed`: the surrogate `sum(half(input) * g)` without its passes),
+/// adding the parameters' gradients to the optimizer; returns the input's gradient when
+/// `input_grad` asks for it.
 fn backpropagate(
     input: &Tensor,
     g: &Tensor,
