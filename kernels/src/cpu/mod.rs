@@ -11,3 +11,4 @@ pub(crate) mod math;
 pub(crate) mod multiversion;
 pub mod par;
 pub mod rowdot;
+pub mod thin;

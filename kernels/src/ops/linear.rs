@@ -8,7 +8,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 
 use crate::cpu::gemm::{MatRef, gemm};
-use crate::cpu::{par, rowdot};
+use crate::cpu::thin;
 use crate::elem::Elem;
 use crate::error::{shape_err, value_err};
 use crate::ops::f32_storage;
@@ -114,39 +114,16 @@ impl Output {
     }
 }
 
-/// Up to this rank the adapter's thin products go through [`thin_product`] rather than
-/// the blocked GEMM, whose 16-wide tiles would be mostly padding.
-const THIN_MAX_RANK: usize = 32;
-
-/// `out = x P^T` (`[m, r]`) for rows `x` `[m, k]` of any float type and a thin f32 matrix
-/// `p` `[r, k]` (a LoRA rank's worth of rows): LoRA's `x A^T` and `g B`.
-///
-/// The blocked GEMM runs these at a quarter of its speed (r = 8 fills half of a 16-wide
-/// tile, and packing `x` costs as much as the product). Here each thread takes a run of
-/// `x`'s rows and dots them in place against `p`, which stays in L1
-/// ([`rowdot::rows_dot`] with `p` as its few "input" rows), then transposes its `[r, rows]`
-/// result into `out`. Results do not depend on how the rows are split.
-fn thin_product<T: Elem>(x: &[T], p: &[f32], k: usize, out: &mut [f32]) {
-    let (m, r) = (x.len() / k.max(1), p.len() / k.max(1));
-    if m == 0 || r == 0 {
-        return;
-    }
-    if r > THIN_MAX_RANK {
-        let pt = MatRef::row_major(p, r, k).t();
-        gemm(MatRef::row_major(x, m, k), pt, out, r, 1.0, 0.0);
-        return;
-    }
-    let rows = par::rows_per_task(m, 16);
-    par::for_each_chunk_mut(out, rows * r, |task, out| {
-        let (first, n) = (task * rows, out.len() / r);
-        let mut tr = vec![0f32; r * n];
-        rowdot::rows_dot(p, &x[first * k..(first + n) * k], k, &mut tr);
-        for (i, row) in out.chunks_exact_mut(r).enumerate() {
-            for (j, o) in row.iter_mut().enumerate() {
-                *o = tr[j * n + i];
-            }
+/// `[cols, rows]` f32 from a row-major `[rows, cols]` of any float type (an adapter's
+/// few-by-many matrices).
+fn transpose_f32<T: Elem>(values: &[T], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; rows * cols];
+    for (i, row) in values.chunks_exact(cols).enumerate() {
+        for (j, v) in row.iter().enumerate() {
+            t[j * rows + i] = v.to_f32();
         }
-    });
+    }
+    t
 }
 
 /// `values` as f32.
@@ -544,15 +521,14 @@ impl CustomOp3 for LoraLinear {
             }
             let a = with_floats!(floats(LORA, "a", as_)?, a => to_f32(&a[a0..a1]));
             match self.adapter_input(x) {
-                AdapterInput::Plain(x) => thin_product(x, &a, inp, &mut xa),
-                AdapterInput::Dropped(xd) => thin_product(&xd, &a, inp, &mut xa),
+                AdapterInput::Plain(x) => thin::xpt(x, &a, inp, &mut xa),
+                AdapterInput::Dropped(xd) => thin::xpt(&xd, &a, inp, &mut xa),
             }
         });
         if value {
-            with_floats!(floats(LORA, "b_lora", bs)?, b => {
-                let bt = MatRef::row_major(&b[b0..b1], out, r).t();
-                gemm(MatRef::row_major(&xa, m, r), bt, &mut c, out, self.scale, 1.0);
-            });
+            let bt =
+                with_floats!(floats(LORA, "b_lora", bs)?, b => transpose_f32(&b[b0..b1], out, r));
+            thin::add_lp(&xa, &bt, out, self.scale, &mut c);
         }
         if let Ok(mut slot) = self.xa.lock() {
             *slot = Some(Arc::new(xa));
@@ -586,52 +562,43 @@ impl CustomOp3 for LoraLinear {
         // gb = g B: the gradient at the adapter's bottleneck, [m, r].
         let mut gb = vec![0f32; m * r];
         // B^T as f32 rows ([r, out]), so that g B is g's rows dotted with them.
-        let bw = crate::ops::to_f32_vec(LORA, "b_lora", b)?;
-        let mut bt = vec![0f32; r * out];
-        for (o, row) in bw.chunks_exact(r).enumerate() {
-            for (j, &v) in row.iter().enumerate() {
-                bt[j * out + o] = v;
-            }
-        }
+        let bt = transpose_f32(&crate::ops::to_f32_vec(LORA, "b_lora", b)?, out, r);
         with_tensor_floats!(LORA, "grad", &grad, g => {
-            thin_product(g, &bt, out, &mut gb);
+            thin::xpt(g, &bt, out, &mut gb);
             Ok(())
         })?;
 
         let dx = if x.track_op() {
             let mut dx = vec![0f32; m * inp];
             with_tensor_floats!(LORA, "grad", &grad, g => self.frozen.backward_x(LORA, g, &mut dx, 0.0))?;
-            with_tensor_floats!(LORA, "a", a, aw => {
-                let am = MatRef::row_major(aw, r, inp);
-                match self.dropout {
-                    None => gemm(MatRef::row_major(&gb, m, r), am, &mut dx, inp, self.scale, 1.0),
-                    Some(d) => {
-                        let mut dxa = vec![0f32; m * inp];
-                        gemm(MatRef::row_major(&gb, m, r), am, &mut dxa, inp, self.scale, 0.0);
-                        apply_dropout(&mut dxa, d);
-                        for (o, v) in dx.iter_mut().zip(&dxa) {
-                            *o += v;
-                        }
+            let aw = crate::ops::to_f32_vec(LORA, "a", a)?;
+            match self.dropout {
+                None => thin::add_lp(&gb, &aw, inp, self.scale, &mut dx),
+                Some(d) => {
+                    let mut dxa = vec![0f32; m * inp];
+                    thin::add_lp(&gb, &aw, inp, self.scale, &mut dxa);
+                    apply_dropout(&mut dxa, d);
+                    for (o, v) in dx.iter_mut().zip(&dxa) {
+                        *o += v;
                     }
                 }
-                Ok(())
-            })?;
+            }
             Some(f32_tensor(dx, x.shape(), x))
         } else {
             None
         };
 
         let da = if a.track_op() {
-            let mut da = vec![0f32; r * inp];
+            // dA^T ([in, r]) is what the kernel stores; dA is its small transpose.
+            let mut dat = vec![0f32; inp * r];
             with_tensor_floats!(LORA, "x", x, xv => {
-                let gbt = MatRef::row_major(&gb, m, r).t();
                 match self.adapter_input(xv) {
-                    AdapterInput::Plain(xv) => gemm(gbt, MatRef::row_major(xv, m, inp), &mut da, inp, self.scale, 0.0),
-                    AdapterInput::Dropped(xd) => gemm(gbt, MatRef::row_major(&xd, m, inp), &mut da, inp, self.scale, 0.0),
+                    AdapterInput::Plain(xv) => thin::atb(xv, inp, &gb, r, self.scale, &mut dat),
+                    AdapterInput::Dropped(xd) => thin::atb(&xd, inp, &gb, r, self.scale, &mut dat),
                 }
                 Ok(())
             })?;
-            Some(f32_tensor(da, a.shape(), a))
+            Some(f32_tensor(transpose_f32(&dat, inp, r), a.shape(), a))
         } else {
             None
         };
@@ -639,8 +606,7 @@ impl CustomOp3 for LoraLinear {
         let db = if b.track_op() {
             let mut db = vec![0f32; out * r];
             with_tensor_floats!(LORA, "grad", &grad, g => {
-                let gt = MatRef::row_major(g, m, out).t();
-                gemm(gt, MatRef::row_major(&xa, m, r), &mut db, r, self.scale, 0.0);
+                thin::atb(g, out, &xa, r, self.scale, &mut db);
                 Ok(())
             })?;
             Some(f32_tensor(db, b.shape(), b))

@@ -1,0 +1,452 @@
+//! Products with one thin operand: a LoRA adapter's rank (`r`, a few to a few dozen rows)
+//! against a token-by-feature matrix (thousands by thousands).
+//!
+//! The blocked GEMM runs these at a fraction of its speed: its tiles are mostly padding at
+//! `r = 8`, and packing the big operand (transposed, for `g^T xa`) costs as much as the
+//! product. They are bandwidth-bound streams over the big operand instead: each kernel
+//! reads it once (per 8 of `r`), keeps the thin side in L1 and its sums in registers.
+//! Results do not depend on the number of threads. Above [`MAX_RANK`] the GEMM is used.
+
+use crate::cpu::gemm::{MatRef, gemm};
+use crate::cpu::multiversion::multiversion;
+use crate::cpu::{par, rowdot};
+use crate::elem::Elem;
+
+/// Above this rank the products go through the blocked GEMM, whose tiles are then full.
+pub const MAX_RANK: usize = 32;
+
+/// Columns of the big operand one task of [`atb`] sums at a time (two 16-wide vectors per
+/// accumulator row; eight rows of `r` at a time make 16 AVX-512 registers).
+const COLS: usize = 32;
+/// Rows of `r` [`atb`] accumulates per pass over the big operand.
+const RANKS: usize = 8;
+
+/// `out = x P^T` (`[m, r]`) for rows `x` `[m, k]` of any float type and a thin f32 `p`
+/// `[r, k]`: LoRA's `x A^T` and `g B` (with `B^T` as `p`).
+///
+/// Each thread takes a run of `x`'s rows and dots them in place against `p`
+/// ([`rowdot::rows_dot`] with `p` as its few "input" rows), then transposes its `[r, rows]`
+/// result into `out`.
+pub fn xpt<T: Elem>(x: &[T], p: &[f32], k: usize, out: &mut [f32]) {
+    let (m, r) = (x.len() / k.max(1), p.len() / k.max(1));
+    if m == 0 || r == 0 {
+        return;
+    }
+    if r > MAX_RANK {
+        let pt = MatRef::row_major(p, r, k).t();
+        gemm(MatRef::row_major(x, m, k), pt, out, r, 1.0, 0.0);
+        return;
+    }
+    let rows = par::rows_per_task(m, 16);
+    par::for_each_chunk_mut(out, rows * r, |task, out| {
+        let (first, n) = (task * rows, out.len() / r);
+        let mut tr = vec![0f32; r * n];
+        rowdot::rows_dot(p, &x[first * k..(first + n) * k], k, &mut tr);
+        for (i, row) in out.chunks_exact_mut(r).enumerate() {
+            for (j, o) in row.iter_mut().enumerate() {
+                *o = tr[j * n + i];
+            }
+        }
+    });
+}
+
+/// `out += scale * lhs P` for `out` `[m, n]`, `lhs` `[m, r]` and a thin `p` `[r, n]`, all
+/// f32: LoRA's `y += s (x A^T) B^T` (with `B^T` as `p`) and `dx += s (g B) A`.
+///
+/// One pass over `out`: each row is read, gets its `r` scaled rows of `p` added (`p`
+/// stays in cache), and is written back.
+pub fn add_lp(lhs: &[f32], p: &[f32], n: usize, scale: f32, out: &mut [f32]) {
+    let (m, r) = (out.len() / n.max(1), p.len() / n.max(1));
+    assert_eq!(lhs.len(), m * r, "add_lp: lhs is not [{m}, {r}]");
+    if m == 0 || r == 0 {
+        return;
+    }
+    if r > MAX_RANK {
+        gemm(
+            MatRef::row_major(lhs, m, r),
+            MatRef::row_major(p, r, n),
+            out,
+            n,
+            scale,
+            1.0,
+        );
+        return;
+    }
+    let rows = par::rows_per_task(m, 16);
+    par::for_each_chunk_mut(out, rows * n, |task, out| {
+        let first = task * rows;
+        let count = out.len() / n;
+        add_lp_rows(&lhs[first * r..(first + count) * r], p, n, scale, out);
+    });
+}
+
+multiversion! {
+    fn add_lp_rows(lhs: &[f32], p: &[f32], n: usize, scale: f32, out: &mut [f32]) {
+        const W: usize = 64;
+        let r = p.len() / n;
+        for (row, coefs) in out.chunks_exact_mut(n).zip(lhs.chunks_exact(r)) {
+            let mut c0 = 0;
+            while c0 + W <= n {
+                let mut acc = [0f32; W];
+                acc.copy_from_slice(&row[c0..c0 + W]);
+                for (j, &coef) in coefs.iter().enumerate() {
+                    let s = scale * coef;
+                    let pr = &p[j * n + c0..j * n + c0 + W];
+                    for c in 0..W {
+                        acc[c] = s.mul_add(pr[c], acc[c]);
+                    }
+                }
+                row[c0..c0 + W].copy_from_slice(&acc);
+                c0 += W;
+            }
+            for (c, o) in row.iter_mut().enumerate().skip(c0) {
+                for (j, &coef) in coefs.iter().enumerate() {
+                    *o = (scale * coef).mul_add(p[j * n + c], *o);
+                }
+            }
+        }
+    }
+}
+
+/// `out = scale * A^T B`, stored `[n, r]` (`out[c * r + j]`), for `a` `[m, n]` of any float
+/// type and a thin f32 `b` `[m, r]`: LoRA's `dB = s g^T (x A^T)` (`[out, r]`, as B is
+/// stored) and, transposed afterwards, `dA = s (g B)^T x`.
+///
+/// Each task owns [`COLS`] columns of `a` and walks all `m` rows of them, adding each
+/// row times its 8 coefficients of `b` into `8 x COLS` register sums; `a` is read once per
+/// 8 of `r` and never packed or transposed.
+pub fn atb<T: Elem>(a: &[T], n: usize, b: &[f32], r: usize, scale: f32, out: &mut [f32]) {
+    let m = a.len() / n.max(1);
+    assert_eq!(b.len(), m * r, "atb: b is not [{m}, {r}]");
+    assert_eq!(out.len(), n * r, "atb: out is not [{n}, {r}]");
+    if n == 0 || r == 0 {
+        return;
+    }
+    if m == 0 {
+        out.fill(0.0);
+        return;
+    }
+    if r > MAX_RANK {
+        // out^T = scale * B^T A, [r, n], then transposed into place.
+        let mut t = vec![0f32; r * n];
+        gemm(
+            MatRef::row_major(b, m, r).t(),
+            MatRef::row_major(a, m, n),
+            &mut t,
+            n,
+            scale,
+            0.0,
+        );
+        for (c, row) in out.chunks_exact_mut(r).enumerate() {
+            for (j, o) in row.iter_mut().enumerate() {
+                *o = t[j * n + c];
+            }
+        }
+        return;
+    }
+    // `b` with its rank padded to a multiple of RANKS (zeros), so every pass has 8 rows.
+    let rp = r.div_ceil(RANKS) * RANKS;
+    let padded;
+    let b = if rp == r {
+        b
+    } else {
+        let mut bp = vec![0f32; m * rp];
+        for (dst, src) in bp.chunks_exact_mut(rp).zip(b.chunks_exact(r)) {
+            dst[..r].copy_from_slice(src);
+        }
+        padded = bp;
+        &padded[..]
+    };
+    par::for_each_chunk_mut(out, COLS * r, |task, out| {
+        let c0 = task * COLS;
+        let width = out.len() / r;
+        let mut sums = [[0f32; COLS]; RANKS];
+        for j0 in (0..rp).step_by(RANKS) {
+            let pass = Pass {
+                n,
+                c0,
+                width,
+                b,
+                rp,
+                j0,
+            };
+            atb_columns(a, pass, &mut sums);
+            for (c, row) in out.chunks_exact_mut(r).enumerate() {
+                for (jj, o) in row.iter_mut().enumerate().skip(j0).take(RANKS) {
+                    *o = scale * sums[jj - j0][c];
+                }
+            }
+        }
+    });
+}
+
+/// One pass of [`atb`]: columns `c0..c0 + width` of `a` (`[rows, n]`) against ranks
+/// `j0..j0 + RANKS` of the padded coefficients `b` (`[rows, rp]`).
+#[derive(Clone, Copy)]
+struct Pass<'a> {
+    n: usize,
+    c0: usize,
+    width: usize,
+    b: &'a [f32],
+    rp: usize,
+    j0: usize,
+}
+
+/// `sums[jj][c] = sum_i a[i, c0 + c] * b[i, j0 + jj]` for `c < width`, `jj < RANKS`, each
+/// sum a chain of fused multiply-adds in row order (the same bits on every path).
+fn atb_columns<T: Elem>(a: &[T], p: Pass, sums: &mut [[f32; COLS]; RANKS]) {
+    #[cfg(target_arch = "x86_64")]
+    if p.width == COLS {
+        use crate::cpu::isa::{Isa, active};
+        use crate::elem::Typed;
+        // SAFETY (each arm): `active()` only reports levels whose features the CPU has;
+        // the pass lies inside `a` and `b` (checked by the kernels).
+        match (active(), T::typed(a)) {
+            (Isa::Avx512 | Isa::Avx512Bf16, Typed::F32(a)) => {
+                return unsafe { x86::atb_avx512(a, p, sums) };
+            }
+            (Isa::Avx512 | Isa::Avx512Bf16, Typed::BF16(a)) => {
+                return unsafe { x86::atb_avx512(a, p, sums) };
+            }
+            (Isa::Avx2, Typed::F32(a)) => return unsafe { x86::atb_avx2(a, p, sums) },
+            (Isa::Avx2, Typed::BF16(a)) => return unsafe { x86::atb_avx2(a, p, sums) },
+            _ => {}
+        }
+    }
+    let mut acc = [[0f32; COLS]; RANKS];
+    for (a_row, coefs) in a.chunks_exact(p.n).zip(p.b.chunks_exact(p.rp)) {
+        let src = &a_row[p.c0..p.c0 + p.width];
+        for (jj, &s) in coefs[p.j0..p.j0 + RANKS].iter().enumerate() {
+            for (sum, v) in acc[jj].iter_mut().zip(src) {
+                *sum = s.mul_add(v.to_f32(), *sum);
+            }
+        }
+    }
+    *sums = acc;
+}
+
+/// [`atb_columns`]' full-width passes with explicit vectors: left to itself the compiler
+/// vectorised the portable loop across the ranks, with gathers, at a third of the speed.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{COLS, Pass, RANKS};
+    use half::bf16;
+    use std::arch::x86_64::*;
+
+    /// Widening loads of 16 (AVX-512) or 8 (AVX2) values to f32.
+    pub(super) trait Widen: Copy {
+        /// # Safety
+        /// `p..p + 16` must be readable; AVX-512F must be available.
+        unsafe fn load16(p: *const Self) -> __m512;
+        /// # Safety
+        /// `p..p + 8` must be readable; AVX2 must be available.
+        unsafe fn load8(p: *const Self) -> __m256;
+    }
+
+    impl Widen for f32 {
+        #[inline(always)]
+        unsafe fn load16(p: *const f32) -> __m512 {
+            unsafe { _mm512_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn load8(p: *const f32) -> __m256 {
+            unsafe { _mm256_loadu_ps(p) }
+        }
+    }
+
+    impl Widen for bf16 {
+        // bf16 is the top half of an f32: zero-extend and shift, exact.
+        #[inline(always)]
+        unsafe fn load16(p: *const bf16) -> __m512 {
+            unsafe {
+                let h = _mm256_loadu_si256(p as *const __m256i);
+                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+            }
+        }
+        #[inline(always)]
+        unsafe fn load8(p: *const bf16) -> __m256 {
+            unsafe {
+                let h = _mm_loadu_si128(p as *const __m128i);
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+            }
+        }
+    }
+
+    fn check<T>(a: &[T], p: &Pass) -> usize {
+        let rows = a.len() / p.n;
+        assert!(p.c0 + COLS <= p.n && p.j0 + RANKS <= p.rp && p.b.len() >= rows * p.rp);
+        rows
+    }
+
+    /// Two 16-wide column vectors times 8 ranks: 16 accumulators in registers.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+    pub(super) unsafe fn atb_avx512<T: Widen>(a: &[T], p: Pass, sums: &mut [[f32; COLS]; RANKS]) {
+        let rows = check(a, &p);
+        unsafe {
+            let mut acc = [_mm512_setzero_ps(); 2 * RANKS];
+            for i in 0..rows {
+                let row = a.as_ptr().add(i * p.n + p.c0);
+                let (x0, x1) = (T::load16(row), T::load16(row.add(16)));
+                let coefs = p.b.as_ptr().add(i * p.rp + p.j0);
+                for jj in 0..RANKS {
+                    let s = _mm512_set1_ps(*coefs.add(jj));
+                    acc[2 * jj] = _mm512_fmadd_ps(s, x0, acc[2 * jj]);
+                    acc[2 * jj + 1] = _mm512_fmadd_ps(s, x1, acc[2 * jj + 1]);
+                }
+            }
+            for (jj, sum) in sums.iter_mut().enumerate() {
+                _mm512_storeu_ps(sum.as_mut_ptr(), acc[2 * jj]);
+                _mm512_storeu_ps(sum.as_mut_ptr().add(16), acc[2 * jj + 1]);
+            }
+        }
+    }
+
+    /// Each 16-column half in turn (two 8-wide vectors times 8 ranks: 16 accumulators,
+    /// what AVX2's 16 registers hold beside the row and the broadcast).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn atb_avx2<T: Widen>(a: &[T], p: Pass, sums: &mut [[f32; COLS]; RANKS]) {
+        let rows = check(a, &p);
+        unsafe {
+            for half in [0, 16] {
+                let mut acc = [_mm256_setzero_ps(); 2 * RANKS];
+                for i in 0..rows {
+                    let row = a.as_ptr().add(i * p.n + p.c0 + half);
+                    let (x0, x1) = (T::load8(row), T::load8(row.add(8)));
+                    let coefs = p.b.as_ptr().add(i * p.rp + p.j0);
+                    for jj in 0..RANKS {
+                        let s = _mm256_set1_ps(*coefs.add(jj));
+                        acc[2 * jj] = _mm256_fmadd_ps(s, x0, acc[2 * jj]);
+                        acc[2 * jj + 1] = _mm256_fmadd_ps(s, x1, acc[2 * jj + 1]);
+                    }
+                }
+                for (jj, sum) in sums.iter_mut().enumerate() {
+                    _mm256_storeu_ps(sum.as_mut_ptr().add(half), acc[2 * jj]);
+                    _mm256_storeu_ps(sum.as_mut_ptr().add(half + 8), acc[2 * jj + 1]);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::bf16;
+
+    /// Deterministic values in [-1, 1).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    fn close(got: &[f32], want: &[f64], label: &str) {
+        assert_eq!(got.len(), want.len(), "{label}: length");
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            let tol = 1e-5 * (1.0 + w.abs());
+            assert!(
+                (g as f64 - w).abs() <= tol,
+                "{label}: element {i}: {g} vs {w}"
+            );
+        }
+    }
+
+    /// Ranks around the 8-row passes and the GEMM switch, column counts around the
+    /// kernels' blocks (tails of every size class), a few rows.
+    const SHAPES: [(usize, usize, usize); 7] = [
+        (1, 1, 1),
+        (5, 8, 32),
+        (17, 3, 64),
+        (33, 8, 100),
+        (64, 13, 200),
+        (9, 32, 70),
+        (12, 40, 65),
+    ];
+
+    #[test]
+    fn add_lp_adds_the_scaled_product_to_what_is_there() {
+        for (m, r, n) in SHAPES {
+            let lhs = values(m * r, 1);
+            let p = values(r * n, 2);
+            let start = values(m * n, 3);
+            let mut out = start.clone();
+            add_lp(&lhs, &p, n, 0.5, &mut out);
+            let want: Vec<f64> = (0..m * n)
+                .map(|e| {
+                    let (i, c) = (e / n, e % n);
+                    let dot: f64 = (0..r)
+                        .map(|j| lhs[i * r + j] as f64 * p[j * n + c] as f64)
+                        .sum();
+                    start[e] as f64 + 0.5 * dot
+                })
+                .collect();
+            close(&out, &want, &format!("add_lp {m}x{r}x{n}"));
+        }
+    }
+
+    #[test]
+    fn atb_sums_over_rows_into_an_n_by_r_result() {
+        for (m, r, n) in SHAPES {
+            let a = values(m * n, 4);
+            let b = values(m * r, 5);
+            let want: Vec<f64> = (0..n * r)
+                .map(|e| {
+                    let (c, j) = (e / r, e % r);
+                    let dot: f64 = (0..m)
+                        .map(|i| a[i * n + c] as f64 * b[i * r + j] as f64)
+                        .sum();
+                    2.0 * dot
+                })
+                .collect();
+            let mut out = vec![f32::NAN; n * r];
+            atb(&a, n, &b, r, 2.0, &mut out);
+            close(&out, &want, &format!("atb f32 {m}x{r}x{n}"));
+            // bf16 rows widen exactly: the same sums over the rounded values.
+            let a16: Vec<bf16> = a.iter().map(|&v| bf16::from_f32(v)).collect();
+            let want16: Vec<f64> = (0..n * r)
+                .map(|e| {
+                    let (c, j) = (e / r, e % r);
+                    let dot: f64 = (0..m)
+                        .map(|i| a16[i * n + c].to_f64() * b[i * r + j] as f64)
+                        .sum();
+                    2.0 * dot
+                })
+                .collect();
+            let mut out16 = vec![f32::NAN; n * r];
+            atb(&a16, n, &b, r, 2.0, &mut out16);
+            close(&out16, &want16, &format!("atb bf16 {m}x{r}x{n}"));
+        }
+    }
+
+    #[test]
+    fn atb_of_no_rows_is_zero() {
+        let mut out = vec![f32::NAN; 6];
+        atb::<f32>(&[], 3, &[], 2, 1.0, &mut out);
+        assert_eq!(out, vec![0.0; 6]);
+    }
+
+    #[test]
+    fn xpt_dots_rows_with_the_thin_rows() {
+        for (m, r, k) in SHAPES {
+            let x = values(m * k, 6);
+            let p = values(r * k, 7);
+            let want: Vec<f64> = (0..m * r)
+                .map(|e| {
+                    let (i, j) = (e / r, e % r);
+                    (0..k)
+                        .map(|t| x[i * k + t] as f64 * p[j * k + t] as f64)
+                        .sum()
+                })
+                .collect();
+            let mut out = vec![f32::NAN; m * r];
+            xpt(&x, &p, k, &mut out);
+            close(&out, &want, &format!("xpt {m}x{r}x{k}"));
+        }
+    }
+}
