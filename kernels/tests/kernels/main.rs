@@ -8,6 +8,7 @@
 mod common;
 
 mod attention;
+mod candle_bf16_add;
 mod cross_entropy;
 mod grad_seed;
 mod gradient_flow;

@@ -333,6 +333,16 @@ pub(crate) unsafe fn vec_add_f16(a_row: *const f16, b_row: *const f16, c: *mut f
 
 #[target_feature(enable = "avx2")]
 pub(crate) unsafe fn vec_add_bf16(a_row: *const bf16, b_row: *const bf16, c: *mut bf16, k: usize) {
+    // kubeswift (scripts/vendor/candle.py): whole vectors, the same bits.
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512bf16") && is_x86_feature_detected!("avx512vl") {
+            return vec_add_bf16_avx512bf16(a_row, b_row, c, k);
+        }
+        if is_x86_feature_detected!("avx2") {
+            return vec_add_bf16_avx2(a_row, b_row, c, k);
+        }
+    }
     let mut i = 0;
     while i + CurrentCpuBF16::STEP <= k {
         for j in 0..CurrentCpuBF16::ARR {
@@ -387,5 +397,73 @@ pub(crate) unsafe fn vec_scalar_add_bf16(scalar: bf16, xs: *const bf16, ys: *mut
     }
     for j in i..k {
         *ys.add(j) = *xs.add(j) + scalar;
+    }
+}
+
+
+/// kubeswift (scripts/vendor/candle.py): `c = a + b` for bf16 rows, 16 at a time: widen
+/// exactly, add in f32, round to nearest even (`vcvtneps2bf16`, as `vec_store` above).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512vl,avx2")]
+unsafe fn vec_add_bf16_avx512bf16(a_row: *const bf16, b_row: *const bf16, c: *mut bf16, k: usize) {
+    // A macro, not a closure: a closure would not get this function's target features.
+    macro_rules! widen {
+        ($p:expr) => {
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
+                _mm256_loadu_si256($p as *const __m256i),
+            )))
+        };
+    }
+    let mut i = 0;
+    while i + 16 <= k {
+        let sum = _mm512_add_ps(widen!(a_row.add(i)), widen!(b_row.add(i)));
+        _mm256_storeu_si256(
+            c.add(i) as *mut __m256i,
+            transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(sum)),
+        );
+        i += 16;
+    }
+    for j in i..k {
+        *c.add(j) = *a_row.add(j) + *b_row.add(j);
+    }
+}
+
+/// kubeswift (scripts/vendor/candle.py): `c = a + b` for bf16 rows, 8 at a time on AVX2:
+/// widen exactly, add in f32, round to nearest even in integers; a NaN keeps its top bits
+/// and is made quiet, as `half::bf16::from_f32` does.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn vec_add_bf16_avx2(a_row: *const bf16, b_row: *const bf16, c: *mut bf16, k: usize) {
+    macro_rules! widen {
+        ($p:expr) => {
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(
+                $p as *const __m128i,
+            ))))
+        };
+    }
+    let (one, half_ulp, quiet) = (
+        _mm256_set1_epi32(1),
+        _mm256_set1_epi32(0x7fff),
+        _mm256_set1_epi32(0x0040),
+    );
+    let mut i = 0;
+    while i + 8 <= k {
+        let sum = _mm256_add_ps(widen!(a_row.add(i)), widen!(b_row.add(i)));
+        let bits = _mm256_castps_si256(sum);
+        let top = _mm256_srli_epi32::<16>(bits);
+        let rounded = _mm256_srli_epi32::<16>(_mm256_add_epi32(
+            _mm256_add_epi32(bits, half_ulp),
+            _mm256_and_si256(top, one),
+        ));
+        let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(sum, sum));
+        let out = _mm256_blendv_epi8(rounded, _mm256_or_si256(top, quiet), nan);
+        // Eight 32-bit lanes (each < 2^16) to eight u16: pack within 128-bit halves, then
+        // bring the two halves' low quadwords together.
+        let packed = _mm256_permute4x64_epi64::<0b1000>(_mm256_packus_epi32(out, out));
+        _mm_storeu_si128(c.add(i) as *mut __m128i, _mm256_castsi256_si128(packed));
+        i += 8;
+    }
+    for j in i..k {
+        *c.add(j) = *a_row.add(j) + *b_row.add(j);
     }
 }
