@@ -42,12 +42,23 @@ pub fn xpt<T: Elem>(x: &[T], p: &[f32], k: usize, out: &mut [f32]) {
         let (first, n) = (task * rows, out.len() / r);
         let mut tr = vec![0f32; r * n];
         rowdot::rows_dot(p, &x[first * k..(first + n) * k], k, &mut tr);
-        for (i, row) in out.chunks_exact_mut(r).enumerate() {
-            for (j, o) in row.iter_mut().enumerate() {
-                *o = tr[j * n + i];
-            }
-        }
+        transpose_into(&tr, r, n, out);
     });
+}
+
+/// `dst` (`[cols, rows]`, f32) = `src` (`[rows, cols]`, any float type) transposed: the
+/// adapter's few-by-many matrices and results between their stored and product layouts.
+pub fn transpose_into<T: Elem>(src: &[T], rows: usize, cols: usize, dst: &mut [f32]) {
+    assert_eq!(
+        dst.len(),
+        rows * cols,
+        "transpose_into: dst is not [{cols}, {rows}]"
+    );
+    for (i, row) in src.chunks_exact(cols.max(1)).take(rows).enumerate() {
+        for (j, v) in row.iter().enumerate() {
+            dst[j * rows + i] = v.to_f32();
+        }
+    }
 }
 
 /// `out += scale * lhs P` for `out` `[m, n]`, `lhs` `[m, r]` and a thin `p` `[r, n]`, all
@@ -127,21 +138,14 @@ pub fn atb<T: Elem>(a: &[T], n: usize, b: &[f32], r: usize, scale: f32, out: &mu
         return;
     }
     if r > MAX_RANK {
-        // out^T = scale * B^T A, [r, n], then transposed into place.
-        let mut t = vec![0f32; r * n];
         gemm(
-            MatRef::row_major(b, m, r).t(),
-            MatRef::row_major(a, m, n),
-            &mut t,
-            n,
+            MatRef::row_major(a, m, n).t(),
+            MatRef::row_major(b, m, r),
+            out,
+            r,
             scale,
             0.0,
         );
-        for (c, row) in out.chunks_exact_mut(r).enumerate() {
-            for (j, o) in row.iter_mut().enumerate() {
-                *o = t[j * n + c];
-            }
-        }
         return;
     }
     // `b` with its rank padded to a multiple of RANKS (zeros), so every pass has 8 rows.

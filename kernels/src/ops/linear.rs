@@ -118,11 +118,7 @@ impl Output {
 /// few-by-many matrices).
 fn transpose_f32<T: Elem>(values: &[T], rows: usize, cols: usize) -> Vec<f32> {
     let mut t = vec![0f32; rows * cols];
-    for (i, row) in values.chunks_exact(cols).enumerate() {
-        for (j, v) in row.iter().enumerate() {
-            t[j * rows + i] = v.to_f32();
-        }
-    }
+    thin::transpose_into(values, rows, cols, &mut t);
     t
 }
 
