@@ -224,6 +224,16 @@ fn bf16_storage_matches_f32_reference() {
         d: 32,
     };
     check(c, &AttnMask::causal(), 600, DType::BF16, BF16_TOL);
+    // Several batches and KV heads: the bf16 products read K and V in place at strides.
+    let c = Case {
+        b: 2,
+        h: 6,
+        hkv: 2,
+        tq: 90,
+        tk: 90,
+        d: 16,
+    };
+    check(c, &AttnMask::causal(), 610, DType::BF16, BF16_TOL);
 }
 
 #[test]

@@ -6,6 +6,13 @@
 //! Backward: per (batch, KV head), recompute each tile's probabilities from `lse`, and
 //! accumulate dV, dK for the KV head and dQ for its query heads: no other task touches
 //! them, so there are no atomics and no [T x T] buffer.
+//!
+//! With bf16 inputs, the products of two bf16 operands (`Q K^T` and `dO V^T`) run on the
+//! bf16 GEMM: bf16 x bf16 products are exact in f32, so only the order of the f32 sums
+//! changes. Products with a probability or score-gradient operand stay in f32 (rounding
+//! those to bf16, as PyTorch's CPU flash attention does, would change the numerics).
+
+use half::bf16;
 
 use super::visibility::{Tile, Visibility};
 use crate::cpu::gemm::{MatRef, gemm_seq};
@@ -31,11 +38,46 @@ pub(crate) struct View<'a, T> {
     pub strides: [usize; 4],
 }
 
-impl<T: Elem> View<'_, T> {
+impl<'a, T: Elem> View<'a, T> {
     fn row(&self, b: usize, h: usize, t: usize) -> &[T] {
         let s = self.strides;
         &self.data[b * s[0] + h * s[1] + t * s[2]..][..self.dims[3]]
     }
+
+    /// Positions `t0..t1` of `(b, head)` as a `[t1 - t0, head_dim]` matrix over the storage.
+    fn rows(&self, b: usize, head: usize, t0: usize, t1: usize) -> MatRef<'a, T> {
+        let s = self.strides;
+        let start = b * s[0] + head * s[1] + t0 * s[2];
+        MatRef::new(self.data, start, t1 - t0, self.dims[3], s[2], 1)
+    }
+
+    /// The same view with its elements typed as bf16, when they are bf16.
+    fn as_bf16(&self) -> Option<View<'a, bf16>> {
+        T::as_bf16(self.data).map(|data| View {
+            data,
+            dims: self.dims,
+            strides: self.strides,
+        })
+    }
+}
+
+/// Rows `(t, g)` of a query-head group for positions `t0..t1`, in the tiles' row order
+/// (`(t - t0) * group + g`), copied as bf16 `[rows, head_dim]`.
+fn group_rows_bf16(
+    x: View<'_, bf16>,
+    b: usize,
+    kvh: usize,
+    group: usize,
+    t0: usize,
+    t1: usize,
+) -> Vec<bf16> {
+    let mut out = Vec::with_capacity((t1 - t0) * group * x.dims[3]);
+    for t in t0..t1 {
+        for g in 0..group {
+            out.extend_from_slice(x.row(b, kvh * group + g, t));
+        }
+    }
+    out
 }
 
 /// Query positions per tile for `group` query heads per KV head: about `ROWS` rows, a
@@ -116,10 +158,18 @@ fn forward_tile<T: Elem>(
     let nk = k.dims[2];
     let group = q.dims[1] / k.dims[1];
     let rows = (i1 - i0) * group;
-    let mut qb = vec![0f32; rows * d];
-    for (r, dst) in qb.chunks_exact_mut(d).enumerate() {
-        T::load(q.row(b, kvh * group + r % group, i0 + r / group), dst);
-        scale_in_place(dst, scale);
+    // bf16 inputs: Q K^T on the bf16 GEMM straight from the storage, scaled by the GEMM.
+    let bf16_qk = q
+        .as_bf16()
+        .zip(k.as_bf16())
+        .map(|(q16, k16)| (group_rows_bf16(q16, b, kvh, group, i0, i1), k16));
+    let mut qb = Vec::new();
+    if bf16_qk.is_none() {
+        qb.resize(rows * d, 0f32);
+        for (r, dst) in qb.chunks_exact_mut(d).enumerate() {
+            T::load(q.row(b, kvh * group + r % group, i0 + r / group), dst);
+            scale_in_place(dst, scale);
+        }
     }
     let mut o = vec![0f32; rows * d];
     let mut m = vec![f32::NEG_INFINITY; rows];
@@ -135,17 +185,29 @@ fn forward_tile<T: Elem>(
             continue;
         }
         let bk = j1 - j0;
-        load_rows(k, b, kvh, j0, j1, &mut kt);
         load_rows(v, b, kvh, j0, j1, &mut vt);
         let s = &mut s[..rows * bk];
-        gemm_seq(
-            MatRef::row_major(&qb, rows, d),
-            MatRef::row_major(&kt[..bk * d], bk, d).t(),
-            s,
-            bk,
-            1.0,
-            0.0,
-        );
+        match &bf16_qk {
+            Some((q16, k16)) => gemm_seq(
+                MatRef::row_major(q16, rows, d),
+                k16.rows(b, kvh, j0, j1).t(),
+                s,
+                bk,
+                scale,
+                0.0,
+            ),
+            None => {
+                load_rows(k, b, kvh, j0, j1, &mut kt);
+                gemm_seq(
+                    MatRef::row_major(&qb, rows, d),
+                    MatRef::row_major(&kt[..bk * d], bk, d).t(),
+                    s,
+                    bk,
+                    1.0,
+                    0.0,
+                );
+            }
+        }
         if class == Tile::Partial {
             mask_tile(s, vis, b, i0, group, j0, bk, f32::NEG_INFINITY);
         }
@@ -333,6 +395,15 @@ pub(crate) fn backward<T: Elem>(
     grads
 }
 
+/// The bf16 operands of a backward task's bf16 products: the group's query and
+/// output-gradient rows (tile row order), and the KV head's keys and values in place.
+struct Bf16Backward<'a> {
+    q: Vec<bf16>,
+    d_o: Vec<bf16>,
+    k: View<'a, bf16>,
+    v: View<'a, bf16>,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn backward_task<T: Elem>(
     q: View<'_, T>,
@@ -369,10 +440,23 @@ fn backward_task<T: Elem>(
             lse[r] = bw.lse[(b * nh + h) * nq + t];
         }
     }
+    // bf16 inputs: Q K^T and dO V^T on the bf16 GEMM (V is then needed only there).
+    let bf16_ops = match (q.as_bf16(), k.as_bf16(), v.as_bf16(), bw.d_o.as_bf16()) {
+        (Some(q16), Some(k16), Some(v16), Some(do16)) => Some(Bf16Backward {
+            q: group_rows_bf16(q16, b, kvh, group, 0, nq),
+            d_o: group_rows_bf16(do16, b, kvh, group, 0, nq),
+            k: k16,
+            v: v16,
+        }),
+        _ => None,
+    };
     let mut ka = vec![0f32; nk * d];
-    let mut va = vec![0f32; nk * d];
+    let mut va = Vec::new();
     load_rows(k, b, kvh, 0, nk, &mut ka);
-    load_rows(v, b, kvh, 0, nk, &mut va);
+    if bf16_ops.is_none() {
+        va.resize(nk * d, 0f32);
+        load_rows(v, b, kvh, 0, nk, &mut va);
+    }
     let mut dka = vec![0f32; nk * d];
     let mut dva = vec![0f32; nk * d];
 
@@ -393,18 +477,27 @@ fn backward_task<T: Elem>(
             }
             let bk = j1 - j0;
             let kr = &ka[j0 * d..j1 * d];
-            let vr = &va[j0 * d..j1 * d];
             let p = &mut p[..rows * bk];
             let dp = &mut dp[..rows * bk];
             // P = exp(Q K^T - lse)
-            gemm_seq(
-                MatRef::row_major(qb, rows, d),
-                MatRef::row_major(kr, bk, d).t(),
-                p,
-                bk,
-                1.0,
-                0.0,
-            );
+            match &bf16_ops {
+                Some(ops) => gemm_seq(
+                    MatRef::row_major(&ops.q[rr.clone()], rows, d),
+                    ops.k.rows(b, kvh, j0, j1).t(),
+                    p,
+                    bk,
+                    scale,
+                    0.0,
+                ),
+                None => gemm_seq(
+                    MatRef::row_major(qb, rows, d),
+                    MatRef::row_major(kr, bk, d).t(),
+                    p,
+                    bk,
+                    1.0,
+                    0.0,
+                ),
+            }
             for (r, prow) in p.chunks_exact_mut(bk).enumerate() {
                 probs_row(prow, lse[i0 * group + r]);
             }
@@ -421,14 +514,24 @@ fn backward_task<T: Elem>(
                 1.0,
             );
             // dP = dO V^T, then dS = P (dP - delta)
-            gemm_seq(
-                MatRef::row_major(dob, rows, d),
-                MatRef::row_major(vr, bk, d).t(),
-                dp,
-                bk,
-                1.0,
-                0.0,
-            );
+            match &bf16_ops {
+                Some(ops) => gemm_seq(
+                    MatRef::row_major(&ops.d_o[rr.clone()], rows, d),
+                    ops.v.rows(b, kvh, j0, j1).t(),
+                    dp,
+                    bk,
+                    1.0,
+                    0.0,
+                ),
+                None => gemm_seq(
+                    MatRef::row_major(dob, rows, d),
+                    MatRef::row_major(&va[j0 * d..j1 * d], bk, d).t(),
+                    dp,
+                    bk,
+                    1.0,
+                    0.0,
+                ),
+            }
             for (r, (dprow, prow)) in dp.chunks_exact_mut(bk).zip(p.chunks_exact(bk)).enumerate() {
                 softmax_grad_row(dprow, prow, delta[i0 * group + r]);
             }
