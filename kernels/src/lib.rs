@@ -44,6 +44,7 @@ pub use ops::linear::{
     LoraDropout, dropout_factors, frozen_linear, frozen_linear_grad_only, frozen_linear_replay,
     lora_linear, lora_linear_grad_only, lora_linear_replay, lora_linear_with_dropout,
 };
+pub use ops::packed_weights::{PackedWeightsScope, keep_packed_weights};
 pub use ops::rms_norm::rms_norm;
 pub use ops::rope::{rope, rope_tables};
 pub use ops::silu_mul::silu_mul;

@@ -8,7 +8,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, TensorId};
 use half::bf16;
 
 use crate::cpu::gemm::{MatRef, gemm};
@@ -17,6 +17,7 @@ use crate::cpu::multiversion::multiversion;
 use crate::cpu::par;
 use crate::elem::Elem;
 use crate::error::{shape_err, value_err};
+use crate::ops::packed_weights::{self, gemm_frozen_b};
 use crate::storage::{check_float, contiguous_range, floats, ints, owned, with_floats};
 
 const OP: &str = "linear_cross_entropy";
@@ -126,6 +127,7 @@ pub fn linear_cross_entropy(
         chunk_rows: (options.chunk_bytes / (4 * v.max(1))).max(1),
         grad_hidden: hidden.track_op(),
         grad_weight: weight.track_op(),
+        weight_id: packed_weights::cache_id(weight),
         stats: stats.clone(),
     };
     let loss_sum = hidden.contiguous()?.apply_op2(&weight.contiguous()?, op)?;
@@ -147,6 +149,8 @@ struct LinearCrossEntropy {
     chunk_rows: usize,
     grad_hidden: bool,
     grad_weight: bool,
+    /// The weight's id for the packed-weight cache (a frozen lm_head).
+    weight_id: Option<TensorId>,
     stats: Arc<Mutex<Stats>>,
 }
 
@@ -223,7 +227,8 @@ impl LinearCrossEntropy {
                         probs_bf16.resize(nc * v, bf16::ZERO);
                         bf16::store(&logits[..nc * v], &mut probs_bf16);
                         let pb = MatRef::row_major(&probs_bf16[..], nc, v);
-                        gemm(pb, MatRef::row_major(wb, v, h), &mut dh_chunk, h, 1.0, 0.0);
+                        let wm = MatRef::row_major(wb, v, h);
+                        gemm_frozen_b(self.weight_id, pb, wm, &mut dh_chunk, h, 1.0, 0.0);
                     }
                     None => gemm(probs, w, &mut dh_chunk, h, 1.0, 0.0),
                 }

@@ -5,13 +5,14 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor, TensorId};
 
 use crate::cpu::gemm::{MatRef, gemm};
 use crate::cpu::thin;
 use crate::elem::Elem;
 use crate::error::{shape_err, value_err};
 use crate::ops::f32_storage;
+use crate::ops::packed_weights::{self, gemm_frozen_b};
 use crate::storage::{
     check_float, contiguous_range, floats, owned, with_cpu, with_floats, with_tensor_floats,
 };
@@ -279,6 +280,8 @@ fn lora_linear_with(
 /// The frozen part of a linear layer, validated.
 struct Frozen {
     w: Tensor,
+    /// `w`'s id for the packed-weight cache (see `packed_weights`).
+    cache_id: Option<TensorId>,
     b: Option<Tensor>,
     inp: usize,
     out: usize,
@@ -307,6 +310,7 @@ impl Frozen {
             }
         }
         Ok(Frozen {
+            cache_id: packed_weights::cache_id(w),
             w: w.contiguous()?.detach(),
             b: b.map(|b| b.contiguous().map(|b| b.detach())).transpose()?,
             inp,
@@ -350,7 +354,8 @@ impl Frozen {
             let (w0, w1) = contiguous_range(op, "w", wl)?;
             with_floats!(floats(op, "w", ws)?, w => {
                 let wm = MatRef::row_major(&w[w0..w1], self.out, self.inp);
-                gemm(MatRef::row_major(g, m, self.out), wm, dx, self.inp, 1.0, beta);
+                let gm = MatRef::row_major(g, m, self.out);
+                gemm_frozen_b(self.cache_id, gm, wm, dx, self.inp, 1.0, beta);
             });
             Ok(())
         })

@@ -5,6 +5,7 @@ pub(crate) mod attention;
 pub(crate) mod cross_entropy;
 pub(crate) mod grad_seed;
 pub(crate) mod linear;
+pub(crate) mod packed_weights;
 pub(crate) mod rms_norm;
 pub(crate) mod rope;
 pub(crate) mod silu_mul;

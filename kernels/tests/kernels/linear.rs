@@ -1,7 +1,8 @@
 use candle_core::{DType, Tensor};
+use kubeswift_kernels::cpu::isa::{self, Isa};
 use kubeswift_kernels::{
-    LoraDropout, frozen_linear, frozen_linear_grad_only, frozen_linear_replay, lora_linear,
-    lora_linear_grad_only, lora_linear_replay, lora_linear_with_dropout, reference,
+    LoraDropout, frozen_linear, frozen_linear_grad_only, frozen_linear_replay, keep_packed_weights,
+    lora_linear, lora_linear_grad_only, lora_linear_replay, lora_linear_with_dropout, reference,
 };
 
 use crate::common::*;
@@ -266,4 +267,42 @@ fn a_saved_output_of_another_shape_or_dtype_is_refused() {
     let (a, bl) = (rand(85, &[2, 8], 0.3), rand(86, &[6, 2], 0.3));
     let err = lora_linear_replay(&x, &w, None, &a, &bl, 1.0, None, &wrong_dtype).unwrap_err();
     assert!(err.to_string().contains("saved"), "{err}");
+}
+
+/// dx of `frozen_linear(x, w)` under a fixed weighted-sum loss, as f32 bits.
+fn frozen_dx_bits(x: &Tensor, w: &Tensor) -> Vec<u32> {
+    let xv = var(x);
+    let y = frozen_linear(xv.as_tensor(), w, None).unwrap();
+    let g = weighted_sum(&y, 2).unwrap().backward().unwrap();
+    let dx = grad(&g, &xv).to_dtype(DType::F32).unwrap();
+    let values: Vec<f32> = dx.flatten_all().unwrap().to_vec1().unwrap();
+    values.into_iter().map(f32::to_bits).collect()
+}
+
+#[test]
+fn kept_packed_weights_give_the_same_bits_and_skip_variables() {
+    let x = bf16(&rand(44, &[2, 70, 96], 1.0));
+    let w = bf16(&rand(45, &[130, 96], 0.3));
+    let plain = frozen_dx_bits(&x, &w);
+    let scope = keep_packed_weights(1 << 30);
+    let first = frozen_dx_bits(&x, &w);
+    let kept = scope.bytes();
+    // The second backward reads the kept packing.
+    let second = frozen_dx_bits(&x, &w);
+    assert!(plain == first && first == second, "kept packing changed dx");
+    if isa::active().min(isa::detected()) >= Isa::Avx512Bf16 {
+        assert!(kept >= 130 * 96 * 2, "the frozen bf16 weight was not kept");
+    } else {
+        assert_eq!(kept, 0, "nothing to keep without the bf16 kernel");
+    }
+    assert_eq!(scope.bytes(), kept, "a hit must not pack again");
+    // A weight that is being trained may change between steps: never kept.
+    let trained = var(&w);
+    assert_eq!(frozen_dx_bits(&x, trained.as_tensor()), plain);
+    assert_eq!(scope.bytes(), kept, "a Var weight was kept");
+    drop(scope);
+    // Over budget: packed per product as before, nothing kept.
+    let small = keep_packed_weights(1000);
+    assert_eq!(frozen_dx_bits(&x, &w), plain);
+    assert_eq!(small.bytes(), 0);
 }

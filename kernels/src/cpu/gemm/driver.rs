@@ -93,6 +93,61 @@ pub(super) unsafe fn run<TA: Elem, TB: Elem>(isa: Isa, job: &Job<'_, TA, TB>, th
     unsafe { orchestrate(&entry, job, threads) };
 }
 
+/// Packs `b` (`k x n`, bf16) for the AVX-512 BF16 kernel as [`run_prepacked_b`] reads it,
+/// or `None` where that kernel is not the one `run` would pick for bf16 operands.
+pub(super) fn pack_b_bf16(isa: Isa, b: MatRef<'_, bf16>) -> Option<Vec<bf16>> {
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx512Bf16 {
+        type K = kernels::Avx512Bf16;
+        let mut dst = vec![bf16::ZERO; packed_len::<K>(b.cols, b.rows, K::NR)];
+        // SAFETY: the CPU has AVX-512 BF16 (`isa` is capped at the detected level by the
+        // caller); `dst` holds `packed_len` elements for B^T.
+        unsafe { pack_shared::<K, bf16>(avx512bf16::pack_rows, b.t(), K::NR, &mut dst) };
+        return Some(dst);
+    }
+    let _ = (isa, b);
+    None
+}
+
+/// Runs `job` whose B was packed by [`pack_b_bf16`] (`job.b` gives only its shape), on
+/// `threads` threads split over the rows of C.
+///
+/// # Safety
+/// Contract of [`run`]; `packed` came from [`pack_b_bf16`] for a matrix of `job.b`'s shape
+/// on this CPU.
+pub(super) unsafe fn run_prepacked_b(job: &Job<'_, bf16, bf16>, packed: &[bf16], threads: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        type K = kernels::Avx512Bf16;
+        let m = job.a.rows;
+        let k = job.a.cols;
+        let pre = Prepacked::B(packed);
+        if threads <= 1 || k == 0 {
+            // SAFETY: contract of this function (the CPU has AVX-512 BF16: `packed` exists).
+            unsafe { avx512bf16::blocked(job, pre) };
+            return;
+        }
+        let tasks = (threads * TASKS_PER_THREAD).min(m.div_ceil(K::MR)).max(1);
+        let step = m.div_ceil(tasks).next_multiple_of(K::MR);
+        crate::cpu::par::for_each(m.div_ceil(step), |t| {
+            let (start, size) = (t * step, step.min(m - t * step));
+            let sub = Job {
+                a: job.a.sub(start, size, 0, k),
+                // SAFETY: row `start` < m lies inside C.
+                c: SendPtr(unsafe { job.c.ptr().add(start * job.ldc) }),
+                ..*job
+            };
+            // SAFETY: tasks own disjoint row ranges of C; as above for the CPU.
+            unsafe { avx512bf16::blocked(&sub, pre) };
+        });
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (job, packed, threads);
+        unreachable!("no packed bf16 operands without the AVX-512 BF16 kernel");
+    }
+}
+
 /// One instruction set's compiled loops (function pointers into `#[target_feature]` code).
 struct Entry<K: Microkernel, TA, TB> {
     blocked: unsafe fn(&Job<'_, TA, TB>, Prepacked<'_, K::P>),

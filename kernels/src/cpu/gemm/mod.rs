@@ -100,6 +100,18 @@ impl<'a, T: Copy> MatRef<'a, T> {
         }
     }
 
+    /// An operand that is never read (a pre-packed B): only its shape is used.
+    fn shape_only(rows: usize, cols: usize) -> Self {
+        MatRef {
+            data: &[],
+            offset: 0,
+            rows,
+            cols,
+            rs: 0,
+            cs: 0,
+        }
+    }
+
     pub fn rows(&self) -> usize {
         self.rows
     }
@@ -107,6 +119,85 @@ impl<'a, T: Copy> MatRef<'a, T> {
     pub fn cols(&self) -> usize {
         self.cols
     }
+}
+
+impl<'a, T: Elem> MatRef<'a, T> {
+    /// `(offset, rows, cols, row stride, column stride)`: which elements the view reads.
+    pub fn layout(&self) -> (usize, usize, usize, usize, usize) {
+        (self.offset, self.rows, self.cols, self.rs, self.cs)
+    }
+
+    /// The same view typed as bf16, when the elements are bf16.
+    pub fn as_bf16(self) -> Option<MatRef<'a, half::bf16>> {
+        T::as_bf16(self.data).map(|data| self.with_data(data))
+    }
+}
+
+/// A right operand `B` (`k x n`, bf16) packed once for the AVX-512 BF16 kernel, for a frozen
+/// weight that many products use unchanged: [`gemm_prepacked_b`] skips packing it (for
+/// `dx = g W` that packing gathers pairs down W's columns, a few % of a bf16 LoRA step).
+pub struct PackedB {
+    k: usize,
+    n: usize,
+    data: Vec<half::bf16>,
+}
+
+impl PackedB {
+    /// Packs `b`, or `None` where the bf16 kernel is not in use (the CPU lacks AVX-512 BF16
+    /// or `KUBESWIFT_KERNELS_ISA` caps it), so callers keep the plain [`gemm`].
+    pub fn new(b: MatRef<'_, half::bf16>) -> Option<PackedB> {
+        let data = driver::pack_b_bf16(isa::active().min(isa::detected()), b)?;
+        Some(PackedB {
+            k: b.rows,
+            n: b.cols,
+            data,
+        })
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * std::mem::size_of::<half::bf16>()
+    }
+}
+
+/// [`gemm`] with `B` pre-packed: `C = alpha * A B + beta * C`, the same arithmetic.
+///
+/// # Panics
+/// If the shapes disagree or `c` is too short (caller bugs).
+pub fn gemm_prepacked_b(
+    a: MatRef<'_, half::bf16>,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    alpha: f32,
+    beta: f32,
+) {
+    let (m, k, n) = (a.rows, a.cols, b.n);
+    assert_eq!(b.k, k, "gemm_prepacked_b: inner dimensions differ");
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        ldc >= n && (m - 1) * ldc + n <= c.len(),
+        "gemm_prepacked_b: C too short"
+    );
+    let job = driver::Job {
+        a,
+        b: MatRef::shape_only(k, n),
+        c: SendPtr(c.as_mut_ptr()),
+        ldc,
+        alpha,
+        beta,
+    };
+    let threads = if m * n * k >= PARALLEL_MIN_FMAS {
+        par::threads()
+    } else {
+        1
+    };
+    // SAFETY: `c` covers the m x n block with stride ldc (asserted above) and is borrowed
+    // mutably for the whole call; `b.data` was packed by `pack_b_bf16` for a k x n matrix
+    // on this CPU.
+    unsafe { driver::run_prepacked_b(&job, &b.data, threads) };
 }
 
 /// Below this many multiply-adds a product runs on the calling thread.

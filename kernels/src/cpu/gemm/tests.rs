@@ -209,3 +209,61 @@ fn mixed_bf16_and_f32_operands() {
         assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()));
     }
 }
+
+/// A pre-packed B gives exactly the plain product's bits (same kernel, same packing, same
+/// order of sums), for B stored either way round, alpha/beta, parallel and not.
+#[test]
+fn prepacked_b_matches_the_plain_product_bit_for_bit() {
+    let shapes = [
+        (1, 1, 1),
+        (13, 31, 3),
+        (200, 33, 517),
+        (96, 100, 1100),
+        (700, 64, 40),
+    ];
+    for (m, n, k) in shapes {
+        let mut rng = Rng(0x51ed ^ (m * 131 + n * 7 + k) as u64);
+        let a: Vec<bf16> = rng.vec(m * k).into_iter().map(bf16::from_f32).collect();
+        let b: Vec<bf16> = rng.vec(k * n).into_iter().map(bf16::from_f32).collect();
+        let c0 = rng.vec(m * n);
+        for b_view in [MatRef::row_major(&b, k, n), MatRef::row_major(&b, n, k).t()] {
+            let Some(packed) = PackedB::new(b_view) else {
+                assert!(
+                    isa::active().min(isa::detected()) < Isa::Avx512Bf16,
+                    "PackedB::new refused on a CPU with AVX-512 BF16"
+                );
+                return;
+            };
+            assert!(packed.bytes() >= k * n * 2);
+            let a_view = MatRef::row_major(&a, m, k);
+            for (alpha, beta) in [(1.0, 0.0), (0.5, 1.0)] {
+                let (mut want, mut got) = (c0.clone(), c0.clone());
+                gemm(a_view, b_view, &mut want, n, alpha, beta);
+                gemm_prepacked_b(a_view, &packed, &mut got, n, alpha, beta);
+                let same = want
+                    .iter()
+                    .zip(&got)
+                    .all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "{m}x{n}x{k} alpha {alpha} beta {beta}");
+                // And the product is right (not just equally wrong).
+                let af: Vec<f32> = a.iter().map(|x| x.to_f32()).collect();
+                let bf: Vec<f32> = b.iter().map(|x| x.to_f32()).collect();
+                let mut exact = c0.clone();
+                let (brs, bcs) = if b_view.rs == n { (n, 1) } else { (1, k) };
+                naive(
+                    &af,
+                    (m, k, k, 1),
+                    &bf,
+                    (n, brs, bcs),
+                    &mut exact,
+                    n,
+                    alpha,
+                    beta,
+                );
+                for (x, y) in got.iter().zip(&exact) {
+                    assert!((x - y).abs() <= 1e-3 * (1.0 + y.abs()), "{x} vs {y}");
+                }
+            }
+        }
+    }
+}
