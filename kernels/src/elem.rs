@@ -31,12 +31,38 @@ pub trait Elem: candle_core::WithDType + sealed::Sealed + Copy + Send + Sync + '
     fn store(src: &[f32], dst: &mut [Self]);
     /// Rounds a vector of f32 to this type, in parallel (no copy for f32).
     fn from_f32_vec(values: Vec<f32>) -> Vec<Self> {
-        let mut out = vec![Self::from_f32(0.0); values.len()];
-        crate::cpu::par::for_each_chunk_mut(&mut out, 1 << 16, |i, chunk| {
-            let start = i << 16;
-            Self::store(&values[start..start + chunk.len()], chunk);
-        });
+        Self::from_f32_slice(&values)
+    }
+    /// Rounds a slice of f32 to a new vector of this type, in parallel. The vector is not
+    /// zero-filled first: that was a serial memset about as long as the parallel rounding,
+    /// with the other threads idle.
+    fn from_f32_slice(values: &[f32]) -> Vec<Self> {
+        const CHUNK: usize = 1 << 16;
+        let n = values.len();
+        let mut out = Vec::with_capacity(n);
+        crate::cpu::par::for_each_chunk_mut(
+            &mut out.spare_capacity_mut()[..n],
+            CHUNK,
+            |i, chunk| {
+                let start = i * CHUNK;
+                Self::store_uninit(&values[start..start + chunk.len()], chunk);
+            },
+        );
+        // SAFETY: the chunks cover 0..n and `store_uninit` wrote every element of each.
+        unsafe { out.set_len(n) };
         out
+    }
+    /// [`Elem::store`] into memory not yet initialised (written through a small buffer
+    /// that stays in L1).
+    fn store_uninit(src: &[f32], dst: &mut [std::mem::MaybeUninit<Self>]) {
+        let mut buf = [Self::from_f32(0.0); 512];
+        for (s, d) in src.chunks(512).zip(dst.chunks_mut(512)) {
+            let b = &mut buf[..s.len()];
+            Self::store(s, b);
+            for (d, v) in d.iter_mut().zip(b.iter()) {
+                d.write(*v);
+            }
+        }
     }
     /// The slice with its concrete type (for SIMD loads and the native bf16 GEMM).
     fn typed(src: &[Self]) -> Typed<'_>;

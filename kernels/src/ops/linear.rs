@@ -11,8 +11,8 @@ use crate::cpu::gemm::{MatRef, gemm};
 use crate::cpu::thin;
 use crate::elem::Elem;
 use crate::error::{shape_err, value_err};
-use crate::ops::f32_storage;
 use crate::ops::packed_weights::{self, gemm_frozen_b};
+use crate::ops::{f32_output, f32_storage};
 use crate::storage::{
     check_float, contiguous_range, floats, owned, with_cpu, with_floats, with_tensor_floats,
 };
@@ -398,11 +398,14 @@ impl CustomOp1 for FrozenLinear {
                 self.frozen.out_shape(xl),
             ));
         }
-        let mut c = vec![0f32; m * self.frozen.out];
-        if self.output.computes_value() {
-            with_floats!(floats(FROZEN, "x", xs)?, x => self.frozen.forward(FROZEN, &x[x0..x1], &mut c))?;
-        }
-        Ok((f32_storage(c, xs.dtype()), self.frozen.out_shape(xl)))
+        let storage = f32_output(m * self.frozen.out, xs.dtype(), |c| {
+            if !self.output.computes_value() {
+                c.fill(0.0);
+                return Ok(());
+            }
+            with_floats!(floats(FROZEN, "x", xs)?, x => self.frozen.forward(FROZEN, &x[x0..x1], c))
+        })?;
+        Ok((storage, self.frozen.out_shape(xl)))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -510,35 +513,40 @@ impl CustomOp3 for LoraLinear {
         let (b0, b1) = contiguous_range(LORA, "b_lora", bl)?;
         let m = (x1 - x0) / inp.max(1);
         let r = (a1 - a0) / inp.max(1);
-        let value = self.output.computes_value();
-        let replayed = matches!(self.output, Output::Saved(_));
-        // Replayed, the saved output stands in for the products: no buffer for them.
-        let mut c = vec![0f32; if replayed { 0 } else { m * out }];
         let mut xa = vec![0f32; m * r];
-        with_floats!(floats(LORA, "x", xs)?, x => {
-            let x = &x[x0..x1];
-            if value {
-                self.frozen.forward(LORA, x, &mut c)?;
+        // `dropout(x) A^T`, which the backward needs whatever the forward returns.
+        let adapter_product = |xa: &mut [f32]| -> Result<()> {
+            with_floats!(floats(LORA, "x", xs)?, x => {
+                let x = &x[x0..x1];
+                let a = with_floats!(floats(LORA, "a", as_)?, a => to_f32(&a[a0..a1]));
+                match self.adapter_input(x) {
+                    AdapterInput::Plain(x) => thin::xpt(x, &a, inp, xa),
+                    AdapterInput::Dropped(xd) => thin::xpt(&xd, &a, inp, xa),
+                }
+            });
+            Ok(())
+        };
+        let storage = match &self.output {
+            // Replayed, the saved output stands in for the products.
+            Output::Saved(saved) => {
+                adapter_product(&mut xa)?;
+                Output::saved_storage(LORA, saved)?
             }
-            let a = with_floats!(floats(LORA, "a", as_)?, a => to_f32(&a[a0..a1]));
-            match self.adapter_input(x) {
-                AdapterInput::Plain(x) => thin::xpt(x, &a, inp, &mut xa),
-                AdapterInput::Dropped(xd) => thin::xpt(&xd, &a, inp, &mut xa),
-            }
-        });
-        if value {
-            let bt =
-                with_floats!(floats(LORA, "b_lora", bs)?, b => transpose_f32(&b[b0..b1], out, r));
-            thin::add_lp(&xa, &bt, out, self.scale, &mut c);
-        }
+            Output::GradOnly => f32_output(m * out, xs.dtype(), |c| {
+                c.fill(0.0);
+                adapter_product(&mut xa)
+            })?,
+            Output::Value => f32_output(m * out, xs.dtype(), |c| {
+                with_floats!(floats(LORA, "x", xs)?, x => self.frozen.forward(LORA, &x[x0..x1], c))?;
+                adapter_product(&mut xa)?;
+                let bt = with_floats!(floats(LORA, "b_lora", bs)?, b => transpose_f32(&b[b0..b1], out, r));
+                thin::add_lp(&xa, &bt, out, self.scale, c);
+                Ok(())
+            })?,
+        };
         if let Ok(mut slot) = self.xa.lock() {
             *slot = Some(Arc::new(xa));
         }
-        let storage = match &self.output {
-            Output::Saved(saved) => Output::saved_storage(LORA, saved)?,
-            // The product, or zeros for a gradient-only forward.
-            Output::Value | Output::GradOnly => f32_storage(c, xs.dtype()),
-        };
         Ok((storage, self.frozen.out_shape(xl)))
     }
 

@@ -306,3 +306,32 @@ fn kept_packed_weights_give_the_same_bits_and_skip_variables() {
     assert_eq!(frozen_dx_bits(&x, &w), plain);
     assert_eq!(small.bytes(), 0);
 }
+
+#[test]
+fn bf16_outputs_never_see_an_earlier_result() {
+    // A bf16 layer computes in reused f32 scratch: NaN left there by an earlier product
+    // must be overwritten, for the frozen and the LoRA op, with and without a bias.
+    let w = bf16(&rand(47, &[64, 40], 0.3));
+    let bias = bf16(&rand(49, &[64], 0.3));
+    let (a, b) = (rand(50, &[4, 40], 0.3), rand(51, &[64, 4], 0.3));
+    let poisoned = bf16(&Tensor::full(f32::NAN, (3, 50, 40), &cpu()).unwrap());
+    let x = bf16(&rand(48, &[2, 50, 40], 1.0));
+    for with_bias in [false, true] {
+        let bias = with_bias.then_some(&bias);
+        let _ = frozen_linear(&poisoned, &w, bias).unwrap();
+        let y = frozen_linear(&x, &w, bias).unwrap();
+        let y_ref = reference::linear(&widened(&x), &widened(&w), bias.map(widened).as_ref());
+        assert_close("frozen after NaN", &y, &y_ref.unwrap(), BF16_TOL);
+        let _ = lora_linear(&poisoned, &w, bias, &a, &b, 2.0).unwrap();
+        let y = lora_linear(&x, &w, bias, &a, &b, 2.0).unwrap();
+        let y_ref = reference::lora_linear(
+            &widened(&x),
+            &widened(&w),
+            bias.map(widened).as_ref(),
+            &a,
+            &b,
+            2.0,
+        );
+        assert_close("lora after NaN", &y, &y_ref.unwrap(), BF16_TOL);
+    }
+}
