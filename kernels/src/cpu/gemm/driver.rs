@@ -473,7 +473,22 @@ unsafe fn blocked<K: Microkernel, TA: Elem, TB: Elem>(
     let mc_max = mc.min(m.next_multiple_of(K::MR));
     let nc_max = nc.min(n.next_multiple_of(K::NR));
     let (a_panels, b_panels) = (m.div_ceil(K::MR), n.div_ceil(K::NR));
+    // A read in place by the kernel: bf16 rows with contiguous depth, whole pairs only (an
+    // odd depth's last pair would read past the row, where packing pads a zero).
+    let direct_a = K::DIRECT_A
+        && !matches!(pre, Prepacked::A(_))
+        && TA::as_bf16(job.a.data).is_some()
+        && job.a.cs == 1
+        && k % K::KSTEP == 0;
     let (len_a, len_b) = match pre {
+        _ if direct_a => (
+            0,
+            if matches!(pre, Prepacked::B(_)) {
+                0
+            } else {
+                nc_max * kcp_max
+            },
+        ),
         Prepacked::None => (mc_max * kcp_max, nc_max * kcp_max),
         Prepacked::A(_) => (0, nc_max * kcp_max),
         Prepacked::B(_) => (mc_max * kcp_max, 0),
@@ -502,6 +517,7 @@ unsafe fn blocked<K: Microkernel, TA: Elem, TB: Elem>(
                 for ic in (0..m).step_by(mc) {
                     let mcb = mc.min(m - ic);
                     let ablock: &[K::P] = match pre {
+                        _ if direct_a => &[],
                         Prepacked::A(all) => {
                             &all[pc * a_panels * K::MR + (ic / K::MR) * kcp * K::MR..]
                         }
@@ -515,12 +531,22 @@ unsafe fn blocked<K: Microkernel, TA: Elem, TB: Elem>(
                         let bp = &bblock[(jr / K::NR) * kcp * K::NR..];
                         for ir in (0..mcb).step_by(K::MR) {
                             let mr = K::MR.min(mcb - ir);
-                            let ap = &ablock[(ir / K::MR) * kcp * K::MR..];
                             // SAFETY: (ic+ir, jc+jr) is inside the C block (loop bounds), and
-                            // the packed panels hold kcp * MR and kcp * NR elements.
+                            // the packed panels hold kcp * MR and kcp * NR elements; in
+                            // direct mode (`K::DIRECT_A`, A is bf16 like `K::P`, cs == 1,
+                            // kcp == kcb) rows ic+ir.. of A hold kcb elements from pc.
                             unsafe {
                                 let c = job.c.0.add((ic + ir) * job.ldc + jc + jr);
-                                tile::<K>(kcp, ap, bp, c, job.ldc, mr, nr, job.alpha, beta);
+                                if direct_a {
+                                    let a = (job.a.data.as_ptr() as *const K::P)
+                                        .add(job.a.offset + (ic + ir) * job.a.rs + pc);
+                                    let lda = job.a.rs;
+                                    let args = (a, lda, mr, nr, job.alpha, beta);
+                                    tile_direct_a::<K>(kcp, bp, c, job.ldc, args);
+                                } else {
+                                    let ap = &ablock[(ir / K::MR) * kcp * K::MR..];
+                                    tile::<K>(kcp, ap, bp, c, job.ldc, mr, nr, job.alpha, beta);
+                                }
                             }
                         }
                     }
@@ -560,6 +586,52 @@ unsafe fn tile<K: Microkernel>(
         K::run(
             kcp,
             a.as_ptr(),
+            b.as_ptr(),
+            tmp.as_mut_ptr(),
+            K::NR,
+            1.0,
+            0.0,
+        )
+    };
+    for i in 0..mr {
+        for j in 0..nr {
+            // SAFETY: i < mr, j < nr: inside the caller's block.
+            unsafe {
+                let dst = c.add(i * ldc + j);
+                let v = alpha * tmp[i * K::NR + j];
+                *dst = if beta == 0.0 { v } else { v + beta * *dst };
+            }
+        }
+    }
+}
+
+/// [`tile`] with A read in place (`args`: A's first row, its stride, the tile's rows and
+/// columns, alpha, beta).
+///
+/// # Safety
+/// As [`tile`], with the direct-A conditions of [`Microkernel::run_direct_a`].
+#[inline(always)]
+unsafe fn tile_direct_a<K: Microkernel>(
+    kcp: usize,
+    b: &[K::P],
+    c: *mut f32,
+    ldc: usize,
+    (a, lda, mr, nr, alpha, beta): (*const K::P, usize, usize, usize, f32, f32),
+) {
+    debug_assert!(b.len() >= kcp * K::NR);
+    if mr == K::MR && nr == K::NR {
+        // SAFETY: full tile inside C, MR readable rows of A (caller).
+        unsafe { K::run_direct_a(kcp, a, lda, mr, b.as_ptr(), c, ldc, alpha, beta) };
+        return;
+    }
+    let mut tmp = [0f32; kernels::MAX_TILE];
+    // SAFETY: `tmp` holds MR x NR; A's `mr` rows are readable (caller).
+    unsafe {
+        K::run_direct_a(
+            kcp,
+            a,
+            lda,
+            mr,
             b.as_ptr(),
             tmp.as_mut_ptr(),
             K::NR,

@@ -44,6 +44,33 @@ pub(super) trait Microkernel {
         alpha: f32,
         beta: f32,
     );
+
+    /// Whether [`Microkernel::run_direct_a`] exists: the kernel can read A's bf16 rows in
+    /// place, so A need not be packed.
+    const DIRECT_A: bool = false;
+
+    /// [`Microkernel::run`] with A read in place: row `i` of the tile starts at
+    /// `a + min(i, rows - 1) * lda` (rows past `rows` repeat the last one; their results are
+    /// the caller's to discard) and holds `kcp` elements.
+    ///
+    /// # Safety
+    /// `DIRECT_A`; the `rows` rows of `kcp` elements at `a` with stride `lda` are readable;
+    /// otherwise as [`Microkernel::run`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run_direct_a(
+        kcp: usize,
+        a: *const Self::P,
+        lda: usize,
+        rows: usize,
+        b: *const Self::P,
+        c: *mut f32,
+        ldc: usize,
+        alpha: f32,
+        beta: f32,
+    ) {
+        let _ = (kcp, a, lda, rows, b, c, ldc, alpha, beta);
+        unreachable!("kernel without direct A");
+    }
 }
 
 /// Portable fallback; the compiler vectorises it for the baseline target.
@@ -324,6 +351,24 @@ impl Microkernel for Avx512Bf16 {
         // SAFETY: trait contract (the CPU has AVX-512 BF16).
         unsafe { avx512bf16_12x32(kcp, a, b, c, ldc, alpha, beta) }
     }
+
+    const DIRECT_A: bool = true;
+
+    #[inline(always)]
+    unsafe fn run_direct_a(
+        kcp: usize,
+        a: *const bf16,
+        lda: usize,
+        rows: usize,
+        b: *const bf16,
+        c: *mut f32,
+        ldc: usize,
+        alpha: f32,
+        beta: f32,
+    ) {
+        // SAFETY: trait contract.
+        unsafe { avx512bf16_12x32_direct_a(kcp, a, lda, rows, b, c, ldc, alpha, beta) }
+    }
 }
 
 /// The AVX-512 BF16 tile (see `avx2_6x16` for why it is a free function).
@@ -356,6 +401,64 @@ unsafe fn avx512bf16_12x32(
                 std::mem::transmute(_mm512_loadu_si512(b.add(p * 64 + 32) as *const __m512i));
             for i in 0..12 {
                 let pair = a.add(p * 12 + i).read_unaligned();
+                let ai: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair as i32));
+                acc[2 * i] = _mm512_dpbf16_ps(acc[2 * i], ai, b0);
+                acc[2 * i + 1] = _mm512_dpbf16_ps(acc[2 * i + 1], ai, b1);
+            }
+        }
+        store_12x32(&acc, c, ldc, alpha, beta);
+    }
+}
+
+/// [`avx512bf16_12x32`] reading A's rows in place: the pair `p` of row `i` is the u32 at
+/// element `2 p` of the row, exactly what the packed panel would hold. Packing A was a
+/// transpose of every activation block before each product (~3% of a bf16 LoRA step).
+///
+/// # Safety
+/// `Microkernel::run_direct_a`'s contract for a 12 x 32 tile; `kcp` is even.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn avx512bf16_12x32_direct_a(
+    kcp: usize,
+    a: *const bf16,
+    lda: usize,
+    rows: usize,
+    b: *const bf16,
+    c: *mut f32,
+    ldc: usize,
+    alpha: f32,
+    beta: f32,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: rows min(i, rows - 1) < rows are readable for kcp elements (caller); the B
+    // panel holds kcp/2 pairs of 32 columns; C block writable. Transmutes as in
+    // `avx512bf16_12x32`.
+    unsafe {
+        let row = |i: usize| a.add(i.min(rows - 1) * lda) as *const u32;
+        let r = [
+            row(0),
+            row(1),
+            row(2),
+            row(3),
+            row(4),
+            row(5),
+            row(6),
+            row(7),
+            row(8),
+            row(9),
+            row(10),
+            row(11),
+        ];
+        let mut acc = [_mm512_setzero_ps(); 24];
+        for p in 0..kcp / 2 {
+            let b0: __m512bh =
+                std::mem::transmute(_mm512_loadu_si512(b.add(p * 64) as *const __m512i));
+            let b1: __m512bh =
+                std::mem::transmute(_mm512_loadu_si512(b.add(p * 64 + 32) as *const __m512i));
+            for i in 0..12 {
+                let pair = r[i].add(p).read_unaligned();
                 let ai: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair as i32));
                 acc[2 * i] = _mm512_dpbf16_ps(acc[2 * i], ai, b0);
                 acc[2 * i + 1] = _mm512_dpbf16_ps(acc[2 * i + 1], ai, b1);

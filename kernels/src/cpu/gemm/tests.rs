@@ -150,8 +150,48 @@ fn empty_inner_dimension_scales_c() {
 fn bf16_matches_f32_of_the_rounded_inputs() {
     // bf16 x bf16 products are exact in f32, so any kernel must agree with the f32 product
     // of the rounded values up to f32 summation order.
-    for (m, n, k) in [(29, 45, 131), (70, 300, 1030), (400, 50, 517)] {
+    for (m, n, k) in [
+        (29, 45, 131),
+        (70, 300, 1030),
+        (400, 50, 517),
+        (29, 45, 130),
+    ] {
         bf16_case(m, n, k);
+    }
+}
+
+/// The bf16 kernel reads A's rows in place when their depth is contiguous and even: rows at
+/// a stride wider than the depth, from an offset, partial tiles, alpha and beta.
+#[test]
+fn bf16_rows_read_in_place_at_any_stride() {
+    for (m, n, k, pad, offset) in [(29, 45, 130, 6, 3), (100, 70, 1026, 1, 0), (1, 33, 2, 0, 5)] {
+        let mut rng = Rng(11 ^ (m * n * k) as u64);
+        let lda = k + pad;
+        let a: Vec<bf16> = rng
+            .vec(offset + m * lda)
+            .into_iter()
+            .map(bf16::from_f32)
+            .collect();
+        let b: Vec<bf16> = rng.vec(k * n).into_iter().map(bf16::from_f32).collect();
+        let c0 = rng.vec(m * n);
+        let af: Vec<f32> = a[offset..].iter().map(|v| v.to_f32()).collect();
+        let bf: Vec<f32> = b.iter().map(|v| v.to_f32()).collect();
+        let mut want = c0.clone();
+        naive(&af, (m, k, lda, 1), &bf, (n, 1, k), &mut want, n, 2.0, 0.5);
+        for isa_level in isa::supported() {
+            for parallel in [false, true] {
+                let mut got = c0.clone();
+                let av = MatRef::new(&a, offset, m, k, lda, 1);
+                let bv = MatRef::new(&b, 0, k, n, 1, k);
+                gemm_with(isa_level, parallel, av, bv, &mut got, n, 2.0, 0.5);
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                        "{isa_level:?} {m}x{n}x{k}: {g} vs {w}"
+                    );
+                }
+            }
+        }
     }
 }
 
