@@ -45,17 +45,20 @@ pub(super) trait Microkernel {
         beta: f32,
     );
 
-    /// Whether [`Microkernel::run_direct_a`] exists: the kernel can read A's bf16 rows in
-    /// place, so A need not be packed.
-    const DIRECT_A: bool = false;
+    /// Whether [`Microkernel::run_direct_a`] can read A's rows (`a`, of element type `T`)
+    /// in place, so A need not be packed: A holds the packed element type itself.
+    fn reads_a_in_place<T: Elem>(a: &[T]) -> bool {
+        let _ = a;
+        false
+    }
 
     /// [`Microkernel::run`] with A read in place: row `i` of the tile starts at
     /// `a + min(i, rows - 1) * lda` (rows past `rows` repeat the last one; their results are
     /// the caller's to discard) and holds `kcp` elements.
     ///
     /// # Safety
-    /// `DIRECT_A`; the `rows` rows of `kcp` elements at `a` with stride `lda` are readable;
-    /// otherwise as [`Microkernel::run`].
+    /// `reads_a_in_place` holds for A; the `rows` rows of `kcp` elements at `a` with stride
+    /// `lda` are readable; otherwise as [`Microkernel::run`].
     #[allow(clippy::too_many_arguments)]
     unsafe fn run_direct_a(
         kcp: usize,
@@ -352,7 +355,9 @@ impl Microkernel for Avx512Bf16 {
         unsafe { avx512bf16_12x32(kcp, a, b, c, ldc, alpha, beta) }
     }
 
-    const DIRECT_A: bool = true;
+    fn reads_a_in_place<T: Elem>(a: &[T]) -> bool {
+        T::as_bf16(a).is_some()
+    }
 
     #[inline(always)]
     unsafe fn run_direct_a(
