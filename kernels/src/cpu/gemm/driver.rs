@@ -595,12 +595,33 @@ unsafe fn tile<K: Microkernel>(
             0.0,
         )
     };
+    // SAFETY: the caller's `mr x nr` block of C.
+    unsafe { write_partial(&tmp, K::NR, c, ldc, mr, nr, alpha, beta) };
+}
+
+/// `C = alpha * tmp + beta * C` on the `mr x nr` corner of an edge tile computed into
+/// `tmp` (row stride `nr_full`).
+///
+/// # Safety
+/// `c` points to an `mr x nr` block with row stride `ldc` owned by this thread.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn write_partial(
+    tmp: &[f32],
+    nr_full: usize,
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    alpha: f32,
+    beta: f32,
+) {
     for i in 0..mr {
         for j in 0..nr {
             // SAFETY: i < mr, j < nr: inside the caller's block.
             unsafe {
                 let dst = c.add(i * ldc + j);
-                let v = alpha * tmp[i * K::NR + j];
+                let v = alpha * tmp[i * nr_full + j];
                 *dst = if beta == 0.0 { v } else { v + beta * *dst };
             }
         }
@@ -641,16 +662,8 @@ unsafe fn tile_direct_a<K: Microkernel>(
             0.0,
         )
     };
-    for i in 0..mr {
-        for j in 0..nr {
-            // SAFETY: i < mr, j < nr: inside the caller's block.
-            unsafe {
-                let dst = c.add(i * ldc + j);
-                let v = alpha * tmp[i * K::NR + j];
-                *dst = if beta == 0.0 { v } else { v + beta * *dst };
-            }
-        }
-    }
+    // SAFETY: the caller's `mr x nr` block of C.
+    unsafe { write_partial(&tmp, K::NR, c, ldc, mr, nr, alpha, beta) };
 }
 
 /// `C = beta * C` (the product of an empty inner dimension).

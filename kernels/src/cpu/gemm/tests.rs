@@ -165,38 +165,10 @@ fn bf16_matches_f32_of_the_rounded_inputs() {
 /// does, was ~5% slower at depth 1024, whose 4 KiB row stride maps every row of a tile to
 /// the same L1 sets.)
 #[test]
-fn f32_rows_read_in_place_at_any_stride() {
-    for (m, n, k, pad, offset) in [(29, 45, 131, 6, 3), (100, 70, 1030, 1, 0), (1, 33, 1, 0, 5)] {
-        let mut rng = Rng(13 ^ (m * n * k) as u64);
-        let lda = k + pad;
-        let a = rng.vec(offset + m * lda);
-        let b = rng.vec(k * n);
-        let c0 = rng.vec(m * n);
-        let mut want = c0.clone();
-        naive(
-            &a[offset..],
-            (m, k, lda, 1),
-            &b,
-            (n, 1, k),
-            &mut want,
-            n,
-            2.0,
-            0.5,
-        );
-        for isa_level in isa::supported() {
-            for parallel in [false, true] {
-                let mut got = c0.clone();
-                let av = MatRef::new(&a, offset, m, k, lda, 1);
-                let bv = MatRef::new(&b, 0, k, n, 1, k);
-                gemm_with(isa_level, parallel, av, bv, &mut got, n, 2.0, 0.5);
-                for (g, w) in got.iter().zip(&want) {
-                    assert!(
-                        (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
-                        "{isa_level:?} {m}x{n}x{k}: {g} vs {w}"
-                    );
-                }
-            }
-        }
+fn f32_rows_at_any_stride() {
+    let cases = [(29, 45, 131, 6, 3), (100, 70, 1030, 1, 0), (1, 33, 1, 0, 5)];
+    for (m, n, k, pad, offset) in cases {
+        strided_rows_case(m, n, k, pad, offset, |v| v);
     }
 }
 
@@ -212,31 +184,40 @@ fn bf16_rows_read_in_place_at_any_stride() {
         (30, 40, 2048, 0, 0),
     ];
     for (m, n, k, pad, offset) in cases {
-        let mut rng = Rng(11 ^ (m * n * k) as u64);
-        let lda = k + pad;
-        let a: Vec<bf16> = rng
-            .vec(offset + m * lda)
-            .into_iter()
-            .map(bf16::from_f32)
-            .collect();
-        let b: Vec<bf16> = rng.vec(k * n).into_iter().map(bf16::from_f32).collect();
-        let c0 = rng.vec(m * n);
-        let af: Vec<f32> = a[offset..].iter().map(|v| v.to_f32()).collect();
-        let bf: Vec<f32> = b.iter().map(|v| v.to_f32()).collect();
-        let mut want = c0.clone();
-        naive(&af, (m, k, lda, 1), &bf, (n, 1, k), &mut want, n, 2.0, 0.5);
-        for isa_level in isa::supported() {
-            for parallel in [false, true] {
-                let mut got = c0.clone();
-                let av = MatRef::new(&a, offset, m, k, lda, 1);
-                let bv = MatRef::new(&b, 0, k, n, 1, k);
-                gemm_with(isa_level, parallel, av, bv, &mut got, n, 2.0, 0.5);
-                for (g, w) in got.iter().zip(&want) {
-                    assert!(
-                        (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
-                        "{isa_level:?} {m}x{n}x{k}: {g} vs {w}"
-                    );
-                }
+        strided_rows_case(m, n, k, pad, offset, bf16::from_f32);
+    }
+}
+
+/// `C = 2 A B + C / 2` with A's `m` rows `k + pad` apart from `offset`, elements made by
+/// `elem`, against the f64 product of the values the kernels saw, on every ISA.
+fn strided_rows_case<T: Elem>(
+    m: usize,
+    n: usize,
+    k: usize,
+    pad: usize,
+    offset: usize,
+    elem: fn(f32) -> T,
+) {
+    let mut rng = Rng(11 ^ (m * n * k) as u64);
+    let lda = k + pad;
+    let a: Vec<T> = rng.vec(offset + m * lda).into_iter().map(elem).collect();
+    let b: Vec<T> = rng.vec(k * n).into_iter().map(elem).collect();
+    let c0 = rng.vec(m * n);
+    let af: Vec<f32> = a[offset..].iter().map(|v| v.to_f32()).collect();
+    let bf: Vec<f32> = b.iter().map(|v| v.to_f32()).collect();
+    let mut want = c0.clone();
+    naive(&af, (m, k, lda, 1), &bf, (n, 1, k), &mut want, n, 2.0, 0.5);
+    for isa_level in isa::supported() {
+        for parallel in [false, true] {
+            let mut got = c0.clone();
+            let av = MatRef::new(&a, offset, m, k, lda, 1);
+            let bv = MatRef::new(&b, 0, k, n, 1, k);
+            gemm_with(isa_level, parallel, av, bv, &mut got, n, 2.0, 0.5);
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                    "{isa_level:?} {m}x{n}x{k}: {g} vs {w}"
+                );
             }
         }
     }
