@@ -51,12 +51,19 @@ pub(crate) fn from_f32_vec(values: Vec<f32>, shape: &[usize], like: &Tensor) -> 
 
 /// f32 values as CPU storage of `dtype` (f32, bf16 or f16; other dtypes get f32).
 pub(crate) fn f32_storage(values: Vec<f32>, dtype: candle_core::DType) -> candle_core::CpuStorage {
+    match dtype {
+        candle_core::DType::BF16 | candle_core::DType::F16 => rounded_storage(&values, dtype),
+        _ => crate::storage::owned(values),
+    }
+}
+
+/// `values` rounded to bf16 (or f16 for `F16`) as new storage, in parallel.
+fn rounded_storage(values: &[f32], dtype: candle_core::DType) -> candle_core::CpuStorage {
     use crate::elem::Elem;
     use crate::storage::owned;
     match dtype {
-        candle_core::DType::BF16 => owned(<half::bf16 as Elem>::from_f32_vec(values)),
-        candle_core::DType::F16 => owned(<half::f16 as Elem>::from_f32_vec(values)),
-        _ => owned(values),
+        candle_core::DType::F16 => owned(<half::f16 as Elem>::from_f32_slice(values)),
+        _ => owned(<half::bf16 as Elem>::from_f32_slice(values)),
     }
 }
 
@@ -76,21 +83,16 @@ pub(crate) fn f32_output(
     dtype: candle_core::DType,
     compute: impl FnOnce(&mut [f32]) -> Result<()>,
 ) -> Result<candle_core::CpuStorage> {
-    use crate::elem::Elem;
-    use crate::storage::owned;
     if !matches!(dtype, candle_core::DType::BF16 | candle_core::DType::F16) {
         let mut values = vec![0f32; n];
         compute(&mut values)?;
-        return Ok(owned(values));
+        return Ok(crate::storage::owned(values));
     }
     let mut buf = OUTPUT_SCRATCH.with(std::cell::Cell::take);
     if buf.len() < n {
         buf.resize(n, 0.0);
     }
-    let result = compute(&mut buf[..n]).map(|()| match dtype {
-        candle_core::DType::F16 => owned(<half::f16 as Elem>::from_f32_slice(&buf[..n])),
-        _ => owned(<half::bf16 as Elem>::from_f32_slice(&buf[..n])),
-    });
+    let result = compute(&mut buf[..n]).map(|()| rounded_storage(&buf[..n], dtype));
     OUTPUT_SCRATCH.with(|cell| cell.set(buf));
     result
 }

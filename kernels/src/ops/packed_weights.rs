@@ -43,13 +43,14 @@ thread_local! {
 
 /// Keeps packed frozen weights until dropped; see [`keep_packed_weights`].
 pub struct PackedWeightsScope {
+    cache: Rc<RefCell<Cache>>,
     previous: Option<Rc<RefCell<Cache>>>,
 }
 
 impl PackedWeightsScope {
-    /// Bytes of packed weights held so far.
+    /// Bytes of packed weights this scope holds so far.
     pub fn bytes(&self) -> usize {
-        SCOPE.with(|s| s.borrow().as_ref().map_or(0, |c| c.borrow().used))
+        self.cache.borrow().used
     }
 }
 
@@ -70,8 +71,8 @@ pub fn keep_packed_weights(budget: usize) -> PackedWeightsScope {
         used: 0,
         entries: HashMap::new(),
     }));
-    let previous = SCOPE.with(|s| s.borrow_mut().replace(cache));
-    PackedWeightsScope { previous }
+    let previous = SCOPE.with(|s| s.borrow_mut().replace(cache.clone()));
+    PackedWeightsScope { cache, previous }
 }
 
 /// The id under which a weight may be cached: only a tensor that tracks no gradient.

@@ -282,7 +282,8 @@ unsafe fn orchestrate<K: Microkernel, TA: Elem, TB: Elem>(
         // SAFETY: tasks own disjoint column (row) ranges of C; the CPU has K's features.
         unsafe { (e.blocked)(&sub, pre) };
     };
-    if shared_len > SHARED_MAX {
+    // A that the kernel reads in place needs no shared packing either.
+    if shared_len > SHARED_MAX || (split_n && reads_a_in_place::<K, TA>(&job.a, k)) {
         crate::cpu::par::for_each(tasks, |t| run_task(t, Prepacked::None));
         return;
     }
@@ -473,28 +474,13 @@ unsafe fn blocked<K: Microkernel, TA: Elem, TB: Elem>(
     let mc_max = mc.min(m.next_multiple_of(K::MR));
     let nc_max = nc.min(n.next_multiple_of(K::NR));
     let (a_panels, b_panels) = (m.div_ceil(K::MR), n.div_ceil(K::NR));
-    // A read in place by the kernel: rows of the packed type with contiguous depth, whole
-    // bf16 pairs only (an odd depth's last pair would read past the row, where packing
-    // pads a zero), and not at a multiple of 4 KiB apart (every row of a tile would map to
-    // the same L1 sets; the f32 kernel lost ~5% that way at depth 1024).
-    let direct_a = !matches!(pre, Prepacked::A(_))
-        && K::reads_a_in_place(job.a.data)
-        && job.a.cs == 1
-        && k % K::KSTEP == 0
-        && !(job.a.rs * std::mem::size_of::<TA>()).is_multiple_of(4096);
+    let direct_a = !matches!(pre, Prepacked::A(_)) && reads_a_in_place::<K, TA>(&job.a, k);
     let (len_a, len_b) = match pre {
-        _ if direct_a => (
-            0,
-            if matches!(pre, Prepacked::B(_)) {
-                0
-            } else {
-                nc_max * kcp_max
-            },
-        ),
         Prepacked::None => (mc_max * kcp_max, nc_max * kcp_max),
         Prepacked::A(_) => (0, nc_max * kcp_max),
         Prepacked::B(_) => (mc_max * kcp_max, 0),
     };
+    let len_a = if direct_a { 0 } else { len_a };
     // B's part starts on a cache line too.
     let len_a = len_a.next_multiple_of(64 / std::mem::size_of::<K::P>());
     let mut scratch = Buffer::take(K::P::scratch(), len_a + len_b);
@@ -556,6 +542,18 @@ unsafe fn blocked<K: Microkernel, TA: Elem, TB: Elem>(
             }
         }
     }
+}
+
+/// Whether kernel `K` reads `a` (depth `k`) in place instead of from packed panels: rows of
+/// the packed type with contiguous depth, whole bf16 pairs only (an odd depth's last pair
+/// would read past the row, where packing pads a zero), and rows not a multiple of 4 KiB
+/// apart (every row of a tile would map to the same L1 sets; the f32 kernel lost ~5% that
+/// way at depth 1024).
+fn reads_a_in_place<K: Microkernel, TA: Elem>(a: &MatRef<'_, TA>, k: usize) -> bool {
+    K::reads_a_in_place(a.data)
+        && a.cs == 1
+        && k.is_multiple_of(K::KSTEP)
+        && !(a.rs * std::mem::size_of::<TA>()).is_multiple_of(4096)
 }
 
 /// One `MR x NR` tile of C; partial tiles go through a full-size temporary.
