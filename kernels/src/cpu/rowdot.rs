@@ -18,8 +18,8 @@
 //! inputs and every extra tile reads them from L2 again; 64 rows ~77-79 -> ~83-89.
 //! (The 4 x 2 tile before 3 x 3 needed 6 loads per 8 FMAs; on one-load-a-cycle Zen 1,
 //! 3 x 3 took 16 rows from ~28 to ~32 GFLOP/s a thread.) So a batch of 16 is
-//! compute-bound; one row uses 4 x 1 tiles and still streams the weight at memory
-//! speed. While a block of weight rows is being used, the next block is prefetched
+//! compute-bound; one row streams the weight at memory speed (f32 weights one row at a
+//! time, 16-bit ones four: see [`TILE_W_ONE_ROW_F32`]). While a block of weight rows is being used, the next block is prefetched
 //! (`column_block` says when): the first pass over a block otherwise waits on memory with
 //! nothing to overlap.
 //!
@@ -40,13 +40,26 @@ use crate::elem::Elem;
 #[cfg(target_arch = "x86_64")]
 use crate::elem::Typed;
 
-/// Weight rows per register tile: 4 for one input row (a pure stream of the weight), 3
-/// when several rows share it (3 x 4 tiles: see the module docs).
-const TILE_W_ONE_ROW: usize = 4;
+/// Weight rows per register tile when several input rows share them (3 x 4 tiles: see
+/// the module docs).
 const TILE_W: usize = 3;
 
-/// A multiple of both tile widths (they are coprime).
-const COLUMN_ALIGN: usize = TILE_W * TILE_W_ONE_ROW;
+/// Weight rows per register tile for one input row (a pure stream of the weight), by
+/// weight width. f32 reads one row at a time: a single sequential stream is what the
+/// hardware prefetcher follows best, and one FMA chain still consumes 32 bytes per FMA
+/// latency (~29 GB/s a core on Zen 4), more than memory delivers. 4 rows at once (4
+/// streams a row apart, rows of 2-4 KiB) left the prefetcher retraining at every row:
+/// on a 2-core Zen 4 VM, 2 threads over every batch-1 product of a token, medians of 55
+/// alternated passes, Qwen2-100M shapes 39 -> 47 GB/s and SmolLM2-135M's (hidden 576,
+/// rows of 2.3 KiB) 30 -> 47 GB/s (software prefetch of the next block instead gave 46
+/// and 41). A 16-bit row is widened before its FMA and one chain would consume only 16
+/// bytes per latency (measured 25-31 GB/s for two threads), so those keep 4 rows, with
+/// the next block prefetched (34-39 GB/s there against 25-31 for one row).
+const TILE_W_ONE_ROW_F32: usize = 1;
+const TILE_W_ONE_ROW_16BIT: usize = 4;
+
+/// A multiple of every tile width.
+const COLUMN_ALIGN: usize = TILE_W * TILE_W_ONE_ROW_16BIT;
 
 /// Width of the column (weight-row) ranges to split `n` columns into for `threads`
 /// threads: about four ranges per thread for balance, each a whole number of register
@@ -272,7 +285,7 @@ mod avx2 {
 
     use half::{bf16, f16};
 
-    use super::{TILE_W, TILE_W_ONE_ROW, x_tiles};
+    use super::{TILE_W, TILE_W_ONE_ROW_16BIT, TILE_W_ONE_ROW_F32, x_tiles};
     use crate::elem::Elem;
 
     #[inline(always)]
@@ -307,7 +320,7 @@ mod avx2 {
     }
 
     macro_rules! rows_dot {
-        ($name:ident, $t:ty, $load:ident) => {
+        ($name:ident, $t:ty, $load:ident, $one_row_tile:expr) => {
             /// One step of a tile: 8 values of `k` from `i`, `R` weight rows against `M`
             /// input rows (the weight vectors widened once, shared by the rows).
             #[inline(always)]
@@ -388,8 +401,8 @@ mod avx2 {
             /// next block (into L2), and by the time it starts its rows are near. With one
             /// input row it pays for 16-bit weights (widening them is work to overlap:
             /// Qwen2-100M bf16 decode went from 85-90 to 115-126 tok/s) but not for f32
-            /// ones, a pure stream the hardware prefetcher already keeps busy (58-66
-            /// against 64-76 tok/s), so those are left to it.
+            /// ones, read one row at a time as a single stream the hardware prefetcher
+            /// keeps busy (see [`TILE_W_ONE_ROW_F32`]), so those are left to it.
             #[inline(always)]
             #[allow(clippy::too_many_arguments)]
             unsafe fn column_block<const R: usize>(
@@ -474,9 +487,9 @@ mod avx2 {
                 // SAFETY: every tile stays inside the bounds the caller guarantees.
                 unsafe {
                     if m == 1 {
-                        while c + TILE_W_ONE_ROW <= n {
-                            column_block::<TILE_W_ONE_ROW>(x, w, k, m, out, n, ldo, c);
-                            c += TILE_W_ONE_ROW;
+                        while c + $one_row_tile <= n {
+                            column_block::<{ $one_row_tile }>(x, w, k, m, out, n, ldo, c);
+                            c += $one_row_tile;
                         }
                     } else {
                         while c + TILE_W <= n {
@@ -495,15 +508,15 @@ mod avx2 {
 
     mod f32_weights {
         use super::*;
-        rows_dot!(rows_dot_f32, f32, load_f32);
+        rows_dot!(rows_dot_f32, f32, load_f32, TILE_W_ONE_ROW_F32);
     }
     mod bf16_weights {
         use super::*;
-        rows_dot!(rows_dot_bf16, bf16, load_bf16);
+        rows_dot!(rows_dot_bf16, bf16, load_bf16, TILE_W_ONE_ROW_16BIT);
     }
     mod f16_weights {
         use super::*;
-        rows_dot!(rows_dot_f16, f16, load_f16);
+        rows_dot!(rows_dot_f16, f16, load_f16, TILE_W_ONE_ROW_16BIT);
     }
     pub use bf16_weights::rows_dot_bf16;
     pub use f16_weights::rows_dot_f16;
@@ -647,7 +660,7 @@ mod tests {
         for (n, threads) in [(1, 2), (192, 2), (1024, 2), (49152, 8), (5, 1)] {
             let chunk = column_chunk(n, threads);
             assert_eq!(chunk % TILE_W, 0, "n={n}");
-            assert_eq!(chunk % TILE_W_ONE_ROW, 0, "n={n}");
+            assert_eq!(chunk % TILE_W_ONE_ROW_16BIT, 0, "n={n}");
             assert!(n.div_ceil(chunk) <= threads * 4, "n={n}: {chunk}");
         }
     }
