@@ -58,6 +58,12 @@ const TILE_W: usize = 3;
 const TILE_W_ONE_ROW_F32: usize = 1;
 const TILE_W_ONE_ROW_16BIT: usize = 4;
 
+/// Rows shorter than this (a head's cached keys in decode attention: 64-128 values) are
+/// read four at a time even in f32: four short rows are one contiguous run anyway, and
+/// one FMA chain per row would leave a 64-value key waiting on 8 dependent FMAs.
+const SHORT_ROW_BYTES: usize = 1024;
+const TILE_W_SHORT_ROWS: usize = 4;
+
 /// A multiple of every tile width.
 const COLUMN_ALIGN: usize = TILE_W * TILE_W_ONE_ROW_16BIT;
 
@@ -285,7 +291,10 @@ mod avx2 {
 
     use half::{bf16, f16};
 
-    use super::{TILE_W, TILE_W_ONE_ROW_16BIT, TILE_W_ONE_ROW_F32, x_tiles};
+    use super::{
+        SHORT_ROW_BYTES, TILE_W, TILE_W_ONE_ROW_16BIT, TILE_W_ONE_ROW_F32, TILE_W_SHORT_ROWS,
+        x_tiles,
+    };
     use crate::elem::Elem;
 
     #[inline(always)]
@@ -486,7 +495,12 @@ mod avx2 {
                 let mut c = 0;
                 // SAFETY: every tile stays inside the bounds the caller guarantees.
                 unsafe {
-                    if m == 1 {
+                    if m == 1 && k * size_of::<$t>() < SHORT_ROW_BYTES {
+                        while c + TILE_W_SHORT_ROWS <= n {
+                            column_block::<TILE_W_SHORT_ROWS>(x, w, k, m, out, n, ldo, c);
+                            c += TILE_W_SHORT_ROWS;
+                        }
+                    } else if m == 1 {
                         while c + $one_row_tile <= n {
                             column_block::<{ $one_row_tile }>(x, w, k, m, out, n, ldo, c);
                             c += $one_row_tile;
@@ -648,6 +662,8 @@ mod tests {
             (0, 8, 16),
             (1, 13, 130),
             (5, 12, 200),
+            // Rows of >= 1 KiB in every dtype: one input row reads them one at a time (f32).
+            (1, 9, 600),
         ] {
             check::<f32>(m, n, k);
             check::<bf16>(m, n, k);
@@ -680,8 +696,9 @@ mod tests {
     fn a_row_gives_the_same_bits_alone_or_among_others() {
         // Every split into 4-, 3-, 2- and 1-row tiles (m = 1..=13), against weight rows
         // that fall in 3- and 4-wide tiles and in the remainder; depths of one 64-value
-        // group and a step, and of two groups, a step and a scalar tail.
-        for (m, k) in (1..=13).flat_map(|m| [(m, 72), (m, 141)]) {
+        // group and a step, of two groups, a step and a scalar tail, and rows long enough
+        // (1200 bytes) that one input row reads them one at a time.
+        for (m, k) in (1..=13).flat_map(|m| [(m, 72), (m, 141), (m, 300)]) {
             let n = 10;
             let x = data(m * k, 3);
             let w = data(n * k, 4);
