@@ -24,7 +24,8 @@
 //! nothing to overlap.
 //!
 //! Every output element is accumulated the same way wherever it falls in a tile (8 f32
-//! lanes over `k` in order, a fixed horizontal sum, then the scalar tail), so a row's
+//! lanes over `k` in order, or 16 for 16-bit weights on AVX-512; a fixed horizontal sum,
+//! then the scalar tail), so a row's
 //! result does not depend on how many other rows share the call: batched and
 //! single-sequence generation agree bit for bit.
 //!
