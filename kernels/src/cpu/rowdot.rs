@@ -18,16 +18,16 @@
 //! inputs and every extra tile reads them from L2 again; 64 rows ~77-79 -> ~83-89.
 //! (The 4 x 2 tile before 3 x 3 needed 6 loads per 8 FMAs; on one-load-a-cycle Zen 1,
 //! 3 x 3 took 16 rows from ~28 to ~32 GFLOP/s a thread.) So a batch of 16 is
-//! compute-bound; one row streams the weight at memory speed (f32 weights one row at a
-//! time, 16-bit ones four: see [`TILE_W_ONE_ROW_F32`]). While a block of weight rows is being used, the next block is prefetched
-//! (`column_block` says when): the first pass over a block otherwise waits on memory with
-//! nothing to overlap.
+//! compute-bound; one row streams the weight at memory speed (one weight row at a time,
+//! except 16-bit weights without AVX-512, four: see [`TILE_W_ONE_ROW_F32`]). While a
+//! block of weight rows is being used by several input rows, or by four 16-bit rows, the
+//! next block is prefetched (`column_block` says when): the first pass over a block
+//! otherwise waits on memory with nothing to overlap.
 //!
 //! Every output element is accumulated the same way wherever it falls in a tile (8 f32
 //! lanes over `k` in order, or 16 for 16-bit weights on AVX-512; a fixed horizontal sum,
-//! then the scalar tail), so a row's
-//! result does not depend on how many other rows share the call: batched and
-//! single-sequence generation agree bit for bit.
+//! then the scalar tail), so a row's result does not depend on how many other rows share
+//! the call: batched and single-sequence generation agree bit for bit.
 //!
 //! Compiled in this crate because it is optimised even in dev builds (see the workspace
 //! profile): at opt-level 1 the tile's loops are not unrolled and its accumulators live on
@@ -54,8 +54,9 @@ const TILE_W: usize = 3;
 /// alternated passes, Qwen2-100M shapes 39 -> 47 GB/s and SmolLM2-135M's (hidden 576,
 /// rows of 2.3 KiB) 30 -> 47 GB/s (software prefetch of the next block instead gave 46
 /// and 41). A 16-bit row is widened before its FMA and one chain would consume only 16
-/// bytes per latency (measured 25-31 GB/s for two threads), so those keep 4 rows, with
-/// the next block prefetched (34-39 GB/s there against 25-31 for one row).
+/// bytes per latency (measured 25-31 GB/s for two threads), so with AVX2 those keep 4
+/// rows, with the next block prefetched (34-39 GB/s there against 25-31 for one row);
+/// with AVX-512 see [`TILE_W_ONE_ROW_16BIT_AVX512`].
 const TILE_W_ONE_ROW_F32: usize = 1;
 const TILE_W_ONE_ROW_16BIT: usize = 4;
 
@@ -384,10 +385,10 @@ macro_rules! rows_dot {
         /// memory and the others from cache. Left alone, that first pass waits on
         /// memory while the rest compute; so each tile also asks for a share of the
         /// next block (into L2), and by the time it starts its rows are near. With one
-        /// input row it pays for 16-bit weights (widening them is work to overlap:
-        /// Qwen2-100M bf16 decode went from 85-90 to 115-126 tok/s) but not for f32
-        /// ones, read one row at a time as a single stream the hardware prefetcher
-        /// keeps busy (see [`TILE_W_ONE_ROW_F32`]), so those are left to it.
+        /// input row it pays for 16-bit weights read four rows at a time (widening them
+        /// is work to overlap: Qwen2-100M bf16 decode went from 85-90 to 115-126 tok/s)
+        /// but not for a weight read one row at a time, a single stream the hardware
+        /// prefetcher keeps busy (see [`TILE_W_ONE_ROW_F32`]), so that is left to it.
         #[inline(always)]
         #[allow(clippy::too_many_arguments)]
         unsafe fn column_block<const R: usize>(
