@@ -575,24 +575,39 @@ unsafe fn tile<K: Microkernel>(
     beta: f32,
 ) {
     debug_assert!(a.len() >= kcp * K::MR && b.len() >= kcp * K::NR);
+    // SAFETY: panels long enough (asserted in debug); `run_tile` passes a full MR x NR
+    // block (C's, or its own scratch) and the caller's `mr x nr` block of C.
+    unsafe {
+        run_tile::<K>(c, ldc, mr, nr, alpha, beta, |c, ldc, alpha, beta| {
+            K::run(kcp, a.as_ptr(), b.as_ptr(), c, ldc, alpha, beta)
+        })
+    };
+}
+
+/// Runs `kernel(c, ldc, alpha, beta)` on a full tile straight into C, or on an edge tile
+/// (`mr < MR` or `nr < NR`) into scratch whose `mr x nr` corner is then written to C.
+///
+/// # Safety
+/// `c` points to an `mr x nr` block with row stride `ldc` owned by this thread, and
+/// `kernel` may write a full `MR x NR` block at the pointer it is given.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_tile<K: Microkernel>(
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    alpha: f32,
+    beta: f32,
+    kernel: impl FnOnce(*mut f32, usize, f32, f32),
+) {
     if mr == K::MR && nr == K::NR {
-        // SAFETY: full tile inside C (caller), panels long enough (asserted in debug).
-        unsafe { K::run(kcp, a.as_ptr(), b.as_ptr(), c, ldc, alpha, beta) };
+        kernel(c, ldc, alpha, beta);
         return;
     }
+    // MAX_TILE is the largest MR*NR of any kernel.
     let mut tmp = [0f32; kernels::MAX_TILE];
-    // SAFETY: `tmp` holds MR x NR (MAX_TILE is the largest MR*NR of any kernel).
-    unsafe {
-        K::run(
-            kcp,
-            a.as_ptr(),
-            b.as_ptr(),
-            tmp.as_mut_ptr(),
-            K::NR,
-            1.0,
-            0.0,
-        )
-    };
+    kernel(tmp.as_mut_ptr(), K::NR, 1.0, 0.0);
     // SAFETY: the caller's `mr x nr` block of C.
     unsafe { write_partial(&tmp, K::NR, c, ldc, mr, nr, alpha, beta) };
 }
@@ -640,28 +655,13 @@ unsafe fn tile_direct_a<K: Microkernel>(
     (a, lda, mr, nr, alpha, beta): (*const K::P, usize, usize, usize, f32, f32),
 ) {
     debug_assert!(b.len() >= kcp * K::NR);
-    if mr == K::MR && nr == K::NR {
-        // SAFETY: full tile inside C, MR readable rows of A (caller).
-        unsafe { K::run_direct_a(kcp, a, lda, mr, b.as_ptr(), c, ldc, alpha, beta) };
-        return;
-    }
-    let mut tmp = [0f32; kernels::MAX_TILE];
-    // SAFETY: `tmp` holds MR x NR; A's `mr` rows are readable (caller).
+    // SAFETY: A's `mr` rows are readable (caller); `run_tile` passes a full MR x NR block
+    // (C's, or its own scratch) and the caller's `mr x nr` block of C.
     unsafe {
-        K::run_direct_a(
-            kcp,
-            a,
-            lda,
-            mr,
-            b.as_ptr(),
-            tmp.as_mut_ptr(),
-            K::NR,
-            1.0,
-            0.0,
-        )
+        run_tile::<K>(c, ldc, mr, nr, alpha, beta, |c, ldc, alpha, beta| {
+            K::run_direct_a(kcp, a, lda, mr, b.as_ptr(), c, ldc, alpha, beta)
+        })
     };
-    // SAFETY: the caller's `mr x nr` block of C.
-    unsafe { write_partial(&tmp, K::NR, c, ldc, mr, nr, alpha, beta) };
 }
 
 /// `C = beta * C` (the product of an empty inner dimension).
