@@ -248,6 +248,26 @@ impl Microkernel for Avx512 {
         // SAFETY: trait contract (the CPU has AVX-512 F).
         unsafe { avx512_12x32(kcp, a, b, c, ldc, alpha, beta) }
     }
+
+    fn reads_a_in_place<T: Elem>(a: &[T]) -> bool {
+        matches!(T::typed(a), crate::elem::Typed::F32(_))
+    }
+
+    #[inline(always)]
+    unsafe fn run_direct_a(
+        kcp: usize,
+        a: *const f32,
+        lda: usize,
+        rows: usize,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        alpha: f32,
+        beta: f32,
+    ) {
+        // SAFETY: trait contract (the CPU has AVX-512 F).
+        unsafe { avx512_12x32_direct_a(kcp, a, lda, rows, b, c, ldc, alpha, beta) }
+    }
 }
 
 /// The AVX-512 tile (see `avx2_6x16` for why it is a free function).
@@ -275,6 +295,45 @@ unsafe fn avx512_12x32(
             let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
             for i in 0..12 {
                 let ai = _mm512_set1_ps(*a.add(p * 12 + i));
+                acc[2 * i] = _mm512_fmadd_ps(ai, b0, acc[2 * i]);
+                acc[2 * i + 1] = _mm512_fmadd_ps(ai, b1, acc[2 * i + 1]);
+            }
+        }
+        store_12x32(&acc, c, ldc, alpha, beta);
+    }
+}
+
+/// [`avx512_12x32`] reading A's rows in place: element `p` of row `i` is what the packed
+/// panel would hold at `p * 12 + i`.
+///
+/// # Safety
+/// `Microkernel::run_direct_a`'s contract for a 12 x 32 tile.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn avx512_12x32_direct_a(
+    kcp: usize,
+    a: *const f32,
+    lda: usize,
+    rows: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    alpha: f32,
+    beta: f32,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: rows min(i, rows - 1) < rows are readable for kcp elements (caller); the B
+    // panel holds kcp rows of 32 columns; C block writable.
+    unsafe {
+        let r: [*const f32; 12] = std::array::from_fn(|i| a.add(i.min(rows - 1) * lda));
+        let mut acc = [_mm512_setzero_ps(); 24];
+        for p in 0..kcp {
+            let b0 = _mm512_loadu_ps(b.add(p * 32));
+            let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
+            for i in 0..12 {
+                let ai = _mm512_set1_ps(*r[i].add(p));
                 acc[2 * i] = _mm512_fmadd_ps(ai, b0, acc[2 * i]);
                 acc[2 * i + 1] = _mm512_fmadd_ps(ai, b1, acc[2 * i + 1]);
             }

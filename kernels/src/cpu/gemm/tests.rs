@@ -161,12 +161,17 @@ fn bf16_matches_f32_of_the_rounded_inputs() {
 }
 
 /// f32 A rows at a stride wider than the depth, from an offset, partial tiles, alpha and
-/// beta, odd depths. (The f32 kernels pack A: reading its rows in place, as the bf16 kernel
-/// does, was ~5% slower at depth 1024, whose 4 KiB row stride maps every row of a tile to
-/// the same L1 sets.)
+/// beta, odd depths. The AVX-512 kernel reads them in place, except rows 4 KiB apart (the
+/// last case, whose rows would all map to the same L1 sets), which are copied per block
+/// to a narrower stride; the AVX2 kernel packs them.
 #[test]
 fn f32_rows_at_any_stride() {
-    let cases = [(29, 45, 131, 6, 3), (100, 70, 1030, 1, 0), (1, 33, 1, 0, 5)];
+    let cases = [
+        (29, 45, 131, 6, 3),
+        (100, 70, 1030, 1, 0),
+        (1, 33, 1, 0, 5),
+        (160, 40, 1024, 0, 0),
+    ];
     for (m, n, k, pad, offset) in cases {
         strided_rows_case(m, n, k, pad, offset, |v| v);
     }
@@ -176,7 +181,7 @@ fn f32_rows_at_any_stride() {
 /// a stride wider than the depth, from an offset, partial tiles, alpha and beta.
 #[test]
 fn bf16_rows_read_in_place_at_any_stride() {
-    // The last case's rows are 4 KiB apart: packed instead of read in place.
+    // The last case's rows are 4 KiB apart: copied per block to a narrower stride.
     let cases = [
         (29, 45, 130, 6, 3),
         (100, 70, 1026, 1, 0),
