@@ -478,7 +478,6 @@ unsafe fn blocked<K: Microkernel, TA: Elem, TB: Elem>(
     // block by block to a narrower stride and read there, or packed into panels.
     let in_place = !matches!(pre, Prepacked::A(_)) && kernel_reads_rows_of::<K, TA>(&job.a, k);
     let direct_a = in_place && reads_a_in_place::<K, TA>(&job.a, k);
-    let copy_a = in_place && !direct_a;
     let (len_a, len_b) = match pre {
         Prepacked::None => (mc_max * kcp_max, nc_max * kcp_max),
         Prepacked::A(_) => (0, nc_max * kcp_max),
@@ -508,25 +507,28 @@ unsafe fn blocked<K: Microkernel, TA: Elem, TB: Elem>(
                 let beta = if pc == 0 { job.beta } else { 1.0 };
                 for ic in (0..m).step_by(mc) {
                     let mcb = mc.min(m - ic);
-                    let ablock: &[K::P] = match pre {
-                        _ if direct_a => &[],
-                        _ if copy_a => {
-                            // SAFETY: rows ic.. ic + mcb of A hold kcb elements from pc
-                            // (A's elements are `K::P`, checked by `reads_a_in_place`);
-                            // abuf holds mc_max * kcp_max >= mcb * kcb elements.
-                            unsafe {
-                                let src = (job.a.data.as_ptr() as *const K::P)
-                                    .add(job.a.offset + ic * job.a.rs + pc);
-                                for r in 0..mcb {
-                                    std::ptr::copy_nonoverlapping(
-                                        src.add(r * job.a.rs),
-                                        abuf.as_mut_ptr().add(r * kcb),
-                                        kcb,
-                                    );
-                                }
-                            }
-                            abuf
+                    // The block's rows as the kernel reads them in place (first row, stride):
+                    // A's own, or their copy at a `kcb` stride.
+                    // SAFETY: rows ic..ic + mcb of A hold kcb elements from pc (A's elements
+                    // are `K::P`, checked by `kernel_reads_rows_of`); abuf holds
+                    // mc_max * kcp_max >= mcb * kcb elements.
+                    let a_rows = in_place.then(|| unsafe {
+                        let src = (job.a.data.as_ptr() as *const K::P)
+                            .add(job.a.offset + ic * job.a.rs + pc);
+                        if direct_a {
+                            return (src, job.a.rs);
                         }
+                        for r in 0..mcb {
+                            std::ptr::copy_nonoverlapping(
+                                src.add(r * job.a.rs),
+                                abuf.as_mut_ptr().add(r * kcb),
+                                kcb,
+                            );
+                        }
+                        (abuf.as_ptr(), kcb)
+                    });
+                    let ablock: &[K::P] = match pre {
+                        _ if in_place => &[],
                         Prepacked::A(all) => {
                             &all[pc * a_panels * K::MR + (ic / K::MR) * kcp * K::MR..]
                         }
@@ -541,20 +543,12 @@ unsafe fn blocked<K: Microkernel, TA: Elem, TB: Elem>(
                         for ir in (0..mcb).step_by(K::MR) {
                             let mr = K::MR.min(mcb - ir);
                             // SAFETY: (ic+ir, jc+jr) is inside the C block (loop bounds), and
-                            // the packed panels hold kcp * MR and kcp * NR elements; in
-                            // direct mode (A's elements are `K::P`, cs == 1, kcp == kcb)
-                            // rows ic+ir.. of A hold kcb elements from pc.
+                            // the packed panels hold kcp * MR and kcp * NR elements; rows read
+                            // in place (cs == 1, kcp == kcb) hold kcb elements each.
                             unsafe {
                                 let c = job.c.0.add((ic + ir) * job.ldc + jc + jr);
-                                if direct_a {
-                                    let a = (job.a.data.as_ptr() as *const K::P)
-                                        .add(job.a.offset + (ic + ir) * job.a.rs + pc);
-                                    let lda = job.a.rs;
-                                    let args = (a, lda, mr, nr, job.alpha, beta);
-                                    tile_direct_a::<K>(kcp, bp, c, job.ldc, args);
-                                } else if copy_a {
-                                    let a = ablock.as_ptr().add(ir * kcb);
-                                    let args = (a, kcb, mr, nr, job.alpha, beta);
+                                if let Some((rows, lda)) = a_rows {
+                                    let args = (rows.add(ir * lda), lda, mr, nr, job.alpha, beta);
                                     tile_direct_a::<K>(kcp, bp, c, job.ldc, args);
                                 } else {
                                     let ap = &ablock[(ir / K::MR) * kcp * K::MR..];
