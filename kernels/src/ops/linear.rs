@@ -12,7 +12,9 @@ use crate::cpu::thin;
 use crate::elem::Elem;
 use crate::error::{shape_err, value_err};
 use crate::ops::packed_weights::{self, gemm_frozen_b};
-use crate::ops::{f32_output, f32_storage};
+use crate::ops::{
+    LowRankTerm, f32_output, f32_output_plus, f32_storage, f32_storage_plus, tensor_from,
+};
 use crate::storage::{
     check_float, contiguous_range, floats, owned, with_cpu, with_floats, with_tensor_floats,
 };
@@ -536,13 +538,22 @@ impl CustomOp3 for LoraLinear {
                 c.fill(0.0);
                 adapter_product(&mut xa)
             })?,
-            Output::Value => f32_output(m * out, xs.dtype(), |c| {
-                with_floats!(floats(LORA, "x", xs)?, x => self.frozen.forward(LORA, &x[x0..x1], c))?;
+            Output::Value => {
                 adapter_product(&mut xa)?;
                 let bt = with_floats!(floats(LORA, "b_lora", bs)?, b => transpose_f32(&b[b0..b1], out, r));
-                thin::add_lp(&xa, &bt, out, self.scale, c);
-                Ok(())
-            })?,
+                let term = LowRankTerm {
+                    lhs: &xa,
+                    p: &bt,
+                    cols: out,
+                    scale: self.scale,
+                };
+                f32_output_plus(
+                    m * out,
+                    xs.dtype(),
+                    Some(&term),
+                    |c| with_floats!(floats(LORA, "x", xs)?, x => self.frozen.forward(LORA, &x[x0..x1], c)),
+                )?
+            }
         };
         if let Ok(mut slot) = self.xa.lock() {
             *slot = Some(Arc::new(xa));
@@ -582,7 +593,19 @@ impl CustomOp3 for LoraLinear {
             with_tensor_floats!(LORA, "grad", &grad, g => self.frozen.backward_x(LORA, g, &mut dx, 0.0))?;
             let aw = crate::ops::to_f32_vec(LORA, "a", a)?;
             match self.dropout {
-                None => thin::add_lp(&gb, &aw, inp, self.scale, &mut dx),
+                // The adapter's term is added as dx is rounded to x's dtype.
+                None => {
+                    let term = LowRankTerm {
+                        lhs: &gb,
+                        p: &aw,
+                        cols: inp,
+                        scale: self.scale,
+                    };
+                    Some(tensor_from(
+                        f32_storage_plus(dx, &term, x.dtype()),
+                        x.shape(),
+                    ))
+                }
                 Some(d) => {
                     let mut dxa = vec![0f32; m * inp];
                     thin::add_lp(&gb, &aw, inp, self.scale, &mut dxa);
@@ -590,9 +613,9 @@ impl CustomOp3 for LoraLinear {
                     for (o, v) in dx.iter_mut().zip(&dxa) {
                         *o += v;
                     }
+                    Some(f32_tensor(dx, x.shape(), x))
                 }
             }
-            Some(f32_tensor(dx, x.shape(), x))
         } else {
             None
         };

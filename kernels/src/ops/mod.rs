@@ -57,6 +57,60 @@ pub(crate) fn f32_storage(values: Vec<f32>, dtype: candle_core::DType) -> candle
     }
 }
 
+/// A LoRA adapter's term `scale * lhs P` (`lhs` `[m, r]`, `p` `[r, cols]`, f32), which an op
+/// adds to its f32 result `[m, cols]` in the pass that rounds it to the output's dtype.
+pub(crate) struct LowRankTerm<'a> {
+    pub lhs: &'a [f32],
+    pub p: &'a [f32],
+    pub cols: usize,
+    pub scale: f32,
+}
+
+/// `values + term` as CPU storage of `dtype` ([`f32_storage`] with the term).
+pub(crate) fn f32_storage_plus(
+    mut values: Vec<f32>,
+    term: &LowRankTerm,
+    dtype: candle_core::DType,
+) -> candle_core::CpuStorage {
+    match dtype {
+        candle_core::DType::BF16 | candle_core::DType::F16 => {
+            rounded_storage_plus(&mut values, term, dtype)
+        }
+        _ => {
+            crate::cpu::thin::add_lp(term.lhs, term.p, term.cols, term.scale, &mut values);
+            crate::storage::owned(values)
+        }
+    }
+}
+
+/// `values + term` rounded to bf16 (or f16 for `F16`) as new storage, in one parallel pass;
+/// `values` is left holding the unrounded sums.
+fn rounded_storage_plus(
+    values: &mut [f32],
+    term: &LowRankTerm,
+    dtype: candle_core::DType,
+) -> candle_core::CpuStorage {
+    fn round<T: crate::elem::Elem>(values: &mut [f32], t: &LowRankTerm) -> Vec<T> {
+        let n = values.len();
+        let mut out = Vec::with_capacity(n);
+        crate::cpu::thin::add_lp_round(
+            t.lhs,
+            t.p,
+            t.cols,
+            t.scale,
+            values,
+            &mut out.spare_capacity_mut()[..n],
+        );
+        // SAFETY: `add_lp_round` wrote every element of the n it was given.
+        unsafe { out.set_len(n) };
+        out
+    }
+    match dtype {
+        candle_core::DType::F16 => crate::storage::owned(round::<half::f16>(values, term)),
+        _ => crate::storage::owned(round::<half::bf16>(values, term)),
+    }
+}
+
 /// `values` rounded to bf16 (or f16 for `F16`) as new storage, in parallel.
 fn rounded_storage(values: &[f32], dtype: candle_core::DType) -> candle_core::CpuStorage {
     use crate::elem::Elem;
@@ -83,16 +137,33 @@ pub(crate) fn f32_output(
     dtype: candle_core::DType,
     compute: impl FnOnce(&mut [f32]) -> Result<()>,
 ) -> Result<candle_core::CpuStorage> {
+    f32_output_plus(n, dtype, None, compute)
+}
+
+/// [`f32_output`] plus a low-rank `term` added to what `compute` wrote (in the rounding
+/// pass for bf16/f16 outputs).
+pub(crate) fn f32_output_plus(
+    n: usize,
+    dtype: candle_core::DType,
+    term: Option<&LowRankTerm>,
+    compute: impl FnOnce(&mut [f32]) -> Result<()>,
+) -> Result<candle_core::CpuStorage> {
     if !matches!(dtype, candle_core::DType::BF16 | candle_core::DType::F16) {
         let mut values = vec![0f32; n];
         compute(&mut values)?;
-        return Ok(crate::storage::owned(values));
+        return Ok(match term {
+            Some(t) => f32_storage_plus(values, t, dtype),
+            None => crate::storage::owned(values),
+        });
     }
     let mut buf = OUTPUT_SCRATCH.with(std::cell::Cell::take);
     if buf.len() < n {
         buf.resize(n, 0.0);
     }
-    let result = compute(&mut buf[..n]).map(|()| rounded_storage(&buf[..n], dtype));
+    let result = compute(&mut buf[..n]).map(|()| match term {
+        Some(t) => rounded_storage_plus(&mut buf[..n], t, dtype),
+        None => rounded_storage(&buf[..n], dtype),
+    });
     OUTPUT_SCRATCH.with(|cell| cell.set(buf));
     result
 }
