@@ -155,6 +155,7 @@ impl Attention {
         ctx: &TrainContext,
         grad_only: bool,
         mut products: Products,
+        rows: Option<&Tensor>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let d = self.head_dim;
@@ -172,6 +173,12 @@ impl Attention {
         let k = ops::rope(&k, &ctx.cos, &ctx.sin, &ctx.positions)?;
         let y = ops::attention(&q, &k, &v, &ctx.mask)?;
         let y = y.transpose(1, 2)?.reshape((b, t, self.num_heads * d))?;
+        let y = match rows {
+            Some(rows) => y
+                .reshape((b * t, self.num_heads * d))?
+                .index_select(rows, 0)?,
+            None => y,
+        };
         last_projection(&self.o_proj, &y, grad_only)
     }
 
@@ -377,6 +384,31 @@ impl DecoderLayer {
         Ok(self.forward_train_halves(x, ctx, None)?.1)
     }
 
+    /// [`Self::forward_train`] of the last layer when only `rows` of its output (indices
+    /// into the flattened `[B * T]` tokens, u32) reach the loss: `[rows, hidden]`. Every
+    /// token still gets its keys and values (the kept rows attend to them), but `o_proj`,
+    /// the residual and the MLP run for the kept rows only. The prompt tokens of an SFT
+    /// batch carry no loss: a quarter of the bench's tokens, so ~3% of a LoRA step's
+    /// products (one layer's `o_proj` and MLP, forward and backward, for those rows) that
+    /// autograd would compute and then multiply by zero.
+    pub fn forward_train_rows(
+        &self,
+        x: &Tensor,
+        ctx: &TrainContext,
+        rows: &Tensor,
+    ) -> Result<Tensor> {
+        let (b, t, hidden) = x.dims3()?;
+        let a = self.self_attn.forward_train(
+            &self.input_layernorm.forward_train(x)?,
+            ctx,
+            false,
+            Products::Compute,
+            Some(rows),
+        )?;
+        let h = (x.reshape((b * t, hidden))?.index_select(rows, 0)? + a)?;
+        self.mlp_half(&h, false, Products::Compute)
+    }
+
     /// [`Self::forward_train`] that also returns the residual stream between the two
     /// halves (`h = x + attention(x)`), which gradient checkpointing keeps beside `x`; with
     /// `keep`, the layer's first products are kept there too for a selective
@@ -415,6 +447,7 @@ impl DecoderLayer {
             ctx,
             grad_only,
             products,
+            None,
         )?;
         Ok((x + a)?)
     }

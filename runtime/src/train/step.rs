@@ -43,6 +43,41 @@ pub struct MicroBatch {
     /// NEFTune noise for this micro-batch's training forward (`None`: off). Evaluation
     /// ignores it.
     pub embed_noise: Option<EmbedNoise>,
+    /// The tokens that carry a loss, when some do not (see [`HeadRows`]).
+    pub head_rows: Option<HeadRows>,
+}
+
+/// The tokens of a micro-batch whose hidden states reach the loss (a label other than
+/// -100), when that is not all of them: the last decoder layer runs its `o_proj` and MLP,
+/// and the head its norm and `lm_head`, on these rows only
+/// ([`crate::model::decoder::DecoderLayer::forward_train_rows`]).
+#[derive(Debug)]
+pub struct HeadRows {
+    /// Ascending indices into the flattened `[B * T]` tokens.
+    pub rows: Vec<usize>,
+    /// `rows` as a u32 tensor, for `index_select`.
+    pub index: Tensor,
+    /// Their labels, `[rows]` i64.
+    pub labels: Tensor,
+}
+
+impl HeadRows {
+    /// The rows of the flattened shifted `labels` that carry a loss; `None` when all do
+    /// (nothing to skip) or none do (the head then sees every row, as before, and the
+    /// loss is an empty sum).
+    pub fn of(labels: &[i64], device: &Device) -> candle_core::Result<Option<HeadRows>> {
+        let rows: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] >= 0).collect();
+        if rows.is_empty() || rows.len() == labels.len() {
+            return Ok(None);
+        }
+        let index: Vec<u32> = rows.iter().map(|&i| i as u32).collect();
+        let kept: Vec<i64> = rows.iter().map(|&i| labels[i]).collect();
+        Ok(Some(HeadRows {
+            index: Tensor::from_vec(index, rows.len(), device)?,
+            labels: Tensor::from_vec(kept, rows.len(), device)?,
+            rows,
+        }))
+    }
 }
 
 /// Sum of the losses of a micro-batch, how many tokens they cover and how many of those
@@ -145,15 +180,33 @@ pub fn runs(segment_ids: &[u32], seq_len: usize) -> Vec<Vec<usize>> {
 impl MicroBatch {
     pub fn from_batch(batch: &Batch, device: &Device) -> candle_core::Result<Self> {
         let shape = (batch.batch_size, batch.seq_len);
-        let labels = batch.shifted_labels();
+        Self::new(
+            Tensor::from_slice(&batch.input_ids, shape, device)?,
+            Tensor::from_slice(&batch.position_ids, shape, device)?,
+            batch.shifted_labels(),
+            runs(&batch.segment_ids, batch.seq_len),
+        )
+    }
+
+    /// A micro-batch of `[B, T]` ids and positions with its shifted labels (flattened
+    /// `[B * T]`, -100 where no loss is taken) and each row's sample lengths.
+    pub fn new(
+        input_ids: Tensor,
+        position_ids: Tensor,
+        labels: Vec<i64>,
+        sample_lengths: Vec<Vec<usize>>,
+    ) -> candle_core::Result<Self> {
+        let device = input_ids.device().clone();
         let tokens = labels.iter().filter(|&&l| l >= 0).count();
+        let head_rows = HeadRows::of(&labels, &device)?;
         Ok(MicroBatch {
-            input_ids: Tensor::from_slice(&batch.input_ids, shape, device)?,
-            position_ids: Tensor::from_slice(&batch.position_ids, shape, device)?,
-            labels: Tensor::from_vec(labels, shape, device)?,
-            sample_lengths: runs(&batch.segment_ids, batch.seq_len),
+            labels: Tensor::from_vec(labels, input_ids.shape(), &device)?,
+            input_ids,
+            position_ids,
+            sample_lengths,
             tokens,
             embed_noise: None,
+            head_rows,
         })
     }
 
@@ -190,8 +243,7 @@ pub fn forward_backward(
         let selective = checkpointing == Checkpointing::Selective;
         return forward_backward_checkpointed(model, batch, optimizer, selective);
     }
-    let hidden = hidden_train(model, batch)?;
-    let ce = model.loss_train(&hidden, &batch.labels)?;
+    let ce = head_loss(model, &hidden_train(model, batch)?, batch)?;
     let stats = stats_of(&ce, batch)?;
     let grads = ce.loss_sum.backward()?;
     optimizer.accumulate(&grads)?;
@@ -199,17 +251,49 @@ pub fn forward_backward(
 }
 
 /// The training forward to the final norm, with the micro-batch's NEFTune noise on the
-/// embeddings; without noise exactly [`CausalLm::forward_train`].
+/// embeddings: `[B, T, hidden]`, or `[head rows, hidden]` when only some tokens carry a
+/// loss (see [`HeadRows`]).
 pub fn hidden_train(model: &CausalLm, batch: &MicroBatch) -> Result<Tensor, StepError> {
-    let Some(noise) = &batch.embed_noise else {
-        return Ok(model.forward_train(&batch.train_batch())?);
-    };
     let ctx = model.train_context(&batch.train_batch())?;
-    let mut x = noise.apply(&model.model.embed_train(&batch.input_ids)?)?;
-    for layer in &model.model.layers {
+    let Some((last, layers)) = model.model.layers.split_last() else {
+        return Err(ModelError::Input("the model has no decoder layers".into()).into());
+    };
+    let mut x = embed_train(model, batch)?;
+    for layer in layers {
         x = layer.forward_train(&x, &ctx)?;
     }
-    Ok(model.model.norm.forward_train(&x)?)
+    let top = last_layer(last, &x, &ctx, batch)?;
+    Ok(model.model.norm.forward_train(&top)?)
+}
+
+/// The last decoder layer, on the head rows only when some tokens carry no loss.
+fn last_layer(
+    last: &crate::model::decoder::DecoderLayer,
+    x: &Tensor,
+    ctx: &crate::model::decoder::TrainContext,
+    batch: &MicroBatch,
+) -> Result<Tensor, StepError> {
+    Ok(match &batch.head_rows {
+        Some(head) => last.forward_train_rows(x, ctx, &head.index)?,
+        None => last.forward_train(x, ctx)?,
+    })
+}
+
+/// Fused `lm_head` and cross-entropy over what [`hidden_train`] returned; `missed` is
+/// given as indices into the flattened `[B * T]` tokens either way.
+fn head_loss(
+    model: &CausalLm,
+    hidden: &Tensor,
+    batch: &MicroBatch,
+) -> Result<crate::model::ops::CrossEntropy, StepError> {
+    let Some(head) = &batch.head_rows else {
+        return Ok(model.loss_train(hidden, &batch.labels)?);
+    };
+    let mut ce = model.loss_train(hidden, &head.labels)?;
+    for m in &mut ce.missed {
+        *m = head.rows[*m];
+    }
+    Ok(ce)
 }
 
 /// The input embeddings of a training forward, NEFTune noise included.
@@ -271,10 +355,14 @@ fn forward_backward_checkpointed(
     let last_input = needs_input_grad(layers.len())
         .then(|| Var::from_tensor(&x))
         .transpose()?;
-    let top = last.forward_train(last_input.as_ref().map_or(&x, |v| v.as_tensor()), &ctx)?;
+    let top = last_layer(
+        last,
+        last_input.as_ref().map_or(&x, |v| v.as_tensor()),
+        &ctx,
+        batch,
+    )?;
     // The head: final norm and fused lm_head + loss.
-    let hidden = model.model.norm.forward_train(&top)?;
-    let ce = model.loss_train(&hidden, &batch.labels)?;
+    let ce = head_loss(model, &model.model.norm.forward_train(&top)?, batch)?;
     let stats = stats_of(&ce, batch)?;
     let grads = ce.loss_sum.backward()?;
     optimizer.accumulate(&grads)?;
@@ -333,8 +421,16 @@ fn backpropagate(
 
 /// Loss and accuracy of a micro-batch without any gradient work (and never NEFTune noise).
 pub fn evaluate(model: &CausalLm, batch: &MicroBatch) -> Result<LossStats, StepError> {
-    let hidden = model.forward_train(&batch.train_batch())?.detach();
-    let ce = model.loss_train(&hidden, &batch.labels)?;
+    let ctx = model.train_context(&batch.train_batch())?;
+    let Some((last, layers)) = model.model.layers.split_last() else {
+        return Err(ModelError::Input("the model has no decoder layers".into()).into());
+    };
+    let mut x = model.model.embed_train(&batch.input_ids)?.detach();
+    for layer in layers {
+        x = layer.forward_train(&x, &ctx)?.detach();
+    }
+    let top = last_layer(last, &x, &ctx, batch)?.detach();
+    let ce = head_loss(model, &model.model.norm.forward_train(&top)?, batch)?;
     stats_of(&ce, batch)
 }
 

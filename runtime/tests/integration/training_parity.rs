@@ -93,20 +93,18 @@ fn micro_batch(f: &Fixture) -> MicroBatch {
         .iter()
         .flat_map(|r| r[1..].iter().copied().chain([-100]))
         .collect();
-    let tokens = shifted.iter().filter(|&&l| l >= 0).count();
-    MicroBatch {
-        input_ids: Tensor::from_vec(ids, (b, t), &Device::Cpu).unwrap(),
-        position_ids: Tensor::from_vec(
+    MicroBatch::new(
+        Tensor::from_vec(ids, (b, t), &Device::Cpu).unwrap(),
+        Tensor::from_vec(
             (0..b).flat_map(|_| 0..t as u32).collect::<Vec<_>>(),
             (b, t),
             &Device::Cpu,
         )
         .unwrap(),
-        labels: Tensor::from_vec(shifted, (b, t), &Device::Cpu).unwrap(),
-        sample_lengths: vec![vec![t]; b],
-        tokens,
-        embed_noise: None,
-    }
+        shifted,
+        vec![vec![t]; b],
+    )
+    .unwrap()
 }
 
 fn rel_diff(ours: &[f32], reference: &Tensor) -> f32 {
@@ -175,6 +173,54 @@ fn lora_loss_and_every_gradient_match_peft() {
                 let d = rel_diff(&grads[&key], &f.lora[&key]);
                 assert!(d < 1e-4, "{key}: relative gradient difference {d}");
             }
+        }
+    }
+}
+
+#[test]
+fn the_last_layer_on_loss_rows_only_gives_the_every_row_loss_and_gradients() {
+    let f = fixture();
+    let mut p = load();
+    let adapters =
+        LoraAdapters::load(&mut p.model, &fixtures().join("training/adapter"), true).unwrap();
+    for checkpointing in ALL_CHECKPOINTING {
+        let step = |mb: &MicroBatch| {
+            let mut opt = AdamW::new(adapters.trainables(None), adamw()).unwrap();
+            let stats = forward_backward(&p.model, mb, &mut opt, checkpointing).unwrap();
+            let grads: HashMap<String, Vec<f32>> = opt
+                .grads()
+                .map(|(name, g)| (name.to_string(), g.to_vec()))
+                .collect();
+            (stats, grads)
+        };
+        let rows_only = micro_batch(&f);
+        let head = rows_only
+            .head_rows
+            .as_ref()
+            .expect("the fixture has prompt tokens");
+        assert!(head.rows.len() < rows_only.labels.elem_count());
+        let hidden = hidden_train(&p.model, &rows_only).unwrap();
+        assert_eq!(
+            hidden.dims()[0],
+            head.rows.len(),
+            "the head sees the loss rows only"
+        );
+        let mut every_row = micro_batch(&f);
+        every_row.head_rows = None;
+        let (a, ga) = step(&rows_only);
+        let (b, gb) = step(&every_row);
+        assert_eq!(a, b, "stats ({checkpointing:?})");
+        assert_eq!(ga.len(), gb.len());
+        for (name, g) in &ga {
+            let d = g
+                .iter()
+                .zip(&gb[name])
+                .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            let scale = gb[name].iter().fold(0f32, |m, x| m.max(x.abs()));
+            assert!(
+                d <= 1e-6 * scale,
+                "{name}: {d} apart (largest {scale}, {checkpointing:?})"
+            );
         }
     }
 }
@@ -284,6 +330,8 @@ fn neftune_noise_changes_training_loss_only() {
         sample_lengths: Some(&plain.sample_lengths),
     });
     let mut zero = micro_batch(&f);
+    // Every row to the head, as `forward_train` returns them.
+    zero.head_rows = None;
     zero.embed_noise = Some(EmbedNoise {
         alpha: 0.0,
         seed: 3,
