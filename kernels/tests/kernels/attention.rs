@@ -213,6 +213,11 @@ fn sliding_window() {
     );
 }
 
+/// bf16 attention against the f32 reference, relative to the largest value: the outputs are
+/// stored in bf16 (2^-9 relative); the worst measured is 4.3e-3 (dK). Tighter than the
+/// shared bf16 tolerance, so that a 1% error in one product (a wrong scale, say) fails.
+const ATTENTION_BF16_TOL: f64 = 6e-3;
+
 #[test]
 fn bf16_storage_matches_f32_reference() {
     let c = Case {
@@ -223,7 +228,7 @@ fn bf16_storage_matches_f32_reference() {
         tk: 70,
         d: 32,
     };
-    check(c, &AttnMask::causal(), 600, DType::BF16, BF16_TOL);
+    check(c, &AttnMask::causal(), 600, DType::BF16, ATTENTION_BF16_TOL);
     // Several batches and KV heads: the bf16 products read K and V in place at strides.
     let c = Case {
         b: 2,
@@ -233,7 +238,7 @@ fn bf16_storage_matches_f32_reference() {
         tk: 90,
         d: 16,
     };
-    check(c, &AttnMask::causal(), 610, DType::BF16, BF16_TOL);
+    check(c, &AttnMask::causal(), 610, DType::BF16, ATTENTION_BF16_TOL);
 }
 
 #[test]
