@@ -41,6 +41,15 @@ multiversion! {
     }
 }
 
+multiversion! {
+    /// [`f32_to_bf16`] into memory not yet initialised.
+    pub(crate) fn f32_to_bf16_uninit(src: &[f32], dst: &mut [std::mem::MaybeUninit<bf16>]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            d.write(bf16::from_bits(f32_to_bf16_bits(*s)));
+        }
+    }
+}
+
 /// `dst[i] = src[i] as f32` (half's converter detects F16C at run time itself).
 pub(crate) fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
     src.convert_to_f32_slice(dst);
@@ -76,6 +85,12 @@ mod tests {
         f32_to_bf16(&values, &mut ours);
         for (v, o) in values.iter().zip(&ours) {
             assert_eq!(o.to_bits(), bf16::from_f32(*v).to_bits(), "value {v}");
+        }
+        let mut uninit = vec![std::mem::MaybeUninit::<bf16>::uninit(); values.len()];
+        f32_to_bf16_uninit(&values, &mut uninit);
+        for (u, o) in uninit.iter().zip(&ours) {
+            // SAFETY: f32_to_bf16_uninit wrote every element.
+            assert_eq!(unsafe { u.assume_init() }.to_bits(), o.to_bits());
         }
         let mut nan = [bf16::ZERO];
         f32_to_bf16(&[f32::NAN], &mut nan);

@@ -12,9 +12,7 @@ use crate::cpu::thin;
 use crate::elem::Elem;
 use crate::error::{shape_err, value_err};
 use crate::ops::packed_weights::{self, gemm_frozen_b};
-use crate::ops::{
-    LowRankTerm, f32_output, f32_output_plus, f32_storage, f32_storage_plus, tensor_from,
-};
+use crate::ops::{LowRankTerm, f32_output, f32_output_plus, f32_storage, tensor_from};
 use crate::storage::{
     check_float, contiguous_range, floats, owned, with_cpu, with_floats, with_tensor_floats,
 };
@@ -589,11 +587,10 @@ impl CustomOp3 for LoraLinear {
         })?;
 
         let dx = if x.track_op() {
-            let mut dx = vec![0f32; m * inp];
-            with_tensor_floats!(LORA, "grad", &grad, g => self.frozen.backward_x(LORA, g, &mut dx, 0.0))?;
             let aw = crate::ops::to_f32_vec(LORA, "a", a)?;
             match self.dropout {
-                // The adapter's term is added as dx is rounded to x's dtype.
+                // `g W` into the output's f32 buffer (scratch for bf16: the GEMM writes every
+                // element), the adapter's term added as it is rounded to x's dtype.
                 None => {
                     let term = LowRankTerm {
                         lhs: &gb,
@@ -601,12 +598,17 @@ impl CustomOp3 for LoraLinear {
                         cols: inp,
                         scale: self.scale,
                     };
-                    Some(tensor_from(
-                        f32_storage_plus(dx, &term, x.dtype()),
-                        x.shape(),
-                    ))
+                    let storage = f32_output_plus(
+                        m * inp,
+                        x.dtype(),
+                        Some(&term),
+                        |dx| with_tensor_floats!(LORA, "grad", &grad, g => self.frozen.backward_x(LORA, g, dx, 0.0)),
+                    )?;
+                    Some(tensor_from(storage, x.shape()))
                 }
                 Some(d) => {
+                    let mut dx = vec![0f32; m * inp];
+                    with_tensor_floats!(LORA, "grad", &grad, g => self.frozen.backward_x(LORA, g, &mut dx, 0.0))?;
                     let mut dxa = vec![0f32; m * inp];
                     thin::add_lp(&gb, &aw, inp, self.scale, &mut dxa);
                     apply_dropout(&mut dxa, d);

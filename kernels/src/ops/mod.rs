@@ -67,7 +67,7 @@ pub(crate) struct LowRankTerm<'a> {
 }
 
 /// `values + term` as CPU storage of `dtype` ([`f32_storage`] with the term).
-pub(crate) fn f32_storage_plus(
+fn f32_storage_plus(
     mut values: Vec<f32>,
     term: &LowRankTerm,
     dtype: candle_core::DType,
