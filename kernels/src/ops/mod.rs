@@ -66,23 +66,6 @@ pub(crate) struct LowRankTerm<'a> {
     pub scale: f32,
 }
 
-/// `values + term` as CPU storage of `dtype` ([`f32_storage`] with the term).
-fn f32_storage_plus(
-    mut values: Vec<f32>,
-    term: &LowRankTerm,
-    dtype: candle_core::DType,
-) -> candle_core::CpuStorage {
-    match dtype {
-        candle_core::DType::BF16 | candle_core::DType::F16 => {
-            rounded_storage_plus(&mut values, term, dtype)
-        }
-        _ => {
-            crate::cpu::thin::add_lp(term.lhs, term.p, term.cols, term.scale, &mut values);
-            crate::storage::owned(values)
-        }
-    }
-}
-
 /// `values + term` rounded to bf16 (or f16 for `F16`) as new storage, in one parallel pass;
 /// `values` is left holding the unrounded sums.
 fn rounded_storage_plus(
@@ -151,10 +134,10 @@ pub(crate) fn f32_output_plus(
     if !matches!(dtype, candle_core::DType::BF16 | candle_core::DType::F16) {
         let mut values = vec![0f32; n];
         compute(&mut values)?;
-        return Ok(match term {
-            Some(t) => f32_storage_plus(values, t, dtype),
-            None => crate::storage::owned(values),
-        });
+        if let Some(t) = term {
+            crate::cpu::thin::add_lp(t.lhs, t.p, t.cols, t.scale, &mut values);
+        }
+        return Ok(crate::storage::owned(values));
     }
     let mut buf = OUTPUT_SCRATCH.with(std::cell::Cell::take);
     if buf.len() < n {
