@@ -151,17 +151,22 @@ multiversion! {
     /// which held the pass at ~15% of the FMA rate. Every element's sum is the same FMA
     /// chain over `j` either way.
     fn add_lp_rows(lhs: &[f32], p: &[f32], n: usize, scale: f32, out: &mut [f32]) {
-        const W: usize = 64;
-        const ROWS: usize = 4;
-        let r = p.len() / n;
-        let mut groups = out.chunks_exact_mut(ROWS * n);
-        let mut coef_groups = lhs.chunks_exact(ROWS * r);
-        for (group, coefs) in (&mut groups).zip(&mut coef_groups) {
+        /// `ROWS` rows of `out` and their `ROWS x r` coefficients.
+        #[inline(always)]
+        fn rows_block<const ROWS: usize>(
+            rows: &mut [f32],
+            coefs: &[f32],
+            p: &[f32],
+            n: usize,
+            scale: f32,
+        ) {
+            const W: usize = 64;
+            let r = p.len() / n;
             let mut c0 = 0;
             while c0 + W <= n {
                 let mut acc = [[0f32; W]; ROWS];
                 for (i, a) in acc.iter_mut().enumerate() {
-                    a.copy_from_slice(&group[i * n + c0..i * n + c0 + W]);
+                    a.copy_from_slice(&rows[i * n + c0..i * n + c0 + W]);
                 }
                 for j in 0..r {
                     let pr = &p[j * n + c0..j * n + c0 + W];
@@ -173,11 +178,11 @@ multiversion! {
                     }
                 }
                 for (i, a) in acc.iter().enumerate() {
-                    group[i * n + c0..i * n + c0 + W].copy_from_slice(a);
+                    rows[i * n + c0..i * n + c0 + W].copy_from_slice(a);
                 }
                 c0 += W;
             }
-            for (i, row) in group.chunks_exact_mut(n).enumerate() {
+            for (i, row) in rows.chunks_exact_mut(n).enumerate() {
                 for (c, o) in row.iter_mut().enumerate().skip(c0) {
                     for j in 0..r {
                         *o = (scale * coefs[i * r + j]).mul_add(p[j * n + c], *o);
@@ -185,27 +190,16 @@ multiversion! {
                 }
             }
         }
+        const ROWS: usize = 4;
+        let r = p.len() / n;
+        let mut groups = out.chunks_exact_mut(ROWS * n);
+        let mut coef_groups = lhs.chunks_exact(ROWS * r);
+        for (group, coefs) in (&mut groups).zip(&mut coef_groups) {
+            rows_block::<ROWS>(group, coefs, p, n, scale);
+        }
         let (rest, rest_coefs) = (groups.into_remainder(), coef_groups.remainder());
         for (row, coefs) in rest.chunks_exact_mut(n).zip(rest_coefs.chunks_exact(r)) {
-            let mut c0 = 0;
-            while c0 + W <= n {
-                let mut acc = [0f32; W];
-                acc.copy_from_slice(&row[c0..c0 + W]);
-                for (j, &coef) in coefs.iter().enumerate() {
-                    let s = scale * coef;
-                    let pr = &p[j * n + c0..j * n + c0 + W];
-                    for c in 0..W {
-                        acc[c] = s.mul_add(pr[c], acc[c]);
-                    }
-                }
-                row[c0..c0 + W].copy_from_slice(&acc);
-                c0 += W;
-            }
-            for (c, o) in row.iter_mut().enumerate().skip(c0) {
-                for (j, &coef) in coefs.iter().enumerate() {
-                    *o = (scale * coef).mul_add(p[j * n + c], *o);
-                }
-            }
+            rows_block::<1>(row, coefs, p, n, scale);
         }
     }
 }
