@@ -23,7 +23,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 
 use crate::data::Batch;
-use crate::model::decoder::{LayerProducts, Products};
+use crate::model::decoder::{DecoderLayer, LayerProducts, Products, TrainContext};
 use crate::model::ops;
 use crate::model::{CausalLm, ModelError, TrainBatch};
 use crate::train::neftune::EmbedNoise;
@@ -255,9 +255,7 @@ pub fn forward_backward(
 /// loss (see [`HeadRows`]).
 pub fn hidden_train(model: &CausalLm, batch: &MicroBatch) -> Result<Tensor, StepError> {
     let ctx = model.train_context(&batch.train_batch())?;
-    let Some((last, layers)) = model.model.layers.split_last() else {
-        return Err(ModelError::Input("the model has no decoder layers".into()).into());
-    };
+    let (last, layers) = last_and_rest(model)?;
     let mut x = embed_train(model, batch)?;
     for layer in layers {
         x = layer.forward_train(&x, &ctx)?;
@@ -266,11 +264,21 @@ pub fn hidden_train(model: &CausalLm, batch: &MicroBatch) -> Result<Tensor, Step
     Ok(model.model.norm.forward_train(&top)?)
 }
 
+/// The model's last decoder layer and the ones before it: the step treats the last apart
+/// (its graph is kept under checkpointing; it runs on the head rows only).
+fn last_and_rest(model: &CausalLm) -> Result<(&DecoderLayer, &[DecoderLayer]), StepError> {
+    model
+        .model
+        .layers
+        .split_last()
+        .ok_or_else(|| ModelError::Input("the model has no decoder layers".into()).into())
+}
+
 /// The last decoder layer, on the head rows only when some tokens carry no loss.
 fn last_layer(
-    last: &crate::model::decoder::DecoderLayer,
+    last: &DecoderLayer,
     x: &Tensor,
-    ctx: &crate::model::decoder::TrainContext,
+    ctx: &TrainContext,
     batch: &MicroBatch,
 ) -> Result<Tensor, StepError> {
     Ok(match &batch.head_rows {
@@ -330,9 +338,7 @@ fn forward_backward_checkpointed(
     selective: bool,
 ) -> Result<LossStats, StepError> {
     let ctx = model.train_context(&batch.train_batch())?;
-    let Some((last, layers)) = model.model.layers.split_last() else {
-        return Err(ModelError::Input("the model has no decoder layers".into()).into());
-    };
+    let (last, layers) = last_and_rest(model)?;
     // Forward: keep each layer's input and its mid-layer residual (and with `selective`
     // its first products), drop its graph.
     let embedded = embed_train(model, batch)?;
@@ -422,9 +428,8 @@ fn backpropagate(
 /// Loss and accuracy of a micro-batch without any gradient work (and never NEFTune noise).
 pub fn evaluate(model: &CausalLm, batch: &MicroBatch) -> Result<LossStats, StepError> {
     let ctx = model.train_context(&batch.train_batch())?;
-    let Some((last, layers)) = model.model.layers.split_last() else {
-        return Err(ModelError::Input("the model has no decoder layers".into()).into());
-    };
+    let (last, layers) = last_and_rest(model)?;
+    // No gradient work: each layer's graph is dropped as soon as its output exists.
     let mut x = model.model.embed_train(&batch.input_ids)?.detach();
     for layer in layers {
         x = layer.forward_train(&x, &ctx)?.detach();
