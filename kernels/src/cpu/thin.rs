@@ -133,16 +133,20 @@ pub fn add_lp_round<T: Elem>(
         // SAFETY: tasks own disjoint row ranges of `src` (the same rows as their `dst`
         // chunk), which is borrowed mutably for the whole call.
         let src = unsafe { std::slice::from_raw_parts_mut(src.ptr().add(first * n), dst.len()) };
-        // Four rows at a time, as `add_lp_rows` takes them.
-        for (i, (rows, out)) in src.chunks_mut(4 * n).zip(dst.chunks_mut(4 * n)).enumerate() {
+        // A group of rows at a time, as `add_lp_rows` takes them.
+        let group = LP_GROUP_ROWS * n;
+        for (i, (rows, out)) in src.chunks_mut(group).zip(dst.chunks_mut(group)).enumerate() {
             if fused {
-                let at = (first + 4 * i) * r;
+                let at = (first + LP_GROUP_ROWS * i) * r;
                 add_lp_rows(&lhs[at..at + rows.len() / n * r], p, n, scale, rows);
             }
             T::store_uninit(rows, out);
         }
     });
 }
+
+/// Rows [`add_lp_rows`] takes at once (and [`add_lp_round`] hands it per pass).
+const LP_GROUP_ROWS: usize = 4;
 
 multiversion! {
     /// `out += scale * lhs P` over whole rows. Rows go four at a time: each 64-column piece
@@ -190,12 +194,11 @@ multiversion! {
                 }
             }
         }
-        const ROWS: usize = 4;
         let r = p.len() / n;
-        let mut groups = out.chunks_exact_mut(ROWS * n);
-        let mut coef_groups = lhs.chunks_exact(ROWS * r);
+        let mut groups = out.chunks_exact_mut(LP_GROUP_ROWS * n);
+        let mut coef_groups = lhs.chunks_exact(LP_GROUP_ROWS * r);
         for (group, coefs) in (&mut groups).zip(&mut coef_groups) {
-            rows_block::<ROWS>(group, coefs, p, n, scale);
+            rows_block::<LP_GROUP_ROWS>(group, coefs, p, n, scale);
         }
         let (rest, rest_coefs) = (groups.into_remainder(), coef_groups.remainder());
         for (row, coefs) in rest.chunks_exact_mut(n).zip(rest_coefs.chunks_exact(r)) {
