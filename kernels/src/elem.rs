@@ -93,6 +93,12 @@ impl Elem for f32 {
     fn store(src: &[f32], dst: &mut [Self]) {
         dst.copy_from_slice(src);
     }
+    /// A plain copy, without the default's trip through a buffer.
+    fn store_uninit(src: &[f32], dst: &mut [std::mem::MaybeUninit<Self>]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            d.write(*s);
+        }
+    }
     fn typed(src: &[Self]) -> Typed<'_> {
         Typed::F32(src)
     }

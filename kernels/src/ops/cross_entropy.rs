@@ -180,7 +180,7 @@ impl LinearCrossEntropy {
             loss: 0.0,
             correct: 0,
             missed: Vec::new(),
-            d_hidden: self.grad_hidden.then(|| vec![0f32; n * h]),
+            d_hidden: self.grad_hidden.then(|| par::filled(n * h, 0f32)),
             d_weight: self.grad_weight.then(|| vec![0f32; v * h]),
         };
         let w = MatRef::row_major(weight, v, h);

@@ -411,7 +411,7 @@ impl CustomOp1 for FrozenLinear {
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let grad = grad.contiguous()?;
         let m = grad.elem_count() / self.frozen.out.max(1);
-        let mut dx = vec![0f32; m * self.frozen.inp];
+        let mut dx = crate::cpu::par::filled(m * self.frozen.inp, 0f32);
         with_tensor_floats!(FROZEN, "grad", &grad, g => self.frozen.backward_x(FROZEN, g, &mut dx, 0.0))?;
         Ok(Some(f32_tensor(dx, x.shape(), x)))
     }

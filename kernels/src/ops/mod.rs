@@ -132,7 +132,7 @@ pub(crate) fn f32_output_plus(
     compute: impl FnOnce(&mut [f32]) -> Result<()>,
 ) -> Result<candle_core::CpuStorage> {
     if !matches!(dtype, candle_core::DType::BF16 | candle_core::DType::F16) {
-        let mut values = vec![0f32; n];
+        let mut values = crate::cpu::par::filled(n, 0f32);
         compute(&mut values)?;
         if let Some(t) = term {
             crate::cpu::thin::add_lp(t.lhs, t.p, t.cols, t.scale, &mut values);

@@ -90,7 +90,7 @@ impl CustomOp2 for RmsNorm {
 
 fn forward<T: Elem>(x: &[T], w: &[f32], eps: f32) -> Vec<T> {
     let d = w.len();
-    let mut out = vec![T::from_f32(0.0); x.len()];
+    let mut out = par::filled(x.len(), T::from_f32(0.0));
     if d == 0 {
         return out;
     }
@@ -119,7 +119,7 @@ fn backward<TX: Elem, TG: Elem>(
 ) -> (Option<Vec<TX>>, Option<Vec<f32>>) {
     let d = w.len();
     let rows = x.len() / d.max(1);
-    let mut dx = vec![TX::from_f32(0.0); if want_dx { x.len() } else { 0 }];
+    let mut dx = par::filled(if want_dx { x.len() } else { 0 }, TX::from_f32(0.0));
     if d == 0 {
         return (want_dx.then_some(dx), want_dw.then(Vec::new));
     }

@@ -222,7 +222,7 @@ fn rotate<T: Elem>(
 ) -> Vec<T> {
     let [nb, nh, nt, d] = dims;
     let half = d / 2;
-    let mut out = vec![T::from_f32(0.0); nb * nh * nt * d];
+    let mut out = par::filled(nb * nh * nt * d, T::from_f32(0.0));
     let out_ptr = SendPtr(out.as_mut_ptr());
     par::for_each(nb * nh, |bh| {
         let (b, h) = (bh / nh, bh % nh);

@@ -105,7 +105,7 @@ pub(crate) fn forward<T: Elem>(
     let group = nh / nkv;
     let bq = q_tile(group);
     let q_tiles = nq.div_ceil(bq);
-    let mut out = vec![T::from_f32(0.0); nb * nh * nq * d];
+    let mut out = par::filled(nb * nh * nq * d, T::from_f32(0.0));
     let mut lse = vec![f32::INFINITY; nb * nh * nq];
     let out_ptr = SendPtr(out.as_mut_ptr());
     let lse_ptr = SendPtr(lse.as_mut_ptr());
@@ -372,9 +372,9 @@ pub(crate) fn backward<T: Elem>(
     let group = nh / nkv;
     let zero = T::from_f32(0.0);
     let mut grads = Grads {
-        dq: vec![zero; nb * nh * nq * d],
-        dk: vec![zero; nb * nkv * nk * d],
-        dv: vec![zero; nb * nkv * nk * d],
+        dq: par::filled(nb * nh * nq * d, zero),
+        dk: par::filled(nb * nkv * nk * d, zero),
+        dv: par::filled(nb * nkv * nk * d, zero),
     };
     // The query heads of one KV head are adjacent, so each task's dq is one chunk.
     let (dq_len, kv_len) = (group * nq * d, nk * d);
