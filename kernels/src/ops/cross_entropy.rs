@@ -196,8 +196,12 @@ impl LinearCrossEntropy {
                 gathered.extend_from_slice(&hidden[i * h..(i + 1) * h]);
             }
             let hc = MatRef::row_major(&gathered[..], nc, h);
-            logits.resize(nc * v, 0f32);
-            gemm(hc, w.t(), &mut logits, v, 1.0, 0.0);
+            if logits.len() < nc * v {
+                // Written whole by the product below; zero-filled on all threads (tens of
+                // MBs, a serial memset of the whole vocabulary's logits otherwise).
+                logits = par::filled(nc * v, 0f32);
+            }
+            gemm(hc, w.t(), &mut logits[..nc * v], v, 1.0, 0.0);
             let want_grad = self.grad_hidden || self.grad_weight;
             let per_row: Vec<Mutex<(f64, bool)>> =
                 (0..nc).map(|_| Mutex::new((0.0, false))).collect();
@@ -215,7 +219,7 @@ impl LinearCrossEntropy {
                     sums.missed.push(token);
                 }
             }
-            let probs = MatRef::row_major(&logits[..], nc, v);
+            let probs = MatRef::row_major(&logits[..nc * v], nc, v);
             if let Some(dh) = &mut sums.d_hidden {
                 dh_chunk.resize(nc * h, 0f32);
                 match TW::as_bf16(weight).filter(|_| TH::as_bf16(hidden).is_some()) {
