@@ -100,8 +100,7 @@ fn forward<T: Elem>(x: &[T], w: &[f32], eps: f32) -> Vec<T> {
         let mut xf = vec![0f32; d];
         let mut yf = vec![0f32; d];
         for (o, xr) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-            T::load(xr, &mut xf);
-            normalize_row(&xf, w, eps, &mut yf);
+            normalize_row(T::widen(xr, &mut xf), w, eps, &mut yf);
             T::store(&yf, o);
         }
     });
@@ -130,9 +129,9 @@ fn backward<TX: Elem, TG: Elem>(
         let mut dw = vec![0f32; if want_dw { d } else { 0 }];
         let (mut xf, mut gf, mut dxf) = (vec![0f32; d], vec![0f32; d], vec![0f32; d]);
         for r in r0..r1 {
-            TX::load(&x[r * d..(r + 1) * d], &mut xf);
-            TG::load(&g[r * d..(r + 1) * d], &mut gf);
-            backward_row(&xf, w, &gf, eps, &mut dxf, &mut dw, want_dw);
+            let xr = TX::widen(&x[r * d..(r + 1) * d], &mut xf);
+            let gr = TG::widen(&g[r * d..(r + 1) * d], &mut gf);
+            backward_row(xr, w, gr, eps, &mut dxf, &mut dw, want_dw);
             if want_dx {
                 // SAFETY: row r belongs to this task only (tasks own disjoint row ranges)
                 // and lies inside `dx`, which has x.len() elements when want_dx.

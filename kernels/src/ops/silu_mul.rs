@@ -107,14 +107,16 @@ fn forward<T: Elem>(gate: &[T], up: &[T]) -> Vec<T> {
     let n = gate.len();
     let mut out = Vec::with_capacity(n);
     par::for_each_chunk_mut(&mut out.spare_capacity_mut()[..n], CHUNK, |i, o| {
-        let (mut gf, mut uf) = ([0f32; BLOCK], [0f32; BLOCK]);
+        let (mut gf, mut uf, mut yf) = ([0f32; BLOCK], [0f32; BLOCK], [0f32; BLOCK]);
         for (j, o) in o.chunks_mut(BLOCK).enumerate() {
             let range = i * CHUNK + j * BLOCK..i * CHUNK + j * BLOCK + o.len();
-            let (g, u) = (&mut gf[..o.len()], &mut uf[..o.len()]);
-            T::load(&gate[range.clone()], g);
-            T::load(&up[range], u);
-            forward_chunk(g, u);
-            T::store_uninit(u, o);
+            let y = &mut yf[..o.len()];
+            forward_chunk(
+                T::widen(&gate[range.clone()], &mut gf),
+                T::widen(&up[range], &mut uf),
+                y,
+            );
+            T::store_uninit(y, o);
         }
     });
     // SAFETY: the chunks cover 0..n and each block of each chunk was written above.
@@ -130,15 +132,18 @@ fn backward<T: Elem, U: Elem, D: Elem>(gate: &[T], up: &[U], d: &[D]) -> (Vec<T>
     let dup_ptr = par::SendPtr(dup.spare_capacity_mut().as_mut_ptr());
     par::for_each_chunk_mut(&mut dgate.spare_capacity_mut()[..n], CHUNK, |i, dg| {
         let (mut gf, mut uf, mut df) = ([0f32; BLOCK], [0f32; BLOCK], [0f32; BLOCK]);
+        let (mut dgf, mut duf) = ([0f32; BLOCK], [0f32; BLOCK]);
         for (j, dg) in dg.chunks_mut(BLOCK).enumerate() {
             let range = i * CHUNK + j * BLOCK..i * CHUNK + j * BLOCK + dg.len();
             let len = dg.len();
-            let (g, u, dd) = (&mut gf[..len], &mut uf[..len], &mut df[..len]);
-            T::load(&gate[range.clone()], g);
-            U::load(&up[range.clone()], u);
-            D::load(&d[range.clone()], dd);
-            // In place: g becomes d_gate, u becomes d_up.
-            backward_chunk(g, u, dd);
+            let (g, u) = (&mut dgf[..len], &mut duf[..len]);
+            backward_chunk(
+                T::widen(&gate[range.clone()], &mut gf),
+                U::widen(&up[range.clone()], &mut uf),
+                D::widen(&d[range.clone()], &mut df),
+                g,
+                u,
+            );
             T::store_uninit(g, dg);
             // SAFETY: this range of `dup` is written only by this task and lies inside its
             // capacity (n elements).
@@ -155,23 +160,21 @@ fn backward<T: Elem, U: Elem, D: Elem>(gate: &[T], up: &[U], d: &[D]) -> (Vec<T>
 }
 
 multiversion! {
-    /// `up[i] = silu(gate[i]) * up[i]`.
-    fn forward_chunk(gate: &[f32], up: &mut [f32]) {
-        for (u, g) in up.iter_mut().zip(gate) {
-            *u *= g * sigmoid(*g);
+    /// `y[i] = silu(gate[i]) * up[i]`.
+    fn forward_chunk(gate: &[f32], up: &[f32], y: &mut [f32]) {
+        for ((y, u), g) in y.iter_mut().zip(up).zip(gate) {
+            *y = u * (g * sigmoid(*g));
         }
     }
 }
 
 multiversion! {
-    /// With `s = sigmoid(g)`: `d_gate = d * u * s (1 + g (1 - s))`, `d_up = d * g * s`;
-    /// written over `gate` and `up`.
-    fn backward_chunk(gate: &mut [f32], up: &mut [f32], d: &[f32]) {
-        for ((g, u), d) in gate.iter_mut().zip(up.iter_mut()).zip(d) {
+    /// With `s = sigmoid(g)`: `d_gate = d * u * s (1 + g (1 - s))`, `d_up = d * g * s`.
+    fn backward_chunk(gate: &[f32], up: &[f32], d: &[f32], d_gate: &mut [f32], d_up: &mut [f32]) {
+        for ((((dg, du), g), u), d) in d_gate.iter_mut().zip(d_up.iter_mut()).zip(gate).zip(up).zip(d) {
             let s = sigmoid(*g);
-            let du = d * *g * s;
-            *g = d * *u * s * (1.0 + *g * (1.0 - s));
-            *u = du;
+            *du = d * *g * s;
+            *dg = d * *u * s * (1.0 + *g * (1.0 - s));
         }
     }
 }
