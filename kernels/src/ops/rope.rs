@@ -230,10 +230,9 @@ fn rotate<T: Elem>(
         let mut yf = vec![0f32; d];
         for t in 0..nt {
             let src = &x[b * xs[0] + h * xs[1] + t * xs[2]..][..d];
-            T::load(src, &mut xf);
             let r = tables.row(b, t);
             rotate_row(
-                &xf,
+                T::widen(src, &mut xf),
                 &tables.cos[r * half..(r + 1) * half],
                 &tables.sin[r * half..(r + 1) * half],
                 sign,

@@ -175,8 +175,10 @@ fn forward_tile<T: Elem>(
     let mut m = vec![f32::NEG_INFINITY; rows];
     let mut l = vec![0f32; rows];
     let mut s = vec![0f32; rows * BK];
-    let mut kt = vec![0f32; BK * d];
-    let mut vt = vec![0f32; BK * d];
+    let mut vt = Vec::new();
+    if v.as_bf16().is_some() {
+        vt.resize(BK * d, 0f32);
+    }
     let (lo, hi) = key_span(vis, b, i0, i1);
     for j0 in (lo / BK * BK..hi).step_by(BK) {
         let j1 = (j0 + BK).min(nk);
@@ -185,7 +187,6 @@ fn forward_tile<T: Elem>(
             continue;
         }
         let bk = j1 - j0;
-        load_rows(v, b, kvh, j0, j1, &mut vt);
         let s = &mut s[..rows * bk];
         match &bf16_qk {
             Some((q16, k16)) => gemm_seq(
@@ -196,17 +197,14 @@ fn forward_tile<T: Elem>(
                 scale,
                 0.0,
             ),
-            None => {
-                load_rows(k, b, kvh, j0, j1, &mut kt);
-                gemm_seq(
-                    MatRef::row_major(&qb, rows, d),
-                    MatRef::row_major(&kt[..bk * d], bk, d).t(),
-                    s,
-                    bk,
-                    1.0,
-                    0.0,
-                );
-            }
+            None => gemm_seq(
+                MatRef::row_major(&qb, rows, d),
+                k.rows(b, kvh, j0, j1).t(),
+                s,
+                bk,
+                1.0,
+                0.0,
+            ),
         }
         if class == Tile::Partial {
             mask_tile(s, vis, b, i0, group, j0, bk, f32::NEG_INFINITY);
@@ -217,14 +215,23 @@ fn forward_tile<T: Elem>(
                 scale_in_place(&mut o[r * d..(r + 1) * d], corr);
             }
         }
-        gemm_seq(
-            MatRef::row_major(s, rows, bk),
-            MatRef::row_major(&vt[..bk * d], bk, d),
-            &mut o,
-            d,
-            1.0,
-            1.0,
-        );
+        let p = MatRef::row_major(s, rows, bk);
+        if v.as_bf16().is_some() {
+            // bf16 V widened with SIMD first: the packing's own widening is scalar.
+            load_rows(v, b, kvh, j0, j1, &mut vt);
+            gemm_seq(
+                p,
+                MatRef::row_major(&vt[..bk * d], bk, d),
+                &mut o,
+                d,
+                1.0,
+                1.0,
+            );
+        } else {
+            // f32 V read from the storage by the packing (a copy of each key tile, made
+            // again for every query tile, was a pass more).
+            gemm_seq(p, v.rows(b, kvh, j0, j1), &mut o, d, 1.0, 1.0);
+        }
     }
     let mut lse = vec![f32::INFINITY; rows];
     for r in 0..rows {
