@@ -344,18 +344,18 @@ unsafe fn pack_shared<K: Microkernel, T: Elem>(
         let kcb = K::KC.min(depth - pc);
         let kcp = kcb.next_multiple_of(K::KSTEP);
         let (first, count) = task_span(g, groups, panels, 1);
-        let (end, r0) = (first + count, first * width);
+        let r0 = first * width;
         // Blocks before `pc` are all full, so this one starts at i * block_len; its panels
         // follow one another, `width * kcp` elements each.
-        let start = i * block_len + first * width * kcp;
-        let len = (end - first) * width * kcp;
+        let start = i * block_len + r0 * kcp;
+        let len = count * width * kcp;
         // SAFETY: the (block, panel run) ranges [start, start + len) are disjoint for
         // distinct tasks and lie inside `dst` (`packed_len` elements), which is borrowed
         // mutably for the whole call; the CPU has K's features.
         unsafe {
             let run = std::slice::from_raw_parts_mut(base.ptr().add(start), len);
             pack(
-                src.sub(r0, (rows - r0).min(end * width - r0), pc, kcb),
+                src.sub(r0, rows.min(r0 + count * width) - r0, pc, kcb),
                 width,
                 run,
             );

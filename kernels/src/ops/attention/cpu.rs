@@ -175,10 +175,15 @@ fn forward_tile<T: Elem>(
     let mut m = vec![f32::NEG_INFINITY; rows];
     let mut l = vec![0f32; rows];
     let mut s = vec![0f32; rows * BK];
-    let mut vt = Vec::new();
-    if v.as_bf16().is_some() {
-        vt.resize(BK * d, 0f32);
-    }
+    // bf16 V is widened with SIMD into `vt` first (the packing's own widening is scalar);
+    // f32 V is read from the storage by the packing (a copy of each key tile, made again
+    // for every query tile, was a pass more).
+    let widen_v = v.as_bf16().is_some();
+    let mut vt = if widen_v {
+        vec![0f32; BK * d]
+    } else {
+        Vec::new()
+    };
     let (lo, hi) = key_span(vis, b, i0, i1);
     for j0 in (lo / BK * BK..hi).step_by(BK) {
         let j1 = (j0 + BK).min(nk);
@@ -216,8 +221,7 @@ fn forward_tile<T: Elem>(
             }
         }
         let p = MatRef::row_major(s, rows, bk);
-        if v.as_bf16().is_some() {
-            // bf16 V widened with SIMD first: the packing's own widening is scalar.
+        if widen_v {
             load_rows(v, b, kvh, j0, j1, &mut vt);
             gemm_seq(
                 p,
@@ -228,8 +232,6 @@ fn forward_tile<T: Elem>(
                 1.0,
             );
         } else {
-            // f32 V read from the storage by the packing (a copy of each key tile, made
-            // again for every query tile, was a pass more).
             gemm_seq(p, v.rows(b, kvh, j0, j1), &mut o, d, 1.0, 1.0);
         }
     }
