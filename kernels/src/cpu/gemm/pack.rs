@@ -230,6 +230,10 @@ pub(super) fn pack_bf16_pairs(src: MatRef<'_, bf16>, width: usize, dst: &mut [bf
         unsafe { transpose_bf16_pairs(src, width, dst) };
         return;
     }
+    if src.rs == 1 && src.cs != 1 {
+        interleave_bf16_pairs(src, width, dst);
+        return;
+    }
     for (q, r0) in (0..rows).step_by(width).enumerate() {
         let panel = &mut dst[q * depth_p * width..(q + 1) * depth_p * width];
         let live = width.min(rows - r0);
@@ -241,6 +245,44 @@ pub(super) fn pack_bf16_pairs(src: MatRef<'_, bf16>, width: usize, dst: &mut [bf
                     bf16::ZERO
                 };
             }
+        }
+    }
+}
+
+/// [`pack_bf16_pairs`] when a panel's rows are adjacent in memory (`rs == 1`: B of a
+/// row-major `k x n` matrix, or A = X^T of a row-major X, as attention's tile products
+/// read P^T, dS^T, V, K, Q and dO). Each pair then interleaves two source lines, depth `p`
+/// and `p + 1`, which the compiler vectorises; the element-by-element gather it replaces
+/// cost as much as a small product's arithmetic.
+#[inline(always)]
+fn interleave_bf16_pairs(src: MatRef<'_, bf16>, width: usize, dst: &mut [bf16]) {
+    let (rows, depth) = (src.rows, src.cols);
+    let depth_p = depth.next_multiple_of(2);
+    let line = |p: usize, r0: usize, live: usize| -> &[bf16] {
+        if p < depth {
+            &src.data[src.offset + p * src.cs + r0..][..live]
+        } else {
+            &[]
+        }
+    };
+    for (q, r0) in (0..rows).step_by(width).enumerate() {
+        let panel = &mut dst[q * depth_p * width..(q + 1) * depth_p * width];
+        let live = width.min(rows - r0);
+        for (k, out) in panel.chunks_exact_mut(2 * width).enumerate() {
+            let (even, odd) = (line(2 * k, r0, live), line(2 * k + 1, r0, live));
+            let (head, tail) = out.split_at_mut(2 * live);
+            if odd.is_empty() {
+                for (pair, &e) in head.chunks_exact_mut(2).zip(even) {
+                    pair[0] = e;
+                    pair[1] = bf16::ZERO;
+                }
+            } else {
+                for ((pair, &e), &o) in head.chunks_exact_mut(2).zip(even).zip(odd) {
+                    pair[0] = e;
+                    pair[1] = o;
+                }
+            }
+            tail.fill(bf16::ZERO);
         }
     }
 }
@@ -347,23 +389,37 @@ mod tests {
 
     #[test]
     fn bf16_pair_packer_lays_out_pairs_along_the_depth() {
+        // Depth-contiguous rows (the transposing packer), rows adjacent in memory (the
+        // interleaving packer: `stride` is then the depth stride) and both, with odd depths
+        // and rows not a multiple of the width.
         for width in [12, 32] {
-            for (rows, depth, rs) in [(13usize, 16usize, 16usize), (37, 35, 40), (5, 64, 64)] {
-                let data: Vec<bf16> = source(rows, rs).into_iter().map(bf16::from_f32).collect();
-                let depth_p = depth.next_multiple_of(2);
-                let mut got = vec![bf16::ONE; rows.div_ceil(width) * width * depth_p];
-                pack_bf16_pairs(MatRef::new(&data, 0, rows, depth, rs, 1), width, &mut got);
-                for q in 0..rows.div_ceil(width) {
-                    for p in 0..depth_p {
-                        for r in 0..width {
-                            let row = q * width + r;
-                            let want = if row < rows && p < depth {
-                                data[row * rs + p]
-                            } else {
-                                bf16::ZERO
-                            };
-                            let at = q * depth_p * width + (p / 2) * width * 2 + r * 2 + p % 2;
-                            assert_eq!(got[at], want, "width {width} row {row} depth {p}");
+            for (rows, depth, stride) in [(13usize, 16usize, 16usize), (37, 35, 40), (5, 64, 64)] {
+                for rows_adjacent in [false, true] {
+                    let (rs, cs) = if rows_adjacent {
+                        (1, stride.max(rows))
+                    } else {
+                        (stride, 1)
+                    };
+                    let len = (rows - 1) * rs + (depth - 1) * cs + 1;
+                    let data: Vec<bf16> = source(len, 1).into_iter().map(bf16::from_f32).collect();
+                    let depth_p = depth.next_multiple_of(2);
+                    let mut got = vec![bf16::ONE; rows.div_ceil(width) * width * depth_p];
+                    pack_bf16_pairs(MatRef::new(&data, 0, rows, depth, rs, cs), width, &mut got);
+                    for q in 0..rows.div_ceil(width) {
+                        for p in 0..depth_p {
+                            for r in 0..width {
+                                let row = q * width + r;
+                                let want = if row < rows && p < depth {
+                                    data[row * rs + p * cs]
+                                } else {
+                                    bf16::ZERO
+                                };
+                                let at = q * depth_p * width + (p / 2) * width * 2 + r * 2 + p % 2;
+                                assert_eq!(
+                                    got[at], want,
+                                    "width {width} row {row} depth {p} rows adjacent {rows_adjacent}"
+                                );
+                            }
                         }
                     }
                 }

@@ -7,10 +7,12 @@
 //! accumulate dV, dK for the KV head and dQ for its query heads: no other task touches
 //! them, so there are no atomics and no [T x T] buffer.
 //!
-//! With bf16 inputs, the products of two bf16 operands (`Q K^T` and `dO V^T`) run on the
-//! bf16 GEMM: bf16 x bf16 products are exact in f32, so only the order of the f32 sums
-//! changes. Products with a probability or score-gradient operand stay in f32 (rounding
-//! those to bf16, as PyTorch's CPU flash attention does, would change the numerics).
+//! With bf16 inputs every tile product runs on the bf16 GEMM, as in PyTorch's CPU flash
+//! attention: the probabilities `P` and score gradients `dS` are computed in f32 and rounded
+//! to bf16 only as operands of `P V`, `P^T dO`, `dS K` and `dS^T Q` (the softmax sums, the
+//! running max and every accumulator stay f32). On AVX-512 BF16 those products then take
+//! half the instructions of f32 ones, and Q, K, V and dO are read from the storage without
+//! being widened. f32 and f16 inputs run every product in f32.
 
 use half::bf16;
 
@@ -19,7 +21,7 @@ use crate::cpu::gemm::{MatRef, gemm_seq};
 use crate::cpu::math::exp;
 use crate::cpu::multiversion::multiversion;
 use crate::cpu::par::{self, SendPtr};
-use crate::elem::Elem;
+use crate::elem::{Elem, Typed};
 
 /// Keys per tile.
 const BK: usize = 64;
@@ -158,13 +160,19 @@ fn forward_tile<T: Elem>(
     let nk = k.dims[2];
     let group = q.dims[1] / k.dims[1];
     let rows = (i1 - i0) * group;
-    // bf16 inputs: Q K^T on the bf16 GEMM straight from the storage, scaled by the GEMM.
-    let bf16_qk = q
-        .as_bf16()
-        .zip(k.as_bf16())
-        .map(|(q16, k16)| (group_rows_bf16(q16, b, kvh, group, i0, i1), k16));
+    // bf16 inputs: every product on the bf16 GEMM straight from the storage (Q K^T scaled
+    // by the GEMM), P rounded to bf16 for P V.
+    let mut bf16_ops = match (q.as_bf16(), k.as_bf16(), v.as_bf16()) {
+        (Some(q16), Some(k16), Some(v16)) => Some((
+            group_rows_bf16(q16, b, kvh, group, i0, i1),
+            k16,
+            v16,
+            vec![bf16::ZERO; rows * BK],
+        )),
+        _ => None,
+    };
     let mut qb = Vec::new();
-    if bf16_qk.is_none() {
+    if bf16_ops.is_none() {
         qb.resize(rows * d, 0f32);
         for (r, dst) in qb.chunks_exact_mut(d).enumerate() {
             T::load(q.row(b, kvh * group + r % group, i0 + r / group), dst);
@@ -175,15 +183,6 @@ fn forward_tile<T: Elem>(
     let mut m = vec![f32::NEG_INFINITY; rows];
     let mut l = vec![0f32; rows];
     let mut s = vec![0f32; rows * BK];
-    // bf16 V is widened with SIMD into `vt` first (the packing's own widening is scalar);
-    // f32 V is read from the storage by the packing (a copy of each key tile, made again
-    // for every query tile, was a pass more).
-    let widen_v = v.as_bf16().is_some();
-    let mut vt = if widen_v {
-        vec![0f32; BK * d]
-    } else {
-        Vec::new()
-    };
     let (lo, hi) = key_span(vis, b, i0, i1);
     for j0 in (lo / BK * BK..hi).step_by(BK) {
         let j1 = (j0 + BK).min(nk);
@@ -193,8 +192,8 @@ fn forward_tile<T: Elem>(
         }
         let bk = j1 - j0;
         let s = &mut s[..rows * bk];
-        match &bf16_qk {
-            Some((q16, k16)) => gemm_seq(
+        match &bf16_ops {
+            Some((q16, k16, ..)) => gemm_seq(
                 MatRef::row_major(q16, rows, d),
                 k16.rows(b, kvh, j0, j1).t(),
                 s,
@@ -220,19 +219,28 @@ fn forward_tile<T: Elem>(
                 scale_in_place(&mut o[r * d..(r + 1) * d], corr);
             }
         }
-        let p = MatRef::row_major(s, rows, bk);
-        if widen_v {
-            load_rows(v, b, kvh, j0, j1, &mut vt);
-            gemm_seq(
-                p,
-                MatRef::row_major(&vt[..bk * d], bk, d),
+        match &mut bf16_ops {
+            Some((_, _, v16, p16)) => {
+                let p16 = &mut p16[..rows * bk];
+                bf16::store(s, p16);
+                gemm_seq(
+                    MatRef::row_major(p16, rows, bk),
+                    v16.rows(b, kvh, j0, j1),
+                    &mut o,
+                    d,
+                    1.0,
+                    1.0,
+                );
+            }
+            // f32 V is read from the storage by the packing (f16 V is widened by it).
+            None => gemm_seq(
+                MatRef::row_major(s, rows, bk),
+                v.rows(b, kvh, j0, j1),
                 &mut o,
                 d,
                 1.0,
                 1.0,
-            );
-        } else {
-            gemm_seq(p, v.rows(b, kvh, j0, j1), &mut o, d, 1.0, 1.0);
+            ),
         }
     }
     let mut lse = vec![f32::INFINITY; rows];
@@ -404,13 +412,81 @@ pub(crate) fn backward<T: Elem>(
     grads
 }
 
-/// The bf16 operands of a backward task's bf16 products: the group's query and
-/// output-gradient rows (tile row order), and the KV head's keys and values in place.
-struct Bf16Backward<'a> {
-    q: Vec<bf16>,
-    d_o: Vec<bf16>,
-    k: View<'a, bf16>,
-    v: View<'a, bf16>,
+/// A backward task's operands of the tile products, in the products' element type `E`:
+/// the query-head group's query and output-gradient rows (tile row order, see
+/// [`group_rows_bf16`]) and the KV head's keys and values.
+struct Operands<'a, E> {
+    q: Vec<E>,
+    d_o: Vec<E>,
+    k: View<'a, E>,
+    v: View<'a, E>,
+}
+
+/// The element type of the tile products' operands: f32, or bf16 for bf16 inputs.
+trait TileElem: Elem {
+    /// `src` as an operand: the slice itself for f32, rounded into `buf` for bf16 (PyTorch's
+    /// CPU flash attention rounds P and dS the same way).
+    fn operand<'a>(src: &'a [f32], buf: &'a mut [Self]) -> &'a [Self];
+}
+
+impl TileElem for f32 {
+    fn operand<'a>(src: &'a [f32], _buf: &'a mut [f32]) -> &'a [f32] {
+        src
+    }
+}
+
+impl TileElem for bf16 {
+    fn operand<'a>(src: &'a [f32], buf: &'a mut [bf16]) -> &'a [bf16] {
+        let buf = &mut buf[..src.len()];
+        bf16::store(src, buf);
+        buf
+    }
+}
+
+/// The slice as f32, when it is f32.
+fn as_f32<T: Elem>(x: &[T]) -> Option<&[f32]> {
+    match T::typed(x) {
+        Typed::F32(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// KV head `kvh` of a non-f32 `x`, widened to `[t, d]` f32 (`None` for f32: read in place).
+fn widened<T: Elem>(x: View<'_, T>, b: usize, kvh: usize) -> Option<Vec<f32>> {
+    let [_, _, n, d] = x.dims;
+    as_f32(x.data).is_none().then(|| {
+        let mut out = vec![0f32; n * d];
+        load_rows(x, b, kvh, 0, n, &mut out);
+        out
+    })
+}
+
+/// `x` as an f32 view: over its storage when f32, else over its widened KV head `copy`
+/// (batch and head strides 0, so the task's (b, kvh) indexes the copy).
+fn f32_view<'a, T: Elem>(x: View<'a, T>, copy: &'a Option<Vec<f32>>) -> View<'a, f32> {
+    match (copy, as_f32(x.data)) {
+        (Some(c), _) => View {
+            data: c,
+            dims: x.dims,
+            strides: [0, 0, x.dims[3], 1],
+        },
+        (None, Some(data)) => View {
+            data,
+            dims: x.dims,
+            strides: x.strides,
+        },
+        (None, None) => unreachable!("`widened` copies every non-f32 view"),
+    }
+}
+
+/// Rows `(t, g)` of a query-head group for all positions, in tile row order, as f32.
+fn group_rows_f32<T: Elem>(x: View<'_, T>, b: usize, kvh: usize, group: usize) -> Vec<f32> {
+    let [_, _, nq, d] = x.dims;
+    let mut out = vec![0f32; nq * group * d];
+    for (r, dst) in out.chunks_exact_mut(d).enumerate() {
+        T::load(x.row(b, kvh * group + r % group, r / group), dst);
+    }
+    out
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -428,139 +504,55 @@ fn backward_task<T: Elem>(
     dv_out: &mut [T],
 ) {
     let [_, nh, nq, d] = q.dims;
-    let nk = k.dims[2];
-    let group = nh / k.dims[1];
+    let [_, nkv, nk, _] = k.dims;
+    let group = nh / nkv;
     // Row (t, g) of the group, index t * group + g: any range of t is a contiguous block.
     let rows_all = nq * group;
-    let mut qa = vec![0f32; rows_all * d];
-    let mut doa = vec![0f32; rows_all * d];
-    let mut dqa = vec![0f32; rows_all * d];
     let mut lse = vec![0f32; rows_all];
     let mut delta = vec![0f32; rows_all];
-    let mut o_row = vec![0f32; d];
+    let (mut do_row, mut o_row) = (vec![0f32; d], vec![0f32; d]);
     for t in 0..nq {
         for g in 0..group {
             let (h, r) = (kvh * group + g, t * group + g);
-            T::load(q.row(b, h, t), &mut qa[r * d..(r + 1) * d]);
-            scale_in_place(&mut qa[r * d..(r + 1) * d], scale);
-            T::load(bw.d_o.row(b, h, t), &mut doa[r * d..(r + 1) * d]);
+            T::load(bw.d_o.row(b, h, t), &mut do_row);
             T::load(bw.o.row(b, h, t), &mut o_row);
-            delta[r] = dot(&doa[r * d..(r + 1) * d], &o_row);
+            delta[r] = dot(&do_row, &o_row);
             lse[r] = bw.lse[(b * nh + h) * nq + t];
         }
     }
-    // bf16 inputs: Q K^T and dO V^T on the bf16 GEMM (V is then needed only there).
-    let bf16_ops = match (q.as_bf16(), k.as_bf16(), v.as_bf16(), bw.d_o.as_bf16()) {
-        (Some(q16), Some(k16), Some(v16), Some(do16)) => Some(Bf16Backward {
-            q: group_rows_bf16(q16, b, kvh, group, 0, nq),
-            d_o: group_rows_bf16(do16, b, kvh, group, 0, nq),
-            k: k16,
-            v: v16,
-        }),
-        _ => None,
+    let rows = RowStats {
+        lse: &lse,
+        delta: &delta,
     };
-    let mut ka = vec![0f32; nk * d];
-    let mut va = Vec::new();
-    load_rows(k, b, kvh, 0, nk, &mut ka);
-    if bf16_ops.is_none() {
-        va.resize(nk * d, 0f32);
-        load_rows(v, b, kvh, 0, nk, &mut va);
-    }
+    let mut dqa = vec![0f32; rows_all * d];
     let mut dka = vec![0f32; nk * d];
     let mut dva = vec![0f32; nk * d];
-
-    let bq = q_tile(group);
-    let mut p = vec![0f32; bq * group * BK];
-    let mut dp = vec![0f32; bq * group * BK];
-    for i0 in (0..nq).step_by(bq) {
-        let i1 = (i0 + bq).min(nq);
-        let rows = (i1 - i0) * group;
-        let rr = i0 * group * d..i1 * group * d;
-        let (qb, dob) = (&qa[rr.clone()], &doa[rr.clone()]);
-        let (lo, hi) = key_span(vis, b, i0, i1);
-        for j0 in (lo / BK * BK..hi).step_by(BK) {
-            let j1 = (j0 + BK).min(nk);
-            let class = vis.tile(b, i0, i1, j0, j1);
-            if class == Tile::Hidden {
-                continue;
-            }
-            let bk = j1 - j0;
-            let kr = &ka[j0 * d..j1 * d];
-            let p = &mut p[..rows * bk];
-            let dp = &mut dp[..rows * bk];
-            // P = exp(Q K^T - lse)
-            match &bf16_ops {
-                Some(ops) => gemm_seq(
-                    MatRef::row_major(&ops.q[rr.clone()], rows, d),
-                    ops.k.rows(b, kvh, j0, j1).t(),
-                    p,
-                    bk,
-                    scale,
-                    0.0,
-                ),
-                None => gemm_seq(
-                    MatRef::row_major(qb, rows, d),
-                    MatRef::row_major(kr, bk, d).t(),
-                    p,
-                    bk,
-                    1.0,
-                    0.0,
-                ),
-            }
-            for (r, prow) in p.chunks_exact_mut(bk).enumerate() {
-                probs_row(prow, lse[i0 * group + r]);
-            }
-            if class == Tile::Partial {
-                mask_tile(p, vis, b, i0, group, j0, bk, 0.0);
-            }
-            // dV += P^T dO
-            gemm_seq(
-                MatRef::row_major(p, rows, bk).t(),
-                MatRef::row_major(dob, rows, d),
-                &mut dva[j0 * d..j1 * d],
-                d,
-                1.0,
-                1.0,
-            );
-            // dP = dO V^T, then dS = P (dP - delta)
-            match &bf16_ops {
-                Some(ops) => gemm_seq(
-                    MatRef::row_major(&ops.d_o[rr.clone()], rows, d),
-                    ops.v.rows(b, kvh, j0, j1).t(),
-                    dp,
-                    bk,
-                    1.0,
-                    0.0,
-                ),
-                None => gemm_seq(
-                    MatRef::row_major(dob, rows, d),
-                    MatRef::row_major(&va[j0 * d..j1 * d], bk, d).t(),
-                    dp,
-                    bk,
-                    1.0,
-                    0.0,
-                ),
-            }
-            for (r, (dprow, prow)) in dp.chunks_exact_mut(bk).zip(p.chunks_exact(bk)).enumerate() {
-                softmax_grad_row(dprow, prow, delta[i0 * group + r]);
-            }
-            // dQ += scale dS K ; dK += dS^T (scale Q)
-            gemm_seq(
-                MatRef::row_major(dp, rows, bk),
-                MatRef::row_major(kr, bk, d),
-                &mut dqa[rr.clone()],
-                d,
-                scale,
-                1.0,
-            );
-            gemm_seq(
-                MatRef::row_major(dp, rows, bk).t(),
-                MatRef::row_major(qb, rows, d),
-                &mut dka[j0 * d..j1 * d],
-                d,
-                1.0,
-                1.0,
-            );
+    let acc = Accumulators {
+        dq: &mut dqa,
+        dk: &mut dka,
+        dv: &mut dva,
+    };
+    let at = TaskAt { b, kvh, group, nq };
+    match (q.as_bf16(), k.as_bf16(), v.as_bf16(), bw.d_o.as_bf16()) {
+        (Some(q16), Some(k16), Some(v16), Some(do16)) => {
+            let ops = Operands {
+                q: group_rows_bf16(q16, b, kvh, group, 0, nq),
+                d_o: group_rows_bf16(do16, b, kvh, group, 0, nq),
+                k: k16,
+                v: v16,
+            };
+            backward_tiles(&ops, rows, acc, vis, scale, at);
+        }
+        _ => {
+            // f32 K and V are read in place; f16 ones are widened once.
+            let (kw, vw) = (widened(k, b, kvh), widened(v, b, kvh));
+            let ops = Operands {
+                q: group_rows_f32(q, b, kvh, group),
+                d_o: group_rows_f32(bw.d_o, b, kvh, group),
+                k: f32_view(k, &kw),
+                v: f32_view(v, &vw),
+            };
+            backward_tiles(&ops, rows, acc, vis, scale, at);
         }
     }
     // dq_out is [group heads, t, d]; dqa rows are (t, g).
@@ -575,6 +567,88 @@ fn backward_task<T: Elem>(
     }
     T::store(&dka, dk_out);
     T::store(&dva, dv_out);
+}
+
+/// Per query row of a backward task: the forward's log-sum-exp and `delta = dO . O`.
+#[derive(Clone, Copy)]
+struct RowStats<'a> {
+    lse: &'a [f32],
+    delta: &'a [f32],
+}
+
+/// A backward task's f32 gradient accumulators: dQ in tile row order, dK and dV `[t, d]`.
+struct Accumulators<'a> {
+    dq: &'a mut [f32],
+    dk: &'a mut [f32],
+    dv: &'a mut [f32],
+}
+
+/// Where a backward task sits: batch `b`, KV head `kvh`, `group` query heads per KV head,
+/// `nq` query positions.
+#[derive(Clone, Copy)]
+struct TaskAt {
+    b: usize,
+    kvh: usize,
+    group: usize,
+    nq: usize,
+}
+
+/// The tile loop of one backward task: per (query tile, key tile), recompute P, then
+/// accumulate dV, dQ and dK.
+fn backward_tiles<E: TileElem>(
+    ops: &Operands<'_, E>,
+    stats: RowStats<'_>,
+    acc: Accumulators<'_>,
+    vis: &Visibility,
+    scale: f32,
+    at: TaskAt,
+) {
+    let TaskAt { b, kvh, group, nq } = at;
+    let [_, _, nk, d] = ops.k.dims;
+    let bq = q_tile(group);
+    let mut p = vec![0f32; bq * group * BK];
+    let mut dp = vec![0f32; bq * group * BK];
+    let mut p_buf = vec![E::from_f32(0.0); bq * group * BK];
+    let mut ds_buf = vec![E::from_f32(0.0); bq * group * BK];
+    for i0 in (0..nq).step_by(bq) {
+        let i1 = (i0 + bq).min(nq);
+        let rows = (i1 - i0) * group;
+        let rr = i0 * group * d..i1 * group * d;
+        let q = MatRef::row_major(&ops.q[rr.clone()], rows, d);
+        let d_o = MatRef::row_major(&ops.d_o[rr.clone()], rows, d);
+        let (lo, hi) = key_span(vis, b, i0, i1);
+        for j0 in (lo / BK * BK..hi).step_by(BK) {
+            let j1 = (j0 + BK).min(nk);
+            let class = vis.tile(b, i0, i1, j0, j1);
+            if class == Tile::Hidden {
+                continue;
+            }
+            let bk = j1 - j0;
+            let (k, v) = (ops.k.rows(b, kvh, j0, j1), ops.v.rows(b, kvh, j0, j1));
+            let p = &mut p[..rows * bk];
+            let dp = &mut dp[..rows * bk];
+            // P = exp(scale Q K^T - lse)
+            gemm_seq(q, k.t(), p, bk, scale, 0.0);
+            for (r, prow) in p.chunks_exact_mut(bk).enumerate() {
+                probs_row(prow, stats.lse[i0 * group + r]);
+            }
+            if class == Tile::Partial {
+                mask_tile(p, vis, b, i0, group, j0, bk, 0.0);
+            }
+            let p_op = MatRef::row_major(E::operand(p, &mut p_buf), rows, bk);
+            // dV += P^T dO
+            gemm_seq(p_op.t(), d_o, &mut acc.dv[j0 * d..j1 * d], d, 1.0, 1.0);
+            // dP = dO V^T, then dS = P (dP - delta)
+            gemm_seq(d_o, v.t(), dp, bk, 1.0, 0.0);
+            for (r, (dprow, prow)) in dp.chunks_exact_mut(bk).zip(p.chunks_exact(bk)).enumerate() {
+                softmax_grad_row(dprow, prow, stats.delta[i0 * group + r]);
+            }
+            let ds_op = MatRef::row_major(E::operand(dp, &mut ds_buf), rows, bk);
+            // dQ += scale dS K ; dK += scale dS^T Q
+            gemm_seq(ds_op, k, &mut acc.dq[rr.clone()], d, scale, 1.0);
+            gemm_seq(ds_op.t(), q, &mut acc.dk[j0 * d..j1 * d], d, scale, 1.0);
+        }
+    }
 }
 
 multiversion! {
