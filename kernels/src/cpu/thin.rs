@@ -98,54 +98,7 @@ pub fn add_lp(lhs: &[f32], p: &[f32], n: usize, scale: f32, out: &mut [f32]) {
     });
 }
 
-/// [`add_lp`] fused with rounding to `T`: `dst = round(src + scale * lhs P)`, `src` and
-/// `dst` `[m, n]` (`src`, scratch, is left holding the unrounded sums).
-///
-/// One pass instead of two: each group of rows gets its adapter term and is rounded while
-/// it is in cache. A bf16 LoRA layer's f32 result (MBs) otherwise went through memory once for the
-/// term and again for the rounding, ~6% of a bf16 LoRA step for the two passes together.
-pub fn add_lp_round<T: Elem>(
-    lhs: &[f32],
-    p: &[f32],
-    n: usize,
-    scale: f32,
-    src: &mut [f32],
-    dst: &mut [std::mem::MaybeUninit<T>],
-) {
-    let (m, r) = (src.len() / n.max(1), p.len() / n.max(1));
-    assert_eq!(lhs.len(), m * r, "add_lp_round: lhs is not [{m}, {r}]");
-    assert_eq!(
-        dst.len(),
-        src.len(),
-        "add_lp_round: dst and src differ in length"
-    );
-    if m == 0 {
-        return;
-    }
-    let fused = r > 0 && r <= MAX_RANK;
-    if !fused {
-        add_lp(lhs, p, n, scale, src);
-    }
-    let rows = par::rows_per_task(m, 16);
-    let src = par::SendPtr(src.as_mut_ptr());
-    par::for_each_chunk_mut(dst, rows * n, |task, dst| {
-        let first = task * rows;
-        // SAFETY: tasks own disjoint row ranges of `src` (the same rows as their `dst`
-        // chunk), which is borrowed mutably for the whole call.
-        let src = unsafe { std::slice::from_raw_parts_mut(src.ptr().add(first * n), dst.len()) };
-        // A group of rows at a time, as `add_lp_rows` takes them.
-        let group = LP_GROUP_ROWS * n;
-        for (i, (rows, out)) in src.chunks_mut(group).zip(dst.chunks_mut(group)).enumerate() {
-            if fused {
-                let at = (first + LP_GROUP_ROWS * i) * r;
-                add_lp_rows(&lhs[at..at + rows.len() / n * r], p, n, scale, rows);
-            }
-            T::store_uninit(rows, out);
-        }
-    });
-}
-
-/// Rows [`add_lp_rows`] takes at once (and [`add_lp_round`] hands it per pass).
+/// Rows [`add_lp_rows`] takes at once.
 const LP_GROUP_ROWS: usize = 4;
 
 multiversion! {
@@ -532,26 +485,6 @@ mod tests {
                 }
             }
             assert_eq!(out, plain, "add_lp {m}x{r}x{n}: not the plain FMA chain");
-        }
-    }
-
-    #[test]
-    fn add_lp_round_is_add_lp_then_rounding_bit_for_bit() {
-        // Plus rank 0 (rounding only) and a rank past MAX_RANK (the GEMM, then rounding).
-        for (m, r, n) in SHAPES.into_iter().chain([(7, 0, 40), (40, 33, 20)]) {
-            let lhs = values(m * r, 1);
-            let p = values(r * n, 2);
-            let start = values(m * n, 3);
-            let mut want = start.clone();
-            add_lp(&lhs, &p, n, 0.5, &mut want);
-            let mut src = start.clone();
-            let mut dst = vec![std::mem::MaybeUninit::<bf16>::uninit(); m * n];
-            add_lp_round(&lhs, &p, n, 0.5, &mut src, &mut dst);
-            // SAFETY: add_lp_round writes every element.
-            let got: Vec<bf16> = dst.iter().map(|v| unsafe { v.assume_init() }).collect();
-            let want_bf16: Vec<bf16> = want.iter().map(|&v| bf16::from_f32(v)).collect();
-            assert_eq!(got, want_bf16, "{m}x{r}x{n}");
-            assert_eq!(src, want, "{m}x{r}x{n}: the unrounded sums");
         }
     }
 

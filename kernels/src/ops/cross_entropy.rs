@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, TensorId};
 use half::bf16;
 
-use crate::cpu::gemm::{MatRef, gemm};
+use crate::cpu::gemm::{Epilogue, MatRef, gemm};
 use crate::cpu::math::exp;
 use crate::cpu::multiversion::multiversion;
 use crate::cpu::par;
@@ -232,7 +232,16 @@ impl LinearCrossEntropy {
                         bf16::store(&logits[..nc * v], &mut probs_bf16);
                         let pb = MatRef::row_major(&probs_bf16[..], nc, v);
                         let wm = MatRef::row_major(wb, v, h);
-                        gemm_frozen_b(self.weight_id, pb, wm, &mut dh_chunk, h, 1.0, 0.0);
+                        gemm_frozen_b(
+                            self.weight_id,
+                            pb,
+                            wm,
+                            &mut dh_chunk,
+                            h,
+                            1.0,
+                            0.0,
+                            &Epilogue::new(h),
+                        );
                     }
                     None => gemm(probs, w, &mut dh_chunk, h, 1.0, 0.0),
                 }

@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor, TensorId};
 
-use crate::cpu::gemm::{MatRef, gemm};
+use crate::cpu::gemm::{Epilogue, LowRank, MatRef, gemm_then};
 use crate::cpu::thin;
 use crate::elem::Elem;
 use crate::error::{shape_err, value_err};
 use crate::ops::packed_weights::{self, gemm_frozen_b};
-use crate::ops::{LowRankTerm, f32_output, f32_output_plus, f32_storage, tensor_from};
+use crate::ops::{f32_output, f32_storage, product_output, tensor_from};
 use crate::storage::{
     check_float, contiguous_range, floats, owned, with_cpu, with_floats, with_tensor_floats,
 };
@@ -318,41 +318,43 @@ impl Frozen {
         })
     }
 
-    /// `c = x W^T + b` (f32, `[m, out]`) for the contiguous `[m, in]` rows of `x`.
-    fn forward<T: Elem>(&self, op: &'static str, x: &[T], c: &mut [f32]) -> Result<()> {
+    /// `c = x W^T + b` (f32, `[m, out]`) for the contiguous `[m, in]` rows of `x`, then
+    /// `epilogue` (the bias is added by it, on each finished tile).
+    fn forward<T: Elem>(
+        &self,
+        op: &'static str,
+        x: &[T],
+        c: &mut [f32],
+        epilogue: Epilogue<'_>,
+    ) -> Result<()> {
         let m = x.len() / self.inp.max(1);
-        let beta = match &self.b {
-            Some(b) => {
-                let bias = crate::ops::to_f32_vec(op, "b", b)?;
-                // On all threads: a q projection's output is MBs, and this copy on the
-                // calling thread alone was ~0.3% of a LoRA step with the others idle.
-                let rows = crate::cpu::par::rows_per_task(m, 16);
-                crate::cpu::par::for_each_chunk_mut(c, rows * self.out, |_, block| {
-                    for row in block.chunks_exact_mut(self.out) {
-                        row.copy_from_slice(&bias);
-                    }
-                });
-                1.0
-            }
-            None => 0.0,
+        let bias = self
+            .b
+            .as_ref()
+            .map(|b| crate::ops::to_f32_vec(op, "b", b))
+            .transpose()?;
+        let epilogue = match &bias {
+            Some(bias) => epilogue.bias(bias),
+            None => epilogue,
         };
         with_cpu(op, "w", &self.w, |ws, wl| {
             let (w0, w1) = contiguous_range(op, "w", wl)?;
             with_floats!(floats(op, "w", ws)?, w => {
                 let wt = MatRef::row_major(&w[w0..w1], self.out, self.inp).t();
-                gemm(MatRef::row_major(x, m, self.inp), wt, c, self.out, 1.0, beta);
+                gemm_then(MatRef::row_major(x, m, self.inp), wt, c, self.out, 1.0, 0.0, &epilogue);
             });
             Ok(())
         })
     }
 
-    /// `dx (+)= g W` for `g: [m, out]` (`beta` 0 overwrites, 1 accumulates).
+    /// `dx (+)= g W` for `g: [m, out]` (`beta` 0 overwrites, 1 accumulates), then `epilogue`.
     fn backward_x<T: Elem>(
         &self,
         op: &'static str,
         g: &[T],
         dx: &mut [f32],
         beta: f32,
+        epilogue: Epilogue<'_>,
     ) -> Result<()> {
         let m = g.len() / self.out.max(1);
         with_cpu(op, "w", &self.w, |ws, wl| {
@@ -360,7 +362,7 @@ impl Frozen {
             with_floats!(floats(op, "w", ws)?, w => {
                 let wm = MatRef::row_major(&w[w0..w1], self.out, self.inp);
                 let gm = MatRef::row_major(g, m, self.out);
-                gemm_frozen_b(self.cache_id, gm, wm, dx, self.inp, 1.0, beta);
+                gemm_frozen_b(self.cache_id, gm, wm, dx, self.inp, 1.0, beta, &epilogue);
             });
             Ok(())
         })
@@ -403,13 +405,20 @@ impl CustomOp1 for FrozenLinear {
                 self.frozen.out_shape(xl),
             ));
         }
-        let storage = f32_output(m * self.frozen.out, xs.dtype(), |c| {
-            if !self.output.computes_value() {
+        let storage = if self.output.computes_value() {
+            product_output(
+                m,
+                self.frozen.out,
+                xs.dtype(),
+                None,
+                |c, epilogue| with_floats!(floats(FROZEN, "x", xs)?, x => self.frozen.forward(FROZEN, &x[x0..x1], c, epilogue)),
+            )?
+        } else {
+            f32_output(m * self.frozen.out, xs.dtype(), |c| {
                 c.fill(0.0);
-                return Ok(());
-            }
-            with_floats!(floats(FROZEN, "x", xs)?, x => self.frozen.forward(FROZEN, &x[x0..x1], c))
-        })?;
+                Ok(())
+            })?
+        };
         Ok((storage, self.frozen.out_shape(xl)))
     }
 
@@ -417,7 +426,7 @@ impl CustomOp1 for FrozenLinear {
         let grad = grad.contiguous()?;
         let m = grad.elem_count() / self.frozen.out.max(1);
         let mut dx = crate::cpu::par::filled(m * self.frozen.inp, 0f32);
-        with_tensor_floats!(FROZEN, "grad", &grad, g => self.frozen.backward_x(FROZEN, g, &mut dx, 0.0))?;
+        with_tensor_floats!(FROZEN, "grad", &grad, g => self.frozen.backward_x(FROZEN, g, &mut dx, 0.0, Epilogue::new(self.frozen.inp)))?;
         Ok(Some(f32_tensor(dx, x.shape(), x)))
     }
 }
@@ -544,17 +553,18 @@ impl CustomOp3 for LoraLinear {
             Output::Value => {
                 adapter_product(&mut xa)?;
                 let bt = with_floats!(floats(LORA, "b_lora", bs)?, b => transpose_f32(&b[b0..b1], out, r));
-                let term = LowRankTerm {
+                let term = LowRank {
                     lhs: &xa,
                     p: &bt,
-                    cols: out,
+                    rank: r,
                     scale: self.scale,
                 };
-                f32_output_plus(
-                    m * out,
+                product_output(
+                    m,
+                    out,
                     xs.dtype(),
-                    Some(&term),
-                    |c| with_floats!(floats(LORA, "x", xs)?, x => self.frozen.forward(LORA, &x[x0..x1], c)),
+                    Some(term),
+                    |c, epilogue| with_floats!(floats(LORA, "x", xs)?, x => self.frozen.forward(LORA, &x[x0..x1], c, epilogue)),
                 )?
             }
         };
@@ -597,23 +607,24 @@ impl CustomOp3 for LoraLinear {
                 // `g W` into the output's f32 buffer (scratch for bf16: the GEMM writes every
                 // element), the adapter's term added as it is rounded to x's dtype.
                 None => {
-                    let term = LowRankTerm {
+                    let term = LowRank {
                         lhs: &gb,
                         p: &aw,
-                        cols: inp,
+                        rank: r,
                         scale: self.scale,
                     };
-                    let storage = f32_output_plus(
-                        m * inp,
+                    let storage = product_output(
+                        m,
+                        inp,
                         x.dtype(),
-                        Some(&term),
-                        |dx| with_tensor_floats!(LORA, "grad", &grad, g => self.frozen.backward_x(LORA, g, dx, 0.0)),
+                        Some(term),
+                        |dx, epilogue| with_tensor_floats!(LORA, "grad", &grad, g => self.frozen.backward_x(LORA, g, dx, 0.0, epilogue)),
                     )?;
                     Some(tensor_from(storage, x.shape()))
                 }
                 Some(d) => {
                     let mut dx = vec![0f32; m * inp];
-                    with_tensor_floats!(LORA, "grad", &grad, g => self.frozen.backward_x(LORA, g, &mut dx, 0.0))?;
+                    with_tensor_floats!(LORA, "grad", &grad, g => self.frozen.backward_x(LORA, g, &mut dx, 0.0, Epilogue::new(inp)))?;
                     let mut dxa = vec![0f32; m * inp];
                     thin::add_lp(&gb, &aw, inp, self.scale, &mut dxa);
                     apply_dropout(&mut dxa, d);

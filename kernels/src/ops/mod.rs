@@ -12,6 +12,7 @@ pub(crate) mod silu_mul;
 
 use candle_core::{Result, Tensor};
 
+use crate::cpu::gemm::{Epilogue, LowRank};
 use crate::storage::{Floats, floats, with_cpu};
 
 /// Copies a tensor's values (any layout, any supported float dtype) into a contiguous f32
@@ -57,43 +58,6 @@ pub(crate) fn f32_storage(values: Vec<f32>, dtype: candle_core::DType) -> candle
     }
 }
 
-/// A LoRA adapter's term `scale * lhs P` (`lhs` `[m, r]`, `p` `[r, cols]`, f32), which an op
-/// adds to its f32 result `[m, cols]` in the pass that rounds it to the output's dtype.
-pub(crate) struct LowRankTerm<'a> {
-    pub lhs: &'a [f32],
-    pub p: &'a [f32],
-    pub cols: usize,
-    pub scale: f32,
-}
-
-/// `values + term` rounded to bf16 (or f16 for `F16`) as new storage, in one parallel pass;
-/// `values` is left holding the unrounded sums.
-fn rounded_storage_plus(
-    values: &mut [f32],
-    term: &LowRankTerm,
-    dtype: candle_core::DType,
-) -> candle_core::CpuStorage {
-    fn round<T: crate::elem::Elem>(values: &mut [f32], t: &LowRankTerm) -> Vec<T> {
-        let n = values.len();
-        let mut out = Vec::with_capacity(n);
-        crate::cpu::thin::add_lp_round(
-            t.lhs,
-            t.p,
-            t.cols,
-            t.scale,
-            values,
-            &mut out.spare_capacity_mut()[..n],
-        );
-        // SAFETY: `add_lp_round` wrote every element of the n it was given.
-        unsafe { out.set_len(n) };
-        out
-    }
-    match dtype {
-        candle_core::DType::F16 => crate::storage::owned(round::<half::f16>(values, term)),
-        _ => crate::storage::owned(round::<half::bf16>(values, term)),
-    }
-}
-
 /// `values` rounded to bf16 (or f16 for `F16`) as new storage, in parallel.
 fn rounded_storage(values: &[f32], dtype: candle_core::DType) -> candle_core::CpuStorage {
     use crate::elem::Elem;
@@ -120,33 +84,65 @@ pub(crate) fn f32_output(
     dtype: candle_core::DType,
     compute: impl FnOnce(&mut [f32]) -> Result<()>,
 ) -> Result<candle_core::CpuStorage> {
-    f32_output_plus(n, dtype, None, compute)
-}
-
-/// [`f32_output`] plus a low-rank `term` added to what `compute` wrote (in the rounding
-/// pass for bf16/f16 outputs).
-pub(crate) fn f32_output_plus(
-    n: usize,
-    dtype: candle_core::DType,
-    term: Option<&LowRankTerm>,
-    compute: impl FnOnce(&mut [f32]) -> Result<()>,
-) -> Result<candle_core::CpuStorage> {
     if !matches!(dtype, candle_core::DType::BF16 | candle_core::DType::F16) {
         let mut values = crate::cpu::par::filled(n, 0f32);
         compute(&mut values)?;
-        if let Some(t) = term {
-            crate::cpu::thin::add_lp(t.lhs, t.p, t.cols, t.scale, &mut values);
-        }
         return Ok(crate::storage::owned(values));
     }
+    with_output_scratch(n, |c| {
+        compute(c)?;
+        Ok(rounded_storage(c, dtype))
+    })
+}
+
+/// A linear op's result `[m, cols]` as storage of `dtype`: `product(c, epilogue)` runs the
+/// op's GEMM into `c` (`m x cols`, written by the GEMM) with `epilogue`, which adds `term`
+/// to each finished tile and, for bf16, rounds it into the output storage, so the f32
+/// result is never a pass of its own (for a product whose depth fits one GEMM block, it is
+/// never in memory at all). f16 results get the term in the epilogue and a rounding pass.
+pub(crate) fn product_output(
+    m: usize,
+    cols: usize,
+    dtype: candle_core::DType,
+    term: Option<LowRank<'_>>,
+    product: impl FnOnce(&mut [f32], Epilogue<'_>) -> Result<()>,
+) -> Result<candle_core::CpuStorage> {
+    let n = m * cols;
+    let epilogue = Epilogue::new(cols);
+    let epilogue = match term {
+        Some(t) => epilogue.low_rank(t),
+        None => epilogue,
+    };
+    match dtype {
+        candle_core::DType::BF16 => {
+            let mut out = Vec::<half::bf16>::with_capacity(n);
+            with_output_scratch(n, |c| {
+                product(c, epilogue.round_into(&mut out.spare_capacity_mut()[..n]))
+            })?;
+            // SAFETY: the rounding epilogue wrote every element of the m x cols output (the
+            // product ran: `?` above).
+            unsafe { out.set_len(n) };
+            Ok(crate::storage::owned(out))
+        }
+        candle_core::DType::F16 => with_output_scratch(n, |c| {
+            product(c, epilogue)?;
+            Ok(rounded_storage(c, dtype))
+        }),
+        _ => {
+            let mut values = crate::cpu::par::filled(n, 0f32);
+            product(&mut values, epilogue)?;
+            Ok(crate::storage::owned(values))
+        }
+    }
+}
+
+/// Runs `f` on `n` elements of this thread's f32 output scratch (earlier contents).
+fn with_output_scratch<R>(n: usize, f: impl FnOnce(&mut [f32]) -> Result<R>) -> Result<R> {
     let mut buf = OUTPUT_SCRATCH.with(std::cell::Cell::take);
     if buf.len() < n {
         buf.resize(n, 0.0);
     }
-    let result = compute(&mut buf[..n]).map(|()| match term {
-        Some(t) => rounded_storage_plus(&mut buf[..n], t, dtype),
-        None => rounded_storage(&buf[..n], dtype),
-    });
+    let result = f(&mut buf[..n]);
     OUTPUT_SCRATCH.with(|cell| cell.set(buf));
     result
 }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use candle_core::{Tensor, TensorId};
 use half::bf16;
 
-use crate::cpu::gemm::{MatRef, PackedB, gemm, gemm_prepacked_b};
+use crate::cpu::gemm::{Epilogue, MatRef, PackedB, gemm_prepacked_b_then, gemm_then};
 use crate::elem::Elem;
 
 /// A cache key: the tensor and the strided view of it (the same weight is read both ways).
@@ -80,9 +80,10 @@ pub(crate) fn cache_id(w: &Tensor) -> Option<TensorId> {
     (!w.track_op()).then(|| w.id())
 }
 
-/// `c = alpha a b + beta c` where `b` is a view of the frozen weight `id`: with bf16
-/// operands inside a scope, `b`'s packing is looked up (or made and kept) instead of
-/// packed again.
+/// `c = alpha a b + beta c` where `b` is a view of the frozen weight `id`, then `epilogue`
+/// on each finished tile: with bf16 operands inside a scope, `b`'s packing is looked up (or
+/// made and kept) instead of packed again.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_frozen_b<TA: Elem, TB: Elem>(
     id: Option<TensorId>,
     a: MatRef<'_, TA>,
@@ -91,14 +92,15 @@ pub(crate) fn gemm_frozen_b<TA: Elem, TB: Elem>(
     ldc: usize,
     alpha: f32,
     beta: f32,
+    epilogue: &Epilogue<'_>,
 ) {
     if let (Some(id), Some(a16), Some(b16)) = (id, a.as_bf16(), b.as_bf16())
         && let Some(packed) = packed(id, b16)
     {
-        gemm_prepacked_b(a16, &packed, c, ldc, alpha, beta);
+        gemm_prepacked_b_then(a16, &packed, c, ldc, alpha, beta, Some(epilogue));
         return;
     }
-    gemm(a, b, c, ldc, alpha, beta);
+    gemm_then(a, b, c, ldc, alpha, beta, epilogue);
 }
 
 /// The kept packing of `b`, made now if it fits the scope's budget; `None` outside a scope,

@@ -6,6 +6,7 @@ use std::thread::LocalKey;
 use half::bf16;
 
 use super::MatRef;
+use super::epilogue::Epilogue;
 use super::kernels::{self, Microkernel};
 use crate::cpu::isa::Isa;
 use crate::cpu::par::SendPtr;
@@ -21,6 +22,9 @@ pub(super) struct Job<'a, TA, TB> {
     pub ldc: usize,
     pub alpha: f32,
     pub beta: f32,
+    /// Where the block's top-left element sits in the whole C (for the epilogue).
+    pub origin: (usize, usize),
+    pub epilogue: Option<&'a Epilogue<'a>>,
 }
 
 /// Operands packed once, up front, for all tasks of a parallel product.
@@ -51,6 +55,8 @@ pub(super) unsafe fn run<TA: Elem, TB: Elem>(isa: Isa, job: &Job<'_, TA, TB>, th
                 ldc: job.ldc,
                 alpha: job.alpha,
                 beta: job.beta,
+                origin: job.origin,
+                epilogue: job.epilogue,
             };
             let entry = Entry::<kernels::Avx512Bf16, bf16, bf16> {
                 blocked: avx512bf16::blocked,
@@ -134,6 +140,7 @@ pub(super) unsafe fn run_prepacked_b(job: &Job<'_, bf16, bf16>, packed: &[bf16],
                 a: job.a.sub(start, size, 0, k),
                 // SAFETY: row `start` < m lies inside C.
                 c: SendPtr(unsafe { job.c.ptr().add(start * job.ldc) }),
+                origin: (job.origin.0 + start, job.origin.1),
                 ..*job
             };
             // SAFETY: tasks own disjoint row ranges of C; as above for the CPU.
@@ -168,7 +175,17 @@ macro_rules! isa_entry {
                 pre: Prepacked<'_, P>,
             ) {
                 // SAFETY: function contract.
-                unsafe { super::blocked::<$kernel, TA, TB>(job, pre) }
+                unsafe { super::blocked::<$kernel, TA, TB>(job, pre, finish) }
+            }
+
+            /// [`Epilogue::finish`], out of line.
+            ///
+            /// # Safety
+            /// Contract of `Epilogue::finish`.
+            #[inline(never)]
+            unsafe fn finish(e: &Epilogue<'_>, at: TileAt) {
+                // SAFETY: function contract.
+                unsafe { e.finish(at.row, at.col, at.rows, at.cols, at.c, at.ldc) }
             }
 
             /// # Safety
@@ -182,7 +199,7 @@ macro_rules! isa_entry {
             }
         }
     };
-    ($name:ident, $features:literal, $kernel:ty) => {
+    ($name:ident, $features:literal, $kernel:ty, $epilogue:ident) => {
         mod $name {
             use super::*;
             type P = <$kernel as Microkernel>::P;
@@ -195,7 +212,20 @@ macro_rules! isa_entry {
                 pre: Prepacked<'_, P>,
             ) {
                 // SAFETY: function contract.
-                unsafe { super::blocked::<$kernel, TA, TB>(job, pre) }
+                unsafe { super::blocked::<$kernel, TA, TB>(job, pre, finish) }
+            }
+
+            /// [`Epilogue::finish`] compiled for the kernel's instructions, out of line: inlined
+            /// into the tile loop it kept the microkernel from being inlined there, which
+            /// cost more than the epilogue saved.
+            ///
+            /// # Safety
+            /// The CPU has the features; contract of `Epilogue::finish`.
+            #[target_feature(enable = $features)]
+            #[inline(never)]
+            unsafe fn finish(e: &Epilogue<'_>, at: TileAt) {
+                // SAFETY: function contract.
+                unsafe { e.$epilogue(at.row, at.col, at.rows, at.cols, at.c, at.ldc) }
             }
 
             /// # Safety
@@ -214,18 +244,20 @@ macro_rules! isa_entry {
 
 isa_entry!(scalar, kernels::Scalar);
 #[cfg(target_arch = "x86_64")]
-isa_entry!(avx2, "avx2,fma,f16c", kernels::Avx2);
+isa_entry!(avx2, "avx2,fma,f16c", kernels::Avx2, finish);
 #[cfg(target_arch = "x86_64")]
 isa_entry!(
     avx512,
     "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c",
-    kernels::Avx512
+    kernels::Avx512,
+    finish_avx512
 );
 #[cfg(target_arch = "x86_64")]
 isa_entry!(
     avx512bf16,
     "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c",
-    kernels::Avx512Bf16
+    kernels::Avx512Bf16,
+    finish_avx512
 );
 
 /// Largest operand (in elements) packed up front for sharing between tasks; larger
@@ -277,6 +309,7 @@ unsafe fn orchestrate<K: Microkernel, TA: Elem, TB: Elem>(
                 b: job.b.sub(0, k, start, size),
                 // SAFETY: column `start` < n lies inside C's rows.
                 c: SendPtr(unsafe { job.c.ptr().add(start) }),
+                origin: (job.origin.0, job.origin.1 + start),
                 ..*job
             }
         } else {
@@ -284,6 +317,7 @@ unsafe fn orchestrate<K: Microkernel, TA: Elem, TB: Elem>(
                 a: job.a.sub(start, size, 0, k),
                 // SAFETY: row `start` < m lies inside C.
                 c: SendPtr(unsafe { job.c.ptr().add(start * job.ldc) }),
+                origin: (job.origin.0 + start, job.origin.1),
                 ..*job
             }
         };
@@ -479,6 +513,18 @@ impl<P: Packed> Drop for Buffer<P> {
     }
 }
 
+/// A finished tile handed to the epilogue: at (`row`, `col`) of the whole C, `rows x cols`,
+/// held at `c` with row stride `ldc`.
+#[derive(Clone, Copy)]
+pub(super) struct TileAt {
+    row: usize,
+    col: usize,
+    rows: usize,
+    cols: usize,
+    c: *mut f32,
+    ldc: usize,
+}
+
 /// The BLIS loop nest: for each `NC` block of columns and `KC` slice of depth, pack B once;
 /// for each `MC` block of rows pack A; run the microkernel on every `MR x NR` tile. A
 /// pre-packed operand (see [`pack_rows`]) is read in place instead of packed.
@@ -490,11 +536,29 @@ impl<P: Packed> Drop for Buffer<P> {
 unsafe fn blocked<K: Microkernel, TA: Elem, TB: Elem>(
     job: &Job<'_, TA, TB>,
     pre: Prepacked<'_, K::P>,
+    finish: unsafe fn(&Epilogue<'_>, TileAt),
 ) {
     let (m, k, n) = (job.a.rows, job.a.cols, job.b.cols);
     if k == 0 {
-        // SAFETY: contract of `run` (C block is ours).
-        unsafe { scale_c(job, m, n) };
+        // SAFETY: contract of `run` (C block is ours, and so is its part of the output).
+        unsafe {
+            scale_c(job, m, n);
+            if let Some(e) = job.epilogue {
+                let (row, col) = job.origin;
+                let (c, ldc) = (job.c.0, job.ldc);
+                finish(
+                    e,
+                    TileAt {
+                        row,
+                        col,
+                        rows: m,
+                        cols: n,
+                        c,
+                        ldc,
+                    },
+                );
+            }
+        }
         return;
     }
     let (mc, kc, nc) = (K::MC, K::KC, K::NC);
@@ -516,6 +580,13 @@ unsafe fn blocked<K: Microkernel, TA: Elem, TB: Elem>(
     let len_a = len_a.next_multiple_of(64 / std::mem::size_of::<K::P>());
     let mut scratch = Buffer::take(K::P::scratch(), len_a + len_b);
     let (abuf, bbuf) = scratch.split_at_mut(len_a);
+    // A rounding epilogue over a single depth block: each tile's sums go to a stack tile and
+    // from there to the output, so C is never written (nor its memory touched).
+    let on_stack = job.epilogue.is_some_and(Epilogue::rounds) && job.beta == 0.0 && k <= kc;
+    // Uninitialised: every product of a small attention tile comes through here, and
+    // zeroing the tile each time was ~0.9% of a bf16 LoRA step (the kernel writes the
+    // whole tile, or `run_tile`'s own temporary's corner, before the epilogue reads it).
+    let mut stack_tile = std::mem::MaybeUninit::<[f32; kernels::MAX_TILE]>::uninit();
     {
         for jc in (0..n).step_by(nc) {
             let ncb = nc.min(n - jc);
@@ -533,6 +604,7 @@ unsafe fn blocked<K: Microkernel, TA: Elem, TB: Elem>(
                     }
                 };
                 let beta = if pc == 0 { job.beta } else { 1.0 };
+                let epilogue = job.epilogue.filter(|_| pc + kcb == k);
                 for ic in (0..m).step_by(mc) {
                     let mcb = mc.min(m - ic);
                     // The block's rows as the kernel reads them in place (first row, stride):
@@ -572,15 +644,37 @@ unsafe fn blocked<K: Microkernel, TA: Elem, TB: Elem>(
                             let mr = K::MR.min(mcb - ir);
                             // SAFETY: (ic+ir, jc+jr) is inside the C block (loop bounds), and
                             // the packed panels hold kcp * MR and kcp * NR elements; rows read
-                            // in place (cs == 1, kcp == kcb) hold kcb elements each.
+                            // in place (cs == 1, kcp == kcb) hold kcb elements each; the
+                            // stack tile holds MR x NR. The epilogue gets the finished tile
+                            // (its last depth block), while it is in L1, and the task owns
+                            // the tile's rows and columns of the output as it does of C.
                             unsafe {
-                                let c = job.c.0.add((ic + ir) * job.ldc + jc + jr);
+                                let (c, ldc) = if on_stack {
+                                    (stack_tile.as_mut_ptr().cast::<f32>(), K::NR)
+                                } else {
+                                    (job.c.0.add((ic + ir) * job.ldc + jc + jr), job.ldc)
+                                };
                                 if let Some((rows, lda)) = a_rows {
                                     let args = (rows.add(ir * lda), lda, mr, nr, job.alpha, beta);
-                                    tile_direct_a::<K>(kcp, bp, c, job.ldc, args);
+                                    tile_direct_a::<K>(kcp, bp, c, ldc, args);
                                 } else {
                                     let ap = &ablock[(ir / K::MR) * kcp * K::MR..];
-                                    tile::<K>(kcp, ap, bp, c, job.ldc, mr, nr, job.alpha, beta);
+                                    tile::<K>(kcp, ap, bp, c, ldc, mr, nr, job.alpha, beta);
+                                }
+                                if let Some(e) = epilogue {
+                                    let (row, col) =
+                                        (job.origin.0 + ic + ir, job.origin.1 + jc + jr);
+                                    finish(
+                                        e,
+                                        TileAt {
+                                            row,
+                                            col,
+                                            rows: mr,
+                                            cols: nr,
+                                            c,
+                                            ldc,
+                                        },
+                                    );
                                 }
                             }
                         }

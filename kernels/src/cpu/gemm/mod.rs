@@ -11,8 +11,11 @@
 //! the linear ops accumulate into a bias-initialised output and fuse LoRA's rank-r updates.
 
 mod driver;
+mod epilogue;
 mod kernels;
 mod pack;
+
+pub use epilogue::{Epilogue, LowRank};
 
 use crate::cpu::isa::{self, Isa};
 use crate::cpu::par::{self, SendPtr};
@@ -172,6 +175,22 @@ pub fn gemm_prepacked_b(
     alpha: f32,
     beta: f32,
 ) {
+    gemm_prepacked_b_then(a, b, c, ldc, alpha, beta, None);
+}
+
+/// [`gemm_prepacked_b`] followed by `epilogue` on each finished tile (see [`Epilogue`]).
+///
+/// # Panics
+/// If the shapes disagree, `c` is too short or the epilogue does not fit (caller bugs).
+pub fn gemm_prepacked_b_then(
+    a: MatRef<'_, half::bf16>,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    alpha: f32,
+    beta: f32,
+    epilogue: Option<&Epilogue<'_>>,
+) {
     let (m, k, n) = (a.rows, a.cols, b.n);
     assert_eq!(b.k, k, "gemm_prepacked_b: inner dimensions differ");
     if m == 0 || n == 0 {
@@ -181,6 +200,10 @@ pub fn gemm_prepacked_b(
         ldc >= n && (m - 1) * ldc + n <= c.len(),
         "gemm_prepacked_b: C too short"
     );
+    let epilogue = epilogue.filter(|e| !e.is_noop());
+    if let Some(e) = epilogue {
+        e.check(m, n);
+    }
     let job = driver::Job {
         a,
         b: MatRef::shape_only(k, n),
@@ -188,6 +211,8 @@ pub fn gemm_prepacked_b(
         ldc,
         alpha,
         beta,
+        origin: (0, 0),
+        epilogue,
     };
     let threads = if m * n * k >= PARALLEL_MIN_FMAS {
         par::threads()
@@ -195,8 +220,8 @@ pub fn gemm_prepacked_b(
         1
     };
     // SAFETY: `c` covers the m x n block with stride ldc (asserted above) and is borrowed
-    // mutably for the whole call; `b.data` was packed by `pack_b_bf16` for a k x n matrix
-    // on this CPU.
+    // mutably for the whole call, as the epilogue's output is for its lifetime; `b.data`
+    // was packed by `pack_b_bf16` for a k x n matrix on this CPU.
     unsafe { driver::run_prepacked_b(&job, &b.data, threads) };
 }
 
@@ -234,6 +259,33 @@ pub fn gemm_seq<TA: Elem, TB: Elem>(
     gemm_with(isa::active(), false, a, b, c, ldc, alpha, beta);
 }
 
+/// [`gemm`] followed by `epilogue` on each finished tile (see [`Epilogue`]): a bias, a
+/// low-rank term and the rounding of C fused into the product instead of passes over C.
+///
+/// # Panics
+/// If the shapes disagree, `c` is too short or the epilogue does not fit (caller bugs).
+pub fn gemm_then<TA: Elem, TB: Elem>(
+    a: MatRef<'_, TA>,
+    b: MatRef<'_, TB>,
+    c: &mut [f32],
+    ldc: usize,
+    alpha: f32,
+    beta: f32,
+    epilogue: &Epilogue<'_>,
+) {
+    gemm_impl(
+        isa::active(),
+        true,
+        a,
+        b,
+        c,
+        ldc,
+        alpha,
+        beta,
+        Some(epilogue),
+    );
+}
+
 /// [`gemm`] with an explicit instruction-set level (capped at what the CPU has) and
 /// threading choice; tests use it to cover every kernel.
 #[allow(clippy::too_many_arguments)]
@@ -247,6 +299,22 @@ pub fn gemm_with<TA: Elem, TB: Elem>(
     alpha: f32,
     beta: f32,
 ) {
+    gemm_impl(isa_level, parallel, a, b, c, ldc, alpha, beta, None);
+}
+
+/// [`gemm_with`] with an optional epilogue.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_impl<TA: Elem, TB: Elem>(
+    isa_level: Isa,
+    parallel: bool,
+    a: MatRef<'_, TA>,
+    b: MatRef<'_, TB>,
+    c: &mut [f32],
+    ldc: usize,
+    alpha: f32,
+    beta: f32,
+    epilogue: Option<&Epilogue<'_>>,
+) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "gemm: inner dimensions differ");
     if m == 0 || n == 0 {
@@ -256,6 +324,10 @@ pub fn gemm_with<TA: Elem, TB: Elem>(
         ldc >= n && (m - 1) * ldc + n <= c.len(),
         "gemm: C too short"
     );
+    let epilogue = epilogue.filter(|e| !e.is_noop());
+    if let Some(e) = epilogue {
+        e.check(m, n);
+    }
     let isa_level = isa_level.min(isa::detected());
     let job = driver::Job {
         a,
@@ -264,6 +336,8 @@ pub fn gemm_with<TA: Elem, TB: Elem>(
         ldc,
         alpha,
         beta,
+        origin: (0, 0),
+        epilogue,
     };
     let threads = if parallel && m * n * k >= PARALLEL_MIN_FMAS {
         par::threads()
@@ -271,7 +345,7 @@ pub fn gemm_with<TA: Elem, TB: Elem>(
         1
     };
     // SAFETY: `c` covers the m x n block with stride ldc (asserted above) and is borrowed
-    // mutably for the whole call.
+    // mutably for the whole call, as the epilogue's output is for its lifetime.
     unsafe { driver::run(isa_level, &job, threads) };
 }
 

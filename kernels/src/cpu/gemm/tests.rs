@@ -340,3 +340,157 @@ fn prepacked_b_matches_the_plain_product_bit_for_bit() {
         }
     }
 }
+
+/// The epilogue's sums, in the order it makes them: `c + bias`, then the low-rank term's
+/// FMA chain over the rank (as `thin::add_lp` makes it).
+fn finished(c: f32, bias: Option<f32>, lhs: &[f32], p: impl Fn(usize) -> f32, scale: f32) -> f32 {
+    let mut v = match bias {
+        Some(b) => c + b,
+        None => c,
+    };
+    for (j, &l) in lhs.iter().enumerate() {
+        v = (scale * l).mul_add(p(j), v);
+    }
+    v
+}
+
+/// A product with an epilogue gives, bit for bit, the plain product followed by the bias,
+/// the low-rank term and the rounding as separate passes: on every kernel, parallel and
+/// not, with depths of one GEMM block and of several (the f32 C then accumulates in
+/// memory), edge tiles, f32 and bf16 operands, and through a pre-packed B.
+#[test]
+fn epilogue_matches_separate_passes_bit_for_bit() {
+    let shapes = [
+        (1, 1, 1),
+        (13, 31, 3),
+        (50, 70, 64),
+        (37, 45, 1100),
+        (130, 96, 300),
+    ];
+    for (m, n, k) in shapes {
+        let mut rng = Rng(0xe91 ^ (m * 131 + n * 7 + k) as u64);
+        let r = 3;
+        let a = rng.vec(m * k);
+        let b = rng.vec(k * n);
+        let bias = rng.vec(n);
+        let lhs = rng.vec(m * r);
+        let p = rng.vec(r * n);
+        let scale = 0.75;
+        let a16: Vec<bf16> = a.iter().map(|&x| bf16::from_f32(x)).collect();
+        let b16: Vec<bf16> = b.iter().map(|&x| bf16::from_f32(x)).collect();
+        for isa_level in isa::supported() {
+            for parallel in [false, true] {
+                for with_bias in [false, true] {
+                    let epilogue = || {
+                        let e = Epilogue::new(n).low_rank(LowRank {
+                            lhs: &lhs,
+                            p: &p,
+                            rank: r,
+                            scale,
+                        });
+                        if with_bias { e.bias(&bias) } else { e }
+                    };
+                    let expect = |plain: &[f32]| -> Vec<f32> {
+                        (0..m * n)
+                            .map(|i| {
+                                let (row, col) = (i / n, i % n);
+                                finished(
+                                    plain[i],
+                                    with_bias.then(|| bias[col]),
+                                    &lhs[row * r..(row + 1) * r],
+                                    |j| p[j * n + col],
+                                    scale,
+                                )
+                            })
+                            .collect()
+                    };
+                    let what =
+                        format!("{m}x{n}x{k} {isa_level:?} parallel {parallel} bias {with_bias}");
+                    // f32 operands, the result left in C.
+                    let mut plain = vec![0f32; m * n];
+                    gemm_impl(
+                        isa_level,
+                        parallel,
+                        MatRef::row_major(&a, m, k),
+                        MatRef::row_major(&b, k, n),
+                        &mut plain,
+                        n,
+                        1.0,
+                        0.0,
+                        None,
+                    );
+                    let mut got = vec![f32::NAN; m * n];
+                    gemm_impl(
+                        isa_level,
+                        parallel,
+                        MatRef::row_major(&a, m, k),
+                        MatRef::row_major(&b, k, n),
+                        &mut got,
+                        n,
+                        1.0,
+                        0.0,
+                        Some(&epilogue()),
+                    );
+                    let want = expect(&plain);
+                    assert!(
+                        got.iter()
+                            .zip(&want)
+                            .all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "f32 {what}"
+                    );
+                    // bf16 operands (B read as W^T, as a linear layer does), rounded out.
+                    let av = MatRef::row_major(&a16, m, k);
+                    let bv = MatRef::row_major(&b16, n, k).t();
+                    let mut plain = vec![0f32; m * n];
+                    gemm_impl(isa_level, parallel, av, bv, &mut plain, n, 1.0, 0.0, None);
+                    let want: Vec<bf16> = expect(&plain).into_iter().map(bf16::from_f32).collect();
+                    let mut out = vec![std::mem::MaybeUninit::<bf16>::uninit(); m * n];
+                    let mut scratch = vec![f32::NAN; m * n];
+                    gemm_impl(
+                        isa_level,
+                        parallel,
+                        av,
+                        bv,
+                        &mut scratch,
+                        n,
+                        1.0,
+                        0.0,
+                        Some(&epilogue().round_into(&mut out)),
+                    );
+                    // SAFETY: the rounding epilogue writes every element.
+                    let got: Vec<bf16> = out.iter().map(|v| unsafe { v.assume_init() }).collect();
+                    assert!(
+                        got.iter()
+                            .zip(&want)
+                            .all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "bf16 {what}"
+                    );
+                    // The same through a pre-packed B (the backward's dx = g W).
+                    if isa_level == isa::detected().min(isa::active())
+                        && let Some(packed) = PackedB::new(bv)
+                    {
+                        let mut out = vec![std::mem::MaybeUninit::<bf16>::uninit(); m * n];
+                        gemm_prepacked_b_then(
+                            av,
+                            &packed,
+                            &mut scratch,
+                            n,
+                            1.0,
+                            0.0,
+                            Some(&epilogue().round_into(&mut out)),
+                        );
+                        // SAFETY: as above.
+                        let got: Vec<bf16> =
+                            out.iter().map(|v| unsafe { v.assume_init() }).collect();
+                        assert!(
+                            got.iter()
+                                .zip(&want)
+                                .all(|(x, y)| x.to_bits() == y.to_bits()),
+                            "prepacked {what}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! Work done on each tile of C right after its last depth block, while the tile is still in
+//! L1, instead of in passes over the whole of C afterwards.
+//!
+//! A LoRA layer's product is followed by a bias, the adapter's rank-r term and (bf16) the
+//! rounding of the f32 result. As passes over C (MBs, in memory) the term and the rounding
+//! were ~3.5% of a bf16 LoRA step's samples; as this epilogue ~2.5%, and the product's own
+//! share fell too. When the output is rounded and the whole depth fits one block, the f32
+//! tile never leaves a stack buffer: C itself is not written at all.
+
+use std::marker::PhantomData;
+use std::mem::MaybeUninit;
+
+use half::bf16;
+
+use crate::cpu::convert::f32_to_bf16_bits;
+use crate::cpu::par::SendPtr;
+
+/// `C += scale * lhs P`: `lhs` `[m, r]`, `p` `[r, n]`, both row-major f32 (a LoRA adapter's
+/// term: `x A^T` times `B^T`, or `g B` times `A`).
+#[derive(Clone, Copy)]
+pub struct LowRank<'a> {
+    pub lhs: &'a [f32],
+    pub p: &'a [f32],
+    pub rank: usize,
+    pub scale: f32,
+}
+
+/// The epilogue of a product `C = alpha A B + beta C` (`m x n`), applied in this order to
+/// each finished element: `+ bias[col]`, `+ scale * lhs[row] . p[.., col]` (the FMA chain
+/// of `thin::add_lp`, so the sums are bit-identical to the passes it replaces), then rounded
+/// to bf16 into `round_to` (row stride `n`) if given, else left in C.
+pub struct Epilogue<'a> {
+    bias: Option<&'a [f32]>,
+    low_rank: Option<LowRank<'a>>,
+    round_to: Option<SendPtr<bf16>>,
+    out_len: usize,
+    n: usize,
+    _out: PhantomData<&'a mut [MaybeUninit<bf16>]>,
+}
+
+impl<'a> Epilogue<'a> {
+    /// An epilogue for a product with `n` columns that does nothing yet.
+    pub fn new(n: usize) -> Self {
+        Epilogue {
+            bias: None,
+            low_rank: None,
+            round_to: None,
+            out_len: 0,
+            n,
+            _out: PhantomData,
+        }
+    }
+
+    /// Adds `bias` (`n` values) to every row.
+    ///
+    /// # Panics
+    /// If `bias` is not `n` long (a caller bug).
+    pub fn bias(mut self, bias: &'a [f32]) -> Self {
+        assert_eq!(bias.len(), self.n, "epilogue bias length");
+        self.bias = Some(bias);
+        self
+    }
+
+    /// Adds a low-rank term.
+    ///
+    /// # Panics
+    /// If `p` is not `[rank, n]` (a caller bug).
+    pub fn low_rank(mut self, term: LowRank<'a>) -> Self {
+        assert_eq!(
+            term.p.len(),
+            term.rank * self.n,
+            "epilogue low-rank p shape"
+        );
+        self.low_rank = Some(term);
+        self
+    }
+
+    /// Rounds the result into `out` (`[m, n]`, every element written) instead of leaving it
+    /// in C, whose contents are then unspecified.
+    pub fn round_into(mut self, out: &'a mut [MaybeUninit<bf16>]) -> Self {
+        self.round_to = Some(SendPtr(out.as_mut_ptr().cast()));
+        self.out_len = out.len();
+        self
+    }
+}
+
+impl Epilogue<'_> {
+    /// Whether there is nothing to do (the product then runs without an epilogue).
+    pub fn is_noop(&self) -> bool {
+        self.bias.is_none() && self.low_rank.is_none() && self.round_to.is_none()
+    }
+
+    /// Whether the result goes to the rounded output rather than C.
+    pub(super) fn rounds(&self) -> bool {
+        self.round_to.is_some()
+    }
+
+    /// # Panics
+    /// If the epilogue's operands do not fit an `m x n` product (caller bugs).
+    pub(super) fn check(&self, m: usize, n: usize) {
+        assert_eq!(
+            self.n, n,
+            "epilogue built for {} columns, product has {n}",
+            self.n
+        );
+        if let Some(t) = &self.low_rank {
+            assert_eq!(
+                t.lhs.len(),
+                m * t.rank,
+                "epilogue low-rank lhs is not [{m}, {}]",
+                t.rank
+            );
+        }
+        if self.rounds() {
+            assert_eq!(self.out_len, m * n, "epilogue output is not [{m}, {n}]");
+        }
+    }
+
+    /// Finishes the `rows x cols` tile at (`row0`, `col0`) of the whole C, held at `c` with
+    /// row stride `ldc` (C's own block, or a stack tile). Portable: a row at a time.
+    ///
+    /// # Safety
+    /// `c` holds the tile's finished sums, and no other thread touches these rows and
+    /// columns of C or of the output during the call.
+    #[inline(always)]
+    pub(super) unsafe fn finish(
+        &self,
+        row0: usize,
+        col0: usize,
+        rows: usize,
+        cols: usize,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        for i in 0..rows {
+            let mut x = 0;
+            while x + W <= cols {
+                // SAFETY: W columns of row i (function contract).
+                unsafe { self.piece::<W>(row0 + i, col0 + x, c.add(i * ldc + x)) };
+                x += W;
+            }
+            for x in x..cols {
+                // SAFETY: column x of row i.
+                unsafe { self.piece::<1>(row0 + i, col0 + x, c.add(i * ldc + x)) };
+            }
+        }
+    }
+
+    /// `N` elements of row `row` from column `col`: `+ bias`, `+ scale * lhs . p` (the FMA
+    /// chain over the rank in order), then rounded to the output or stored back.
+    ///
+    /// # Safety
+    /// As [`Epilogue::finish`], for these elements.
+    #[inline(always)]
+    unsafe fn piece<const N: usize>(&self, row: usize, col: usize, c: *mut f32) {
+        // SAFETY: N elements (function contract).
+        let mut acc = unsafe { c.cast::<[f32; N]>().read_unaligned() };
+        if let Some(bias) = self.bias {
+            for (a, b) in acc.iter_mut().zip(&bias[col..col + N]) {
+                *a += b;
+            }
+        }
+        if let Some(t) = &self.low_rank {
+            for (j, &coef) in t.lhs[row * t.rank..(row + 1) * t.rank].iter().enumerate() {
+                let s = t.scale * coef;
+                for (a, &p) in acc.iter_mut().zip(&t.p[j * self.n + col..][..N]) {
+                    *a = s.mul_add(p, *a);
+                }
+            }
+        }
+        match self.round_to {
+            // SAFETY: the output holds m x n elements (`check`), and these are ours
+            // (function contract).
+            Some(out) => unsafe {
+                let dst = out.ptr().add(row * self.n + col);
+                for (x, &v) in acc.iter().enumerate() {
+                    dst.add(x).write(bf16::from_bits(f32_to_bf16_bits(v)));
+                }
+            },
+            // SAFETY: N elements.
+            None => unsafe { c.cast::<[f32; N]>().write_unaligned(acc) },
+        }
+    }
+
+    /// [`Epilogue::finish`] with AVX-512 registers: four rows by 32 columns at a time, so
+    /// the rank-r update runs as eight independent FMA chains (a row at a time waited on
+    /// the chains' latency; the compiler did not vectorise a block of rows). The same
+    /// operations in the same order per element, so the same bits.
+    ///
+    /// # Safety
+    /// As [`Epilogue::finish`]; the CPU has AVX-512 F and BW.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    pub(super) unsafe fn finish_avx512(
+        &self,
+        row0: usize,
+        col0: usize,
+        rows: usize,
+        cols: usize,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        let mut x = 0;
+        while x < cols {
+            let width = (cols - x).min(32);
+            let lanes = |w: usize| -> u16 { if w >= 16 { u16::MAX } else { (1u16 << w) - 1 } };
+            let masks = [lanes(width), lanes(width.saturating_sub(16))];
+            let mut i = 0;
+            while i + ROWS <= rows {
+                // SAFETY: rows i..i + ROWS, columns x..x + width (function contract).
+                unsafe {
+                    self.block_avx512::<ROWS>(row0 + i, col0 + x, masks, c.add(i * ldc + x), ldc)
+                };
+                i += ROWS;
+            }
+            for i in i..rows {
+                // SAFETY: row i, columns x..x + width.
+                unsafe {
+                    self.block_avx512::<1>(row0 + i, col0 + x, masks, c.add(i * ldc + x), ldc)
+                };
+            }
+            x += width;
+        }
+    }
+
+    /// `R` rows by up to 32 columns (the lanes `masks` enable, 16 per vector).
+    ///
+    /// # Safety
+    /// As [`Epilogue::finish_avx512`], for these elements.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn block_avx512<const R: usize>(
+        &self,
+        row0: usize,
+        col: usize,
+        masks: [u16; 2],
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        use std::arch::x86_64::*;
+        // SAFETY: the lanes `masks` enable are inside the rows' columns, the bias, p's rows
+        // and the output (function contract; masked lanes are neither read nor written);
+        // the CPU has AVX-512 F/BW (caller).
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); 2]; R];
+            for (i, a) in acc.iter_mut().enumerate() {
+                for v in 0..2 {
+                    a[v] = _mm512_maskz_loadu_ps(masks[v], c.add(i * ldc + 16 * v));
+                }
+            }
+            if let Some(bias) = self.bias {
+                for v in 0..2 {
+                    let b = _mm512_maskz_loadu_ps(masks[v], bias.as_ptr().add(col + 16 * v));
+                    for a in acc.iter_mut() {
+                        a[v] = _mm512_add_ps(a[v], b);
+                    }
+                }
+            }
+            if let Some(t) = &self.low_rank {
+                for j in 0..t.rank {
+                    let row_p = t.p.as_ptr().add(j * self.n + col);
+                    let p = [
+                        _mm512_maskz_loadu_ps(masks[0], row_p),
+                        _mm512_maskz_loadu_ps(masks[1], row_p.add(16)),
+                    ];
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        let s = _mm512_set1_ps(t.scale * t.lhs[(row0 + i) * t.rank + j]);
+                        for v in 0..2 {
+                            a[v] = _mm512_fmadd_ps(s, p[v], a[v]);
+                        }
+                    }
+                }
+            }
+            for (i, a) in acc.iter().enumerate() {
+                for v in 0..2 {
+                    match self.round_to {
+                        Some(out) => {
+                            let dst = out.ptr().add((row0 + i) * self.n + col + 16 * v);
+                            _mm256_mask_storeu_epi16(dst.cast(), masks[v], bf16_lanes(a[v]));
+                        }
+                        None => _mm512_mask_storeu_ps(c.add(i * ldc + 16 * v), masks[v], a[v]),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sixteen f32 lanes rounded to bf16 as [`f32_to_bf16_bits`] rounds each (nearest even,
+/// NaN kept a quiet NaN).
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn bf16_lanes(v: std::arch::x86_64::__m512) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    // SAFETY: AVX-512 F/BW (caller).
+    unsafe {
+        let bits = _mm512_castps_si512(v);
+        let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
+        let bias = _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd);
+        let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(bits, bias));
+        let quiet = _mm512_or_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(0x40));
+        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+        _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(nan, rounded, quiet))
+    }
+}
+
+/// Rows an epilogue finishes at once.
+const ROWS: usize = 4;
+
+/// Columns the portable epilogue holds at once.
+const W: usize = 32;
