@@ -6,7 +6,7 @@ use std::thread::LocalKey;
 use half::bf16;
 
 use super::MatRef;
-use super::epilogue::Epilogue;
+use super::epilogue::{Epilogue, TileAt};
 use super::kernels::{self, Microkernel};
 use crate::cpu::isa::Isa;
 use crate::cpu::par::SendPtr;
@@ -185,7 +185,7 @@ macro_rules! isa_entry {
             #[inline(never)]
             unsafe fn finish(e: &Epilogue<'_>, at: TileAt) {
                 // SAFETY: function contract.
-                unsafe { e.finish(at.row, at.col, at.rows, at.cols, at.c, at.ldc) }
+                unsafe { e.finish(at) }
             }
 
             /// # Safety
@@ -225,7 +225,7 @@ macro_rules! isa_entry {
             #[inline(never)]
             unsafe fn finish(e: &Epilogue<'_>, at: TileAt) {
                 // SAFETY: function contract.
-                unsafe { e.$epilogue(at.row, at.col, at.rows, at.cols, at.c, at.ldc) }
+                unsafe { e.$epilogue(at) }
             }
 
             /// # Safety
@@ -511,18 +511,6 @@ impl<P: Packed> Drop for Buffer<P> {
         let data = std::mem::take(&mut self.data);
         self.home.with(|cell| cell.set(data));
     }
-}
-
-/// A finished tile handed to the epilogue: at (`row`, `col`) of the whole C, `rows x cols`,
-/// held at `c` with row stride `ldc`.
-#[derive(Clone, Copy)]
-pub(super) struct TileAt {
-    row: usize,
-    col: usize,
-    rows: usize,
-    cols: usize,
-    c: *mut f32,
-    ldc: usize,
 }
 
 /// The BLIS loop nest: for each `NC` block of columns and `KC` slice of depth, pack B once;

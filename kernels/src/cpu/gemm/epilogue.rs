@@ -15,6 +15,18 @@ use half::bf16;
 use crate::cpu::convert::f32_to_bf16_bits;
 use crate::cpu::par::SendPtr;
 
+/// A finished tile handed to the epilogue: at (`row`, `col`) of the whole C, `rows x cols`,
+/// held at `c` with row stride `ldc`.
+#[derive(Clone, Copy)]
+pub(super) struct TileAt {
+    pub row: usize,
+    pub col: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub c: *mut f32,
+    pub ldc: usize,
+}
+
 /// `C += scale * lhs P`: `lhs` `[m, r]`, `p` `[r, n]`, both row-major f32 (a LoRA adapter's
 /// term: `x A^T` times `B^T`, or `g B` times `A`).
 #[derive(Clone, Copy)]
@@ -116,22 +128,21 @@ impl Epilogue<'_> {
         }
     }
 
-    /// Finishes the `rows x cols` tile at (`row0`, `col0`) of the whole C, held at `c` with
-    /// row stride `ldc` (C's own block, or a stack tile). Portable: a row at a time.
+    /// Finishes the tile `at` (C's own block, or a stack tile). Portable: a row at a time.
     ///
     /// # Safety
     /// `c` holds the tile's finished sums, and no other thread touches these rows and
     /// columns of C or of the output during the call.
     #[inline(always)]
-    pub(super) unsafe fn finish(
-        &self,
-        row0: usize,
-        col0: usize,
-        rows: usize,
-        cols: usize,
-        c: *mut f32,
-        ldc: usize,
-    ) {
+    pub(super) unsafe fn finish(&self, at: TileAt) {
+        let TileAt {
+            row: row0,
+            col: col0,
+            rows,
+            cols,
+            c,
+            ldc,
+        } = at;
         for i in 0..rows {
             let mut x = 0;
             while x + W <= cols {
@@ -191,15 +202,15 @@ impl Epilogue<'_> {
     /// As [`Epilogue::finish`]; the CPU has AVX-512 F and BW.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    pub(super) unsafe fn finish_avx512(
-        &self,
-        row0: usize,
-        col0: usize,
-        rows: usize,
-        cols: usize,
-        c: *mut f32,
-        ldc: usize,
-    ) {
+    pub(super) unsafe fn finish_avx512(&self, at: TileAt) {
+        let TileAt {
+            row: row0,
+            col: col0,
+            rows,
+            cols,
+            c,
+            ldc,
+        } = at;
         let mut x = 0;
         while x < cols {
             let width = (cols - x).min(32);
