@@ -147,6 +147,12 @@ pub fn compute_device() -> anyhow::Result<Device> {
                     tracing::warn!(%reason, "computing on the CPU");
                 }
             }
+            // The kernels' instruction set sets the speed and, for bf16, which kernel sums
+            // the products (kubeswift_kernels::cpu::isa): worth one line in every CPU log.
+            tracing::info!(
+                isa = kubeswift_kernels::cpu::isa::active().name(),
+                "CPU kernels"
+            );
             Ok(Device::Cpu)
         }
     }

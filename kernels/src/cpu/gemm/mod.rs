@@ -146,8 +146,9 @@ pub struct PackedB {
 }
 
 impl PackedB {
-    /// Packs `b`, or `None` where the bf16 kernel is not in use (the CPU lacks AVX-512 BF16
-    /// or `KUBESWIFT_KERNELS_ISA` caps it), so callers keep the plain [`gemm`].
+    /// Packs `b`, or `None` where the bf16 kernel is not in use (the CPU lacks AVX-512 BF16,
+    /// is an Intel one, or `KUBESWIFT_KERNELS_ISA` says otherwise: see `cpu::isa`), so
+    /// callers keep the plain [`gemm`].
     pub fn new(b: MatRef<'_, half::bf16>) -> Option<PackedB> {
         let data = driver::pack_b_bf16(isa::active().min(isa::detected()), b)?;
         Some(PackedB {
