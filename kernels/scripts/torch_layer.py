@@ -86,8 +86,8 @@ class Layer(torch.nn.Module):
 def gemm(a):
     """GFLOP/s of `F.linear(x, w)` (C[m, n] = A[m, k] B[n, k]^T, no bias) at the layer's
     shapes: the product both engines spend most of a training step in."""
-    t, h, i = a.tokens, a.hidden, a.intermediate
-    for m, n, k in [(t, i, h), (t, h, i), (t, h, h), (t, 128, h)]:
+    t, h, i, kv = a.tokens, a.hidden, a.intermediate, a.kv_dim
+    for m, n, k in [(t, i, h), (t, h, i), (t, h, h), (t, kv, h)]:
         for name in a.dtypes.split(","):
             dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[name]
             x = torch.randn(m, k, dtype=dtype)
@@ -119,6 +119,8 @@ def main():
     p.add_argument("--kv-heads", dest="kv_heads", type=int, default=2)
     p.add_argument("--head-dim", dest="head_dim", type=int, default=64)
     p.add_argument("--intermediate", type=int, default=4864)
+    p.add_argument("--kv-dim", dest="kv_dim", type=int, default=128,
+                   help="k/v projection width for --gemm (kv heads x head dim)")
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--alpha", type=float, default=32.0)
     p.add_argument("--theta", type=float, default=1e6)

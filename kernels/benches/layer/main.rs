@@ -4,7 +4,7 @@
 //!
 //! `cargo bench -p kubeswift-kernels --bench layer -- [--iters N] [--tokens T]
 //!  [--dtypes f32,bf16] [--no-torch] [--no-plain] [--no-layer] [--ops] [--gemm]
-//!  [--malloc-defaults]`
+//!  [--gemm-dims HIDDEN,INTERMEDIATE,KV] [--malloc-defaults]`
 //!
 //! By default glibc malloc is tuned as the `swift` binary tunes it
 //! (`cpu::alloc::keep_freed_memory`), in this process and through `MALLOC_*` variables in
@@ -13,7 +13,8 @@
 //!
 //! `--ops` adds a per-kernel breakdown and `--gemm` the GEMM throughput at the layer's
 //! shapes (ours vs candle's matmul and PyTorch's `F.linear`) and at decode shapes (`rowdot`
-//! vs our GEMM). PyTorch runs with `$KUBESWIFT_BENCH_PYTHON`, else
+//! vs our GEMM). `--gemm-dims` takes that table at another model's widths (default
+//! Qwen2.5-0.5B's `896,4864,128`; `1024,2816,256` is bench_train.py's ~100M Qwen2). PyTorch runs with `$KUBESWIFT_BENCH_PYTHON`, else
 //! `/work/venv-py/bin/python`, else `python3`.
 
 mod model;
@@ -38,6 +39,8 @@ struct Args {
     keep_freed_memory: bool,
     ops: bool,
     gemm: bool,
+    /// hidden, intermediate and k/v projection widths for the GEMM table.
+    gemm_dims: (usize, usize, usize),
 }
 
 fn parse_args() -> Args {
@@ -52,6 +55,7 @@ fn parse_args() -> Args {
         keep_freed_memory: true,
         ops: false,
         gemm: false,
+        gemm_dims: (896, 4864, 128),
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     // `cargo test --all-targets` runs this binary without `--bench`: a one-iteration smoke
@@ -88,6 +92,15 @@ fn parse_args() -> Args {
                         _ => None,
                     })
                     .collect();
+                i += 1;
+            }
+            "--gemm-dims" => {
+                let dims: Vec<usize> = value.split(',').filter_map(|d| d.parse().ok()).collect();
+                if let [hidden, inter, kv] = dims[..] {
+                    args.gemm_dims = (hidden, inter, kv);
+                } else {
+                    eprintln!("--gemm-dims wants HIDDEN,INTERMEDIATE,KV, got {value:?}");
+                }
                 i += 1;
             }
             "--no-torch" => args.torch = false,
@@ -384,7 +397,20 @@ fn bench_gemm(args: &Args) -> Result<()> {
     // PyTorch's `F.linear` at the same shapes, same threads, run first so the two do not
     // share the cores: the GEMM is where both training engines spend most of a step.
     let torch: Vec<serde_json::Value> = if args.torch {
-        run_torch_peer(args, &["--gemm"])
+        let (h, i, kv) = args.gemm_dims;
+        let (h, i, kv) = (h.to_string(), i.to_string(), kv.to_string());
+        run_torch_peer(
+            args,
+            &[
+                "--gemm",
+                "--hidden",
+                &h,
+                "--intermediate",
+                &i,
+                "--kv-dim",
+                &kv,
+            ],
+        )
     } else {
         Vec::new()
     };
@@ -398,7 +424,8 @@ fn bench_gemm(args: &Args) -> Result<()> {
     println!("\nGEMM GFLOP/s, C[m, n] = A[m, k] B[n, k]^T (a linear layer's forward)");
     println!("| m x n x k | dtype | ours | candle matmul | pytorch F.linear |");
     println!("|---|---|---:|---:|---:|");
-    for (m, n, k) in [(t, 4864, 896), (t, 896, 4864), (t, 896, 896), (t, 128, 896)] {
+    let (h, i, kv) = args.gemm_dims;
+    for (m, n, k) in [(t, i, h), (t, h, i), (t, h, h), (t, kv, h)] {
         for dtype in &args.dtypes {
             let a = reference::random(1, &[m, k], 1.0, &dev)?.to_dtype(*dtype)?;
             let b = reference::random(2, &[n, k], 1.0, &dev)?.to_dtype(*dtype)?;
