@@ -575,98 +575,187 @@ unsafe fn blocked<K: Microkernel, TA: Elem, TB: Elem>(
     // zeroing the tile each time was ~0.9% of a bf16 LoRA step (the kernel writes the
     // whole tile, or `run_tile`'s own temporary's corner, before the epilogue reads it).
     let mut stack_tile = std::mem::MaybeUninit::<[f32; kernels::MAX_TILE]>::uninit();
-    {
-        for jc in (0..n).step_by(nc) {
-            let ncb = nc.min(n - jc);
-            for pc in (0..k).step_by(kc) {
-                let kcb = kc.min(k - pc);
-                let kcp = kcb.next_multiple_of(K::KSTEP);
-                let bblock: &[K::P] = match pre {
-                    // Depth blocks before `pc` are all full (KC), so this one starts at
-                    // pc * panels * NR; the block's first panel is jc / NR.
-                    Prepacked::B(all) => &all[pc * b_panels * K::NR + (jc / K::NR) * kcp * K::NR..],
-                    _ => {
-                        // B's panels are rows of B^T, packed exactly like A's.
-                        K::pack::<TB>(job.b.sub(pc, kcb, jc, ncb).t(), K::NR, bbuf);
-                        bbuf
-                    }
-                };
-                let beta = if pc == 0 { job.beta } else { 1.0 };
-                let epilogue = job.epilogue.filter(|_| pc + kcb == k);
+    let mut cx = BlockCx {
+        job,
+        pre,
+        finish,
+        abuf,
+        in_place,
+        direct_a,
+        a_panels,
+        stack_tile: on_stack.then_some(stack_tile.as_mut_ptr().cast::<f32>()),
+    };
+    for jc in (0..n).step_by(nc) {
+        let ncb = nc.min(n - jc);
+        match pre {
+            // B is packed already: every depth block of this column block is at hand, so
+            // each row block runs all its depth blocks in turn while its `MC x NC` block of
+            // C stays in L2. With depth blocks outside row blocks, C goes back to memory
+            // between depth blocks: at KC = 256 on an Intel Xeon, C's loads and stores
+            // were ~10% of an f32 product at depth 1024 (measured by skipping them).
+            // Products deeper than KC (a `down_proj`'s 2816) still pass over C per block.
+            Prepacked::B(all) => {
                 for ic in (0..m).step_by(mc) {
-                    let mcb = mc.min(m - ic);
-                    // The block's rows as the kernel reads them in place (first row, stride):
-                    // A's own, or their copy at a `kcb` stride.
-                    // SAFETY: rows ic..ic + mcb of A hold kcb elements from pc (A's elements
-                    // are `K::P`, checked by `kernel_reads_rows_of`); abuf holds
-                    // mc_max * kcp_max >= mcb * kcb elements.
-                    let a_rows = in_place.then(|| unsafe {
-                        let src = (job.a.data.as_ptr() as *const K::P)
-                            .add(job.a.offset + ic * job.a.rs + pc);
-                        if direct_a {
-                            return (src, job.a.rs);
-                        }
-                        for r in 0..mcb {
-                            std::ptr::copy_nonoverlapping(
-                                src.add(r * job.a.rs),
-                                abuf.as_mut_ptr().add(r * kcb),
-                                kcb,
-                            );
-                        }
-                        (abuf.as_ptr(), kcb)
-                    });
-                    let ablock: &[K::P] = match pre {
-                        _ if in_place => &[],
-                        Prepacked::A(all) => {
-                            &all[pc * a_panels * K::MR + (ic / K::MR) * kcp * K::MR..]
-                        }
-                        _ => {
-                            K::pack::<TA>(job.a.sub(ic, mcb, pc, kcb), K::MR, abuf);
-                            abuf
-                        }
-                    };
-                    for jr in (0..ncb).step_by(K::NR) {
-                        let nr = K::NR.min(ncb - jr);
-                        let bp = &bblock[(jr / K::NR) * kcp * K::NR..];
-                        for ir in (0..mcb).step_by(K::MR) {
-                            let mr = K::MR.min(mcb - ir);
-                            // SAFETY: (ic+ir, jc+jr) is inside the C block (loop bounds), and
-                            // the packed panels hold kcp * MR and kcp * NR elements; rows read
-                            // in place (cs == 1, kcp == kcb) hold kcb elements each; the
-                            // stack tile holds MR x NR. The epilogue gets the finished tile
-                            // (its last depth block), while it is in L1, and the task owns
-                            // the tile's rows and columns of the output as it does of C.
-                            unsafe {
-                                let (c, ldc) = if on_stack {
-                                    (stack_tile.as_mut_ptr().cast::<f32>(), K::NR)
-                                } else {
-                                    (job.c.0.add((ic + ir) * job.ldc + jc + jr), job.ldc)
-                                };
-                                if let Some((rows, lda)) = a_rows {
-                                    let args = (rows.add(ir * lda), lda, mr, nr, job.alpha, beta);
-                                    tile_direct_a::<K>(kcp, bp, c, ldc, args);
-                                } else {
-                                    let ap = &ablock[(ir / K::MR) * kcp * K::MR..];
-                                    tile::<K>(kcp, ap, bp, c, ldc, mr, nr, job.alpha, beta);
-                                }
-                                if let Some(e) = epilogue {
-                                    let (row, col) =
-                                        (job.origin.0 + ic + ir, job.origin.1 + jc + jr);
-                                    finish(
-                                        e,
-                                        TileAt {
-                                            row,
-                                            col,
-                                            rows: mr,
-                                            cols: nr,
-                                            c,
-                                            ldc,
-                                        },
-                                    );
-                                }
-                            }
-                        }
+                    for pc in (0..k).step_by(kc) {
+                        let kcb = kc.min(k - pc);
+                        let kcp = kcb.next_multiple_of(K::KSTEP);
+                        // Depth blocks before `pc` are all full (KC), so this one starts
+                        // at pc * panels * NR; the block's first panel is jc / NR.
+                        let bblock = &all[pc * b_panels * K::NR + (jc / K::NR) * kcp * K::NR..];
+                        let at = BlockAt {
+                            ic,
+                            mcb: mc.min(m - ic),
+                            pc,
+                            kcb,
+                            kcp,
+                            jc,
+                            ncb,
+                        };
+                        // SAFETY: contract of this function.
+                        unsafe { row_block::<K, TA, TB>(&mut cx, &at, bblock) };
                     }
+                }
+            }
+            _ => {
+                for pc in (0..k).step_by(kc) {
+                    let kcb = kc.min(k - pc);
+                    let kcp = kcb.next_multiple_of(K::KSTEP);
+                    // B's panels are rows of B^T, packed exactly like A's.
+                    K::pack::<TB>(job.b.sub(pc, kcb, jc, ncb).t(), K::NR, bbuf);
+                    for ic in (0..m).step_by(mc) {
+                        let at = BlockAt {
+                            ic,
+                            mcb: mc.min(m - ic),
+                            pc,
+                            kcb,
+                            kcp,
+                            jc,
+                            ncb,
+                        };
+                        // SAFETY: contract of this function.
+                        unsafe { row_block::<K, TA, TB>(&mut cx, &at, bbuf) };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What [`row_block`] needs of the product that is the same for every block.
+struct BlockCx<'j, 'a, 's, K: Microkernel, TA, TB> {
+    job: &'j Job<'a, TA, TB>,
+    pre: Prepacked<'a, K::P>,
+    finish: unsafe fn(&Epilogue<'_>, TileAt),
+    /// Scratch for A's packed (or copied) block.
+    abuf: &'s mut [K::P],
+    /// A's rows are read by the kernel: in place (`direct_a`) or copied to `abuf`.
+    in_place: bool,
+    direct_a: bool,
+    a_panels: usize,
+    /// Where tiles are computed when a rounding epilogue writes the output from them.
+    stack_tile: Option<*mut f32>,
+}
+
+/// One block's position: rows `ic..ic + mcb`, depth `pc..pc + kcb` (`kcp` padded to
+/// KSTEP), columns `jc..jc + ncb`.
+struct BlockAt {
+    ic: usize,
+    mcb: usize,
+    pc: usize,
+    kcb: usize,
+    kcp: usize,
+    jc: usize,
+    ncb: usize,
+}
+
+/// Multiplies one `MC x KC` block of A by the packed `KC x NC` block of B (`bblock`, its
+/// panels in column order) into C: prepares A's block, then runs the microkernel on every
+/// tile, panel by panel of B (each `KC x NR` panel is reused by all of the block's rows).
+///
+/// # Safety
+/// Contract of [`blocked`]; `bblock` holds the packed panels of depth block `at.pc` for
+/// columns `at.jc..at.jc + at.ncb`.
+#[inline(always)]
+unsafe fn row_block<K: Microkernel, TA: Elem, TB: Elem>(
+    cx: &mut BlockCx<'_, '_, '_, K, TA, TB>,
+    at: &BlockAt,
+    bblock: &[K::P],
+) {
+    let job = cx.job;
+    let k = job.a.cols;
+    let BlockAt {
+        ic,
+        mcb,
+        pc,
+        kcb,
+        kcp,
+        jc,
+        ncb,
+    } = *at;
+    let beta = if pc == 0 { job.beta } else { 1.0 };
+    let epilogue = job.epilogue.filter(|_| pc + kcb == k);
+    // The block's rows as the kernel reads them in place (first row, stride): A's own, or
+    // their copy at a `kcb` stride.
+    // SAFETY: rows ic..ic + mcb of A hold kcb elements from pc (A's elements are `K::P`,
+    // checked by `kernel_reads_rows_of`); abuf holds mc_max * kcp_max >= mcb * kcb
+    // elements.
+    let a_rows = cx.in_place.then(|| unsafe {
+        let src = (job.a.data.as_ptr() as *const K::P).add(job.a.offset + ic * job.a.rs + pc);
+        if cx.direct_a {
+            return (src, job.a.rs);
+        }
+        for r in 0..mcb {
+            std::ptr::copy_nonoverlapping(
+                src.add(r * job.a.rs),
+                cx.abuf.as_mut_ptr().add(r * kcb),
+                kcb,
+            );
+        }
+        (cx.abuf.as_ptr(), kcb)
+    });
+    let ablock: &[K::P] = match cx.pre {
+        _ if cx.in_place => &[],
+        Prepacked::A(all) => &all[pc * cx.a_panels * K::MR + (ic / K::MR) * kcp * K::MR..],
+        _ => {
+            K::pack::<TA>(job.a.sub(ic, mcb, pc, kcb), K::MR, cx.abuf);
+            cx.abuf
+        }
+    };
+    for jr in (0..ncb).step_by(K::NR) {
+        let nr = K::NR.min(ncb - jr);
+        let bp = &bblock[(jr / K::NR) * kcp * K::NR..];
+        for ir in (0..mcb).step_by(K::MR) {
+            let mr = K::MR.min(mcb - ir);
+            // SAFETY: (ic+ir, jc+jr) is inside the C block (loop bounds), and the packed
+            // panels hold kcp * MR and kcp * NR elements; rows read in place (cs == 1, kcp
+            // == kcb) hold kcb elements each; the stack tile holds MR x NR. The epilogue
+            // gets the finished tile (its last depth block), while it is in L1, and the
+            // task owns the tile's rows and columns of the output as it does of C.
+            unsafe {
+                let (c, ldc) = match cx.stack_tile {
+                    Some(tile) => (tile, K::NR),
+                    None => (job.c.0.add((ic + ir) * job.ldc + jc + jr), job.ldc),
+                };
+                if let Some((rows, lda)) = a_rows {
+                    let args = (rows.add(ir * lda), lda, mr, nr, job.alpha, beta);
+                    tile_direct_a::<K>(kcp, bp, c, ldc, args);
+                } else {
+                    let ap = &ablock[(ir / K::MR) * kcp * K::MR..];
+                    tile::<K>(kcp, ap, bp, c, ldc, mr, nr, job.alpha, beta);
+                }
+                if let Some(e) = epilogue {
+                    let (row, col) = (job.origin.0 + ic + ir, job.origin.1 + jc + jr);
+                    (cx.finish)(
+                        e,
+                        TileAt {
+                            row,
+                            col,
+                            rows: mr,
+                            cols: nr,
+                            c,
+                            ldc,
+                        },
+                    );
                 }
             }
         }

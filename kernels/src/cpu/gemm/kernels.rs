@@ -224,12 +224,18 @@ impl Microkernel for Avx512 {
     const MR: usize = 12;
     const NR: usize = 32;
     const KSTEP: usize = 1;
-    const MC: usize = 144;
-    // 512, not 256: each depth block ends in a pass over C (read, add, write), and C's
-    // tiles are far out of cache by then; half the passes ran the f32 products at depth
-    // 1024 ~8% faster on Zen 4 (one thread, 2048 rows).
-    const KC: usize = 512;
-    const NC: usize = 3072;
+    // A 96 x 1024 block of A (384 KiB) stays in L2 (1 MiB on Zen 4, 2 MiB on the Xeons).
+    const MC: usize = 96;
+    // Each depth block ends in a pass over C (read, add, write): 512 ran the f32 products
+    // at depth 1024 ~8% faster than 256 on Zen 4, and 1024 (one pass at the layers'
+    // depth; B's 128 KiB panel is read from L2, prefetched by the tile) ~5% faster than
+    // 512 on an Intel Xeon, with the products at the ~100M Qwen2's shapes at ~300 GFLOP/s
+    // on two cores, best of runs, from ~285.
+    const KC: usize = 1024;
+    // A 96 x 1536 block of C (576 KiB) stays in L2 while a row block runs through all its
+    // depth blocks (`driver::blocked` with B packed ahead); 1536 x 1024 of packed B is
+    // the per-thread scratch otherwise.
+    const NC: usize = 1536;
     type P = f32;
 
     #[inline(always)]
@@ -294,15 +300,8 @@ unsafe fn avx512_12x32(
     unsafe {
         prefetch_c_12x32(c, ldc);
         let mut acc = [_mm512_setzero_ps(); 24];
-        for p in 0..kcp {
-            let b0 = _mm512_loadu_ps(b.add(p * 32));
-            let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
-            for i in 0..12 {
-                let ai = _mm512_set1_ps(*a.add(p * 12 + i));
-                acc[2 * i] = _mm512_fmadd_ps(ai, b0, acc[2 * i]);
-                acc[2 * i + 1] = _mm512_fmadd_ps(ai, b1, acc[2 * i + 1]);
-            }
-        }
+        let (a, b) = (a as *const u8, b as *const u8);
+        super::asm::f32_12x32_packed(kcp, a, b, c, ldc * 4, &mut acc);
         store_12x32(&acc, c, ldc, alpha, beta);
     }
 }
@@ -331,9 +330,16 @@ unsafe fn avx512_12x32_direct_a(
     // SAFETY: rows min(i, rows - 1) < rows are readable for kcp elements (caller); the B
     // panel holds kcp rows of 32 columns; C block writable.
     unsafe {
-        let r: [*const f32; 12] = std::array::from_fn(|i| a.add(i.min(rows - 1) * lda));
         prefetch_c_12x32(c, ldc);
         let mut acc = [_mm512_setzero_ps(); 24];
+        if rows == 12 {
+            let (a, b) = (a as *const u8, b as *const u8);
+            super::asm::f32_12x32_direct(kcp, a, lda * 4, b, c, ldc * 4, &mut acc);
+            store_12x32(&acc, c, ldc, alpha, beta);
+            return;
+        }
+        // An edge tile: rows past `rows` repeat the last one.
+        let r: [*const f32; 12] = std::array::from_fn(|i| a.add(i.min(rows - 1) * lda));
         for p in 0..kcp {
             let b0 = _mm512_loadu_ps(b.add(p * 32));
             let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
@@ -347,9 +353,11 @@ unsafe fn avx512_12x32_direct_a(
     }
 }
 
-/// Starts loading a 12 x 32 tile of C into L1 before the tile's products, which hide the
+/// Starts loading a 12 x 32 tile of C into L2 before the tile's products, which hide the
 /// loads' latency: C is read (or, for its first depth block, written) only after thousands of
-/// multiply-adds, and a large C is far out of cache by then.
+/// multiply-adds, and a large C is far out of cache by then. (Into L2, not L1: the panels
+/// streamed through L1 during the tile would evict it again; the tile's assembly brings it
+/// on into L1 shortly before its end.)
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
@@ -358,8 +366,8 @@ fn prefetch_c_12x32(c: *mut f32, ldc: usize) {
     for i in 0..12 {
         let row = c.wrapping_add(i * ldc) as *const i8;
         // A prefetch reads nothing architecturally and never faults.
-        _mm_prefetch::<_MM_HINT_T0>(row);
-        _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(64));
+        _mm_prefetch::<_MM_HINT_T1>(row);
+        _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(64));
     }
 }
 
@@ -476,25 +484,12 @@ unsafe fn avx512bf16_12x32(
     beta: f32,
 ) {
     use std::arch::x86_64::*;
-    // SAFETY: panels hold kcp/2 pairs of 12 rows / 32 columns, C block writable
-    // (caller). The transmutes reinterpret 512-bit integer vectors as 32 bf16 lanes,
-    // which is what `vdpbf16ps` reads.
+    // SAFETY: panels hold kcp/2 pairs of 12 rows / 32 columns, C block writable (caller).
     unsafe {
         prefetch_c_12x32(c, ldc);
         let mut acc = [_mm512_setzero_ps(); 24];
-        let a = a as *const u32;
-        for p in 0..kcp / 2 {
-            let b0: __m512bh =
-                std::mem::transmute(_mm512_loadu_si512(b.add(p * 64) as *const __m512i));
-            let b1: __m512bh =
-                std::mem::transmute(_mm512_loadu_si512(b.add(p * 64 + 32) as *const __m512i));
-            for i in 0..12 {
-                let pair = a.add(p * 12 + i).read_unaligned();
-                let ai: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair as i32));
-                acc[2 * i] = _mm512_dpbf16_ps(acc[2 * i], ai, b0);
-                acc[2 * i + 1] = _mm512_dpbf16_ps(acc[2 * i + 1], ai, b1);
-            }
-        }
+        let (a, b) = (a as *const u8, b as *const u8);
+        super::asm::bf16_12x32_packed(kcp / 2, a, b, c, ldc * 4, &mut acc);
         store_12x32(&acc, c, ldc, alpha, beta);
     }
 }
@@ -542,6 +537,12 @@ unsafe fn avx512bf16_12x32_direct_a(
         ];
         prefetch_c_12x32(c, ldc);
         let mut acc = [_mm512_setzero_ps(); 24];
+        if rows == 12 {
+            let (a, b) = (a as *const u8, b as *const u8);
+            super::asm::bf16_12x32_direct(kcp / 2, a, lda * 2, b, c, ldc * 4, &mut acc);
+            store_12x32(&acc, c, ldc, alpha, beta);
+            return;
+        }
         for p in 0..kcp / 2 {
             let b0: __m512bh =
                 std::mem::transmute(_mm512_loadu_si512(b.add(p * 64) as *const __m512i));

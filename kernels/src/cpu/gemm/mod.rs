@@ -10,6 +10,8 @@
 //! product costs a tensor allocation and a layout check per call. Owning the GEMM also lets
 //! the linear ops accumulate into a bias-initialised output and fuse LoRA's rank-r updates.
 
+#[cfg(target_arch = "x86_64")]
+mod asm;
 mod driver;
 mod epilogue;
 mod kernels;

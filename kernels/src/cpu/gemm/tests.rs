@@ -118,6 +118,40 @@ fn f32_matches_naive_on_every_isa_and_odd_shapes() {
         check_f32(isa_level, true, 40, 700, 300, true);
         check_f32(isa_level, true, 150, 500, 600, false);
         check_f32(isa_level, true, 500, 70, 1100, true);
+        // Several column blocks (NC) and depth blocks (KC) of every kernel.
+        check_f32(isa_level, false, 30, 1600, 1100, false);
+    }
+}
+
+/// With B packed ahead (rows split over threads), each row block runs all its depth blocks
+/// while its block of C stays in cache; without, each depth block runs over all row blocks.
+/// The tiles and the order of their sums are the same, so the bits are too: rows over
+/// several `MC` blocks, columns over several `NC` blocks, depth over several `KC` blocks,
+/// with partial tiles at the edges, alpha and beta.
+#[test]
+fn c_resident_order_matches_the_depth_outer_order_bit_for_bit() {
+    let (m, n, k) = (700, 1600, 1100);
+    let mut rng = Rng(0xc0ffee);
+    let a = rng.vec(m * k);
+    let b = rng.vec(k * n);
+    let ldc = n + 1;
+    let c0 = rng.vec(m * ldc);
+    for isa_level in isa::supported() {
+        for (b_view, name) in [
+            (MatRef::row_major(&b, k, n), "B row-major"),
+            (MatRef::row_major(&b, n, k).t(), "B^T row-major"),
+        ] {
+            let a_view = MatRef::row_major(&a, m, k);
+            let mut seq = c0.clone();
+            gemm_with(isa_level, false, a_view, b_view, &mut seq, ldc, 0.5, 1.0);
+            let mut par = c0.clone();
+            gemm_with(isa_level, true, a_view, b_view, &mut par, ldc, 0.5, 1.0);
+            let diff = seq
+                .iter()
+                .zip(&par)
+                .position(|(x, y)| x.to_bits() != y.to_bits());
+            assert_eq!(diff, None, "{isa_level:?} {name}: first differing element");
+        }
     }
 }
 
