@@ -587,6 +587,18 @@ unsafe fn blocked<K: Microkernel, TA: Elem, TB: Elem>(
     };
     for jc in (0..n).step_by(nc) {
         let ncb = nc.min(n - jc);
+        let block_at = |ic: usize, pc: usize| {
+            let kcb = kc.min(k - pc);
+            BlockAt {
+                ic,
+                mcb: mc.min(m - ic),
+                pc,
+                kcb,
+                kcp: kcb.next_multiple_of(K::KSTEP),
+                jc,
+                ncb,
+            }
+        };
         match pre {
             // B is packed already: every depth block of this column block is at hand, so
             // each row block runs all its depth blocks in turn while its `MC x NC` block of
@@ -597,20 +609,10 @@ unsafe fn blocked<K: Microkernel, TA: Elem, TB: Elem>(
             Prepacked::B(all) => {
                 for ic in (0..m).step_by(mc) {
                     for pc in (0..k).step_by(kc) {
-                        let kcb = kc.min(k - pc);
-                        let kcp = kcb.next_multiple_of(K::KSTEP);
+                        let at = block_at(ic, pc);
                         // Depth blocks before `pc` are all full (KC), so this one starts
                         // at pc * panels * NR; the block's first panel is jc / NR.
-                        let bblock = &all[pc * b_panels * K::NR + (jc / K::NR) * kcp * K::NR..];
-                        let at = BlockAt {
-                            ic,
-                            mcb: mc.min(m - ic),
-                            pc,
-                            kcb,
-                            kcp,
-                            jc,
-                            ncb,
-                        };
+                        let bblock = &all[pc * b_panels * K::NR + (jc / K::NR) * at.kcp * K::NR..];
                         // SAFETY: contract of this function.
                         unsafe { row_block::<K, TA, TB>(&mut cx, &at, bblock) };
                     }
@@ -618,22 +620,12 @@ unsafe fn blocked<K: Microkernel, TA: Elem, TB: Elem>(
             }
             _ => {
                 for pc in (0..k).step_by(kc) {
-                    let kcb = kc.min(k - pc);
-                    let kcp = kcb.next_multiple_of(K::KSTEP);
                     // B's panels are rows of B^T, packed exactly like A's.
+                    let kcb = kc.min(k - pc);
                     K::pack::<TB>(job.b.sub(pc, kcb, jc, ncb).t(), K::NR, bbuf);
                     for ic in (0..m).step_by(mc) {
-                        let at = BlockAt {
-                            ic,
-                            mcb: mc.min(m - ic),
-                            pc,
-                            kcb,
-                            kcp,
-                            jc,
-                            ncb,
-                        };
                         // SAFETY: contract of this function.
-                        unsafe { row_block::<K, TA, TB>(&mut cx, &at, bbuf) };
+                        unsafe { row_block::<K, TA, TB>(&mut cx, &block_at(ic, pc), bbuf) };
                     }
                 }
             }
