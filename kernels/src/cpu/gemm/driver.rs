@@ -555,13 +555,15 @@ unsafe fn blocked<K: Microkernel, TA: Elem, TB: Elem>(
     let nc_max = nc.min(n.next_multiple_of(K::NR));
     let (a_panels, b_panels) = (m.div_ceil(K::MR), n.div_ceil(K::NR));
     // A's rows are read in place by the kernel, or (at a stride that aliases in L1) copied
-    // block by block to a narrower stride and read there, or packed into panels.
+    // block by block to `copy_stride` and read there, or packed into panels.
     let in_place = !matches!(pre, Prepacked::A(_)) && kernel_reads_rows_of::<K, TA>(&job.a, k);
     let direct_a = in_place && reads_a_in_place::<K, TA>(&job.a, k);
+    // Room for A's block packed, or copied at `copy_stride`.
+    let a_block = mc_max * copy_stride::<K::P>(kcp_max);
     let (len_a, len_b) = match pre {
-        Prepacked::None => (mc_max * kcp_max, nc_max * kcp_max),
+        Prepacked::None => (a_block, nc_max * kcp_max),
         Prepacked::A(_) => (0, nc_max * kcp_max),
-        Prepacked::B(_) => (mc_max * kcp_max, 0),
+        Prepacked::B(_) => (a_block, 0),
     };
     let len_a = if direct_a { 0 } else { len_a };
     // B's part starts on a cache line too.
@@ -687,23 +689,24 @@ unsafe fn row_block<K: Microkernel, TA: Elem, TB: Elem>(
     let beta = if pc == 0 { job.beta } else { 1.0 };
     let epilogue = job.epilogue.filter(|_| pc + kcb == k);
     // The block's rows as the kernel reads them in place (first row, stride): A's own, or
-    // their copy at a `kcb` stride.
+    // their copy at `copy_stride`.
     // SAFETY: rows ic..ic + mcb of A hold kcb elements from pc (A's elements are `K::P`,
-    // checked by `kernel_reads_rows_of`); abuf holds mc_max * kcp_max >= mcb * kcb
-    // elements.
+    // checked by `kernel_reads_rows_of`); abuf holds mc_max * copy_stride(kcp_max) >=
+    // mcb * copy_stride(kcb) elements.
     let a_rows = cx.in_place.then(|| unsafe {
         let src = (job.a.data.as_ptr() as *const K::P).add(job.a.offset + ic * job.a.rs + pc);
         if cx.direct_a {
             return (src, job.a.rs);
         }
+        let stride = copy_stride::<K::P>(kcb);
         for r in 0..mcb {
             std::ptr::copy_nonoverlapping(
                 src.add(r * job.a.rs),
-                cx.abuf.as_mut_ptr().add(r * kcb),
+                cx.abuf.as_mut_ptr().add(r * stride),
                 kcb,
             );
         }
-        (cx.abuf.as_ptr(), kcb)
+        (cx.abuf.as_ptr(), stride)
     });
     let ablock: &[K::P] = match cx.pre {
         _ if cx.in_place => &[],
@@ -754,6 +757,16 @@ unsafe fn row_block<K: Microkernel, TA: Elem, TB: Elem>(
     }
 }
 
+/// The row stride (in elements) at which A's rows are copied for a kernel that reads rows:
+/// `depth` elements rounded up to whole pairs of cache lines, plus one line. An odd number
+/// of 64-byte lines apart, the twelve rows of a tile fall in twelve different L1 sets;
+/// copied `depth` apart, a depth of 1024 f32s (`KC` since the f32 kernel's depth blocks
+/// grew to 1024) put them 4 KiB apart again, all in the same sets.
+fn copy_stride<P>(depth: usize) -> usize {
+    let size = std::mem::size_of::<P>();
+    ((depth * size).next_multiple_of(128) + 64) / size
+}
+
 /// Whether kernel `K` reads `a` (depth `k`) in place instead of from packed panels: rows of
 /// the packed type with contiguous depth, whole bf16 pairs only (an odd depth's last pair
 /// would read past the row, where packing pads a zero), and rows not a multiple of 4 KiB
@@ -765,7 +778,7 @@ fn reads_a_in_place<K: Microkernel, TA: Elem>(a: &MatRef<'_, TA>, k: usize) -> b
 
 /// Whether kernel `K` can read rows of `a` (depth `k`), in place or copied: rows of the
 /// packed type with contiguous depth, whole bf16 pairs only. Rows a multiple of 4 KiB
-/// apart are copied per `MC x KC` block to a `KC` stride (a `memcpy` per row) instead of
+/// apart are copied per `MC x KC` block to [`copy_stride`] (a `memcpy` per row) instead of
 /// transposed into panels: the transposing pack of f32 activations at depth 1024 was
 /// ~3.9% of an f32 LoRA step's samples, the copy ~1.4%.
 fn kernel_reads_rows_of<K: Microkernel, TA: Elem>(a: &MatRef<'_, TA>, k: usize) -> bool {
@@ -895,6 +908,31 @@ unsafe fn scale_c<TA, TB>(job: &Job<'_, TA, TB>, m: usize, n: usize) {
                 } else {
                     job.beta * *dst
                 };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Copied rows never alias: the stride holds the depth and is an odd number of cache
+    /// lines, so no two of a tile's twelve rows share an L1 set at any depth.
+    #[test]
+    fn copy_stride_is_an_odd_number_of_cache_lines() {
+        for depth in 1..=4200 {
+            for (stride, size) in [
+                (copy_stride::<f32>(depth), 4),
+                (copy_stride::<bf16>(depth), 2),
+            ] {
+                assert!(stride >= depth, "depth {depth}");
+                let bytes = stride * size;
+                assert_eq!(bytes % 64, 0, "depth {depth}: whole lines");
+                assert_eq!(bytes / 64 % 2, 1, "depth {depth}: odd number of lines");
+                let sets: std::collections::HashSet<usize> =
+                    (0..12).map(|r| r * bytes / 64 % 64).collect();
+                assert_eq!(sets.len(), 12, "depth {depth}: rows share L1 sets");
             }
         }
     }

@@ -197,7 +197,7 @@ fn bf16_matches_f32_of_the_rounded_inputs() {
 /// f32 A rows at a stride wider than the depth, from an offset, partial tiles, alpha and
 /// beta, odd depths. The AVX-512 kernel reads them in place, except rows 4 KiB apart (the
 /// last case, whose rows would all map to the same L1 sets), which are copied per block
-/// to a narrower stride; the AVX2 kernel packs them.
+/// to a stride an odd number of cache lines wide; the AVX2 kernel packs them.
 #[test]
 fn f32_rows_at_any_stride() {
     let cases = [
@@ -215,7 +215,7 @@ fn f32_rows_at_any_stride() {
 /// a stride wider than the depth, from an offset, partial tiles, alpha and beta.
 #[test]
 fn bf16_rows_read_in_place_at_any_stride() {
-    // The last case's rows are 4 KiB apart: copied per block to a narrower stride.
+    // The last case's rows are 4 KiB apart: copied per block to another stride.
     let cases = [
         (29, 45, 130, 6, 3),
         (100, 70, 1026, 1, 0),
