@@ -14,8 +14,9 @@
 //! `--ops` adds a per-kernel breakdown and `--gemm` the GEMM throughput at the layer's
 //! shapes (ours vs candle's matmul and PyTorch's `F.linear`) and at decode shapes (`rowdot`
 //! vs our GEMM). `--gemm-dims` takes that table at another model's widths (default
-//! Qwen2.5-0.5B's `896,4864,128`; `1024,2816,256` is bench_train.py's ~100M Qwen2). PyTorch runs with `$KUBESWIFT_BENCH_PYTHON`, else
-//! `/work/venv-py/bin/python`, else `python3`.
+//! Qwen2.5-0.5B's `896,4864,128`; `1024,2816,256` is bench_train.py's ~100M Qwen2).
+//! PyTorch runs with `$KUBESWIFT_BENCH_PYTHON`, else `/work/venv-py/bin/python`, else
+//! `python3`.
 
 mod model;
 

@@ -23,20 +23,43 @@ macro_rules! prefetch_b {
 /// of a 1024-step tile are evicted again by the 170 KiB of panels streamed meanwhile.
 const C_PREFETCH_STEPS: usize = 24;
 
-/// One depth step: B's two vectors, then for each row its broadcast 32-bit A element
-/// (`$addr`, into `zmm$bc`) multiplied into accumulators `$c0` (columns 0-15) and `$c1`
-/// (16-31) by `$fma`; then `$advance` moves A on and B moves 128 bytes.
+/// One row of a depth step: the row's 32-bit A element at `$addr`, broadcast into
+/// `zmm$bc`, multiplied by `$fma` into accumulators `$c0` (columns 0-15) and `$c1` (16-31).
+// Kept one instruction to a line (rustfmt would put each piece of the strings on its own).
+#[rustfmt::skip]
+macro_rules! row_12x32 {
+    ($fma:literal, $addr:literal, $bc:literal, $c0:literal, $c1:literal) => {
+        concat!(
+            "vbroadcastss zmm", $bc, ", dword ptr ", $addr, "\n",
+            $fma, " zmm", $c0, ", zmm", $bc, ", zmm24\n",
+            $fma, " zmm", $c1, ", zmm", $bc, ", zmm25\n",
+        )
+    };
+}
+
+/// One depth step: B's two vectors, then rows 0-11 with A's elements at `$addr`s (the
+/// broadcasts rotate through six registers so consecutive rows do not wait on one
+/// another); then `$advance` moves A on and B moves 128 bytes.
 macro_rules! step_12x32 {
-    ($fma:literal, $advance:literal, $(($addr:literal, $bc:literal, $c0:literal, $c1:literal)),* $(,)?) => {
+    ($fma:literal, $advance:literal, [$a0:literal, $a1:literal, $a2:literal, $a3:literal,
+     $a4:literal, $a5:literal, $a6:literal, $a7:literal, $a8:literal, $a9:literal,
+     $a10:literal, $a11:literal $(,)?]) => {
         concat!(
             "vmovups zmm24, zmmword ptr [{b}]\n",
             "vmovups zmm25, zmmword ptr [{b} + 64]\n",
             prefetch_b!(),
-            $(
-                "vbroadcastss zmm", $bc, ", dword ptr ", $addr, "\n",
-                $fma, " zmm", $c0, ", zmm", $bc, ", zmm24\n",
-                $fma, " zmm", $c1, ", zmm", $bc, ", zmm25\n",
-            )*
+            row_12x32!($fma, $a0, 26, 0, 1),
+            row_12x32!($fma, $a1, 27, 2, 3),
+            row_12x32!($fma, $a2, 28, 4, 5),
+            row_12x32!($fma, $a3, 29, 6, 7),
+            row_12x32!($fma, $a4, 30, 8, 9),
+            row_12x32!($fma, $a5, 31, 10, 11),
+            row_12x32!($fma, $a6, 26, 12, 13),
+            row_12x32!($fma, $a7, 27, 14, 15),
+            row_12x32!($fma, $a8, 28, 16, 17),
+            row_12x32!($fma, $a9, 29, 18, 19),
+            row_12x32!($fma, $a10, 30, 20, 21),
+            row_12x32!($fma, $a11, 31, 22, 23),
             $advance,
             "add {b}, 128\n",
         )
@@ -49,18 +72,20 @@ macro_rules! step_direct {
         step_12x32!(
             $fma,
             "add {a0}, 4\nadd {a3}, 4\nadd {a6}, 4\nadd {a9}, 4\n",
-            ("[{a0}]", 26, 0, 1),
-            ("[{a0} + {lda}]", 27, 2, 3),
-            ("[{a0} + {lda}*2]", 28, 4, 5),
-            ("[{a3}]", 29, 6, 7),
-            ("[{a3} + {lda}]", 30, 8, 9),
-            ("[{a3} + {lda}*2]", 31, 10, 11),
-            ("[{a6}]", 26, 12, 13),
-            ("[{a6} + {lda}]", 27, 14, 15),
-            ("[{a6} + {lda}*2]", 28, 16, 17),
-            ("[{a9}]", 29, 18, 19),
-            ("[{a9} + {lda}]", 30, 20, 21),
-            ("[{a9} + {lda}*2]", 31, 22, 23),
+            [
+                "[{a0}]",
+                "[{a0} + {lda}]",
+                "[{a0} + {lda}*2]",
+                "[{a3}]",
+                "[{a3} + {lda}]",
+                "[{a3} + {lda}*2]",
+                "[{a6}]",
+                "[{a6} + {lda}]",
+                "[{a6} + {lda}*2]",
+                "[{a9}]",
+                "[{a9} + {lda}]",
+                "[{a9} + {lda}*2]",
+            ]
         )
     };
 }
@@ -71,18 +96,20 @@ macro_rules! step_packed {
         step_12x32!(
             $fma,
             "add {a0}, 48\n",
-            ("[{a0}]", 26, 0, 1),
-            ("[{a0} + 4]", 27, 2, 3),
-            ("[{a0} + 8]", 28, 4, 5),
-            ("[{a0} + 12]", 29, 6, 7),
-            ("[{a0} + 16]", 30, 8, 9),
-            ("[{a0} + 20]", 31, 10, 11),
-            ("[{a0} + 24]", 26, 12, 13),
-            ("[{a0} + 28]", 27, 14, 15),
-            ("[{a0} + 32]", 28, 16, 17),
-            ("[{a0} + 36]", 29, 18, 19),
-            ("[{a0} + 40]", 30, 20, 21),
-            ("[{a0} + 44]", 31, 22, 23),
+            [
+                "[{a0}]",
+                "[{a0} + 4]",
+                "[{a0} + 8]",
+                "[{a0} + 12]",
+                "[{a0} + 16]",
+                "[{a0} + 20]",
+                "[{a0} + 24]",
+                "[{a0} + 28]",
+                "[{a0} + 32]",
+                "[{a0} + 36]",
+                "[{a0} + 40]",
+                "[{a0} + 44]",
+            ]
         )
     };
 }

@@ -760,8 +760,8 @@ unsafe fn row_block<K: Microkernel, TA: Elem, TB: Elem>(
 /// The row stride (in elements) at which A's rows are copied for a kernel that reads rows:
 /// `depth` elements rounded up to whole pairs of cache lines, plus one line. An odd number
 /// of 64-byte lines apart, the twelve rows of a tile fall in twelve different L1 sets;
-/// copied `depth` apart, a depth of 1024 f32s (`KC` since the f32 kernel's depth blocks
-/// grew to 1024) put them 4 KiB apart again, all in the same sets.
+/// copied `depth` apart, a depth block of 1024 f32s (the f32 kernel's `KC`) would put
+/// them 4 KiB apart, all in the same sets, as A's own rows were.
 fn copy_stride<P>(depth: usize) -> usize {
     let size = std::mem::size_of::<P>();
     ((depth * size).next_multiple_of(128) + 64) / size

@@ -517,24 +517,9 @@ unsafe fn avx512bf16_12x32_direct_a(
 ) {
     use std::arch::x86_64::*;
     // SAFETY: rows min(i, rows - 1) < rows are readable for kcp elements (caller); the B
-    // panel holds kcp/2 pairs of 32 columns; C block writable. Transmutes as in
-    // `avx512bf16_12x32`.
+    // panel holds kcp/2 pairs of 32 columns; C block writable. The transmutes reinterpret
+    // 512-bit integer vectors as 32 bf16 lanes, which is what `vdpbf16ps` reads.
     unsafe {
-        let row = |i: usize| a.add(i.min(rows - 1) * lda) as *const u32;
-        let r = [
-            row(0),
-            row(1),
-            row(2),
-            row(3),
-            row(4),
-            row(5),
-            row(6),
-            row(7),
-            row(8),
-            row(9),
-            row(10),
-            row(11),
-        ];
         prefetch_c_12x32(c, ldc);
         let mut acc = [_mm512_setzero_ps(); 24];
         if rows == 12 {
@@ -543,6 +528,9 @@ unsafe fn avx512bf16_12x32_direct_a(
             store_12x32(&acc, c, ldc, alpha, beta);
             return;
         }
+        // An edge tile: rows past `rows` repeat the last one.
+        let r: [*const u32; 12] =
+            std::array::from_fn(|i| a.add(i.min(rows - 1) * lda) as *const u32);
         for p in 0..kcp / 2 {
             let b0: __m512bh =
                 std::mem::transmute(_mm512_loadu_si512(b.add(p * 64) as *const __m512i));
