@@ -151,12 +151,22 @@ macro_rules! tile_12x32 {
     };
 }
 
-/// Every zmm register, clobbered by the tiles.
+/// Runs a tile's assembly `$body` with the operands both kinds of tile share (B, the step
+/// count, C and its row stride, the accumulators' destination), A's own operands
+/// (`$a_operands`), and every zmm register clobbered.
 macro_rules! tile_asm {
-    ($body:expr, $($operands:tt)*) => {
+    ($body:expr, b = $b:expr, steps = $steps:expr, c = $c:expr, ldc_bytes = $ldc:expr,
+     acc = $acc:expr, $($a_operands:tt)*) => {
         std::arch::asm!(
             $body,
-            $($operands)*
+            $($a_operands)*
+            b = inout(reg) $b => _,
+            n = in(reg) $steps,
+            t = out(reg) _,
+            tail = inout(reg) ($steps).min(C_PREFETCH_STEPS) => _,
+            c = inout(reg) $c => _,
+            ldc = in(reg) $ldc,
+            acc = in(reg) $acc.as_mut_ptr(),
             out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _,
             out("zmm4") _, out("zmm5") _, out("zmm6") _, out("zmm7") _,
             out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
@@ -197,18 +207,12 @@ macro_rules! tiles {
             unsafe {
                 tile_asm!(
                     tile_12x32!(step_direct!($fma)),
+                    b = b, steps = steps, c = c, ldc_bytes = ldc_bytes, acc = acc,
                     a0 = inout(reg) a => _,
                     a3 = inout(reg) a.add(3 * lda_bytes) => _,
                     a6 = inout(reg) a.add(6 * lda_bytes) => _,
                     a9 = inout(reg) a.add(9 * lda_bytes) => _,
                     lda = in(reg) lda_bytes,
-                    b = inout(reg) b => _,
-                    n = in(reg) steps,
-                    t = out(reg) _,
-                    tail = inout(reg) steps.min(C_PREFETCH_STEPS) => _,
-                    c = inout(reg) c => _,
-                    ldc = in(reg) ldc_bytes,
-                    acc = in(reg) acc.as_mut_ptr(),
                 )
             }
         }
@@ -230,14 +234,8 @@ macro_rules! tiles {
             unsafe {
                 tile_asm!(
                     tile_12x32!(step_packed!($fma)),
+                    b = b, steps = steps, c = c, ldc_bytes = ldc_bytes, acc = acc,
                     a0 = inout(reg) a => _,
-                    b = inout(reg) b => _,
-                    n = in(reg) steps,
-                    t = out(reg) _,
-                    tail = inout(reg) steps.min(C_PREFETCH_STEPS) => _,
-                    c = inout(reg) c => _,
-                    ldc = in(reg) ldc_bytes,
-                    acc = in(reg) acc.as_mut_ptr(),
                 )
             }
         }
