@@ -124,10 +124,15 @@ macro_rules! transposer {
                 let panel = &mut dst[q * depth * width..(q + 1) * depth * width];
                 let live = width.min(rows - r0);
                 let out = panel.as_mut_ptr();
-                for g in (0..width).step_by(8) {
-                    let lanes = 8.min(width - g);
-                    let mask = first_lanes(lanes);
-                    for p0 in (0..full).step_by(8) {
+                // Depth outside, rows inside: each step writes 8 whole panel rows (`width`
+                // values, contiguous). With rows outside, each panel row was written in
+                // `width / 8` 32-byte pieces a whole pass over the panel apart (the panel
+                // is larger than L1): the transpose took ~10% longer (f32 weights of the
+                // training bench's shapes, share of a product's samples 2.4% -> 2.2%).
+                for p0 in (0..full).step_by(8) {
+                    for g in (0..width).step_by(8) {
+                        let lanes = 8.min(width - g);
+                        let mask = first_lanes(lanes);
                         let mut block = [_mm256_setzero_ps(); 8];
                         for (i, v) in block.iter_mut().enumerate() {
                             if g + i < live {
