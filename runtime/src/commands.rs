@@ -33,6 +33,19 @@ pub fn error_text(e: &anyhow::Error) -> String {
     text
 }
 
+/// Writes `line` and a newline to stderr in one `write`. `eprintln!` writes each piece of
+/// its format separately, so the lines of a launcher and of the workers sharing its stderr
+/// came out interleaved mid-line (`error: worker rank 1error:  exited with code ...`); one
+/// write of a line shorter than the pipe buffer (4 KiB) is never split.
+pub fn eprint_line(line: &str) {
+    use std::io::Write;
+    let mut text = String::with_capacity(line.len() + 1);
+    text.push_str(line);
+    text.push('\n');
+    // Nothing better to do when stderr itself is gone.
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
 /// Runs one subcommand with its resolved arguments.
 pub fn run(command: Command, resolved: Resolved) -> ExitCode {
     if let Some(path) = &resolved.loaded_from {
@@ -45,7 +58,7 @@ pub fn run(command: Command, resolved: Resolved) -> ExitCode {
             Ok(Some(code)) => return ExitCode::from(code),
             Ok(None) => {}
             Err(e) => {
-                eprintln!("error: {}", error_text(&e));
+                eprint_line(&format!("error: {}", error_text(&e)));
                 return ExitCode::FAILURE;
             }
         }
@@ -61,7 +74,7 @@ pub fn run(command: Command, resolved: Resolved) -> ExitCode {
         return match run(&resolved.args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("error: {}", error_text(&e));
+                eprint_line(&format!("error: {}", error_text(&e)));
                 if e.chain().any(|c| c.is::<NotBuilt>()) {
                     ExitCode::from(EXIT_NOT_BUILT)
                 } else {
@@ -71,10 +84,10 @@ pub fn run(command: Command, resolved: Resolved) -> ExitCode {
         };
     }
     // No engine is built yet: say so in one line instead of pretending to run.
-    eprintln!(
+    eprint_line(&format!(
         "error: `swift {command}`: the {} engine is not built yet in this version of kubeswift",
         engine_name(command)
-    );
+    ));
     ExitCode::from(EXIT_NOT_BUILT)
 }
 

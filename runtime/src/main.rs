@@ -36,7 +36,7 @@ fn main() -> ExitCode {
         }
         Ok(Cli::Run { command, resolved }) => commands::run(command, *resolved),
         Err(e) => {
-            eprintln!("error: {e}");
+            commands::eprint_line(&format!("error: {e}"));
             ExitCode::from(e.exit_code() as u8)
         }
     }

@@ -206,10 +206,10 @@ async fn supervise(workers: Vec<WorkerPlan>) -> anyhow::Result<u8> {
                     }
                 };
                 if code != 0 && failure.is_none() {
-                    eprintln!(
+                    crate::commands::eprint_line(&format!(
                         "error: worker rank {rank} exited with code {code}{}; stopping the other workers",
                         if code > 128 { format!(" (killed by signal {})", code - 128) } else { String::new() }
-                    );
+                    ));
                     failure = Some((rank, code));
                     for &pid in live.values() {
                         send(pid, libc::SIGTERM);

@@ -152,7 +152,7 @@ fn train(user_args: &Args, reporter: &Arc<ProgressReporter>) -> anyhow::Result<T
     // As ms-swift logs it; None after `--save_strategy no`.
     let last = summary.last_checkpoint_uri.as_deref().unwrap_or("None");
     tracing::info!(last_model_checkpoint = %last, best_model_checkpoint = ?summary.best_checkpoint, "done");
-    eprintln!("last_model_checkpoint: {last}");
+    crate::commands::eprint_line(&format!("last_model_checkpoint: {last}"));
     Ok(summary)
 }
 
