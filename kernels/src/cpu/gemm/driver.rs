@@ -943,8 +943,6 @@ unsafe fn scale_c<TA, TB>(job: &Job<'_, TA, TB>, m: usize, n: usize) {
 mod tests {
     use super::*;
 
-    /// Copied rows never alias: the stride holds the depth and is an odd number of cache
-    /// lines, so no two of a tile's twelve rows share an L1 set at any depth.
     /// Guided spans tile the side exactly, in whole units but the last, in order, never
     /// growing, and each is at most half a thread's share of what was left.
     #[test]
@@ -975,6 +973,8 @@ mod tests {
         assert_eq!(&sizes[..4], &[43, 32, 24, 18]);
     }
 
+    /// Copied rows never alias: the stride holds the depth and is an odd number of cache
+    /// lines, so no two of a tile's twelve rows share an L1 set at any depth.
     #[test]
     fn copy_stride_is_an_odd_number_of_cache_lines() {
         for depth in 1..=4200 {
