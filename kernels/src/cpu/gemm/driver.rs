@@ -269,15 +269,12 @@ const TASKS_PER_THREAD: usize = 4;
 /// Smallest task of a product's guided split, in microkernel rows (columns).
 const MIN_TASK_UNITS: usize = 2;
 
-/// Task `t` of `tasks` over `len` items cut in whole `unit`s (`tasks` <= the number of
-/// units), as `(start, size)`. The units are shared out evenly, so task sizes differ by one
-/// unit at most: cutting equal multiples of the unit left one short remainder task, and
-/// on two threads the thread that drew it idled ~3% of every product at the end.
-fn task_span(t: usize, tasks: usize, len: usize, unit: usize) -> (usize, usize) {
-    let units = len.div_ceil(unit);
-    let (first, end) = (t * units / tasks, (t + 1) * units / tasks);
-    let start = first * unit;
-    (start, (end * unit).min(len) - start)
+/// Task `t` of `tasks` over `len` items (`tasks` <= `len`), as `(start, size)`: the items
+/// shared out evenly, so sizes differ by one at most (a shared operand's panels between
+/// its packing tasks; products are cut by [`guided_spans`]).
+fn even_span(t: usize, tasks: usize, len: usize) -> (usize, usize) {
+    let (start, end) = (t * len / tasks, (t + 1) * len / tasks);
+    (start, end - start)
 }
 
 /// A product's side of `len` items cut for `threads` threads taking tasks in order: whole
@@ -403,7 +400,7 @@ unsafe fn pack_shared<K: Microkernel, T: Elem>(
         let pc = i * K::KC;
         let kcb = K::KC.min(depth - pc);
         let kcp = kcb.next_multiple_of(K::KSTEP);
-        let (first, count) = task_span(g, groups, panels, 1);
+        let (first, count) = even_span(g, groups, panels);
         let r0 = first * width;
         // Blocks before `pc` are all full, so this one starts at i * block_len; its panels
         // follow one another, `width * kcp` elements each.
