@@ -18,8 +18,12 @@ Why we carry patched copies (the root Cargo.toml's [patch.crates-io] points at t
 3. candle-core's backward pass accumulates every gradient as `zeros_like(x) + grad`: each
    first gradient of a tensor costs a zeroed allocation and an add pass over it (a training
    step of the bench's Qwen2 spent ~1% of its time zeroing and ~1% adding those zeros). We
-   give `GradStore` an `accumulate` that stores the first gradient as it is (contiguous, as
-   the sum was) and adds later ones, and route the plain `or_insert` + `add` pairs to it.
+   give `GradStore` an `accumulate` that stores the first gradient as it is and adds later
+   ones, and route the plain `or_insert` + `add` pairs to it. A dense CPU gradient keeps its
+   layout (a transposed one is not copied back to the logical order, since the next
+   `transpose` on the way back would undo it: ~1.5% of an f32 step was attention's head
+   gradients copied that way, one serial 256-byte block at a time); others are made
+   contiguous, as the sum was.
 4. candle-core's bf16 add on x86 (`cpu/avx.rs`'s `vec_add_bf16`, which every bf16 `add`
    and so every bf16 gradient sum goes through) converts 8 values at a time through trait
    methods that are not inlined (the conversion intrinsics are called as functions) or,
@@ -125,10 +129,16 @@ def vendor_core() -> None:
 
 ACCUMULATE = '''
     /// kubeswift (scripts/vendor/candle.py): adds `grad` to `tensor`'s gradient. The first
-    /// one is stored as it is (made contiguous, as `zeros + grad` was) instead of being
-    /// added to a zeroed tensor: no zeroing, no add pass, no extra allocation. A first
-    /// gradient of another shape, dtype or device still goes through `zeros + grad`, which
-    /// reports the mismatch as before.
+    /// one is stored as it is instead of being added to a zeroed tensor: no zeroing, no add
+    /// pass, no extra allocation. On the CPU, a dense first gradient (every element once, no
+    /// gaps: contiguous, or a permutation of a contiguous buffer such as the `transpose`
+    /// of one) of a `transpose`, `permute` or custom op's output is kept in its layout:
+    /// copying a permuted gradient back to the logical order would be undone by the next
+    /// `transpose` or `permute` on the way back (attention's heads), one serial strided copy
+    /// each, and those backwards take any layout (custom ops ask for what they need). Any
+    /// other gradient is made contiguous, as `zeros + grad` was (a matmul's backward, for
+    /// one, rejects most permuted layouts). A first gradient of another shape, dtype or
+    /// device still goes through `zeros + grad`, which reports the mismatch as before.
     fn accumulate(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
         match self.0.entry(tensor.id()) {
             Entry::Occupied(mut entry) => {
@@ -140,10 +150,15 @@ ACCUMULATE = '''
                     && grad.dtype() == tensor.dtype()
                     && grad.device().same_device(tensor.device());
                 // A mismatch keeps what `zeros + grad` did with it (an error).
-                let first = if same {
-                    grad.contiguous()?
-                } else {
+                let first = if !same {
                     tensor.zeros_like()?.add(grad)?
+                } else if grad.device().is_cpu()
+                    && takes_any_layout(tensor.op())
+                    && is_dense(grad.layout())
+                {
+                    grad.clone()
+                } else {
+                    grad.contiguous()?
                 };
                 entry.insert(first);
             }
@@ -152,6 +167,48 @@ ACCUMULATE = '''
     }
 
     /// Get the gradient tensor associated with the given tensor, or, if it does not exist,
+'''
+
+IS_DENSE = '''
+/// kubeswift (scripts/vendor/candle.py): whether the backward of the op that made a
+/// tensor takes the tensor's gradient in any layout.
+fn takes_any_layout(op: &Option<Op>) -> bool {
+    matches!(
+        op,
+        Some(
+            Op::Transpose(..)
+                | Op::Permute(..)
+                | Op::CustomOp1(..)
+                | Op::CustomOp2(..)
+                | Op::CustomOp3(..)
+        )
+    )
+}
+
+/// kubeswift (scripts/vendor/candle.py): whether `layout` reads a gapless run of its buffer,
+/// each element once, in some order of its dims (size-1 dims ignored): a contiguous layout
+/// or a permutation of one. Broadcast (stride 0) and inner-sliced layouts are not dense.
+fn is_dense(layout: &crate::Layout) -> bool {
+    let mut dims: Vec<(usize, usize)> = layout
+        .dims()
+        .iter()
+        .zip(layout.stride())
+        .map(|(&size, &stride)| (size, stride))
+        .filter(|&(size, _)| size != 1)
+        .collect();
+    if dims.iter().any(|&(size, _)| size == 0) {
+        return false;
+    }
+    dims.sort_by(|a, b| b.1.cmp(&a.1));
+    let mut expected = 1;
+    for &(size, stride) in dims.iter().rev() {
+        if stride != expected {
+            return false;
+        }
+        expected *= size;
+    }
+    true
+}
 '''
 
 # `let g = grads.or_insert(x)?;` directly followed by `*g = g.add(&y)?` (y a plain name).
@@ -171,7 +228,7 @@ def patch_backprop(path: Path) -> None:
     # 0.11.1 has 37 such pairs (the custom ops', reshapes', unary ops'...); fewer means the
     # source changed shape and this patch needs a look.
     assert count >= 30, f"only {count} or_insert/add pairs found in backprop.rs"
-    path.write_text(source)
+    path.write_text(source.rstrip("\n") + "\n" + IS_DENSE)
 
 
 VEC_ADD_BF16_HEAD = (

@@ -190,7 +190,9 @@ impl CustomOp1 for Rope {
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         // `grad` has the output's memory-ordered shape; view it in logical order and rotate
-        // it back, producing a contiguous gradient.
+        // it back into `x`'s memory order (the forward's), so that the `transpose` that
+        // made `x` from a projection's `[b, t, h, d]` output is undone for free on the way
+        // back instead of by a strided copy.
         let grad = grad.permute(unorder(self.order))?;
         let grad = if grad.stride()[3] == 1 {
             grad
@@ -199,10 +201,10 @@ impl CustomOp1 for Rope {
         };
         let back = Rope {
             tables: self.tables.clone(),
-            order: [0, 1, 2, 3],
+            order: self.order,
             sign: -1.0,
         };
-        let dx = grad.apply_op1_no_bwd(&back)?;
+        let dx = grad.apply_op1_no_bwd(&back)?.permute(unorder(self.order))?;
         let dx = if dx.dtype() == x.dtype() {
             dx
         } else {

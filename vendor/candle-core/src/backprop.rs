@@ -729,10 +729,16 @@ impl GradStore {
     }
 
     /// kubeswift (scripts/vendor/candle.py): adds `grad` to `tensor`'s gradient. The first
-    /// one is stored as it is (made contiguous, as `zeros + grad` was) instead of being
-    /// added to a zeroed tensor: no zeroing, no add pass, no extra allocation. A first
-    /// gradient of another shape, dtype or device still goes through `zeros + grad`, which
-    /// reports the mismatch as before.
+    /// one is stored as it is instead of being added to a zeroed tensor: no zeroing, no add
+    /// pass, no extra allocation. On the CPU, a dense first gradient (every element once, no
+    /// gaps: contiguous, or a permutation of a contiguous buffer such as the `transpose`
+    /// of one) of a `transpose`, `permute` or custom op's output is kept in its layout:
+    /// copying a permuted gradient back to the logical order would be undone by the next
+    /// `transpose` or `permute` on the way back (attention's heads), one serial strided copy
+    /// each, and those backwards take any layout (custom ops ask for what they need). Any
+    /// other gradient is made contiguous, as `zeros + grad` was (a matmul's backward, for
+    /// one, rejects most permuted layouts). A first gradient of another shape, dtype or
+    /// device still goes through `zeros + grad`, which reports the mismatch as before.
     fn accumulate(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
         match self.0.entry(tensor.id()) {
             Entry::Occupied(mut entry) => {
@@ -744,10 +750,15 @@ impl GradStore {
                     && grad.dtype() == tensor.dtype()
                     && grad.device().same_device(tensor.device());
                 // A mismatch keeps what `zeros + grad` did with it (an error).
-                let first = if same {
-                    grad.contiguous()?
-                } else {
+                let first = if !same {
                     tensor.zeros_like()?.add(grad)?
+                } else if grad.device().is_cpu()
+                    && takes_any_layout(tensor.op())
+                    && is_dense(grad.layout())
+                {
+                    grad.clone()
+                } else {
+                    grad.contiguous()?
                 };
                 entry.insert(first);
             }
@@ -798,4 +809,44 @@ impl GradStore {
     pub fn get_ids(&self) -> impl Iterator<Item = &TensorId> {
         self.0.keys()
     }
+}
+
+/// kubeswift (scripts/vendor/candle.py): whether the backward of the op that made a
+/// tensor takes the tensor's gradient in any layout.
+fn takes_any_layout(op: &Option<Op>) -> bool {
+    matches!(
+        op,
+        Some(
+            Op::Transpose(..)
+                | Op::Permute(..)
+                | Op::CustomOp1(..)
+                | Op::CustomOp2(..)
+                | Op::CustomOp3(..)
+        )
+    )
+}
+
+/// kubeswift (scripts/vendor/candle.py): whether `layout` reads a gapless run of its buffer,
+/// each element once, in some order of its dims (size-1 dims ignored): a contiguous layout
+/// or a permutation of one. Broadcast (stride 0) and inner-sliced layouts are not dense.
+fn is_dense(layout: &crate::Layout) -> bool {
+    let mut dims: Vec<(usize, usize)> = layout
+        .dims()
+        .iter()
+        .zip(layout.stride())
+        .map(|(&size, &stride)| (size, stride))
+        .filter(|&(size, _)| size != 1)
+        .collect();
+    if dims.iter().any(|&(size, _)| size == 0) {
+        return false;
+    }
+    dims.sort_by(|a, b| b.1.cmp(&a.1));
+    let mut expected = 1;
+    for &(size, stride) in dims.iter().rev() {
+        if stride != expected {
+            return false;
+        }
+        expected *= size;
+    }
+    true
 }

@@ -359,7 +359,8 @@ multiversion! {
     }
 }
 
-/// Gradients of the backward, contiguous `[b, h, t, d]` (`dq`) and `[b, kv_h, t, d]`.
+/// Gradients of the backward: dense buffers of `q`'s (`dq`) and `k`'s/`v`'s dims, laid out
+/// by the strides [`backward`] was given.
 pub(crate) struct Grads<T> {
     pub dq: Vec<T>,
     pub dk: Vec<T>,
@@ -376,6 +377,48 @@ pub(crate) struct BackwardInputs<'a, T> {
     pub lse: &'a [f32],
 }
 
+/// Logical strides of the backward's three dense outputs (head dim innermost in each).
+#[derive(Clone, Copy)]
+pub(crate) struct GradStrides {
+    pub dq: [usize; 4],
+    pub dk: [usize; 4],
+    pub dv: [usize; 4],
+}
+
+/// Where a backward task writes: the three output buffers and their strides.
+#[derive(Clone, Copy)]
+struct GradOut<T> {
+    dq: SendPtr<T>,
+    dk: SendPtr<T>,
+    dv: SendPtr<T>,
+    strides: GradStrides,
+}
+
+impl<T: Elem> GradOut<T> {
+    /// Stores the `d`-long `row` at (b, h, t) of the buffer at `ptr` with `strides`.
+    ///
+    /// # Safety
+    /// `strides` must describe a dense buffer at `ptr` holding (b, h, t), head dim
+    /// innermost, and no other thread may write that row.
+    unsafe fn store(
+        ptr: SendPtr<T>,
+        strides: [usize; 4],
+        b: usize,
+        h: usize,
+        t: usize,
+        row: &[f32],
+    ) {
+        let start = b * strides[0] + h * strides[1] + t * strides[2];
+        // SAFETY: guaranteed by the caller.
+        unsafe {
+            T::store(
+                row,
+                std::slice::from_raw_parts_mut(ptr.ptr().add(start), row.len()),
+            )
+        }
+    }
+}
+
 pub(crate) fn backward<T: Elem>(
     q: View<'_, T>,
     k: View<'_, T>,
@@ -383,31 +426,27 @@ pub(crate) fn backward<T: Elem>(
     bw: &BackwardInputs<'_, T>,
     vis: &Visibility,
     scale: f32,
+    strides: GradStrides,
 ) -> Grads<T> {
     let [nb, nh, nq, d] = q.dims;
     let [_, nkv, nk, _] = k.dims;
-    let group = nh / nkv;
     let zero = T::from_f32(0.0);
     let mut grads = Grads {
         dq: par::filled(nb * nh * nq * d, zero),
         dk: par::filled(nb * nkv * nk * d, zero),
         dv: par::filled(nb * nkv * nk * d, zero),
     };
-    // The query heads of one KV head are adjacent, so each task's dq is one chunk.
-    let (dq_len, kv_len) = (group * nq * d, nk * d);
-    let dk_ptr = SendPtr(grads.dk.as_mut_ptr());
-    let dv_ptr = SendPtr(grads.dv.as_mut_ptr());
-    par::for_each_chunk_mut(&mut grads.dq, dq_len.max(1), |task, dq| {
+    let out = GradOut {
+        dq: SendPtr(grads.dq.as_mut_ptr()),
+        dk: SendPtr(grads.dk.as_mut_ptr()),
+        dv: SendPtr(grads.dv.as_mut_ptr()),
+        strides,
+    };
+    // One task per (batch, KV head): it owns that KV head's rows of dk and dv and its query
+    // heads' rows of dq, wherever the strides put them.
+    par::for_each(nb * nkv, |task| {
         let (b, kvh) = (task / nkv, task % nkv);
-        // SAFETY: task (b, kvh) owns the kv_len elements of its KV head in dk and dv
-        // (tasks are distinct (b, kvh) pairs; both buffers hold nb * nkv * kv_len).
-        let (dk, dv) = unsafe {
-            (
-                std::slice::from_raw_parts_mut(dk_ptr.ptr().add(task * kv_len), kv_len),
-                std::slice::from_raw_parts_mut(dv_ptr.ptr().add(task * kv_len), kv_len),
-            )
-        };
-        backward_task(q, k, v, bw, vis, scale, b, kvh, dq, dk, dv);
+        backward_task(q, k, v, bw, vis, scale, b, kvh, out);
     });
     grads
 }
@@ -499,9 +538,7 @@ fn backward_task<T: Elem>(
     scale: f32,
     b: usize,
     kvh: usize,
-    dq_out: &mut [T],
-    dk_out: &mut [T],
-    dv_out: &mut [T],
+    out: GradOut<T>,
 ) {
     let [_, nh, nq, d] = q.dims;
     let [_, nkv, nk, _] = k.dims;
@@ -555,18 +592,24 @@ fn backward_task<T: Elem>(
             backward_tiles(&ops, rows, acc, vis, scale, at);
         }
     }
-    // dq_out is [group heads, t, d]; dqa rows are (t, g).
-    for t in 0..nq {
-        for g in 0..group {
-            let r = t * group + g;
-            T::store(
-                &dqa[r * d..(r + 1) * d],
-                &mut dq_out[(g * nq + t) * d..][..d],
-            );
+    // SAFETY: this task is the only one with batch `b` and KV head `kvh`, so it alone
+    // writes dk/dv rows (b, kvh, *) and dq rows (b, h, *) of its query heads; `backward`
+    // made each buffer dense for its strides.
+    unsafe {
+        // dqa rows are (t, g).
+        for t in 0..nq {
+            for g in 0..group {
+                let r = t * group + g;
+                let row = &dqa[r * d..(r + 1) * d];
+                GradOut::store(out.dq, out.strides.dq, b, kvh * group + g, t, row);
+            }
+        }
+        for t in 0..nk {
+            let rows = t * d..(t + 1) * d;
+            GradOut::store(out.dk, out.strides.dk, b, kvh, t, &dka[rows.clone()]);
+            GradOut::store(out.dv, out.strides.dv, b, kvh, t, &dva[rows]);
         }
     }
-    T::store(&dka, dk_out);
-    T::store(&dva, dv_out);
 }
 
 /// Per query row of a backward task: the forward's log-sum-exp and `delta = dO . O`.

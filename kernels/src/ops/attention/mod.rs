@@ -322,6 +322,18 @@ impl CustomOp3 for Attention {
             }
         };
         let (o, d_o) = (logical(res)?, logical(grad)?);
+        // Each gradient is laid out in its input's memory order (as the forward's output
+        // follows q's): for heads made by `transpose(1, 2)` of a projection's `[b, t, h, d]`
+        // output, the gradient's way back through that transpose is then free instead of
+        // a strided copy (see `GradStore::accumulate` in vendor/candle-core).
+        let (q_order, dq_strides) = follow_order(q.layout());
+        let (k_order, dk_strides) = follow_order(k.layout());
+        let (v_order, dv_strides) = follow_order(v.layout());
+        let strides = cpu::GradStrides {
+            dq: dq_strides,
+            dk: dk_strides,
+            dv: dv_strides,
+        };
         let (dq, dk, dv) = with_cpu(OP, "q", q, |qs, ql| {
             with_cpu(OP, "k", k, |ks, kl| {
                 with_cpu(OP, "v", v, |vs, vl| {
@@ -341,6 +353,7 @@ impl CustomOp3 for Attention {
                                         &bw,
                                         &self.vis,
                                         self.scale,
+                                        strides,
                                     );
                                     (owned(g.dq), owned(g.dk), owned(g.dv))
                                 }};
@@ -382,18 +395,22 @@ impl CustomOp3 for Attention {
                 })
             })
         })?;
-        let wrap = |s: CpuStorage, like: &Tensor| -> Result<Option<Tensor>> {
+        let wrap = |s: CpuStorage, like: &Tensor, order: [usize; 4]| -> Result<Option<Tensor>> {
             if !like.track_op() {
                 return Ok(None);
             }
             let t = Tensor::from_storage(
                 candle_core::Storage::Cpu(s),
-                like.shape().clone(),
+                ordered_shape(like.dims(), order),
                 candle_core::op::BackpropOp::none(),
                 false,
             );
-            Ok(Some(t))
+            Ok(Some(t.permute(unorder(order))?))
         };
-        Ok((wrap(dq, q)?, wrap(dk, k)?, wrap(dv, v)?))
+        Ok((
+            wrap(dq, q, q_order)?,
+            wrap(dk, k, k_order)?,
+            wrap(dv, v, v_order)?,
+        ))
     }
 }
