@@ -224,43 +224,73 @@ fn rotate<T: Elem>(
 ) -> Vec<T> {
     let [nb, nh, nt, d] = dims;
     let half = d / 2;
-    let mut out = par::filled(nb * nh * nt * d, T::from_f32(0.0));
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    par::for_each(nb * nh, |bh| {
-        let (b, h) = (bh / nh, bh % nh);
-        let mut xf = vec![0f32; d];
-        let mut yf = vec![0f32; d];
-        for t in 0..nt {
-            let src = &x[b * xs[0] + h * xs[1] + t * xs[2]..][..d];
+    let n = nb * nh * nt * d;
+    // Not zeroed first: the steps below write every element (a zeroing pass was ~0.5% of an
+    // f32 training step across rope and attention).
+    let mut out = Vec::with_capacity(n);
+    let out_ptr = SendPtr(out.spare_capacity_mut().as_mut_ptr());
+    // Heads next to each other in both buffers (heads made by `transpose(1, 2)` of a
+    // projection's `[b, t, h, d]` output, and this op's output in that order): a task step
+    // is one token, all its heads one run of `nh * d` elements sharing the token's table
+    // row, read and written in memory order. Walking one head's positions instead jumped a
+    // whole token (4 KiB for 16 heads of 64) per 256-byte row, a stride the hardware
+    // prefetchers do not follow across pages, and paid a call and two copies per row.
+    let heads_adjacent = xs[1] == d && os[1] == d;
+    let (outer, run_heads) = if heads_adjacent {
+        (nb * nt, nh)
+    } else {
+        (nb * nh, 1)
+    };
+    par::for_each(outer, |task| {
+        let mut xf = vec![0f32; run_heads * d];
+        let mut yf = vec![0f32; run_heads * d];
+        // (b, t) of one step of this task, and where its run starts in x and in out.
+        let mut step = |b: usize, t: usize, src: usize, dst: usize| {
             let r = tables.row(b, t);
-            rotate_row(
-                T::widen(src, &mut xf),
+            rotate_heads(
+                T::widen(&x[src..][..run_heads * d], &mut xf),
                 &tables.cos[r * half..(r + 1) * half],
                 &tables.sin[r * half..(r + 1) * half],
                 sign,
                 &mut yf,
             );
-            let start = b * os[0] + h * os[1] + t * os[2];
             // SAFETY: each (b, h, t) row of `d` elements is written by exactly one task
-            // (tasks own distinct (b, h)); rows lie inside `out` because `os` are the
-            // strides of a dense `dims` buffer with the head dim innermost.
-            let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.ptr().add(start), d) };
-            T::store(&yf, dst);
+            // step (a step owns a token's heads, or one (b, h, t) row); runs lie inside
+            // `out` because `os` are the strides of a dense `dims` buffer with the head
+            // dim innermost (and heads adjacent when a run has several).
+            let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.ptr().add(dst), yf.len()) };
+            T::store_uninit(&yf, dst);
+        };
+        if heads_adjacent {
+            let (b, t) = (task / nt, task % nt);
+            step(b, t, b * xs[0] + t * xs[2], b * os[0] + t * os[2]);
+        } else {
+            let (b, h) = (task / nh, task % nh);
+            for t in 0..nt {
+                let src = b * xs[0] + h * xs[1] + t * xs[2];
+                step(b, t, src, b * os[0] + h * os[1] + t * os[2]);
+            }
         }
     });
+    // SAFETY: the tasks' steps wrote all nb * nh * nt rows of d elements, which are the
+    // dense buffer's n elements.
+    unsafe { out.set_len(n) };
     out
 }
 
 multiversion! {
-    /// `y = [x1 c - s x2, x2 c + s x1]` with `s = sign * sin`.
-    fn rotate_row(x: &[f32], cos: &[f32], sin: &[f32], sign: f32, y: &mut [f32]) {
+    /// `y = [x1 c - s x2, x2 c + s x1]` with `s = sign * sin`, for each head-dim row of `x`
+    /// (one token's heads share `cos` and `sin`).
+    fn rotate_heads(x: &[f32], cos: &[f32], sin: &[f32], sign: f32, y: &mut [f32]) {
         let half = cos.len();
-        let (x1, x2) = x.split_at(half);
-        let (y1, y2) = y.split_at_mut(half);
-        for i in 0..half {
-            let (c, s) = (cos[i], sign * sin[i]);
-            y1[i] = x1[i] * c - x2[i] * s;
-            y2[i] = x2[i] * c + x1[i] * s;
+        for (x, y) in x.chunks_exact(2 * half).zip(y.chunks_exact_mut(2 * half)) {
+            let (x1, x2) = x.split_at(half);
+            let (y1, y2) = y.split_at_mut(half);
+            for i in 0..half {
+                let (c, s) = (cos[i], sign * sin[i]);
+                y1[i] = x1[i] * c - x2[i] * s;
+                y2[i] = x2[i] * c + x1[i] * s;
+            }
         }
     }
 }

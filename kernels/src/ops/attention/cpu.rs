@@ -14,6 +14,8 @@
 //! half the instructions of f32 ones, and Q, K, V and dO are read from the storage without
 //! being widened. f32 and f16 inputs run every product in f32.
 
+use std::mem::MaybeUninit;
+
 use half::bf16;
 
 use super::visibility::{Tile, Visibility};
@@ -107,9 +109,11 @@ pub(crate) fn forward<T: Elem>(
     let group = nh / nkv;
     let bq = q_tile(group);
     let q_tiles = nq.div_ceil(bq);
-    let mut out = par::filled(nb * nh * nq * d, T::from_f32(0.0));
+    let n_out = nb * nh * nq * d;
+    // Not zeroed first: the tiles write every row.
+    let mut out = Vec::with_capacity(n_out);
     let mut lse = vec![f32::INFINITY; nb * nh * nq];
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let out_ptr = SendPtr(out.spare_capacity_mut().as_mut_ptr());
     let lse_ptr = SendPtr(lse.as_mut_ptr());
     par::for_each(nb * nkv * q_tiles, |task| {
         let (b, kvh, qt) = (
@@ -127,7 +131,7 @@ pub(crate) fn forward<T: Elem>(
             // `out_strides` describe a dense buffer of q's dims with the head dim innermost,
             // and `lse` has one slot per (b, h, t).
             unsafe {
-                T::store(
+                T::store_uninit(
                     o_row,
                     std::slice::from_raw_parts_mut(out_ptr.ptr().add(start), d),
                 );
@@ -135,6 +139,9 @@ pub(crate) fn forward<T: Elem>(
             }
         }
     });
+    // SAFETY: the tasks cover every (b, kv head, query tile), so every (b, h, t) row of the
+    // dense `out_strides` buffer, n_out elements, was written.
+    unsafe { out.set_len(n_out) };
     (out, lse)
 }
 
@@ -385,12 +392,13 @@ pub(crate) struct GradStrides {
     pub dv: [usize; 4],
 }
 
-/// Where a backward task writes: the three output buffers and their strides.
+/// Where a backward task writes: the three (not yet initialised) output buffers and their
+/// strides.
 #[derive(Clone, Copy)]
 struct GradOut<T> {
-    dq: SendPtr<T>,
-    dk: SendPtr<T>,
-    dv: SendPtr<T>,
+    dq: SendPtr<MaybeUninit<T>>,
+    dk: SendPtr<MaybeUninit<T>>,
+    dv: SendPtr<MaybeUninit<T>>,
     strides: GradStrides,
 }
 
@@ -401,7 +409,7 @@ impl<T: Elem> GradOut<T> {
     /// `strides` must describe a dense buffer at `ptr` holding (b, h, t), head dim
     /// innermost, and no other thread may write that row.
     unsafe fn store(
-        ptr: SendPtr<T>,
+        ptr: SendPtr<MaybeUninit<T>>,
         strides: [usize; 4],
         b: usize,
         h: usize,
@@ -411,7 +419,7 @@ impl<T: Elem> GradOut<T> {
         let start = b * strides[0] + h * strides[1] + t * strides[2];
         // SAFETY: guaranteed by the caller.
         unsafe {
-            T::store(
+            T::store_uninit(
                 row,
                 std::slice::from_raw_parts_mut(ptr.ptr().add(start), row.len()),
             )
@@ -430,16 +438,17 @@ pub(crate) fn backward<T: Elem>(
 ) -> Grads<T> {
     let [nb, nh, nq, d] = q.dims;
     let [_, nkv, nk, _] = k.dims;
-    let zero = T::from_f32(0.0);
+    let (n_q, n_kv) = (nb * nh * nq * d, nb * nkv * nk * d);
+    // Not zeroed first: the tasks write every row.
     let mut grads = Grads {
-        dq: par::filled(nb * nh * nq * d, zero),
-        dk: par::filled(nb * nkv * nk * d, zero),
-        dv: par::filled(nb * nkv * nk * d, zero),
+        dq: Vec::with_capacity(n_q),
+        dk: Vec::with_capacity(n_kv),
+        dv: Vec::with_capacity(n_kv),
     };
     let out = GradOut {
-        dq: SendPtr(grads.dq.as_mut_ptr()),
-        dk: SendPtr(grads.dk.as_mut_ptr()),
-        dv: SendPtr(grads.dv.as_mut_ptr()),
+        dq: SendPtr(grads.dq.spare_capacity_mut().as_mut_ptr()),
+        dk: SendPtr(grads.dk.spare_capacity_mut().as_mut_ptr()),
+        dv: SendPtr(grads.dv.spare_capacity_mut().as_mut_ptr()),
         strides,
     };
     // One task per (batch, KV head): it owns that KV head's rows of dk and dv and its query
@@ -448,6 +457,14 @@ pub(crate) fn backward<T: Elem>(
         let (b, kvh) = (task / nkv, task % nkv);
         backward_task(q, k, v, bw, vis, scale, b, kvh, out);
     });
+    // SAFETY: the (b, kv head) tasks wrote every row of dk and dv (all nk positions) and of
+    // dq (all nq positions of their query heads, which cover the nh heads): the buffers'
+    // whole dense lengths.
+    unsafe {
+        grads.dq.set_len(n_q);
+        grads.dk.set_len(n_kv);
+        grads.dv.set_len(n_kv);
+    }
     grads
 }
 
