@@ -538,9 +538,15 @@ fn f32_view<'a, T: Elem>(x: View<'a, T>, copy: &'a Option<Vec<f32>>) -> View<'a,
 /// Rows `(t, g)` of a query-head group for all positions, in tile row order, as f32.
 fn group_rows_f32<T: Elem>(x: View<'_, T>, b: usize, kvh: usize, group: usize) -> Vec<f32> {
     let [_, _, nq, d] = x.dims;
-    let mut out = vec![0f32; nq * group * d];
-    for (r, dst) in out.chunks_exact_mut(d).enumerate() {
-        T::load(x.row(b, kvh * group + r % group, r / group), dst);
+    // Appended row by row rather than zeroed and overwritten (a quarter-MiB buffer per task
+    // and operand: the zeroing was a pass of its own).
+    let mut out = Vec::with_capacity(nq * group * d);
+    let mut buf = vec![0f32; d];
+    for r in 0..nq * group {
+        out.extend_from_slice(T::widen(
+            x.row(b, kvh * group + r % group, r / group),
+            &mut buf,
+        ));
     }
     out
 }
