@@ -241,7 +241,8 @@ fn rotate<T: Elem>(
     } else {
         (nb * nh, 1)
     };
-    par::for_each(outer, |task| {
+    // Ranges of tasks, so a thread sets up its run buffers once per range, not per token.
+    par::for_each_owned_range(outer, |tasks| {
         let mut xf = vec![0f32; run_heads * d];
         let mut yf = vec![0f32; run_heads * d];
         // (b, t) of one step of this task, and where its run starts in x and in out.
@@ -261,14 +262,16 @@ fn rotate<T: Elem>(
             let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.ptr().add(dst), yf.len()) };
             T::store_uninit(&yf, dst);
         };
-        if heads_adjacent {
-            let (b, t) = (task / nt, task % nt);
-            step(b, t, b * xs[0] + t * xs[2], b * os[0] + t * os[2]);
-        } else {
-            let (b, h) = (task / nh, task % nh);
-            for t in 0..nt {
-                let src = b * xs[0] + h * xs[1] + t * xs[2];
-                step(b, t, src, b * os[0] + h * os[1] + t * os[2]);
+        for task in tasks {
+            if heads_adjacent {
+                let (b, t) = (task / nt, task % nt);
+                step(b, t, b * xs[0] + t * xs[2], b * os[0] + t * os[2]);
+            } else {
+                let (b, h) = (task / nh, task % nh);
+                for t in 0..nt {
+                    let src = b * xs[0] + h * xs[1] + t * xs[2];
+                    step(b, t, src, b * os[0] + h * os[1] + t * os[2]);
+                }
             }
         }
     });
