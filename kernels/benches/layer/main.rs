@@ -24,7 +24,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Result, Tensor};
-use kubeswift_kernels::cpu::gemm::{MatRef, gemm, gemm_seq};
+use kubeswift_kernels::cpu::gemm::{Epilogue, LowRank, MatRef, gemm, gemm_seq, gemm_then};
 use kubeswift_kernels::cpu::isa;
 use kubeswift_kernels::cpu::rowdot;
 use kubeswift_kernels::{AttnMask, attention, lora_linear, reference, rms_norm, rope, silu_mul};
@@ -520,6 +520,54 @@ fn bench_gemm_training(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// What a LoRA layer's forward pays for its adapter term `s (x A^T) B^T` (r = 8) fused into
+/// the product's tiles (`gemm_then` with a low-rank epilogue) over the plain `x W^T`, f32,
+/// at the layer's forward shapes. The two run alternately, so a drift of the machine's speed
+/// hits both; best of each.
+fn bench_lora_epilogue(args: &Args) -> Result<()> {
+    let (t, r) = (args.tokens, 8);
+    let (h, i, _) = args.gemm_dims;
+    println!("\nLoRA forward, adapter term fused into the product's tiles (f32, r = {r}), best ms");
+    println!("| m x n x k | x W^T | x W^T + s xa B^T | overhead |");
+    println!("|---|---:|---:|---:|");
+    for (m, n, k) in [(t, h, h), (t, i, h)] {
+        let a: Vec<f32> = reference::random(1, &[m * k], 1.0, &Device::Cpu)?.to_vec1()?;
+        let w: Vec<f32> = reference::random(2, &[n * k], 1.0, &Device::Cpu)?.to_vec1()?;
+        let xa: Vec<f32> = reference::random(3, &[m * r], 1.0, &Device::Cpu)?.to_vec1()?;
+        let bt: Vec<f32> = reference::random(4, &[r * n], 1.0, &Device::Cpu)?.to_vec1()?;
+        let (am, wm) = (MatRef::row_major(&a, m, k), MatRef::row_major(&w, n, k).t());
+        let mut c = vec![0f32; m * n];
+        let (mut plain, mut fused) = (f64::MAX, f64::MAX);
+        for _ in 0..args.warmup + args.iters {
+            let start = Instant::now();
+            gemm(am, wm, &mut c, n, 1.0, 0.0);
+            plain = plain.min(start.elapsed().as_secs_f64() * 1e3);
+            let start = Instant::now();
+            let term = LowRank {
+                lhs: &xa,
+                p: &bt,
+                rank: r,
+                scale: 4.0,
+            };
+            gemm_then(
+                am,
+                wm,
+                &mut c,
+                n,
+                1.0,
+                0.0,
+                &Epilogue::new(n).low_rank(term),
+            );
+            fused = fused.min(start.elapsed().as_secs_f64() * 1e3);
+        }
+        println!(
+            "| {m} x {n} x {k} | {plain:.2} | {fused:.2} | {:.1}% |",
+            (fused / plain - 1.0) * 100.0
+        );
+    }
+    Ok(())
+}
+
 /// Decode-shaped products (a few rows against a large weight), one thread: the
 /// `rowdot` kernel inference decodes with beside the blocked GEMM, to place the crossover.
 fn bench_rowdot(args: &Args) -> Result<()> {
@@ -608,6 +656,7 @@ fn main() -> Result<()> {
     if args.gemm {
         bench_gemm(&args)?;
         bench_gemm_training(&args)?;
+        bench_lora_epilogue(&args)?;
         bench_rowdot(&args)?;
     }
     if args.ops {

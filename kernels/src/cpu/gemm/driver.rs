@@ -566,6 +566,8 @@ unsafe fn blocked<K: Microkernel, TA: Elem, TB: Elem>(
                         cols: n,
                         c,
                         ldc,
+                        dst: c,
+                        ldd: ldc,
                     },
                 );
             }
@@ -593,9 +595,13 @@ unsafe fn blocked<K: Microkernel, TA: Elem, TB: Elem>(
     let len_a = len_a.next_multiple_of(64 / std::mem::size_of::<K::P>());
     let mut scratch = Buffer::take(K::P::scratch(), len_a + len_b);
     let (abuf, bbuf) = scratch.split_at_mut(len_a);
-    // A rounding epilogue over a single depth block: each tile's sums go to a stack tile and
-    // from there to the output, so C is never written (nor its memory touched).
-    let on_stack = job.epilogue.is_some_and(Epilogue::rounds) && job.beta == 0.0 && k <= kc;
+    // An epilogue over a single depth block: each tile's sums go to a stack tile, and the
+    // epilogue reads them there and writes the finished values to the output once. Rounded,
+    // C is never written (nor its memory touched); unrounded, C's block is written once
+    // instead of stored, reloaded and stored again: C's rows are often 4 KiB apart (f32 at
+    // 1024 columns), where the tile's 24 lines share one L1 set and the epilogue's reloads
+    // missed (~a third of the f32 LoRA epilogue's samples were those loads).
+    let on_stack = job.epilogue.is_some() && job.beta == 0.0 && k <= kc;
     // Uninitialised: every product of a small attention tile comes through here, and
     // zeroing the tile each time was ~0.9% of a bf16 LoRA step (the kernel writes the
     // whole tile, or `run_tile`'s own temporary's corner, before the epilogue reads it).
@@ -669,7 +675,7 @@ struct BlockCx<'j, 'a, 's, K: Microkernel, TA, TB> {
     in_place: bool,
     direct_a: bool,
     a_panels: usize,
-    /// Where tiles are computed when a rounding epilogue writes the output from them.
+    /// Where tiles are computed when an epilogue writes the output from them.
     stack_tile: Option<*mut f32>,
 }
 
@@ -763,6 +769,7 @@ unsafe fn row_block<K: Microkernel, TA: Elem, TB: Elem>(
                 }
                 if let Some(e) = epilogue {
                     let (row, col) = (job.origin.0 + ic + ir, job.origin.1 + jc + jr);
+                    let dst = job.c.0.add((ic + ir) * job.ldc + jc + jr);
                     (cx.finish)(
                         e,
                         TileAt {
@@ -772,6 +779,8 @@ unsafe fn row_block<K: Microkernel, TA: Elem, TB: Elem>(
                             cols: nr,
                             c,
                             ldc,
+                            dst,
+                            ldd: job.ldc,
                         },
                     );
                 }

@@ -16,7 +16,8 @@ use crate::cpu::convert::f32_to_bf16_bits;
 use crate::cpu::par::SendPtr;
 
 /// A finished tile handed to the epilogue: at (`row`, `col`) of the whole C, `rows x cols`,
-/// held at `c` with row stride `ldc`.
+/// held at `c` with row stride `ldc`; an unrounded result goes to `dst` (row stride `ldd`):
+/// C's own block, which is `c` itself unless the tile was computed on the stack.
 #[derive(Clone, Copy)]
 pub(super) struct TileAt {
     pub row: usize,
@@ -25,6 +26,8 @@ pub(super) struct TileAt {
     pub cols: usize,
     pub c: *mut f32,
     pub ldc: usize,
+    pub dst: *mut f32,
+    pub ldd: usize,
 }
 
 /// `C += scale * lhs P`: `lhs` `[m, r]`, `p` `[r, n]`, both row-major f32 (a LoRA adapter's
@@ -142,28 +145,35 @@ impl Epilogue<'_> {
             cols,
             c,
             ldc,
+            dst,
+            ldd,
         } = at;
         for i in 0..rows {
             let mut x = 0;
             while x + W <= cols {
                 // SAFETY: W columns of row i (function contract).
-                unsafe { self.piece::<W>(row0 + i, col0 + x, c.add(i * ldc + x)) };
+                unsafe {
+                    self.piece::<W>(row0 + i, col0 + x, c.add(i * ldc + x), dst.add(i * ldd + x))
+                };
                 x += W;
             }
             for x in x..cols {
                 // SAFETY: column x of row i.
-                unsafe { self.piece::<1>(row0 + i, col0 + x, c.add(i * ldc + x)) };
+                unsafe {
+                    self.piece::<1>(row0 + i, col0 + x, c.add(i * ldc + x), dst.add(i * ldd + x))
+                };
             }
         }
     }
 
-    /// `N` elements of row `row` from column `col`: `+ bias`, `+ scale * lhs . p` (the FMA
-    /// chain over the rank in order), then rounded to the output or stored back.
+    /// `N` elements of row `row` from column `col`, read at `c`: `+ bias`, `+ scale * lhs .
+    /// p` (the FMA chain over the rank in order), then rounded to the output or stored at
+    /// `dst`.
     ///
     /// # Safety
     /// As [`Epilogue::finish`], for these elements.
     #[inline(always)]
-    unsafe fn piece<const N: usize>(&self, row: usize, col: usize, c: *mut f32) {
+    unsafe fn piece<const N: usize>(&self, row: usize, col: usize, c: *const f32, dst: *mut f32) {
         // SAFETY: N elements (function contract).
         let mut acc = unsafe { c.cast::<[f32; N]>().read_unaligned() };
         if let Some(bias) = self.bias {
@@ -189,7 +199,7 @@ impl Epilogue<'_> {
                 }
             },
             // SAFETY: N elements.
-            None => unsafe { c.cast::<[f32; N]>().write_unaligned(acc) },
+            None => unsafe { dst.cast::<[f32; N]>().write_unaligned(acc) },
         }
     }
 
@@ -210,6 +220,8 @@ impl Epilogue<'_> {
             cols,
             c,
             ldc,
+            dst,
+            ldd,
         } = at;
         let mut x = 0;
         while x < cols {
@@ -220,21 +232,32 @@ impl Epilogue<'_> {
             while i + ROWS <= rows {
                 // SAFETY: rows i..i + ROWS, columns x..x + width (function contract).
                 unsafe {
-                    self.block_avx512::<ROWS>(row0 + i, col0 + x, masks, c.add(i * ldc + x), ldc)
+                    self.block_avx512::<ROWS>(
+                        (row0 + i, col0 + x),
+                        masks,
+                        (c.add(i * ldc + x), ldc),
+                        (dst.add(i * ldd + x), ldd),
+                    )
                 };
                 i += ROWS;
             }
             for i in i..rows {
                 // SAFETY: row i, columns x..x + width.
                 unsafe {
-                    self.block_avx512::<1>(row0 + i, col0 + x, masks, c.add(i * ldc + x), ldc)
+                    self.block_avx512::<1>(
+                        (row0 + i, col0 + x),
+                        masks,
+                        (c.add(i * ldc + x), ldc),
+                        (dst.add(i * ldd + x), ldd),
+                    )
                 };
             }
             x += width;
         }
     }
 
-    /// `R` rows by up to 32 columns (the lanes `masks` enable, 16 per vector).
+    /// `R` rows by up to 32 columns (the lanes `masks` enable, 16 per vector) from (`row0`,
+    /// `col`), read at `c` and (unrounded) stored at `dst`, each with its row stride.
     ///
     /// # Safety
     /// As [`Epilogue::finish_avx512`], for these elements.
@@ -242,11 +265,10 @@ impl Epilogue<'_> {
     #[inline(always)]
     unsafe fn block_avx512<const R: usize>(
         &self,
-        row0: usize,
-        col: usize,
+        (row0, col): (usize, usize),
         masks: [u16; 2],
-        c: *mut f32,
-        ldc: usize,
+        (c, ldc): (*const f32, usize),
+        (dst, ldd): (*mut f32, usize),
     ) {
         use std::arch::x86_64::*;
         // SAFETY: the lanes `masks` enable are inside the rows' columns, the bias, p's rows
@@ -289,7 +311,7 @@ impl Epilogue<'_> {
                             let dst = out.ptr().add((row0 + i) * self.n + col + 16 * v);
                             _mm256_mask_storeu_epi16(dst.cast(), masks[v], bf16_lanes(a[v]));
                         }
-                        None => _mm512_mask_storeu_ps(c.add(i * ldc + 16 * v), masks[v], a[v]),
+                        None => _mm512_mask_storeu_ps(dst.add(i * ldd + 16 * v), masks[v], a[v]),
                     }
                 }
             }
