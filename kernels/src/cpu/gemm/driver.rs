@@ -615,21 +615,40 @@ unsafe fn blocked<K: Microkernel, TA: Elem, TB: Elem>(
         direct_a,
         a_panels,
         stack_tile: on_stack.then_some(stack_tile.as_mut_ptr().cast::<f32>()),
+        a_block_of: None,
     };
+    let block_at = |ic: usize, pc: usize, jc: usize| {
+        let kcb = kc.min(k - pc);
+        BlockAt {
+            ic,
+            mcb: mc.min(m - ic),
+            pc,
+            kcb,
+            kcp: kcb.next_multiple_of(K::KSTEP),
+            jc,
+            ncb: nc.min(n - jc),
+        }
+    };
+    if let Prepacked::B(all) = pre
+        && k <= kc
+    {
+        // B is packed already and the depth is one block: each row block of A is prepared
+        // (copied or packed) once and run against every column block. With column blocks
+        // outside, a product wider than NC (a gate/up projection's 2816 columns) prepared
+        // each of A's blocks once per column block: half of the f32 copies of A's rows.
+        for ic in (0..m).step_by(mc) {
+            for jc in (0..n).step_by(nc) {
+                let at = block_at(ic, 0, jc);
+                let bblock = &all[(jc / K::NR) * at.kcp * K::NR..];
+                // SAFETY: contract of this function.
+                unsafe { row_block::<K, TA, TB>(&mut cx, &at, bblock) };
+            }
+        }
+        return;
+    }
     for jc in (0..n).step_by(nc) {
         let ncb = nc.min(n - jc);
-        let block_at = |ic: usize, pc: usize| {
-            let kcb = kc.min(k - pc);
-            BlockAt {
-                ic,
-                mcb: mc.min(m - ic),
-                pc,
-                kcb,
-                kcp: kcb.next_multiple_of(K::KSTEP),
-                jc,
-                ncb,
-            }
-        };
+        let block_at = |ic: usize, pc: usize| block_at(ic, pc, jc);
         match pre {
             // B is packed already: every depth block of this column block is at hand, so
             // each row block runs all its depth blocks in turn while its `MC x NC` block of
@@ -677,6 +696,9 @@ struct BlockCx<'j, 'a, 's, K: Microkernel, TA, TB> {
     a_panels: usize,
     /// Where tiles are computed when an epilogue writes the output from them.
     stack_tile: Option<*mut f32>,
+    /// The block of A (first row, first depth) that `abuf` holds, prepared by the last
+    /// [`row_block`]; `None` before the first.
+    a_block_of: Option<(usize, usize)>,
 }
 
 /// One block's position: rows `ic..ic + mcb`, depth `pc..pc + kcb` (`kcp` padded to
@@ -722,18 +744,24 @@ unsafe fn row_block<K: Microkernel, TA: Elem, TB: Elem>(
     // SAFETY: rows ic..ic + mcb of A hold kcb elements from pc (A's elements are `K::P`,
     // checked by `kernel_reads_rows_of`); abuf holds mc_max * copy_stride(kcp_max) >=
     // mcb * copy_stride(kcb) elements.
+    // `abuf` already holds this block when the previous call prepared it (the same rows
+    // and depth against another column block).
+    let prepared = cx.a_block_of == Some((ic, pc));
+    cx.a_block_of = Some((ic, pc));
     let a_rows = cx.in_place.then(|| unsafe {
         let src = (job.a.data.as_ptr() as *const K::P).add(job.a.offset + ic * job.a.rs + pc);
         if cx.direct_a {
             return (src, job.a.rs);
         }
         let stride = copy_stride::<K::P>(kcb);
-        for r in 0..mcb {
-            std::ptr::copy_nonoverlapping(
-                src.add(r * job.a.rs),
-                cx.abuf.as_mut_ptr().add(r * stride),
-                kcb,
-            );
+        if !prepared {
+            for r in 0..mcb {
+                std::ptr::copy_nonoverlapping(
+                    src.add(r * job.a.rs),
+                    cx.abuf.as_mut_ptr().add(r * stride),
+                    kcb,
+                );
+            }
         }
         (cx.abuf.as_ptr(), stride)
     });
@@ -741,7 +769,9 @@ unsafe fn row_block<K: Microkernel, TA: Elem, TB: Elem>(
         _ if cx.in_place => &[],
         Prepacked::A(all) => &all[pc * cx.a_panels * K::MR + (ic / K::MR) * kcp * K::MR..],
         _ => {
-            K::pack::<TA>(job.a.sub(ic, mcb, pc, kcb), K::MR, cx.abuf);
+            if !prepared {
+                K::pack::<TA>(job.a.sub(ic, mcb, pc, kcb), K::MR, cx.abuf);
+            }
             cx.abuf
         }
     };

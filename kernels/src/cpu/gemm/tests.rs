@@ -211,6 +211,34 @@ fn f32_rows_at_any_stride() {
     }
 }
 
+/// A product split by rows over threads with B packed up front, wider than one column
+/// block (`NC` = 1536 for the f32 AVX-512 kernel) and one depth block deep: each block of
+/// A's rows is prepared once and run against both column blocks. Rows 4 KiB apart, so the
+/// AVX-512 kernel reads a copy of each block. Same bits as the single-threaded product,
+/// which prepares a block per column block.
+#[test]
+fn f32_row_blocks_prepared_once_serve_every_column_block() {
+    let (m, n, k) = (600, 1540, 1024);
+    let mut rng = Rng(0x5eed);
+    let a = rng.vec(m * k);
+    let b = rng.vec(n * k);
+    let c0 = rng.vec(m * n);
+    for isa_level in isa::supported() {
+        let run = |parallel: bool| {
+            let mut c = c0.clone();
+            let (av, bv) = (MatRef::row_major(&a, m, k), MatRef::row_major(&b, n, k).t());
+            gemm_with(isa_level, parallel, av, bv, &mut c, n, 1.0, 0.5);
+            c
+        };
+        let (alone, split) = (run(false), run(true));
+        let differ = alone
+            .iter()
+            .zip(&split)
+            .position(|(x, y)| x.to_bits() != y.to_bits());
+        assert_eq!(differ, None, "{isa_level:?}: first differing element");
+    }
+}
+
 /// The bf16 kernel reads A's rows in place when their depth is contiguous and even: rows at
 /// a stride wider than the depth, from an offset, partial tiles, alpha and beta.
 #[test]
