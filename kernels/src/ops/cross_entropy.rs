@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, TensorId};
 use half::bf16;
 
-use crate::cpu::gemm::{Epilogue, MatRef, gemm};
+use crate::cpu::gemm::{COut, Epilogue, MatRef, gemm};
 use crate::cpu::math::exp;
 use crate::cpu::multiversion::multiversion;
 use crate::cpu::par;
@@ -236,7 +236,7 @@ impl LinearCrossEntropy {
                             self.weight_id,
                             pb,
                             wm,
-                            &mut dh_chunk,
+                            COut::init(&mut dh_chunk),
                             h,
                             1.0,
                             0.0,

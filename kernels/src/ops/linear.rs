@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor, TensorId};
 
-use crate::cpu::gemm::{Epilogue, LowRank, MatRef, gemm_then};
+use crate::cpu::gemm::{COut, Epilogue, LowRank, MatRef, gemm_then_out};
 use crate::cpu::thin;
 use crate::elem::Elem;
 use crate::error::{shape_err, value_err};
 use crate::ops::packed_weights::{self, gemm_frozen_b};
-use crate::ops::{f32_output, f32_storage, product_output, tensor_from};
+use crate::ops::{f32_storage, product_output, tensor_from, zeros_output};
 use crate::storage::{
     check_float, contiguous_range, floats, owned, with_cpu, with_floats, with_tensor_floats,
 };
@@ -324,7 +324,7 @@ impl Frozen {
         &self,
         op: &'static str,
         x: &[T],
-        c: &mut [f32],
+        c: COut<'_>,
         epilogue: Epilogue<'_>,
     ) -> Result<()> {
         let m = x.len() / self.inp.max(1);
@@ -341,19 +341,18 @@ impl Frozen {
             let (w0, w1) = contiguous_range(op, "w", wl)?;
             with_floats!(floats(op, "w", ws)?, w => {
                 let wt = MatRef::row_major(&w[w0..w1], self.out, self.inp).t();
-                gemm_then(MatRef::row_major(x, m, self.inp), wt, c, self.out, 1.0, 0.0, &epilogue);
+                gemm_then_out(MatRef::row_major(x, m, self.inp), wt, c, self.out, 1.0, 0.0, &epilogue);
             });
             Ok(())
         })
     }
 
-    /// `dx (+)= g W` for `g: [m, out]` (`beta` 0 overwrites, 1 accumulates), then `epilogue`.
+    /// `dx = g W` for `g: [m, out]`, then `epilogue`.
     fn backward_x<T: Elem>(
         &self,
         op: &'static str,
         g: &[T],
-        dx: &mut [f32],
-        beta: f32,
+        dx: COut<'_>,
         epilogue: Epilogue<'_>,
     ) -> Result<()> {
         let m = g.len() / self.out.max(1);
@@ -362,7 +361,7 @@ impl Frozen {
             with_floats!(floats(op, "w", ws)?, w => {
                 let wm = MatRef::row_major(&w[w0..w1], self.out, self.inp);
                 let gm = MatRef::row_major(g, m, self.out);
-                gemm_frozen_b(self.cache_id, gm, wm, dx, self.inp, 1.0, beta, &epilogue);
+                gemm_frozen_b(self.cache_id, gm, wm, dx, self.inp, 1.0, 0.0, &epilogue);
             });
             Ok(())
         })
@@ -414,10 +413,7 @@ impl CustomOp1 for FrozenLinear {
                 |c, epilogue| with_floats!(floats(FROZEN, "x", xs)?, x => self.frozen.forward(FROZEN, &x[x0..x1], c, epilogue)),
             )?
         } else {
-            f32_output(m * self.frozen.out, xs.dtype(), |c| {
-                c.fill(0.0);
-                Ok(())
-            })?
+            zeros_output(m * self.frozen.out, xs.dtype())
         };
         Ok((storage, self.frozen.out_shape(xl)))
     }
@@ -425,8 +421,10 @@ impl CustomOp1 for FrozenLinear {
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let grad = grad.contiguous()?;
         let m = grad.elem_count() / self.frozen.out.max(1);
-        let mut dx = crate::cpu::par::filled(m * self.frozen.inp, 0f32);
-        with_tensor_floats!(FROZEN, "grad", &grad, g => self.frozen.backward_x(FROZEN, g, &mut dx, 0.0, Epilogue::new(self.frozen.inp)))?;
+        let dx = crate::ops::written_f32(
+            m * self.frozen.inp,
+            |dx| with_tensor_floats!(FROZEN, "grad", &grad, g => self.frozen.backward_x(FROZEN, g, dx, Epilogue::new(self.frozen.inp))),
+        )?;
         Ok(Some(f32_tensor(dx, x.shape(), x)))
     }
 }
@@ -546,10 +544,10 @@ impl CustomOp3 for LoraLinear {
                 adapter_product(&mut xa)?;
                 Output::saved_storage(LORA, saved)?
             }
-            Output::GradOnly => f32_output(m * out, xs.dtype(), |c| {
-                c.fill(0.0);
-                adapter_product(&mut xa)
-            })?,
+            Output::GradOnly => {
+                adapter_product(&mut xa)?;
+                zeros_output(m * out, xs.dtype())
+            }
             Output::Value => {
                 adapter_product(&mut xa)?;
                 let bt = with_floats!(floats(LORA, "b_lora", bs)?, b => transpose_f32(&b[b0..b1], out, r));
@@ -618,13 +616,15 @@ impl CustomOp3 for LoraLinear {
                         inp,
                         x.dtype(),
                         Some(term),
-                        |dx, epilogue| with_tensor_floats!(LORA, "grad", &grad, g => self.frozen.backward_x(LORA, g, dx, 0.0, epilogue)),
+                        |dx, epilogue| with_tensor_floats!(LORA, "grad", &grad, g => self.frozen.backward_x(LORA, g, dx, epilogue)),
                     )?;
                     Some(tensor_from(storage, x.shape()))
                 }
                 Some(d) => {
-                    let mut dx = vec![0f32; m * inp];
-                    with_tensor_floats!(LORA, "grad", &grad, g => self.frozen.backward_x(LORA, g, &mut dx, 0.0, Epilogue::new(inp)))?;
+                    let mut dx = crate::ops::written_f32(
+                        m * inp,
+                        |dx| with_tensor_floats!(LORA, "grad", &grad, g => self.frozen.backward_x(LORA, g, dx, Epilogue::new(inp))),
+                    )?;
                     let mut dxa = vec![0f32; m * inp];
                     thin::add_lp(&gb, &aw, inp, self.scale, &mut dxa);
                     apply_dropout(&mut dxa, d);

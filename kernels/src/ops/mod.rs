@@ -12,7 +12,7 @@ pub(crate) mod silu_mul;
 
 use candle_core::{Result, Tensor};
 
-use crate::cpu::gemm::{Epilogue, LowRank};
+use crate::cpu::gemm::{COut, Epilogue, LowRank};
 use crate::storage::{Floats, floats, with_cpu};
 
 /// Copies a tensor's values (any layout, any supported float dtype) into a contiguous f32
@@ -72,27 +72,32 @@ thread_local! {
     static OUTPUT_SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// An op's result computed in f32 by `compute` and returned as storage of `dtype`.
-///
-/// `compute` gets `n` values to overwrite: zeros for an f32 output, whose buffer becomes
-/// the storage; for bf16/f16 outputs, per-thread scratch holding an earlier result, so
-/// `compute` must write every element. Zero-filling a fresh f32 temporary of MBs for every
-/// bf16 linear layer was a serial memset on the main thread (~0.7% of a bf16 LoRA step)
-/// with the other threads idle.
-pub(crate) fn f32_output(
-    n: usize,
-    dtype: candle_core::DType,
-    compute: impl FnOnce(&mut [f32]) -> Result<()>,
-) -> Result<candle_core::CpuStorage> {
-    if !matches!(dtype, candle_core::DType::BF16 | candle_core::DType::F16) {
-        let mut values = crate::cpu::par::filled(n, 0f32);
-        compute(&mut values)?;
-        return Ok(crate::storage::owned(values));
+/// `n` zeros of `dtype` as storage: the output of a product whose value is never read
+/// (see `frozen_linear_grad_only`), written by all threads.
+pub(crate) fn zeros_output(n: usize, dtype: candle_core::DType) -> candle_core::CpuStorage {
+    use crate::cpu::par::filled;
+    use crate::storage::owned;
+    match dtype {
+        candle_core::DType::BF16 => owned(filled(n, half::bf16::ZERO)),
+        candle_core::DType::F16 => owned(filled(n, half::f16::ZERO)),
+        _ => owned(filled(n, 0f32)),
     }
-    with_output_scratch(n, |c| {
-        compute(c)?;
-        Ok(rounded_storage(c, dtype))
-    })
+}
+
+/// `n` f32s written by `product`, a GEMM with `beta == 0` into all of them (an `m x cols`
+/// product with row stride `cols`, `m * cols == n`), into fresh memory that is not
+/// zero-filled first (see [`COut`]).
+pub(crate) fn written_f32(
+    n: usize,
+    product: impl FnOnce(COut<'_>) -> Result<()>,
+) -> Result<Vec<f32>> {
+    let mut values = Vec::with_capacity(n);
+    product(COut::uninit(&mut values.spare_capacity_mut()[..n]))?;
+    // SAFETY: the product (it returned Ok) wrote every element of its m x cols output,
+    // which is these n elements (a GEMM given uninitialised C asserts beta == 0, and then
+    // writes every element of C).
+    unsafe { values.set_len(n) };
+    Ok(values)
 }
 
 /// A linear op's result `[m, cols]` as storage of `dtype`: `product(c, epilogue)` runs the
@@ -105,7 +110,7 @@ pub(crate) fn product_output(
     cols: usize,
     dtype: candle_core::DType,
     term: Option<LowRank<'_>>,
-    product: impl FnOnce(&mut [f32], Epilogue<'_>) -> Result<()>,
+    product: impl FnOnce(COut<'_>, Epilogue<'_>) -> Result<()>,
 ) -> Result<candle_core::CpuStorage> {
     let n = m * cols;
     let epilogue = Epilogue::new(cols);
@@ -117,7 +122,10 @@ pub(crate) fn product_output(
         candle_core::DType::BF16 => {
             let mut out = Vec::<half::bf16>::with_capacity(n);
             with_output_scratch(n, |c| {
-                product(c, epilogue.round_into(&mut out.spare_capacity_mut()[..n]))
+                product(
+                    COut::init(c),
+                    epilogue.round_into(&mut out.spare_capacity_mut()[..n]),
+                )
             })?;
             // SAFETY: the rounding epilogue wrote every element of the m x cols output (the
             // product ran: `?` above).
@@ -125,14 +133,12 @@ pub(crate) fn product_output(
             Ok(crate::storage::owned(out))
         }
         candle_core::DType::F16 => with_output_scratch(n, |c| {
-            product(c, epilogue)?;
+            product(COut::init(c), epilogue)?;
             Ok(rounded_storage(c, dtype))
         }),
-        _ => {
-            let mut values = crate::cpu::par::filled(n, 0f32);
-            product(&mut values, epilogue)?;
-            Ok(crate::storage::owned(values))
-        }
+        _ => Ok(crate::storage::owned(written_f32(n, |c| {
+            product(c, epilogue)
+        })?)),
     }
 }
 

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use candle_core::{Tensor, TensorId};
 use half::bf16;
 
-use crate::cpu::gemm::{Epilogue, MatRef, PackedB, gemm_prepacked_b_then, gemm_then};
+use crate::cpu::gemm::{COut, Epilogue, MatRef, PackedB, gemm_prepacked_b_out, gemm_then_out};
 use crate::elem::Elem;
 
 /// A cache key: the tensor and the strided view of it (the same weight is read both ways).
@@ -88,7 +88,7 @@ pub(crate) fn gemm_frozen_b<TA: Elem, TB: Elem>(
     id: Option<TensorId>,
     a: MatRef<'_, TA>,
     b: MatRef<'_, TB>,
-    c: &mut [f32],
+    c: COut<'_>,
     ldc: usize,
     alpha: f32,
     beta: f32,
@@ -97,10 +97,10 @@ pub(crate) fn gemm_frozen_b<TA: Elem, TB: Elem>(
     if let (Some(id), Some(a16), Some(b16)) = (id, a.as_bf16(), b.as_bf16())
         && let Some(packed) = packed(id, b16)
     {
-        gemm_prepacked_b_then(a16, &packed, c, ldc, alpha, beta, Some(epilogue));
+        gemm_prepacked_b_out(a16, &packed, c, ldc, alpha, beta, Some(epilogue));
         return;
     }
-    gemm_then(a, b, c, ldc, alpha, beta, epilogue);
+    gemm_then_out(a, b, c, ldc, alpha, beta, epilogue);
 }
 
 /// The kept packing of `b`, made now if it fits the scope's budget; `None` outside a scope,

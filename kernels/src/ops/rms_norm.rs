@@ -90,20 +90,26 @@ impl CustomOp2 for RmsNorm {
 
 fn forward<T: Elem>(x: &[T], w: &[f32], eps: f32) -> Vec<T> {
     let d = w.len();
-    let mut out = par::filled(x.len(), T::from_f32(0.0));
     if d == 0 {
-        return out;
+        return vec![T::from_f32(0.0); x.len()];
     }
+    // Written into uninitialised capacity: zero-filling the MBs of an activation first was a
+    // pass of its own.
+    let n = x.len() / d * d;
+    let mut out = Vec::with_capacity(n);
     let chunk = par::rows_per_task(x.len() / d, 8) * d;
-    par::for_each_chunk_mut(&mut out, chunk, |i, out| {
+    par::for_each_chunk_mut(&mut out.spare_capacity_mut()[..n], chunk, |i, out| {
         let x = &x[i * chunk..i * chunk + out.len()];
         let mut xf = vec![0f32; d];
         let mut yf = vec![0f32; d];
         for (o, xr) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
             normalize_row(T::widen(xr, &mut xf), w, eps, &mut yf);
-            T::store(&yf, o);
+            T::store_uninit(&yf, o);
         }
     });
+    // SAFETY: the chunks (whole rows, `chunk` a multiple of d) cover 0..n and every row of
+    // each was written above.
+    unsafe { out.set_len(n) };
     out
 }
 
@@ -118,12 +124,14 @@ fn backward<TX: Elem, TG: Elem>(
 ) -> (Option<Vec<TX>>, Option<Vec<f32>>) {
     let d = w.len();
     let rows = x.len() / d.max(1);
-    let mut dx = par::filled(if want_dx { x.len() } else { 0 }, TX::from_f32(0.0));
     if d == 0 {
+        let dx = vec![TX::from_f32(0.0); x.len()];
         return (want_dx.then_some(dx), want_dw.then(Vec::new));
     }
+    // Written into uninitialised capacity (every row below), not zero-filled first.
+    let mut dx = Vec::<TX>::with_capacity(if want_dx { rows * d } else { 0 });
     let per_task = par::rows_per_task(rows, 8);
-    let dx_ptr = par::SendPtr(dx.as_mut_ptr());
+    let dx_ptr = par::SendPtr(dx.spare_capacity_mut().as_mut_ptr());
     let partial: Vec<Vec<f32>> = par::map(rows.div_ceil(per_task), |task| {
         let (r0, r1) = (task * per_task, ((task + 1) * per_task).min(rows));
         let mut dw = vec![0f32; if want_dw { d } else { 0 }];
@@ -134,13 +142,17 @@ fn backward<TX: Elem, TG: Elem>(
             backward_row(xr, w, gr, eps, &mut dxf, &mut dw, want_dw);
             if want_dx {
                 // SAFETY: row r belongs to this task only (tasks own disjoint row ranges)
-                // and lies inside `dx`, which has x.len() elements when want_dx.
+                // and lies inside `dx`'s capacity, rows * d elements when want_dx.
                 let out = unsafe { std::slice::from_raw_parts_mut(dx_ptr.ptr().add(r * d), d) };
-                TX::store(&dxf, out);
+                TX::store_uninit(&dxf, out);
             }
         }
         dw
     });
+    if want_dx {
+        // SAFETY: the tasks cover rows 0..rows, and each wrote every one of its rows above.
+        unsafe { dx.set_len(rows * d) };
+    }
     let dw = want_dw.then(|| {
         let mut dw = vec![0f32; d];
         for p in &partial {

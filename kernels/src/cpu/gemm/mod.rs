@@ -19,6 +19,9 @@ mod pack;
 
 pub use epilogue::{Epilogue, LowRank};
 
+use std::marker::PhantomData;
+use std::mem::MaybeUninit;
+
 use crate::cpu::isa::{self, Isa};
 use crate::cpu::par::{self, SendPtr};
 pub use crate::elem::Elem;
@@ -138,6 +141,53 @@ impl<'a, T: Elem> MatRef<'a, T> {
     }
 }
 
+/// The C a product writes: initialised values, for any `beta`, or uninitialised memory,
+/// for `beta == 0` only. With `beta == 0` the kernels only write C (they never load it), and
+/// an epilogue or a later depth block reads only elements the product wrote, so an op's
+/// fresh output needs no zero-filling first: for f32 outputs that fill was a pass over
+/// every product's output (~1.6 GB of writes per checkpointed f32 LoRA step of the bench's
+/// ~100M Qwen2, ~3% of its samples).
+pub struct COut<'a> {
+    ptr: *mut f32,
+    len: usize,
+    init: bool,
+    _borrow: PhantomData<&'a mut [MaybeUninit<f32>]>,
+}
+
+impl<'a> COut<'a> {
+    /// Initialised C.
+    pub fn init(c: &'a mut [f32]) -> Self {
+        COut {
+            ptr: c.as_mut_ptr(),
+            len: c.len(),
+            init: true,
+            _borrow: PhantomData,
+        }
+    }
+
+    /// Uninitialised C, for a product with `beta == 0` (asserted by the product).
+    pub fn uninit(c: &'a mut [MaybeUninit<f32>]) -> Self {
+        COut {
+            ptr: c.as_mut_ptr().cast(),
+            len: c.len(),
+            init: false,
+            _borrow: PhantomData,
+        }
+    }
+
+    /// The pointer and length for a product with this `beta`.
+    ///
+    /// # Panics
+    /// If C is uninitialised and `beta` is not 0 (a caller bug: the product would read it).
+    fn for_beta(&mut self, beta: f32) -> (SendPtr<f32>, usize) {
+        assert!(
+            self.init || beta == 0.0,
+            "gemm: uninitialised C with beta {beta}"
+        );
+        (SendPtr(self.ptr), self.len)
+    }
+}
+
 /// A right operand `B` (`k x n`, bf16) packed once for the AVX-512 BF16 kernel, for a frozen
 /// weight that many products use unchanged: [`gemm_prepacked_b`] skips packing it (for
 /// `dx = g W` that packing gathers pairs down W's columns, a few % of a bf16 LoRA step).
@@ -194,13 +244,30 @@ pub fn gemm_prepacked_b_then(
     beta: f32,
     epilogue: Option<&Epilogue<'_>>,
 ) {
+    gemm_prepacked_b_out(a, b, COut::init(c), ldc, alpha, beta, epilogue);
+}
+
+/// [`gemm_prepacked_b_then`] into a [`COut`].
+///
+/// # Panics
+/// As [`gemm_prepacked_b_then`]; also if `c` is uninitialised and `beta` is not 0.
+pub fn gemm_prepacked_b_out(
+    a: MatRef<'_, half::bf16>,
+    b: &PackedB,
+    mut c: COut<'_>,
+    ldc: usize,
+    alpha: f32,
+    beta: f32,
+    epilogue: Option<&Epilogue<'_>>,
+) {
     let (m, k, n) = (a.rows, a.cols, b.n);
     assert_eq!(b.k, k, "gemm_prepacked_b: inner dimensions differ");
+    let (c, c_len) = c.for_beta(beta);
     if m == 0 || n == 0 {
         return;
     }
     assert!(
-        ldc >= n && (m - 1) * ldc + n <= c.len(),
+        ldc >= n && (m - 1) * ldc + n <= c_len,
         "gemm_prepacked_b: C too short"
     );
     let epilogue = epilogue.filter(|e| !e.is_noop());
@@ -210,7 +277,7 @@ pub fn gemm_prepacked_b_then(
     let job = driver::Job {
         a,
         b: MatRef::shape_only(k, n),
-        c: SendPtr(c.as_mut_ptr()),
+        c,
         ldc,
         alpha,
         beta,
@@ -223,8 +290,9 @@ pub fn gemm_prepacked_b_then(
         1
     };
     // SAFETY: `c` covers the m x n block with stride ldc (asserted above) and is borrowed
-    // mutably for the whole call, as the epilogue's output is for its lifetime; `b.data`
-    // was packed by `pack_b_bf16` for a k x n matrix on this CPU.
+    // mutably for the whole call (uninitialised only with beta 0, when it is only written),
+    // as the epilogue's output is for its lifetime; `b.data` was packed by `pack_b_bf16` for
+    // a k x n matrix on this CPU.
     unsafe { driver::run_prepacked_b(&job, &b.data, threads) };
 }
 
@@ -276,7 +344,23 @@ pub fn gemm_then<TA: Elem, TB: Elem>(
     beta: f32,
     epilogue: &Epilogue<'_>,
 ) {
-    gemm_impl(
+    gemm_then_out(a, b, COut::init(c), ldc, alpha, beta, epilogue);
+}
+
+/// [`gemm_then`] into a [`COut`].
+///
+/// # Panics
+/// As [`gemm_then`]; also if `c` is uninitialised and `beta` is not 0.
+pub fn gemm_then_out<TA: Elem, TB: Elem>(
+    a: MatRef<'_, TA>,
+    b: MatRef<'_, TB>,
+    c: COut<'_>,
+    ldc: usize,
+    alpha: f32,
+    beta: f32,
+    epilogue: &Epilogue<'_>,
+) {
+    gemm_impl_out(
         isa::active(),
         true,
         a,
@@ -318,15 +402,39 @@ pub(crate) fn gemm_impl<TA: Elem, TB: Elem>(
     beta: f32,
     epilogue: Option<&Epilogue<'_>>,
 ) {
+    gemm_impl_out(
+        isa_level,
+        parallel,
+        a,
+        b,
+        COut::init(c),
+        ldc,
+        alpha,
+        beta,
+        epilogue,
+    );
+}
+
+/// [`gemm_impl`] into a [`COut`].
+#[allow(clippy::too_many_arguments)]
+fn gemm_impl_out<TA: Elem, TB: Elem>(
+    isa_level: Isa,
+    parallel: bool,
+    a: MatRef<'_, TA>,
+    b: MatRef<'_, TB>,
+    mut c: COut<'_>,
+    ldc: usize,
+    alpha: f32,
+    beta: f32,
+    epilogue: Option<&Epilogue<'_>>,
+) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "gemm: inner dimensions differ");
+    let (c, c_len) = c.for_beta(beta);
     if m == 0 || n == 0 {
         return;
     }
-    assert!(
-        ldc >= n && (m - 1) * ldc + n <= c.len(),
-        "gemm: C too short"
-    );
+    assert!(ldc >= n && (m - 1) * ldc + n <= c_len, "gemm: C too short");
     let epilogue = epilogue.filter(|e| !e.is_noop());
     if let Some(e) = epilogue {
         e.check(m, n);
@@ -335,7 +443,7 @@ pub(crate) fn gemm_impl<TA: Elem, TB: Elem>(
     let job = driver::Job {
         a,
         b,
-        c: SendPtr(c.as_mut_ptr()),
+        c,
         ldc,
         alpha,
         beta,
@@ -348,7 +456,8 @@ pub(crate) fn gemm_impl<TA: Elem, TB: Elem>(
         1
     };
     // SAFETY: `c` covers the m x n block with stride ldc (asserted above) and is borrowed
-    // mutably for the whole call, as the epilogue's output is for its lifetime.
+    // mutably for the whole call (uninitialised only with beta 0, when it is only written),
+    // as the epilogue's output is for its lifetime.
     unsafe { driver::run(isa_level, &job, threads) };
 }
 

@@ -556,3 +556,56 @@ fn epilogue_matches_separate_passes_bit_for_bit() {
         }
     }
 }
+
+/// A product into uninitialised C (`beta == 0`) writes every element, the same bits as into
+/// zeros, across edge tiles, depths over one block and with an epilogue reading C. The
+/// buffer is filled with NaNs first and then handed over as uninitialised: an element the
+/// product did not write, or read before writing, would show.
+#[test]
+fn uninitialised_c_is_written_whole() {
+    for (m, n, k) in [(37, 45, 1100), (130, 96, 300), (13, 31, 3), (5, 7, 0)] {
+        let mut rng = Rng(0xc0 ^ (m * n + k) as u64);
+        let a = rng.vec(m * k);
+        let b = rng.vec(k * n);
+        let lhs = rng.vec(m * 2);
+        let p = rng.vec(2 * n);
+        let epilogue = || {
+            Epilogue::new(n).low_rank(LowRank {
+                lhs: &lhs,
+                p: &p,
+                rank: 2,
+                scale: 0.5,
+            })
+        };
+        let (av, bv) = (MatRef::row_major(&a, m, k), MatRef::row_major(&b, k, n));
+        let mut want = vec![0f32; m * n];
+        gemm_then(av, bv, &mut want, n, 1.0, 0.0, &epilogue());
+        let mut got = vec![std::mem::MaybeUninit::new(f32::NAN); m * n];
+        gemm_then_out(av, bv, COut::uninit(&mut got), n, 1.0, 0.0, &epilogue());
+        // SAFETY: the product wrote every element (initialised anyway: NaN before).
+        let got: Vec<f32> = got.iter().map(|v| unsafe { v.assume_init() }).collect();
+        assert!(
+            got.iter()
+                .zip(&want)
+                .all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{m}x{n}x{k}"
+        );
+    }
+}
+
+/// Uninitialised C with `beta != 0` would be read: refused.
+#[test]
+#[should_panic(expected = "uninitialised C with beta")]
+fn uninitialised_c_with_beta_is_refused() {
+    let (a, b) = ([1f32; 4], [1f32; 4]);
+    let mut c = [std::mem::MaybeUninit::<f32>::uninit(); 4];
+    gemm_then_out(
+        MatRef::row_major(&a, 2, 2),
+        MatRef::row_major(&b, 2, 2),
+        COut::uninit(&mut c),
+        2,
+        1.0,
+        1.0,
+        &Epilogue::new(2),
+    );
+}
