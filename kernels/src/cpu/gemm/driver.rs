@@ -741,13 +741,13 @@ unsafe fn row_block<K: Microkernel, TA: Elem, TB: Elem>(
     let epilogue = job.epilogue.filter(|_| pc + kcb == k);
     // The block's rows as the kernel reads them in place (first row, stride): A's own, or
     // their copy at `copy_stride`.
-    // SAFETY: rows ic..ic + mcb of A hold kcb elements from pc (A's elements are `K::P`,
-    // checked by `kernel_reads_rows_of`); abuf holds mc_max * copy_stride(kcp_max) >=
-    // mcb * copy_stride(kcb) elements.
     // `abuf` already holds this block when the previous call prepared it (the same rows
     // and depth against another column block).
     let prepared = cx.a_block_of == Some((ic, pc));
     cx.a_block_of = Some((ic, pc));
+    // SAFETY: rows ic..ic + mcb of A hold kcb elements from pc (A's elements are `K::P`,
+    // checked by `kernel_reads_rows_of`); abuf holds mc_max * copy_stride(kcp_max) >=
+    // mcb * copy_stride(kcb) elements.
     let a_rows = cx.in_place.then(|| unsafe {
         let src = (job.a.data.as_ptr() as *const K::P).add(job.a.offset + ic * job.a.rs + pc);
         if cx.direct_a {

@@ -179,7 +179,7 @@ impl<'a> COut<'a> {
     ///
     /// # Panics
     /// If C is uninitialised and `beta` is not 0 (a caller bug: the product would read it).
-    fn for_beta(&mut self, beta: f32) -> (SendPtr<f32>, usize) {
+    fn for_beta(self, beta: f32) -> (SendPtr<f32>, usize) {
         assert!(
             self.init || beta == 0.0,
             "gemm: uninitialised C with beta {beta}"
@@ -254,7 +254,7 @@ pub fn gemm_prepacked_b_then(
 pub fn gemm_prepacked_b_out(
     a: MatRef<'_, half::bf16>,
     b: &PackedB,
-    mut c: COut<'_>,
+    c: COut<'_>,
     ldc: usize,
     alpha: f32,
     beta: f32,
@@ -422,7 +422,7 @@ fn gemm_impl_out<TA: Elem, TB: Elem>(
     parallel: bool,
     a: MatRef<'_, TA>,
     b: MatRef<'_, TB>,
-    mut c: COut<'_>,
+    c: COut<'_>,
     ldc: usize,
     alpha: f32,
     beta: f32,
