@@ -39,11 +39,14 @@ macro_rules! row_12x32 {
 
 /// One depth step: B's two vectors, then rows 0-11 with A's elements at `$addr`s (the
 /// broadcasts rotate through six registers so consecutive rows do not wait on one
-/// another); then `$advance` moves A on and B moves 128 bytes.
+/// another); then `$advance` moves A on and B moves 128 bytes (or `$b_advance`).
 macro_rules! step_12x32 {
-    ($fma:literal, $advance:literal, [$a0:literal, $a1:literal, $a2:literal, $a3:literal,
-     $a4:literal, $a5:literal, $a6:literal, $a7:literal, $a8:literal, $a9:literal,
-     $a10:literal, $a11:literal $(,)?]) => {
+    ($fma:literal, $advance:literal, [$($a:literal),+ $(,)?]) => {
+        step_12x32!($fma, $advance, "add {b}, 128\n", [$($a),+])
+    };
+    ($fma:literal, $advance:literal, $b_advance:literal, [$a0:literal, $a1:literal,
+     $a2:literal, $a3:literal, $a4:literal, $a5:literal, $a6:literal, $a7:literal,
+     $a8:literal, $a9:literal, $a10:literal, $a11:literal $(,)?]) => {
         concat!(
             "vmovups zmm24, zmmword ptr [{b}]\n",
             "vmovups zmm25, zmmword ptr [{b} + 64]\n",
@@ -61,7 +64,7 @@ macro_rules! step_12x32 {
             row_12x32!($fma, $a10, 30, 20, 21),
             row_12x32!($fma, $a11, 31, 22, 23),
             $advance,
-            "add {b}, 128\n",
+            $b_advance,
         )
     };
 }
@@ -249,3 +252,147 @@ tiles!(
     "avx512f,avx512bf16",
     "vdpbf16ps"
 );
+
+/// A tile without C's prefetch (for small products whose C is in cache): zero the 24
+/// accumulators, run `{n}` steps, store them to `{acc}`.
+macro_rules! tile_12x32_small {
+    ($step:expr) => {
+        concat!(
+            ".irp i,0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23\n",
+            "vpxord zmm\\i, zmm\\i, zmm\\i\n",
+            ".endr\n",
+            "test {n}, {n}\n",
+            "jz 3f\n",
+            ".p2align 5\n",
+            "2:\n",
+            $step,
+            "dec {n}\n",
+            "jnz 2b\n",
+            "3:\n",
+            ".irp i,0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23\n",
+            "vmovups zmmword ptr [{acc} + 64*\\i], zmm\\i\n",
+            ".endr\n",
+        )
+    };
+}
+
+/// Runs a small tile's assembly `$body` with its operands and every zmm register clobbered.
+macro_rules! small_tile_asm {
+    ($body:expr, $($operands:tt)*) => {
+        std::arch::asm!(
+            $body,
+            $($operands)*
+            out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _,
+            out("zmm4") _, out("zmm5") _, out("zmm6") _, out("zmm7") _,
+            out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
+            out("zmm12") _, out("zmm13") _, out("zmm14") _, out("zmm15") _,
+            out("zmm16") _, out("zmm17") _, out("zmm18") _, out("zmm19") _,
+            out("zmm20") _, out("zmm21") _, out("zmm22") _, out("zmm23") _,
+            out("zmm24") _, out("zmm25") _, out("zmm26") _, out("zmm27") _,
+            out("zmm28") _, out("zmm29") _, out("zmm30") _, out("zmm31") _,
+            options(nostack),
+        )
+    };
+}
+
+/// The f32 tile of a small product read where its operands lie, without packing: step `p`
+/// reads B's 32 values at `b + p * b_step_bytes` (a row-major B's row) and A's 12 values at
+/// `a + p * a_step_bytes` (consecutive: a column of A read as a row of A^T, e.g. attention's
+/// `P^T dO`). `acc[2 i + h]` gets row `i`'s sums for columns `16 h..16 h + 16`.
+///
+/// # Safety
+/// AVX-512 F; for `p < steps`, 48 bytes at `a + p * a_step_bytes` and 128 at
+/// `b + p * b_step_bytes` are readable.
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) unsafe fn f32_12x32_strided(
+    steps: usize,
+    a: *const u8,
+    a_step_bytes: usize,
+    b: *const u8,
+    b_step_bytes: usize,
+    acc: &mut [std::arch::x86_64::__m512; 24],
+) {
+    // SAFETY: function contract; the assembly reads only those bytes (prefetches never
+    // fault) and writes only `acc`; no stack.
+    unsafe {
+        small_tile_asm!(
+            tile_12x32_small!(step_12x32!(
+                "vfmadd231ps",
+                "add {a0}, {astep}\n",
+                "add {b}, {bstep}\n",
+                [
+                    "[{a0}]",
+                    "[{a0} + 4]",
+                    "[{a0} + 8]",
+                    "[{a0} + 12]",
+                    "[{a0} + 16]",
+                    "[{a0} + 20]",
+                    "[{a0} + 24]",
+                    "[{a0} + 28]",
+                    "[{a0} + 32]",
+                    "[{a0} + 36]",
+                    "[{a0} + 40]",
+                    "[{a0} + 44]",
+                ]
+            )),
+            a0 = inout(reg) a => _,
+            astep = in(reg) a_step_bytes,
+            b = inout(reg) b => _,
+            bstep = in(reg) b_step_bytes,
+            n = inout(reg) steps => _,
+            acc = in(reg) acc.as_mut_ptr(),
+        )
+    }
+}
+
+/// [`f32_12x32_strided`] with A's twelve rows read in place (row `i` at
+/// `a + i * lda_bytes`, 4 bytes a step), as [`f32_12x32_direct`].
+///
+/// # Safety
+/// AVX-512 F; rows `a + i * lda_bytes` (i < 12) hold `4 * steps` readable bytes; for
+/// `p < steps`, 128 bytes at `b + p * b_step_bytes` are readable.
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) unsafe fn f32_12x32_direct_strided_b(
+    steps: usize,
+    a: *const u8,
+    lda_bytes: usize,
+    b: *const u8,
+    b_step_bytes: usize,
+    acc: &mut [std::arch::x86_64::__m512; 24],
+) {
+    // SAFETY: as above.
+    unsafe {
+        small_tile_asm!(
+            tile_12x32_small!(step_12x32!(
+                "vfmadd231ps",
+                "add {a0}, 4\nadd {a3}, 4\nadd {a6}, 4\nadd {a9}, 4\n",
+                "add {b}, {bstep}\n",
+                [
+                    "[{a0}]",
+                    "[{a0} + {lda}]",
+                    "[{a0} + {lda}*2]",
+                    "[{a3}]",
+                    "[{a3} + {lda}]",
+                    "[{a3} + {lda}*2]",
+                    "[{a6}]",
+                    "[{a6} + {lda}]",
+                    "[{a6} + {lda}*2]",
+                    "[{a9}]",
+                    "[{a9} + {lda}]",
+                    "[{a9} + {lda}*2]",
+                ]
+            )),
+            a0 = inout(reg) a => _,
+            a3 = inout(reg) a.add(3 * lda_bytes) => _,
+            a6 = inout(reg) a.add(6 * lda_bytes) => _,
+            a9 = inout(reg) a.add(9 * lda_bytes) => _,
+            lda = in(reg) lda_bytes,
+            b = inout(reg) b => _,
+            bstep = in(reg) b_step_bytes,
+            n = inout(reg) steps => _,
+            acc = in(reg) acc.as_mut_ptr(),
+        )
+    }
+}

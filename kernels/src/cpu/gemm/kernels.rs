@@ -74,6 +74,46 @@ pub(super) trait Microkernel {
         let _ = (kcp, a, lda, rows, b, c, ldc, alpha, beta);
         unreachable!("kernel without direct A");
     }
+
+    /// Whether [`Microkernel::run_small`] exists (f32 operands read where they lie).
+    const SMALL_IN_PLACE: bool = false;
+
+    /// One full `MR x NR` tile of a small product read in place, without packing (see
+    /// `driver::small_in_place`): depth step `p` reads B's `NR` values at `b + p * b_step`
+    /// (a row-major B) and A's values as `a` says.
+    ///
+    /// # Safety
+    /// `SMALL_IN_PLACE`; `kcp` steps of A (as `a` describes) and of B are readable; `c` is a
+    /// writable `MR x NR` block with row stride `ldc`; the CPU has this kernel's instructions.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run_small(
+        kcp: usize,
+        a: SmallA,
+        b: *const f32,
+        b_step: usize,
+        c: *mut f32,
+        ldc: usize,
+        alpha: f32,
+        beta: f32,
+    ) {
+        let _ = (kcp, a, b, b_step, c, ldc, alpha, beta);
+        unreachable!("kernel without small in-place products");
+    }
+}
+
+/// Where a small product's tile reads A (f32, in place).
+#[derive(Clone, Copy)]
+pub(super) enum SmallA {
+    /// Row `i` of the tile at `a + min(i, rows - 1) * lda`, one element a step (rows past
+    /// `rows` repeat the last; their results are the caller's to discard).
+    Rows {
+        a: *const f32,
+        lda: usize,
+        rows: usize,
+    },
+    /// Step `p`'s `MR` values consecutive at `a + p * step`: a block of A^T's rows (the
+    /// transposed operand of attention's `P^T dO`), or a packed panel (`step` = `MR`).
+    Steps { a: *const f32, step: usize },
 }
 
 /// Portable fallback; the compiler vectorises it for the baseline target.
@@ -276,6 +316,81 @@ impl Microkernel for Avx512 {
     ) {
         // SAFETY: trait contract (the CPU has AVX-512 F).
         unsafe { avx512_12x32_direct_a(kcp, a, lda, rows, b, c, ldc, alpha, beta) }
+    }
+
+    const SMALL_IN_PLACE: bool = true;
+
+    #[inline(always)]
+    unsafe fn run_small(
+        kcp: usize,
+        a: SmallA,
+        b: *const f32,
+        b_step: usize,
+        c: *mut f32,
+        ldc: usize,
+        alpha: f32,
+        beta: f32,
+    ) {
+        // SAFETY: trait contract (the CPU has AVX-512 F).
+        unsafe { avx512_12x32_small(kcp, a, b, b_step, c, ldc, alpha, beta) }
+    }
+}
+
+/// [`Microkernel::run_small`] of the AVX-512 tile.
+///
+/// # Safety
+/// That method's contract for a 12 x 32 tile.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn avx512_12x32_small(
+    kcp: usize,
+    a: SmallA,
+    b: *const f32,
+    b_step: usize,
+    c: *mut f32,
+    ldc: usize,
+    alpha: f32,
+    beta: f32,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_ps(); 24];
+    // SAFETY: the operands are readable for kcp steps as `a` and `b_step` say (caller); C
+    // block writable.
+    unsafe {
+        match a {
+            SmallA::Steps { a, step } => super::asm::f32_12x32_strided(
+                kcp,
+                a as *const u8,
+                step * 4,
+                b as *const u8,
+                b_step * 4,
+                &mut acc,
+            ),
+            SmallA::Rows { a, lda, rows: 12 } => super::asm::f32_12x32_direct_strided_b(
+                kcp,
+                a as *const u8,
+                lda * 4,
+                b as *const u8,
+                b_step * 4,
+                &mut acc,
+            ),
+            SmallA::Rows { a, lda, rows } => {
+                // An edge tile: rows past `rows` repeat the last one.
+                let r: [*const f32; 12] = std::array::from_fn(|i| a.add(i.min(rows - 1) * lda));
+                for p in 0..kcp {
+                    let bp = b.add(p * b_step);
+                    let (b0, b1) = (_mm512_loadu_ps(bp), _mm512_loadu_ps(bp.add(16)));
+                    for i in 0..12 {
+                        let ai = _mm512_set1_ps(*r[i].add(p));
+                        acc[2 * i] = _mm512_fmadd_ps(ai, b0, acc[2 * i]);
+                        acc[2 * i + 1] = _mm512_fmadd_ps(ai, b1, acc[2 * i + 1]);
+                    }
+                }
+            }
+        }
+        store_12x32(&acc, c, ldc, alpha, beta);
     }
 }
 

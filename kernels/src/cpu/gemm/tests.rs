@@ -609,3 +609,78 @@ fn uninitialised_c_with_beta_is_refused() {
         &Epilogue::new(2),
     );
 }
+
+/// Small products with a row-major f32 B run without packing (`driver::small_in_place`):
+/// A read by rows (edge rows included) or as the rows of A^T (attention's `P^T dO`, with
+/// the edge tile's last step at the very end of A's slice, where it is packed instead).
+/// Same tiles and order of sums as the packed path, so the same bits: checked against the
+/// product with B stored transposed (which is packed) and against the f64 definition.
+#[test]
+fn small_products_read_in_place_match_the_packed_path_bit_for_bit() {
+    let mut rng = Rng(0x5eed);
+    // (m, n, k, A transposed): attention's tile shapes and odd row counts.
+    for (m, n, k, a_t) in [
+        (72, 64, 64, false),
+        (64, 64, 72, true),
+        (5, 32, 9, false),
+        (13, 96, 40, true),
+        (64, 32, 1, true),
+        (30, 64, 70, false),
+    ] {
+        let a = rng.vec(m * k);
+        let b = rng.vec(k * n);
+        let a_view = if a_t {
+            // Stored k x m (A^T row-major), the slice ending where the view does.
+            MatRef::new(&a, 0, m, k, 1, m)
+        } else {
+            MatRef::row_major(&a, m, k)
+        };
+        let (ars, acs) = if a_t { (1, m) } else { (k, 1) };
+        let mut bt = vec![0f32; k * n];
+        for p in 0..k {
+            for j in 0..n {
+                bt[j * k + p] = b[p * n + j];
+            }
+        }
+        let ldc = n + 2;
+        let init = rng.vec(m * ldc);
+        for isa_level in isa::supported() {
+            for (alpha, beta) in [(1.0, 0.0), (0.75, 1.0)] {
+                let mut small = init.clone();
+                gemm_with(
+                    isa_level,
+                    false,
+                    a_view,
+                    MatRef::row_major(&b, k, n),
+                    &mut small,
+                    ldc,
+                    alpha,
+                    beta,
+                );
+                let mut packed = init.clone();
+                let b_t = MatRef::new(&bt, 0, k, n, 1, k);
+                gemm_with(isa_level, false, a_view, b_t, &mut packed, ldc, alpha, beta);
+                let mut want = init.clone();
+                naive(
+                    &a,
+                    (m, k, ars, acs),
+                    &b,
+                    (n, n, 1),
+                    &mut want,
+                    ldc,
+                    alpha,
+                    beta,
+                );
+                for i in 0..m * ldc {
+                    assert_eq!(
+                        small[i].to_bits(),
+                        packed[i].to_bits(),
+                        "{isa_level:?} {m}x{n}x{k} a_t={a_t} beta={beta} at {i}"
+                    );
+                    let tol = 1e-5 * (k as f32).sqrt() * (1.0 + want[i].abs());
+                    assert!((small[i] - want[i]).abs() <= tol, "{m}x{n}x{k} at {i}");
+                }
+            }
+        }
+    }
+}
