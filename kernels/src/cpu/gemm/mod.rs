@@ -296,6 +296,32 @@ pub fn gemm_prepacked_b_out(
     unsafe { driver::run_prepacked_b(&job, &b.data, threads) };
 }
 
+/// `dst` (`[cols, rows]` row-major) = `src` (`rows x cols`, f32, contiguous along its
+/// columns) transposed: one panel of the packing, whose AVX2 path transposes 8 x 8 blocks in
+/// registers. For operands a caller reuses transposed (attention's K and V tiles).
+///
+/// # Panics
+/// If `dst` is not `rows * cols` long or `src` is not contiguous along its columns.
+pub(crate) fn transpose_f32_into(src: MatRef<'_, f32>, dst: &mut [f32]) {
+    assert_eq!(
+        dst.len(),
+        src.rows * src.cols,
+        "transpose_f32_into: dst length"
+    );
+    assert_eq!(src.cs, 1, "transpose_f32_into: src columns not contiguous");
+    if src.rows == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa::active() >= Isa::Avx2 {
+        // SAFETY: `active()` only reports levels the CPU has (AVX2 implies F16C here, as
+        // for the packing's own callers); `dst` holds the one panel of `rows` rows.
+        unsafe { pack::pack_f32_x86(src, src.rows, dst) };
+        return;
+    }
+    pack::pack_f32(src, src.rows, dst);
+}
+
 /// Below this many multiply-adds a product runs on the calling thread.
 const PARALLEL_MIN_FMAS: usize = 1 << 19;
 

@@ -18,9 +18,9 @@ use std::mem::MaybeUninit;
 
 use half::bf16;
 
+use super::softmax::{online_softmax_tile, probs_tile};
 use super::visibility::{Tile, Visibility};
-use crate::cpu::gemm::{MatRef, gemm_seq};
-use crate::cpu::math::exp;
+use crate::cpu::gemm::{MatRef, gemm_seq, transpose_f32_into};
 use crate::cpu::multiversion::multiversion;
 use crate::cpu::par::{self, SendPtr};
 use crate::elem::{Elem, Typed};
@@ -115,6 +115,26 @@ pub(crate) fn forward<T: Elem>(
     let mut lse = vec![f32::INFINITY; nb * nh * nq];
     let out_ptr = SendPtr(out.spare_capacity_mut().as_mut_ptr());
     let lse_ptr = SendPtr(lse.as_mut_ptr());
+    // f32 K transposed once per KV head for every query tile's `Q K^T` (each task
+    // transposed its key tiles as it packed them: 15 times over at 256 tokens).
+    let nk = k.dims[2];
+    let kt: Option<Vec<Vec<f32>>> = as_f32(k.data)
+        .filter(|_| q.as_bf16().is_none())
+        .map(|data| {
+            let k32 = View {
+                data,
+                dims: k.dims,
+                strides: k.strides,
+            };
+            let mut heads = vec![Vec::new(); nb * nkv];
+            let slots = SendPtr(heads.as_mut_ptr());
+            par::for_each(nb * nkv, |i| {
+                // SAFETY: each task writes only its own slot `i` of `heads`, which outlives the
+                // call.
+                unsafe { *slots.ptr().add(i) = key_tiles_t(k32, i / nkv, i % nkv) };
+            });
+            heads
+        });
     par::for_each(nb * nkv * q_tiles, |task| {
         let (b, kvh, qt) = (
             task / (nkv * q_tiles),
@@ -122,7 +142,8 @@ pub(crate) fn forward<T: Elem>(
             task % q_tiles,
         );
         let (i0, i1) = (qt * bq, ((qt + 1) * bq).min(nq));
-        let tile = forward_tile(q, k, v, vis, scale, b, kvh, i0, i1);
+        let kt = kt.as_ref().map(|heads| &heads[b * nkv + kvh][..nk * d]);
+        let tile = forward_tile(q, k, v, kt, vis, scale, b, kvh, i0, i1);
         for (r, (o_row, lse_row)) in tile.o.chunks_exact(d).zip(&tile.lse).enumerate() {
             let (t, h) = (i0 + r / group, kvh * group + r % group);
             let start = b * out_strides[0] + h * out_strides[1] + t * out_strides[2];
@@ -156,6 +177,7 @@ fn forward_tile<T: Elem>(
     q: View<'_, T>,
     k: View<'_, T>,
     v: View<'_, T>,
+    kt: Option<&[f32]>,
     vis: &Visibility,
     scale: f32,
     b: usize,
@@ -208,24 +230,21 @@ fn forward_tile<T: Elem>(
                 scale,
                 0.0,
             ),
-            None => gemm_seq(
-                MatRef::row_major(&qb, rows, d),
-                k.rows(b, kvh, j0, j1).t(),
-                s,
-                bk,
-                1.0,
-                0.0,
-            ),
+            None => {
+                let q = MatRef::row_major(&qb[..], rows, d);
+                match kt {
+                    Some(kt) => {
+                        let kt = MatRef::row_major(&kt[j0 * d..j1 * d], d, bk);
+                        gemm_seq(q, kt, s, bk, 1.0, 0.0)
+                    }
+                    None => gemm_seq(q, k.rows(b, kvh, j0, j1).t(), s, bk, 1.0, 0.0),
+                }
+            }
         }
         if class == Tile::Partial {
             mask_tile(s, vis, b, i0, group, j0, bk, f32::NEG_INFINITY);
         }
-        for (r, srow) in s.chunks_exact_mut(bk).enumerate() {
-            let corr = online_softmax_row(srow, &mut m[r], &mut l[r]);
-            if corr != 1.0 {
-                scale_in_place(&mut o[r * d..(r + 1) * d], corr);
-            }
-        }
+        online_softmax_tile(s, bk, &mut m, &mut l, &mut o, d);
         match &mut bf16_ops {
             Some((_, _, v16, p16)) => {
                 let p16 = &mut p16[..rows * bk];
@@ -304,12 +323,20 @@ fn mask_tile(
     bk: usize,
     fill: f32,
 ) {
+    let padding = vis.keys(b, j0, j0 + bk);
     for (r, row) in s.chunks_exact_mut(bk).enumerate() {
+        // The row's visible range within the tile, the rest filled (a causal tile's rows
+        // end at their own position: one fill of the row's end, not a test per key).
         let (lo, hi) = vis.range(b, i0 + r / group);
-        for (j, x) in row.iter_mut().enumerate() {
-            let key = j0 + j;
-            if key < lo || key >= hi || !vis.key(b, key) {
-                *x = fill;
+        let lo = lo.clamp(j0, j0 + bk) - j0;
+        let hi = hi.clamp(j0 + lo, j0 + bk) - j0;
+        row[..lo].fill(fill);
+        row[hi..].fill(fill);
+        if let Some(ok) = padding {
+            for (x, &ok) in row[lo..hi].iter_mut().zip(&ok[lo..hi]) {
+                if !ok {
+                    *x = fill;
+                }
             }
         }
     }
@@ -320,49 +347,6 @@ multiversion! {
         for v in x {
             *v *= by;
         }
-    }
-}
-
-multiversion! {
-    /// Folds one row of scores into the running `(m, l)`; replaces the row by
-    /// `exp(s - m_new)` and returns the factor `exp(m_old - m_new)` the row's output
-    /// accumulator must be scaled by.
-    fn online_softmax_row(s: &mut [f32], m: &mut f32, l: &mut f32) -> f32 {
-        let mut lanes = [f32::NEG_INFINITY; 16];
-        let (chunks, tail) = s.as_chunks::<16>();
-        for c in chunks {
-            for i in 0..16 {
-                lanes[i] = if c[i] > lanes[i] { c[i] } else { lanes[i] };
-            }
-        }
-        let mut mx = tail.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        for v in lanes {
-            mx = mx.max(v);
-        }
-        let m_new = m.max(mx);
-        if m_new == f32::NEG_INFINITY {
-            // Nothing visible so far: contribute nothing.
-            s.fill(0.0);
-            return 1.0;
-        }
-        let mut sums = [0f32; 16];
-        let (chunks, tail) = s.as_chunks_mut::<16>();
-        for c in chunks {
-            for i in 0..16 {
-                c[i] = exp(c[i] - m_new);
-                sums[i] += c[i];
-            }
-        }
-        let mut sum = 0f32;
-        for x in tail {
-            *x = exp(*x - m_new);
-            sum += *x;
-        }
-        sum += sums.iter().sum::<f32>();
-        let corr = exp(*m - m_new);
-        *l = *l * corr + sum;
-        *m = m_new;
-        corr
     }
 }
 
@@ -476,6 +460,39 @@ struct Operands<'a, E> {
     d_o: Vec<E>,
     k: View<'a, E>,
     v: View<'a, E>,
+    /// f32: the task's K and V transposed once, key tile by key tile ([`key_tiles_t`]),
+    /// for `Q K^T` and `dO V^T`, which otherwise transposed each tile as they packed it,
+    /// once per query tile.
+    kt: Option<Vec<E>>,
+    vt: Option<Vec<E>>,
+}
+
+/// KV head `kvh` of batch `b` of the f32 `x` (`[t, d]` per head) transposed tile by key
+/// tile: tile `j0..j1` is `[d, j1 - j0]` row-major at `j0 * d`, the right operand of a
+/// tile's `Q K^T` read in place by the GEMM.
+fn key_tiles_t(x: View<'_, f32>, b: usize, kvh: usize) -> Vec<f32> {
+    let [_, _, nk, d] = x.dims;
+    let mut out = vec![0f32; nk * d];
+    for j0 in (0..nk).step_by(BK) {
+        let j1 = (j0 + BK).min(nk);
+        transpose_f32_into(x.rows(b, kvh, j0, j1), &mut out[j0 * d..j1 * d]);
+    }
+    out
+}
+
+/// Key tile `j0..j1` of [`key_tiles_t`]'s output, or of `x` transposed where there is none.
+fn tile_t<'a, E: Elem>(
+    t: &'a Option<Vec<E>>,
+    x: &View<'a, E>,
+    (b, kvh): (usize, usize),
+    j0: usize,
+    j1: usize,
+) -> MatRef<'a, E> {
+    let d = x.dims[3];
+    match t {
+        Some(t) => MatRef::row_major(&t[j0 * d..j1 * d], d, j1 - j0),
+        None => x.rows(b, kvh, j0, j1).t(),
+    }
 }
 
 /// The element type of the tile products' operands: f32, or bf16 for bf16 inputs.
@@ -600,17 +617,22 @@ fn backward_task<T: Elem>(
                 d_o: group_rows_bf16(do16, b, kvh, group, 0, nq),
                 k: k16,
                 v: v16,
+                kt: None,
+                vt: None,
             };
             backward_tiles(&ops, rows, acc, vis, scale, at);
         }
         _ => {
             // f32 K and V are read in place; f16 ones are widened once.
             let (kw, vw) = (widened(k, b, kvh), widened(v, b, kvh));
+            let (k, v) = (f32_view(k, &kw), f32_view(v, &vw));
             let ops = Operands {
                 q: group_rows_f32(q, b, kvh, group),
                 d_o: group_rows_f32(bw.d_o, b, kvh, group),
-                k: f32_view(k, &kw),
-                v: f32_view(v, &vw),
+                kt: Some(key_tiles_t(k, b, kvh)),
+                vt: Some(key_tiles_t(v, b, kvh)),
+                k,
+                v,
             };
             backward_tiles(&ops, rows, acc, vis, scale, at);
         }
@@ -690,14 +712,16 @@ fn backward_tiles<E: TileElem>(
                 continue;
             }
             let bk = j1 - j0;
-            let (k, v) = (ops.k.rows(b, kvh, j0, j1), ops.v.rows(b, kvh, j0, j1));
+            let k = ops.k.rows(b, kvh, j0, j1);
+            let (kt, vt) = (
+                tile_t(&ops.kt, &ops.k, (b, kvh), j0, j1),
+                tile_t(&ops.vt, &ops.v, (b, kvh), j0, j1),
+            );
             let p = &mut p[..rows * bk];
             let dp = &mut dp[..rows * bk];
             // P = exp(scale Q K^T - lse)
-            gemm_seq(q, k.t(), p, bk, scale, 0.0);
-            for (r, prow) in p.chunks_exact_mut(bk).enumerate() {
-                probs_row(prow, stats.lse[i0 * group + r]);
-            }
+            gemm_seq(q, kt, p, bk, scale, 0.0);
+            probs_tile(p, bk, &stats.lse[i0 * group..i0 * group + rows]);
             if class == Tile::Partial {
                 mask_tile(p, vis, b, i0, group, j0, bk, 0.0);
             }
@@ -705,7 +729,7 @@ fn backward_tiles<E: TileElem>(
             // dV += P^T dO
             gemm_seq(p_op.t(), d_o, &mut acc.dv[j0 * d..j1 * d], d, 1.0, 1.0);
             // dP = dO V^T, then dS = P (dP - delta)
-            gemm_seq(d_o, v.t(), dp, bk, 1.0, 0.0);
+            gemm_seq(d_o, vt, dp, bk, 1.0, 0.0);
             for (r, (dprow, prow)) in dp.chunks_exact_mut(bk).zip(p.chunks_exact(bk)).enumerate() {
                 softmax_grad_row(dprow, prow, stats.delta[i0 * group + r]);
             }
@@ -728,15 +752,6 @@ multiversion! {
             }
         }
         lanes.iter().sum::<f32>() + at.iter().zip(bt).map(|(x, y)| x * y).sum::<f32>()
-    }
-}
-
-multiversion! {
-    /// Scores to probabilities given the row's log-sum-exp (`+inf`: no visible key, all 0).
-    fn probs_row(s: &mut [f32], lse: f32) {
-        for x in s {
-            *x = exp(*x - lse);
-        }
     }
 }
 

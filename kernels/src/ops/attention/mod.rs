@@ -9,6 +9,7 @@
 //! back to `[b, t, h * d]` is free.
 
 mod cpu;
+mod softmax;
 mod visibility;
 
 use std::sync::{Arc, Mutex};

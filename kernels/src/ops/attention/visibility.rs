@@ -94,11 +94,11 @@ impl Visibility {
         self.ranges[b * self.q_len + i]
     }
 
-    /// Whether key `j` of batch row `b` is a real token.
-    pub fn key(&self, b: usize, j: usize) -> bool {
+    /// The padding flags of keys `j0..j1` of batch `b` (`None`: every key is real).
+    pub fn keys(&self, b: usize, j0: usize, j1: usize) -> Option<&[bool]> {
         self.key_ok
             .as_ref()
-            .is_none_or(|ok| ok[b * self.kv_len + j])
+            .map(|ok| &ok[b * self.kv_len + j0..b * self.kv_len + j1])
     }
 
     /// How the keys `[j0, j1)` relate to the queries `[i0, i1)` of batch row `b`.
@@ -214,7 +214,7 @@ mod tests {
         let v = Visibility::resolve(&spec, 1, 4, 4).unwrap();
         assert_eq!(v.tile(0, 0, 4, 0, 2), Tile::Hidden);
         assert_eq!(v.tile(0, 2, 4, 2, 3), Tile::Full);
-        assert!(!v.key(0, 1) && v.key(0, 2));
+        assert_eq!(v.keys(0, 1, 3), Some(&[false, true][..]));
     }
 
     #[test]
