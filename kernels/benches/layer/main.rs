@@ -378,6 +378,25 @@ fn bench_ops(args: &Args, dtype: DType) -> Result<()> {
         time_ms(w, i, || att().map(drop))?,
         time_ms(w, i, || att()?.backward().map(drop))?,
     );
+    // The training bench's attention (`scripts/bench/bench_train.py`: the ~100M Qwen2, batch
+    // 8 x 256 tokens), whatever `--tokens` says: short key rows, many small tile products.
+    let (nb, nt, nh, nkv, hd) = (8, 256, 16, 4, 64);
+    let q8 = var(r(9, &[nb, nt, nh, hd], 1.0)?)?;
+    let k8 = var(r(10, &[nb, nt, nkv, hd], 1.0)?)?;
+    let v8 = var(r(11, &[nb, nt, nkv, hd], 1.0)?)?;
+    let att8 = || {
+        attention(
+            &q8.as_tensor().transpose(1, 2)?,
+            &k8.as_tensor().transpose(1, 2)?,
+            &v8.as_tensor().transpose(1, 2)?,
+            &mask,
+        )
+    };
+    report(
+        "attention 8 x 16/4 heads x 256 causal",
+        time_ms(w, i, || att8().map(drop))?,
+        time_ms(w, i, || att8()?.backward().map(drop))?,
+    );
 
     let g = var(r(7, &[1, t, cfg.intermediate], 2.0)?)?;
     let u = var(r(8, &[1, t, cfg.intermediate], 1.0)?)?;
