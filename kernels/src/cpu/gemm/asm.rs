@@ -39,11 +39,8 @@ macro_rules! row_12x32 {
 
 /// One depth step: B's two vectors, then rows 0-11 with A's elements at `$addr`s (the
 /// broadcasts rotate through six registers so consecutive rows do not wait on one
-/// another); then `$advance` moves A on and B moves 128 bytes (or `$b_advance`).
+/// another); then `$advance` moves A on and `$b_advance` B.
 macro_rules! step_12x32 {
-    ($fma:literal, $advance:literal, [$($a:literal),+ $(,)?]) => {
-        step_12x32!($fma, $advance, "add {b}, 128\n", [$($a),+])
-    };
     ($fma:literal, $advance:literal, $b_advance:literal, [$a0:literal, $a1:literal,
      $a2:literal, $a3:literal, $a4:literal, $a5:literal, $a6:literal, $a7:literal,
      $a8:literal, $a9:literal, $a10:literal, $a11:literal $(,)?]) => {
@@ -69,12 +66,17 @@ macro_rules! step_12x32 {
     };
 }
 
-/// A step reading A's rows in place: row `3 g + j` at `a{3g} + j * lda`.
+/// A step reading A's rows in place: row `3 g + j` at `a{3g} + j * lda` (and B moved on by
+/// `$b_advance`, 128 bytes by default).
 macro_rules! step_direct {
     ($fma:literal) => {
+        step_direct!($fma, "add {b}, 128\n")
+    };
+    ($fma:literal, $b_advance:literal) => {
         step_12x32!(
             $fma,
             "add {a0}, 4\nadd {a3}, 4\nadd {a6}, 4\nadd {a9}, 4\n",
+            $b_advance,
             [
                 "[{a0}]",
                 "[{a0} + {lda}]",
@@ -93,12 +95,17 @@ macro_rules! step_direct {
     };
 }
 
-/// A step reading A's packed panel: the step's 12 elements are consecutive.
+/// A step reading A's packed panel: the step's 12 elements are consecutive (A moved on by
+/// `$a_advance`, 48 bytes by default, and B by `$b_advance`).
 macro_rules! step_packed {
     ($fma:literal) => {
+        step_packed!($fma, "add {a0}, 48\n", "add {b}, 128\n")
+    };
+    ($fma:literal, $a_advance:literal, $b_advance:literal) => {
         step_12x32!(
             $fma,
-            "add {a0}, 48\n",
+            $a_advance,
+            $b_advance,
             [
                 "[{a0}]",
                 "[{a0} + 4]",
@@ -317,24 +324,10 @@ pub(super) unsafe fn f32_12x32_strided(
     // fault) and writes only `acc`; no stack.
     unsafe {
         small_tile_asm!(
-            tile_12x32_small!(step_12x32!(
+            tile_12x32_small!(step_packed!(
                 "vfmadd231ps",
                 "add {a0}, {astep}\n",
-                "add {b}, {bstep}\n",
-                [
-                    "[{a0}]",
-                    "[{a0} + 4]",
-                    "[{a0} + 8]",
-                    "[{a0} + 12]",
-                    "[{a0} + 16]",
-                    "[{a0} + 20]",
-                    "[{a0} + 24]",
-                    "[{a0} + 28]",
-                    "[{a0} + 32]",
-                    "[{a0} + 36]",
-                    "[{a0} + 40]",
-                    "[{a0} + 44]",
-                ]
+                "add {b}, {bstep}\n"
             )),
             a0 = inout(reg) a => _,
             astep = in(reg) a_step_bytes,
@@ -365,25 +358,7 @@ pub(super) unsafe fn f32_12x32_direct_strided_b(
     // SAFETY: as above.
     unsafe {
         small_tile_asm!(
-            tile_12x32_small!(step_12x32!(
-                "vfmadd231ps",
-                "add {a0}, 4\nadd {a3}, 4\nadd {a6}, 4\nadd {a9}, 4\n",
-                "add {b}, {bstep}\n",
-                [
-                    "[{a0}]",
-                    "[{a0} + {lda}]",
-                    "[{a0} + {lda}*2]",
-                    "[{a3}]",
-                    "[{a3} + {lda}]",
-                    "[{a3} + {lda}*2]",
-                    "[{a6}]",
-                    "[{a6} + {lda}]",
-                    "[{a6} + {lda}*2]",
-                    "[{a9}]",
-                    "[{a9} + {lda}]",
-                    "[{a9} + {lda}*2]",
-                ]
-            )),
+            tile_12x32_small!(step_direct!("vfmadd231ps", "add {b}, {bstep}\n")),
             a0 = inout(reg) a => _,
             a3 = inout(reg) a.add(3 * lda_bytes) => _,
             a6 = inout(reg) a.add(6 * lda_bytes) => _,
