@@ -836,8 +836,8 @@ const SMALL_B_BYTES: usize = 64 << 10;
 /// A product small enough to run without packing, its operands read where they lie: f32
 /// A read by rows (in place, no aliasing stride) or as rows of A^T (`a.rs == 1`), f32 B
 /// row-major and whole panels wide, one depth block. Attention's tile products are such
-/// (Q K^T's B is K^T, which is not: it is packed as before): each packed its operands per
-/// tile, ~a sixth of the attention backward's time.
+/// (with K and V transposed once ahead for `Q K^T` and `dO V^T`): each packed its operands
+/// per tile, ~a sixth of the attention backward's time.
 struct SmallProduct<'a> {
     a: &'a [f32],
     b: &'a [f32],

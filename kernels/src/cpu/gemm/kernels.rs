@@ -377,17 +377,7 @@ unsafe fn avx512_12x32_small(
                 &mut acc,
             ),
             SmallA::Rows { a, lda, rows } => {
-                // An edge tile: rows past `rows` repeat the last one.
-                let r: [*const f32; 12] = std::array::from_fn(|i| a.add(i.min(rows - 1) * lda));
-                for p in 0..kcp {
-                    let bp = b.add(p * b_step);
-                    let (b0, b1) = (_mm512_loadu_ps(bp), _mm512_loadu_ps(bp.add(16)));
-                    for i in 0..12 {
-                        let ai = _mm512_set1_ps(*r[i].add(p));
-                        acc[2 * i] = _mm512_fmadd_ps(ai, b0, acc[2 * i]);
-                        acc[2 * i + 1] = _mm512_fmadd_ps(ai, b1, acc[2 * i + 1]);
-                    }
-                }
+                edge_rows_12x32(kcp, (a, lda, rows), b, b_step, &mut acc)
             }
         }
         store_12x32(&acc, c, ldc, alpha, beta);
@@ -453,18 +443,40 @@ unsafe fn avx512_12x32_direct_a(
             store_12x32(&acc, c, ldc, alpha, beta);
             return;
         }
-        // An edge tile: rows past `rows` repeat the last one.
+        edge_rows_12x32(kcp, (a, lda, rows), b, 32, &mut acc);
+        store_12x32(&acc, c, ldc, alpha, beta);
+    }
+}
+
+/// An edge tile's sums with A's rows read in place (`a`: first row, stride, rows; rows past
+/// `rows` repeat the last one) and B's step `p` at `b + p * b_step`.
+///
+/// # Safety
+/// AVX-512 F; the `rows` rows hold `kcp` readable elements, and 32 are readable at each
+/// `b + p * b_step` (p < kcp).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn edge_rows_12x32(
+    kcp: usize,
+    (a, lda, rows): (*const f32, usize, usize),
+    b: *const f32,
+    b_step: usize,
+    acc: &mut [std::arch::x86_64::__m512; 24],
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: function contract.
+    unsafe {
         let r: [*const f32; 12] = std::array::from_fn(|i| a.add(i.min(rows - 1) * lda));
         for p in 0..kcp {
-            let b0 = _mm512_loadu_ps(b.add(p * 32));
-            let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
+            let bp = b.add(p * b_step);
+            let (b0, b1) = (_mm512_loadu_ps(bp), _mm512_loadu_ps(bp.add(16)));
             for i in 0..12 {
                 let ai = _mm512_set1_ps(*r[i].add(p));
                 acc[2 * i] = _mm512_fmadd_ps(ai, b0, acc[2 * i]);
                 acc[2 * i + 1] = _mm512_fmadd_ps(ai, b1, acc[2 * i + 1]);
             }
         }
-        store_12x32(&acc, c, ldc, alpha, beta);
     }
 }
 

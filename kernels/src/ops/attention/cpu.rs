@@ -18,7 +18,7 @@ use std::mem::MaybeUninit;
 
 use half::bf16;
 
-use super::softmax::{online_softmax_tile, probs_tile};
+use super::softmax::{online_softmax_tile, probs_tile, scale_in_place};
 use super::visibility::{Tile, Visibility};
 use crate::cpu::gemm::{MatRef, gemm_seq, transpose_f32_into};
 use crate::cpu::multiversion::multiversion;
@@ -117,24 +117,14 @@ pub(crate) fn forward<T: Elem>(
     let lse_ptr = SendPtr(lse.as_mut_ptr());
     // f32 K transposed once per KV head for every query tile's `Q K^T` (each task
     // transposed its key tiles as it packed them: 15 times over at 256 tokens).
-    let nk = k.dims[2];
-    let kt: Option<Vec<Vec<f32>>> = as_f32(k.data)
-        .filter(|_| q.as_bf16().is_none())
-        .map(|data| {
-            let k32 = View {
-                data,
-                dims: k.dims,
-                strides: k.strides,
-            };
-            let mut heads = vec![Vec::new(); nb * nkv];
-            let slots = SendPtr(heads.as_mut_ptr());
-            par::for_each(nb * nkv, |i| {
-                // SAFETY: each task writes only its own slot `i` of `heads`, which outlives the
-                // call.
-                unsafe { *slots.ptr().add(i) = key_tiles_t(k32, i / nkv, i % nkv) };
-            });
-            heads
-        });
+    let kt: Option<Vec<Vec<f32>>> = as_f32(k.data).map(|data| {
+        let k32 = View {
+            data,
+            dims: k.dims,
+            strides: k.strides,
+        };
+        par::map(nb * nkv, |i| key_tiles_t(k32, i / nkv, i % nkv))
+    });
     par::for_each(nb * nkv * q_tiles, |task| {
         let (b, kvh, qt) = (
             task / (nkv * q_tiles),
@@ -142,7 +132,7 @@ pub(crate) fn forward<T: Elem>(
             task % q_tiles,
         );
         let (i0, i1) = (qt * bq, ((qt + 1) * bq).min(nq));
-        let kt = kt.as_ref().map(|heads| &heads[b * nkv + kvh][..nk * d]);
+        let kt = kt.as_ref().map(|heads| &heads[b * nkv + kvh][..]);
         let tile = forward_tile(q, k, v, kt, vis, scale, b, kvh, i0, i1);
         for (r, (o_row, lse_row)) in tile.o.chunks_exact(d).zip(&tile.lse).enumerate() {
             let (t, h) = (i0 + r / group, kvh * group + r % group);
@@ -338,14 +328,6 @@ fn mask_tile(
                     *x = fill;
                 }
             }
-        }
-    }
-}
-
-multiversion! {
-    fn scale_in_place(x: &mut [f32], by: f32) {
-        for v in x {
-            *v *= by;
         }
     }
 }

@@ -34,7 +34,7 @@ pub(super) fn online_softmax_tile(
     for r in 0..rows {
         let corr = online_softmax_row(&mut s[r * bk..(r + 1) * bk], &mut m[r], &mut l[r]);
         if corr != 1.0 {
-            scale_row(&mut o[r * d..(r + 1) * d], corr);
+            scale_in_place(&mut o[r * d..(r + 1) * d], corr);
         }
     }
 }
@@ -97,7 +97,8 @@ multiversion! {
 }
 
 multiversion! {
-    fn scale_row(x: &mut [f32], by: f32) {
+    /// `x *= by` (an output row rescaled; the forward's query rows and final rows too).
+    pub(super) fn scale_in_place(x: &mut [f32], by: f32) {
         for v in x {
             *v *= by;
         }
