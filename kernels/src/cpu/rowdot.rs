@@ -57,18 +57,22 @@ const TILE_W: usize = 3;
 /// bytes per latency (measured 25-31 GB/s for two threads), so with AVX2 those keep 4
 /// rows, with the next block prefetched (34-39 GB/s there against 25-31 for one row);
 /// with AVX-512 see [`TILE_W_ONE_ROW_16BIT_AVX512`].
+#[cfg(target_arch = "x86_64")]
 const TILE_W_ONE_ROW_F32: usize = 1;
 const TILE_W_ONE_ROW_16BIT: usize = 4;
 
 /// With AVX-512 a 16-bit row's single chain takes 16 values per FMA latency, as f32's does
 /// with AVX2, so it too reads one row at a time: SmolLM2-135M's bf16 shapes 33 -> 40 GB/s
 /// (Qwen2-100M's 41 either way), same VM and method as above.
+#[cfg(target_arch = "x86_64")]
 const TILE_W_ONE_ROW_16BIT_AVX512: usize = 1;
 
 /// Rows shorter than this (a head's cached keys in decode attention: 64-128 values) are
 /// read four at a time even in f32: four short rows are one contiguous run anyway, and
 /// one FMA chain per row would leave a 64-value key waiting on 8 dependent FMAs.
+#[cfg(target_arch = "x86_64")]
 const SHORT_ROW_BYTES: usize = 1024;
+#[cfg(target_arch = "x86_64")]
 const TILE_W_SHORT_ROWS: usize = 4;
 
 /// A multiple of every tile width.
@@ -84,11 +88,13 @@ pub fn column_chunk(n: usize, threads: usize) -> usize {
 }
 
 /// Input rows per register tile (3 x 4 tiles: see the module docs).
+#[cfg(any(target_arch = "x86_64", test))]
 const TILE_X: usize = 4;
 
 /// How `m` input rows split into register tiles of at most [`TILE_X`] rows: how many
 /// tiles of 4, 3, 2 and 1 rows. A remainder of one row is folded into tiles of 3 and 2 (a
 /// lone row would load its weight rows for one FMA each); only `m == 1` runs a 1-row tile.
+#[cfg(any(target_arch = "x86_64", test))]
 fn x_tiles(m: usize) -> [usize; 4] {
     match (m / TILE_X, m % TILE_X) {
         (0, 1) => [0, 0, 0, 1],
@@ -144,9 +150,9 @@ fn check_shapes<T: Elem>(x: &[f32], w: &[T], k: usize) -> (usize, usize) {
 /// # Safety
 /// As [`rows_dot_strided`], shapes already checked.
 unsafe fn rows_dot_unchecked<T: Elem>(x: &[f32], w: &[T], k: usize, out: *mut f32, ldo: usize) {
-    let (m, n) = (x.len() / k, w.len() / k);
     #[cfg(target_arch = "x86_64")]
     if isa::active() >= Isa::Avx2 {
+        let (m, n) = (x.len() / k, w.len() / k);
         let avx512 = isa::active() >= Isa::Avx512;
         // SAFETY: the CPU has AVX2/FMA/F16C, and AVX-512F where `avx512` (`active` never
         // reports more than it has); the shapes were checked and `out` is the caller's

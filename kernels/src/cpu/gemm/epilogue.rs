@@ -341,6 +341,7 @@ unsafe fn bf16_lanes(v: std::arch::x86_64::__m512) -> std::arch::x86_64::__m256i
 }
 
 /// Rows an epilogue finishes at once.
+#[cfg(target_arch = "x86_64")]
 const ROWS: usize = 4;
 
 /// Columns the portable epilogue holds at once.

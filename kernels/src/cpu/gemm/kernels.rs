@@ -1,11 +1,14 @@
 //! Register-blocked microkernels: `C[MR x NR] = alpha * sum_p a[p] (x) b[p] + beta * C`
 //! over packed panels, one per instruction set.
 
+#[cfg(target_arch = "x86_64")]
 use half::bf16;
 
 use super::MatRef;
 use super::driver::Packed;
-use super::pack::{pack_bf16_pairs, pack_f32};
+#[cfg(any(target_arch = "x86_64", test))]
+use super::pack::pack_bf16_pairs;
+use super::pack::pack_f32;
 use crate::elem::Elem;
 
 /// The largest `MR * NR` of any kernel (size of the edge-tile temporary).
@@ -102,6 +105,8 @@ pub(super) trait Microkernel {
 }
 
 /// Where a small product's tile reads A (f32, in place).
+// Only the x86 tiles read it; other targets have no small in-place products.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 #[derive(Clone, Copy)]
 pub(super) enum SmallA {
     /// Row `i` of the tile at `a + min(i, rows - 1) * lda`, one element a step (rows past
@@ -677,6 +682,7 @@ unsafe fn avx512bf16_12x32_direct_a(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use half::bf16;
 
     /// The AVX-512 BF16 tile's arithmetic in scalar code, reading the packed panels exactly
     /// as `avx512bf16_12x32` does (pair `p` of row `i` is the u32 at `p * 12 + i`; lane `j`

@@ -6,10 +6,14 @@
 //! transpose, done here 8 x 8 at a time in AVX2 registers; a scalar loop would spend as
 //! long packing a weight as multiplying with it.
 
-use half::{bf16, f16};
+use half::bf16;
+#[cfg(target_arch = "x86_64")]
+use half::f16;
 
 use super::MatRef;
-use crate::elem::{Elem, Typed};
+use crate::elem::Elem;
+#[cfg(target_arch = "x86_64")]
+use crate::elem::Typed;
 
 /// Portable packing into f32 panels (zero past the last row).
 #[inline(always)]
@@ -221,6 +225,8 @@ transposer!(transpose_f16, f16, load8_f16);
 /// Packs like [`pack_f32`] but as bf16 pairs along the depth, the operand layout of
 /// `vdpbf16ps`: panel `q`, pair `p/2`, row `r` holds `(src[r][p], src[r][p+1])`; an odd
 /// depth is padded with a zero.
+// The bf16 kernel that reads these panels is x86's; elsewhere only the tests call it.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 #[inline(always)]
 pub(super) fn pack_bf16_pairs(src: MatRef<'_, bf16>, width: usize, dst: &mut [bf16]) {
     let (rows, depth) = (src.rows, src.cols);
@@ -259,6 +265,7 @@ pub(super) fn pack_bf16_pairs(src: MatRef<'_, bf16>, width: usize, dst: &mut [bf
 /// read P^T, dS^T, V, K, Q and dO). Each pair then interleaves two source lines, depth `p`
 /// and `p + 1`, which the compiler vectorises; the element-by-element gather it replaces
 /// cost as much as a small product's arithmetic.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 #[inline(always)]
 fn interleave_bf16_pairs(src: MatRef<'_, bf16>, width: usize, dst: &mut [bf16]) {
     let (rows, depth) = (src.rows, src.cols);
@@ -354,11 +361,14 @@ unsafe fn transpose_bf16_pairs(src: MatRef<'_, bf16>, width: usize, dst: &mut [b
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "x86_64")]
+    use half::f16;
 
     fn source(rows: usize, depth: usize) -> Vec<f32> {
         (0..rows * depth).map(|i| (i as f32 * 0.37).sin()).collect()
     }
 
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn transposing_packers_match_the_portable_one() {
         if crate::cpu::isa::detected() < crate::cpu::isa::Isa::Avx2 {

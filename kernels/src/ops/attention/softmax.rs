@@ -7,6 +7,7 @@
 //! for every row. Here the AVX-512 path keeps a row in registers and reduces in them; other
 //! CPUs run the portable row functions.
 
+#[cfg(target_arch = "x86_64")]
 use crate::cpu::isa::{self, Isa};
 use crate::cpu::math::exp;
 use crate::cpu::multiversion::multiversion;
