@@ -32,6 +32,14 @@ Why we carry patched copies (the root Cargo.toml's [patch.crates-io] points at t
    widening is exact, the sum is the same f32 add, rounding is to nearest even with NaNs
    kept quiet, as `half::bf16::from_f32`.
 
+5. candle-core's NEON bf16 paths (`cpu/neon.rs`: `vec_add_bf16`, `vec_mul_bf16`,
+   `vec_scalar_add_bf16`, the bf16 `vec_store`) narrow f32 to bf16 by dropping the low 16
+   bits: every bf16 sum on ARM (Apple silicon, Graviton) was truncated toward zero, a
+   bias in each bf16 gradient sum, and a NaN whose payload sat in the low bits became an
+   infinity. We narrow with round-to-nearest-even and quiet NaNs, as `half::bf16::from_f32`
+   and the x86 paths do (`kernels/tests/kernels/candle_bf16_add.rs` fails on aarch64
+   without this).
+
 Run: python3 scripts/vendor/candle.py   (needs network to static.crates.io)
 """
 
@@ -125,6 +133,7 @@ def vendor_core() -> None:
     cap_lints(dest / "src" / "lib.rs")
     patch_backprop(dest / "src" / "backprop.rs")
     patch_bf16_add(dest / "src" / "cpu" / "avx.rs")
+    patch_neon_bf16_narrowing(dest / "src" / "cpu" / "neon.rs")
 
 
 ACCUMULATE = '''
@@ -324,6 +333,37 @@ def patch_bf16_add(path: Path) -> None:
     assert source.count(VEC_ADD_BF16_HEAD) == 1, "candle's avx.rs vec_add_bf16 signature moved"
     source = source.replace(VEC_ADD_BF16_HEAD, VEC_ADD_BF16_HEAD + VEC_ADD_BF16_DISPATCH.lstrip("\n"))
     path.write_text(source.rstrip("\n") + "\n" + VEC_ADD_BF16_KERNELS)
+
+
+NEON_USES = "use half::{bf16, f16};\n"
+NEON_TRUNCATING_NARROW = "vshrn_n_u32::<16>("
+NEON_NARROW_BF16 = '''
+/// kubeswift (scripts/vendor/candle.py): four f32 lanes, given as their bits, to bf16
+/// rounded to nearest even with NaNs kept quiet NaNs, as `half::bf16::from_f32` does.
+/// candle dropped the low 16 bits here (rounding toward zero, and a NaN whose payload
+/// sat in those bits became an infinity).
+#[inline(always)]
+unsafe fn narrow_bf16(bits: uint32x4_t) -> uint16x4_t {
+    let top = vshrq_n_u32::<16>(bits);
+    let lsb = vandq_u32(top, vdupq_n_u32(1));
+    let rounded = vshrn_n_u32::<16>(vaddq_u32(bits, vaddq_u32(vdupq_n_u32(0x7fff), lsb)));
+    let lanes = vreinterpretq_f32_u32(bits);
+    let is_number = vmovn_u32(vceqq_f32(lanes, lanes));
+    let quiet = vmovn_u32(vorrq_u32(top, vdupq_n_u32(0x40)));
+    vbsl_u16(is_number, rounded, quiet)
+}
+'''
+
+
+def patch_neon_bf16_narrowing(path: Path) -> None:
+    source = path.read_text()
+    assert source.count(NEON_USES) == 1, "candle's neon.rs imports moved"
+    uses = source.count(NEON_TRUNCATING_NARROW)
+    assert uses == 7, f"candle's neon.rs narrows bf16 in {uses} places, not the 7 we patch"
+    # By path: one of them is in a nested module (the bf16 `vec_store`).
+    source = source.replace(NEON_TRUNCATING_NARROW, "crate::cpu::neon::narrow_bf16(")
+    source = source.replace(NEON_USES, NEON_USES + NEON_NARROW_BF16, 1)
+    path.write_text(source)
 
 
 STUB_HEADER = '''//! kubeswift: the GGUF MMQ/MoE launchers below are not compiled (see

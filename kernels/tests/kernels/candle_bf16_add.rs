@@ -1,55 +1,87 @@
-//! The vendored candle's whole-vector bf16 add (scripts/vendor/candle.py, patch 4) against
-//! `half`'s scalar add, which is what candle computed before: every bf16 gradient sum of a
-//! bf16 training step goes through it.
+//! The vendored candle's whole-vector bf16 add and multiply (scripts/vendor/candle.py,
+//! patches 4 and 5) against `half`'s scalar ones, which is what candle computed before on
+//! x86: every bf16 gradient sum of a bf16 training step goes through the add. On ARM the
+//! NEON paths truncated to bf16 until patch 5; these fail there without it.
 
 use candle_core::{Device, Tensor};
 use half::bf16;
 
 /// Every bf16 bit pattern (NaNs, infinities, zeros of both signs, ties at every exponent)
 /// against a scrambled copy, in a length that leaves a tail for each vector width.
-#[test]
-fn bf16_add_gives_the_scalar_sums_bits() {
+fn operands() -> (Vec<bf16>, Vec<bf16>) {
     let a: Vec<bf16> = (0..=u16::MAX).map(bf16::from_bits).collect();
     // A fixed odd multiplier permutes the patterns, so each meets a different partner.
     let b: Vec<bf16> = (0..=u16::MAX as u32)
         .map(|i| bf16::from_bits((i.wrapping_mul(40_503) ^ 0x5a5a) as u16))
         .collect();
     let n = a.len() - 5;
+    (a[..n].to_vec(), b[..n].to_vec())
+}
+
+#[test]
+fn bf16_add_gives_the_scalar_sums_bits() {
+    let (a, b) = operands();
     let dev = Device::Cpu;
-    let sum = (Tensor::from_slice(&a[..n], n, &dev).unwrap()
-        + Tensor::from_slice(&b[..n], n, &dev).unwrap())
+    let got = (Tensor::from_slice(&a, a.len(), &dev).unwrap()
+        + Tensor::from_slice(&b, b.len(), &dev).unwrap())
     .unwrap()
     .to_vec1::<bf16>()
     .unwrap();
+    assert_scalar_bits(&a, &b, &got, "+", |x, y| x + y, |x, y| x + y);
+}
+
+#[test]
+fn bf16_mul_gives_the_scalar_products_bits() {
+    let (a, b) = operands();
+    let dev = Device::Cpu;
+    let got = (Tensor::from_slice(&a, a.len(), &dev).unwrap()
+        * Tensor::from_slice(&b, b.len(), &dev).unwrap())
+    .unwrap()
+    .to_vec1::<bf16>()
+    .unwrap();
+    assert_scalar_bits(&a, &b, &got, "*", |x, y| x * y, |x, y| x * y);
+}
+
+/// `got[i]` has the bits of `half`'s `op(a[i], b[i])` (any NaN for a NaN), except where the
+/// exact f32 result is subnormal (see below); most results must be compared.
+fn assert_scalar_bits(
+    a: &[bf16],
+    b: &[bf16],
+    got: &[bf16],
+    name: &str,
+    op: impl Fn(bf16, bf16) -> bf16,
+    op_f32: impl Fn(f32, f32) -> f32,
+) {
+    let n = a.len();
     let mut checked = 0;
     for i in 0..n {
-        let want = a[i] + b[i];
-        let exact = a[i].to_f32() + b[i].to_f32();
+        let want = op(a[i], b[i]);
+        let exact = op_f32(a[i].to_f32(), b[i].to_f32());
         // AVX-512 BF16's rounding instruction flushes subnormal results to zero (candle's
-        // path on such CPUs before the patch too): those sums are not compared.
+        // path on such CPUs before the patch too): those results are not compared.
         if exact != 0.0 && exact.abs() < f32::MIN_POSITIVE {
             continue;
         }
         if want.is_nan() {
             assert!(
-                sum[i].is_nan(),
-                "{i}: {:?} + {:?} gave {:?}, not NaN",
+                got[i].is_nan(),
+                "{i}: {:?} {name} {:?} gave {:?}, not NaN",
                 a[i],
                 b[i],
-                sum[i]
+                got[i]
             );
             continue;
         }
         assert_eq!(
-            sum[i].to_bits(),
+            got[i].to_bits(),
             want.to_bits(),
-            "{i}: {:?} + {:?} gave {:?}, want {:?}",
+            "{i}: {:?} {name} {:?} gave {:?}, want {:?}",
             a[i],
             b[i],
-            sum[i],
+            got[i],
             want
         );
         checked += 1;
     }
-    assert!(checked > n / 2, "only {checked} of {n} sums compared");
+    assert!(checked > n / 2, "only {checked} of {n} results compared");
 }

@@ -6,6 +6,21 @@ use core::arch::arm::*;
 use core::arch::aarch64::*;
 use half::{bf16, f16};
 
+/// kubeswift (scripts/vendor/candle.py): four f32 lanes, given as their bits, to bf16
+/// rounded to nearest even with NaNs kept quiet NaNs, as `half::bf16::from_f32` does.
+/// candle dropped the low 16 bits here (rounding toward zero, and a NaN whose payload
+/// sat in those bits became an infinity).
+#[inline(always)]
+unsafe fn narrow_bf16(bits: uint32x4_t) -> uint16x4_t {
+    let top = vshrq_n_u32::<16>(bits);
+    let lsb = vandq_u32(top, vdupq_n_u32(1));
+    let rounded = vshrn_n_u32::<16>(vaddq_u32(bits, vaddq_u32(vdupq_n_u32(0x7fff), lsb)));
+    let lanes = vreinterpretq_f32_u32(bits);
+    let is_number = vmovn_u32(vceqq_f32(lanes, lanes));
+    let quiet = vmovn_u32(vorrq_u32(top, vdupq_n_u32(0x40)));
+    vbsl_u16(is_number, rounded, quiet)
+}
+
 pub struct CurrentCpu {}
 
 impl CurrentCpu {
@@ -339,7 +354,7 @@ mod bfloat16 {
             unsafe fn vec_store(mem_addr: *mut bf16, a: Self::Unit) {
                 // Extract top 16 bits of each f32 lane, which is the bf16 representation.
                 let s = vreinterpretq_u32_f32(a);
-                let h = vshrn_n_u32::<16>(s);
+                let h = crate::cpu::neon::narrow_bf16(s);
                 vst1_u16(mem_addr as *mut u16, h);
             }
         }
@@ -547,8 +562,8 @@ pub(crate) unsafe fn vec_add_bf16(a_row: *const bf16, b_row: *const bf16, c: *mu
         let a_hi = vreinterpretq_f32_u32(vshll_high_n_u16::<16>(a));
         let b_lo = vreinterpretq_f32_u32(vshll_n_u16::<16>(vget_low_u16(b)));
         let b_hi = vreinterpretq_f32_u32(vshll_high_n_u16::<16>(b));
-        let lo = vshrn_n_u32::<16>(vreinterpretq_u32_f32(vaddq_f32(a_lo, b_lo)));
-        let hi = vshrn_n_u32::<16>(vreinterpretq_u32_f32(vaddq_f32(a_hi, b_hi)));
+        let lo = crate::cpu::neon::narrow_bf16(vreinterpretq_u32_f32(vaddq_f32(a_lo, b_lo)));
+        let hi = crate::cpu::neon::narrow_bf16(vreinterpretq_u32_f32(vaddq_f32(a_hi, b_hi)));
         vst1q_u16(c.add(i) as *mut u16, vcombine_u16(lo, hi));
         i += 8;
     }
@@ -583,8 +598,8 @@ pub(crate) unsafe fn vec_mul_bf16(a_row: *const bf16, b_row: *const bf16, c: *mu
         let a_hi = vreinterpretq_f32_u32(vshll_high_n_u16::<16>(a));
         let b_lo = vreinterpretq_f32_u32(vshll_n_u16::<16>(vget_low_u16(b)));
         let b_hi = vreinterpretq_f32_u32(vshll_high_n_u16::<16>(b));
-        let lo = vshrn_n_u32::<16>(vreinterpretq_u32_f32(vmulq_f32(a_lo, b_lo)));
-        let hi = vshrn_n_u32::<16>(vreinterpretq_u32_f32(vmulq_f32(a_hi, b_hi)));
+        let lo = crate::cpu::neon::narrow_bf16(vreinterpretq_u32_f32(vmulq_f32(a_lo, b_lo)));
+        let hi = crate::cpu::neon::narrow_bf16(vreinterpretq_u32_f32(vmulq_f32(a_hi, b_hi)));
         vst1q_u16(c.add(i) as *mut u16, vcombine_u16(lo, hi));
         i += 8;
     }
@@ -600,8 +615,8 @@ pub(crate) unsafe fn vec_scalar_add_bf16(scalar: bf16, xs: *const bf16, ys: *mut
         let x = vld1q_u16(xs.add(i) as *const u16);
         let x_lo = vreinterpretq_f32_u32(vshll_n_u16::<16>(vget_low_u16(x)));
         let x_hi = vreinterpretq_f32_u32(vshll_high_n_u16::<16>(x));
-        let lo = vshrn_n_u32::<16>(vreinterpretq_u32_f32(vaddq_f32(x_lo, sv)));
-        let hi = vshrn_n_u32::<16>(vreinterpretq_u32_f32(vaddq_f32(x_hi, sv)));
+        let lo = crate::cpu::neon::narrow_bf16(vreinterpretq_u32_f32(vaddq_f32(x_lo, sv)));
+        let hi = crate::cpu::neon::narrow_bf16(vreinterpretq_u32_f32(vaddq_f32(x_hi, sv)));
         vst1q_u16(ys.add(i) as *mut u16, vcombine_u16(lo, hi));
         i += 8;
     }
