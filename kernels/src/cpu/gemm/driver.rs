@@ -90,10 +90,10 @@ pub(super) unsafe fn run<TA: Elem, TB: Elem>(isa: Isa, job: &Job<'_, TA, TB>, th
         }
     }
     let _ = isa;
-    let entry = Entry::<kernels::Scalar, TA, TB> {
-        blocked: scalar::blocked,
-        pack_a: scalar::pack_rows,
-        pack_b: scalar::pack_rows,
+    let entry = Entry::<Baseline, TA, TB> {
+        blocked: baseline::blocked,
+        pack_a: baseline::pack_rows,
+        pack_b: baseline::pack_rows,
     };
     // SAFETY: the caller's contract on C is passed on.
     unsafe { orchestrate(&entry, job, threads) };
@@ -242,7 +242,13 @@ macro_rules! isa_entry {
     };
 }
 
-isa_entry!(scalar, kernels::Scalar);
+/// The kernel every CPU of the target has: NEON's on aarch64 (part of the target, so not a
+/// level to detect), the portable loop elsewhere (below AVX2 on x86-64).
+#[cfg(target_arch = "aarch64")]
+use kernels::Neon as Baseline;
+#[cfg(not(target_arch = "aarch64"))]
+use kernels::Scalar as Baseline;
+isa_entry!(baseline, Baseline);
 #[cfg(target_arch = "x86_64")]
 isa_entry!(avx2, "avx2,fma,f16c", kernels::Avx2, finish);
 #[cfg(target_arch = "x86_64")]
