@@ -20,38 +20,32 @@ fn operands() -> (Vec<bf16>, Vec<bf16>) {
 
 #[test]
 fn bf16_add_gives_the_scalar_sums_bits() {
-    let (a, b) = operands();
-    let dev = Device::Cpu;
-    let got = (Tensor::from_slice(&a, a.len(), &dev).unwrap()
-        + Tensor::from_slice(&b, b.len(), &dev).unwrap())
-    .unwrap()
-    .to_vec1::<bf16>()
-    .unwrap();
-    assert_scalar_bits(&a, &b, &got, "+", |x, y| x + y, |x, y| x + y);
+    assert_scalar_bits("+", |x, y| x + y, |x, y| x + y, |x, y| x + y);
 }
 
 #[test]
 fn bf16_mul_gives_the_scalar_products_bits() {
-    let (a, b) = operands();
-    let dev = Device::Cpu;
-    let got = (Tensor::from_slice(&a, a.len(), &dev).unwrap()
-        * Tensor::from_slice(&b, b.len(), &dev).unwrap())
-    .unwrap()
-    .to_vec1::<bf16>()
-    .unwrap();
-    assert_scalar_bits(&a, &b, &got, "*", |x, y| x * y, |x, y| x * y);
+    assert_scalar_bits("*", |x, y| x * y, |x, y| x * y, |x, y| x * y);
 }
 
-/// `got[i]` has the bits of `half`'s `op(a[i], b[i])` (any NaN for a NaN), except where the
-/// exact f32 result is subnormal (see below); most results must be compared.
+/// candle's `tensor_op` over [`operands`] gives, element by element, the bits of `half`'s
+/// `op` (any NaN for a NaN), except where the exact f32 result (`op_f32`) is subnormal (see
+/// below); most results must be compared.
 fn assert_scalar_bits(
-    a: &[bf16],
-    b: &[bf16],
-    got: &[bf16],
     name: &str,
+    tensor_op: impl Fn(Tensor, Tensor) -> candle_core::Result<Tensor>,
     op: impl Fn(bf16, bf16) -> bf16,
     op_f32: impl Fn(f32, f32) -> f32,
 ) {
+    let (a, b) = operands();
+    let dev = Device::Cpu;
+    let got = tensor_op(
+        Tensor::from_slice(&a, a.len(), &dev).unwrap(),
+        Tensor::from_slice(&b, b.len(), &dev).unwrap(),
+    )
+    .unwrap()
+    .to_vec1::<bf16>()
+    .unwrap();
     let n = a.len();
     let mut checked = 0;
     for i in 0..n {
