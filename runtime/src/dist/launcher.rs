@@ -3,7 +3,8 @@
 //! LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT set, the CPU threads split evenly
 //! (RAYON_NUM_THREADS, OMP_NUM_THREADS, unless the user set them). It forwards SIGTERM and
 //! SIGINT to the workers, and when one fails it stops the others (SIGTERM, then SIGKILL
-//! after a grace period) and exits with the first failing worker's code.
+//! after a grace period) and exits with the failing worker's code: the one killed by a
+//! signal when there is one (its peers fail after it, noticing the closed connection).
 //!
 //! A process with RANK/WORLD_SIZE set is a worker and never launches again.
 
@@ -22,6 +23,10 @@ use super::world::WorldInfo;
 
 /// How long stopped workers get to exit before SIGKILL.
 const GRACE: Duration = Duration::from_secs(10);
+
+/// How long the launcher waits after the first failed worker for the others' exits before
+/// it names the cause and stops the rest.
+const SETTLE: Duration = Duration::from_millis(500);
 
 /// One worker to start: its global and local rank and its extra environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,11 +195,17 @@ async fn supervise(workers: Vec<WorkerPlan>) -> anyhow::Result<u8> {
         waits.push(async move { (rank, child.wait().await) });
     }
     tracing::info!(workers = workers.len(), "launched");
-    let mut failure: Option<(usize, u8)> = None;
+    // Failed workers seen so far, in the order the launcher reaped them. The first one is
+    // not always the cause: a worker whose peer was killed notices the closed connection and
+    // exits on its own a few milliseconds later, and both deaths can reach us in either
+    // order. So the verdict waits SETTLE after the first failure before it is reported.
+    let mut failures: Vec<(usize, u8)> = Vec::new();
+    let mut settle_until: Option<tokio::time::Instant> = None;
+    let mut reported: Option<(usize, u8)> = None;
     let mut kill_at: Option<tokio::time::Instant> = None;
+    let far = || tokio::time::Instant::now() + Duration::from_secs(86400);
     while !waits.is_empty() {
-        let deadline =
-            kill_at.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86400));
+        let deadline = kill_at.unwrap_or_else(far);
         tokio::select! {
             Some((rank, status)) = waits.next() => {
                 live.remove(&rank);
@@ -205,17 +216,21 @@ async fn supervise(workers: Vec<WorkerPlan>) -> anyhow::Result<u8> {
                         1
                     }
                 };
-                if code != 0 && failure.is_none() {
-                    crate::commands::eprint_line(&format!(
-                        "error: worker rank {rank} exited with code {code}{}; stopping the other workers",
-                        if code > 128 { format!(" (killed by signal {})", code - 128) } else { String::new() }
-                    ));
-                    failure = Some((rank, code));
-                    for &pid in live.values() {
-                        send(pid, libc::SIGTERM);
+                if code != 0 {
+                    failures.push((rank, code));
+                    if reported.is_none() && settle_until.is_none() {
+                        settle_until = Some(tokio::time::Instant::now() + SETTLE);
                     }
-                    kill_at = Some(tokio::time::Instant::now() + GRACE);
                 }
+            }
+            _ = tokio::time::sleep_until(settle_until.unwrap_or_else(far)), if settle_until.is_some() => {
+                settle_until = None;
+                reported = root_cause(&failures);
+                if let Some((rank, code)) = reported {
+                    report_failure(rank, code);
+                }
+                live.values().for_each(|&pid| send(pid, libc::SIGTERM));
+                kill_at = kill_at.or(Some(tokio::time::Instant::now() + GRACE));
             }
             _ = sigterm.recv() => {
                 tracing::warn!("SIGTERM: forwarding to the workers");
@@ -230,11 +245,40 @@ async fn supervise(workers: Vec<WorkerPlan>) -> anyhow::Result<u8> {
             _ = tokio::time::sleep_until(deadline) => {
                 tracing::warn!(workers = ?live.keys().collect::<Vec<_>>(), "workers did not stop in time: SIGKILL");
                 live.values().for_each(|&pid| send(pid, libc::SIGKILL));
-                kill_at = Some(tokio::time::Instant::now() + Duration::from_secs(86400));
+                kill_at = Some(far());
             }
         }
     }
-    Ok(failure.map_or(0, |(_, code)| code))
+    // Every worker ended inside the settle window: report now.
+    if reported.is_none()
+        && let Some((rank, code)) = root_cause(&failures)
+    {
+        report_failure(rank, code);
+        reported = Some((rank, code));
+    }
+    Ok(reported.map_or(0, |(_, code)| code))
+}
+
+/// Which of the failed workers to report and whose code to exit with: the first one killed
+/// by a signal (the OOM killer, `kill -9`: a worker never exits by a signal on its own
+/// errors, it returns code 1), else the first one reaped. The others failed because it did.
+pub fn root_cause(failures: &[(usize, u8)]) -> Option<(usize, u8)> {
+    failures
+        .iter()
+        .find(|&&(_, code)| code > 128)
+        .or_else(|| failures.first())
+        .copied()
+}
+
+fn report_failure(rank: usize, code: u8) {
+    crate::commands::eprint_line(&format!(
+        "error: worker rank {rank} exited with code {code}{}; stopping the other workers",
+        if code > 128 {
+            format!(" (killed by signal {})", code - 128)
+        } else {
+            String::new()
+        }
+    ));
 }
 
 #[cfg(test)]
@@ -318,5 +362,14 @@ mod tests {
         assert_eq!(exit_code(&ExitStatus::from_raw(0)), 0);
         assert_eq!(exit_code(&ExitStatus::from_raw(3 << 8)), 3);
         assert_eq!(exit_code(&ExitStatus::from_raw(9)), 137);
+    }
+
+    #[test]
+    fn the_cause_is_the_worker_killed_by_a_signal_not_the_peer_that_noticed() {
+        assert_eq!(root_cause(&[]), None);
+        assert_eq!(root_cause(&[(0, 1), (1, 137)]), Some((1, 137)));
+        assert_eq!(root_cause(&[(1, 137), (0, 1)]), Some((1, 137)));
+        assert_eq!(root_cause(&[(2, 1), (0, 3)]), Some((2, 1)), "first reaped");
+        assert_eq!(root_cause(&[(3, 143), (1, 137)]), Some((3, 143)));
     }
 }
