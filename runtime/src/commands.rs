@@ -4,10 +4,9 @@ use std::process::ExitCode;
 
 use kubeswift_args::{Command, Resolved};
 
-/// Exit code of a subcommand or option this build does not have yet.
-pub const EXIT_NOT_BUILT: u8 = 3;
+use kubeswift_args::exit;
 
-/// An ms-swift feature this build refuses by name: the run exits with [`EXIT_NOT_BUILT`], so
+/// An ms-swift feature this build refuses by name: the run exits with [`exit::NOT_BUILT`], so
 /// a script (or a Job's podFailurePolicy) can tell "not built" from "failed".
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -75,11 +74,7 @@ pub fn run(command: Command, resolved: Resolved) -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprint_line(&format!("error: {}", error_text(&e)));
-                if e.chain().any(|c| c.is::<NotBuilt>()) {
-                    ExitCode::from(EXIT_NOT_BUILT)
-                } else {
-                    ExitCode::FAILURE
-                }
+                ExitCode::from(failure_code(&e))
             }
         };
     }
@@ -88,7 +83,24 @@ pub fn run(command: Command, resolved: Resolved) -> ExitCode {
         "error: `swift {command}`: the {} engine is not built yet in this version of kubeswift",
         engine_name(command)
     ));
-    ExitCode::from(EXIT_NOT_BUILT)
+    ExitCode::from(exit::NOT_BUILT)
+}
+
+/// The exit code of a run that failed with `e`: NOT_BUILT for a refused feature,
+/// PEER_FAILED for a worker that stopped because another rank failed (so the launcher and
+/// the operator name that rank, not this one), FAILURE otherwise.
+fn failure_code(e: &anyhow::Error) -> u8 {
+    if e.chain().any(|c| c.is::<NotBuilt>()) {
+        exit::NOT_BUILT
+    } else if e
+        .chain()
+        .filter_map(|c| c.downcast_ref::<crate::dist::DistError>())
+        .any(crate::dist::DistError::is_peer_failure)
+    {
+        exit::PEER_FAILED
+    } else {
+        exit::FAILURE
+    }
 }
 
 fn engine_name(command: Command) -> &'static str {

@@ -91,15 +91,17 @@ fn terminated(pods: &[Pod]) -> impl Iterator<Item = (String, &ContainerStateTerm
     })
 }
 
-/// The first pod whose container failed (a nonzero exit), its exit code and the cause its
-/// termination message gives: what a user needs to find why a gang failed.
+/// The pod whose container failed first in cause (see `kubeswift_args::exit::root_cause`:
+/// a pod OOM-killed or failing on its own error, not the pods whose workers stopped because
+/// it did, nor those the teardown stopped), its exit code and the cause its termination
+/// message gives: what a user needs to find why a gang failed.
 pub fn failed_pod(pods: &[Pod]) -> Option<(String, i32, String)> {
-    terminated(pods)
-        .find(|(_, t)| t.exit_code != 0)
-        .map(|(pod, t)| {
-            let cause = failure_cause(t.message.as_deref().unwrap_or_default());
-            (pod, t.exit_code, cause)
-        })
+    let failed: Vec<_> = terminated(pods).filter(|(_, t)| t.exit_code != 0).collect();
+    let (pod, t) = failed.get(kubeswift_args::exit::root_cause(
+        failed.iter().map(|(_, t)| t.exit_code),
+    )?)?;
+    let cause = failure_cause(t.message.as_deref().unwrap_or_default());
+    Some((pod.clone(), t.exit_code, cause))
 }
 
 /// What a failed container's termination message says of the cause: the final report's
@@ -711,6 +713,29 @@ mod tests {
         assert_eq!(
             gang_failure(&[pod("p", Some((137, "")))], "R", "m"),
             "pod p exited with code 137; R: m"
+        );
+    }
+
+    #[test]
+    fn a_gang_failure_names_the_killed_pod_not_the_peers_that_stopped_because_of_it() {
+        let peer = r#"{"version":1,"step":5,"finished":true,"error":"rank 2 lost its connection"}"#;
+        let pods = [
+            pod("j-node-0-aaaaa", Some((4, peer))),
+            pod("j-node-1-bbbbb", Some((137, ""))),
+            pod("j-node-2-ccccc", Some((143, ""))),
+        ];
+        assert_eq!(
+            failed_pod(&pods),
+            Some(("j-node-1-bbbbb".into(), 137, String::new()))
+        );
+        // Only a consequence is known (the killed pod is gone): it is still named.
+        assert_eq!(
+            failed_pod(&pods[..1]),
+            Some((
+                "j-node-0-aaaaa".into(),
+                4,
+                "rank 2 lost its connection".into()
+            ))
         );
     }
 }

@@ -112,6 +112,6 @@ fn supported_list(supported: &[String]) -> String {
 impl ArgsError {
     /// The process exit code for this error: 2, like argparse's usage errors.
     pub fn exit_code(&self) -> i32 {
-        2
+        i32::from(crate::exit::USAGE)
     }
 }

@@ -14,6 +14,7 @@ pub mod config_file;
 pub mod derive;
 pub mod dist_env;
 pub mod error;
+pub mod exit;
 pub mod group;
 pub mod help;
 pub mod load_args;

@@ -82,3 +82,15 @@ pub enum DistError {
         found: usize,
     },
 }
+
+impl DistError {
+    /// Whether this rank failed because another one did (the peer's connection closed, it
+    /// reported its own failure, or it went silent past `--ddp_timeout`): the process then
+    /// exits with `exit::PEER_FAILED` and the cause is the other rank's.
+    pub fn is_peer_failure(&self) -> bool {
+        matches!(
+            self,
+            DistError::PeerLost { .. } | DistError::PeerTimeout { .. } | DistError::Aborted { .. }
+        )
+    }
+}

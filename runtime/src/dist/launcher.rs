@@ -3,8 +3,9 @@
 //! LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT set, the CPU threads split evenly
 //! (RAYON_NUM_THREADS, OMP_NUM_THREADS, unless the user set them). It forwards SIGTERM and
 //! SIGINT to the workers, and when one fails it stops the others (SIGTERM, then SIGKILL
-//! after a grace period) and exits with the failing worker's code: the one killed by a
-//! signal when there is one (its peers fail after it, noticing the closed connection).
+//! after a grace period) and exits with the code of the worker that caused the failure: one
+//! killed by a signal, else one that failed on its own error, not the peers that stopped
+//! because it did (they exit with `exit::PEER_FAILED`).
 //!
 //! A process with RANK/WORLD_SIZE set is a worker and never launches again.
 
@@ -259,15 +260,13 @@ async fn supervise(workers: Vec<WorkerPlan>) -> anyhow::Result<u8> {
     Ok(reported.map_or(0, |(_, code)| code))
 }
 
-/// Which of the failed workers to report and whose code to exit with: the first one killed
-/// by a signal (the OOM killer, `kill -9`: a worker never exits by a signal on its own
-/// errors, it returns code 1), else the first one reaped. The others failed because it did.
-pub fn root_cause(failures: &[(usize, u8)]) -> Option<(usize, u8)> {
-    failures
-        .iter()
-        .find(|&&(_, code)| code > 128)
-        .or_else(|| failures.first())
-        .copied()
+/// Which of the failed workers, in the order they were reaped, to report and whose code to
+/// exit with: the one whose code names the cause ([`kubeswift_args::exit::root_cause`]: a
+/// worker killed by a signal, else one that failed on its own error, before the peers that
+/// stopped because it did).
+fn root_cause(failures: &[(usize, u8)]) -> Option<(usize, u8)> {
+    kubeswift_args::exit::root_cause(failures.iter().map(|&(_, code)| i32::from(code)))
+        .map(|i| failures[i])
 }
 
 fn report_failure(rank: usize, code: u8) {
@@ -367,9 +366,9 @@ mod tests {
     #[test]
     fn the_cause_is_the_worker_killed_by_a_signal_not_the_peer_that_noticed() {
         assert_eq!(root_cause(&[]), None);
-        assert_eq!(root_cause(&[(0, 1), (1, 137)]), Some((1, 137)));
-        assert_eq!(root_cause(&[(1, 137), (0, 1)]), Some((1, 137)));
+        assert_eq!(root_cause(&[(0, 4), (1, 137)]), Some((1, 137)));
+        assert_eq!(root_cause(&[(1, 137), (0, 4)]), Some((1, 137)));
+        assert_eq!(root_cause(&[(0, 4), (1, 1)]), Some((1, 1)), "its own error");
         assert_eq!(root_cause(&[(2, 1), (0, 3)]), Some((2, 1)), "first reaped");
-        assert_eq!(root_cause(&[(3, 143), (1, 137)]), Some((3, 143)));
     }
 }

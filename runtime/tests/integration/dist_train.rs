@@ -305,6 +305,8 @@ fn a_worker_killed_mid_run_ends_the_job_naming_its_rank() {
         stderr.push('\n');
     }
     assert!(!status.success(), "rank 0 survived its peer: {stderr}");
+    // PEER_FAILED: the launcher and the operator look past this rank for the cause.
+    assert_eq!(status.code(), Some(4), "{stderr}");
     assert!(
         waited < Duration::from_secs(timeout + 10),
         "rank 0 took {waited:?} to notice"
