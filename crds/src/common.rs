@@ -70,7 +70,7 @@ pub struct FailurePolicy {
     #[schemars(range(min = 0))]
     pub max_restarts: i32,
     /// Container exit codes that fail the job at once, without a restart (2 is a usage
-    /// error: a restart would fail the same way).
+    /// error, 3 a feature this build does not have: a restart would fail the same way).
     #[serde(default = "default_fail_exit_codes")]
     pub fail_on_exit_codes: Vec<i32>,
 }
@@ -80,7 +80,8 @@ fn default_max_restarts() -> i32 {
 }
 
 fn default_fail_exit_codes() -> Vec<i32> {
-    vec![2]
+    use kubeswift_args::exit;
+    vec![exit::USAGE.into(), exit::NOT_BUILT.into()]
 }
 
 impl Default for FailurePolicy {

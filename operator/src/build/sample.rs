@@ -9,7 +9,7 @@ use k8s_openapi::api::batch::v1::{
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
-use kubeswift_args::Command;
+use kubeswift_args::{Command, exit};
 use kubeswift_crds::{SwiftSampleJob, names};
 use serde_json::json;
 
@@ -107,14 +107,15 @@ pub fn job(job: &SwiftSampleJob, defaults: &Defaults) -> Result<Job, BuildError>
         parallelism: Some(spec.parallelism.unwrap_or(spec.shards).min(spec.shards)),
         backoff_limit_per_index: Some(policy.backoff_limit_per_index),
         max_failed_indexes: policy.max_failed_shards,
-        // A usage error fails the shard at once: retrying cannot help.
+        // A usage error or a feature this build does not have fails the shard at once:
+        // retrying cannot help.
         pod_failure_policy: Some(PodFailurePolicy {
             rules: vec![PodFailurePolicyRule {
                 action: "FailIndex".into(),
                 on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
                     container_name: Some(pod::CONTAINER.into()),
                     operator: "In".into(),
-                    values: vec![2],
+                    values: vec![exit::USAGE.into(), exit::NOT_BUILT.into()],
                 }),
                 on_pod_conditions: None,
             }],
