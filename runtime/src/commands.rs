@@ -73,6 +73,11 @@ pub fn run(command: Command, resolved: Resolved) -> ExitCode {
         return match run(&resolved.args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
+                if let Some(stopped) = e.downcast_ref::<crate::train::interrupt::Interrupted>() {
+                    // Not an error: the run did what the signal asked.
+                    eprint_line(&stopped.to_string());
+                    return ExitCode::from(stopped.exit_code());
+                }
                 eprint_line(&format!("error: {}", error_text(&e)));
                 ExitCode::from(failure_code(&e))
             }

@@ -206,14 +206,17 @@ impl DataParallel {
     }
 
     /// Sums the window's gradients and loss statistics over ranks; returns the global
-    /// statistics and the factor the optimizer multiplies the gradients by.
+    /// statistics, the factor the optimizer multiplies the gradients by, and whether any
+    /// rank was asked to stop (`stop`: this rank received SIGTERM/SIGINT), so that every
+    /// rank stops after the same step.
     pub fn reduce_gradients(
         &mut self,
         optimizer: &mut AdamW,
         local: LossStats,
-    ) -> anyhow::Result<(LossStats, f32)> {
+        stop: bool,
+    ) -> anyhow::Result<(LossStats, f32, bool)> {
         if self.world_size() == 1 {
-            return Ok((local, 1.0 / local.tokens.max(1) as f32));
+            return Ok((local, 1.0 / local.tokens.max(1) as f32, stop));
         }
         let mut stats = [
             local.loss_sum,
@@ -221,6 +224,7 @@ impl DataParallel {
             local.correct as f64,
             local.sequences as f64,
             local.sequences_correct as f64,
+            f64::from(u8::from(stop)),
         ];
         self.comm
             .all_reduce_sum_f64(&mut stats)
@@ -246,7 +250,7 @@ impl DataParallel {
             .all_reduce_sum(&mut grads)
             .context("all-reducing the gradients")?;
         optimizer.set_flat_grads(&grads);
-        Ok((global, scale))
+        Ok((global, scale, stats[5] > 0.0))
     }
 
     /// Every rank waits here (around checkpoint saves).

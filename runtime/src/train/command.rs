@@ -144,6 +144,9 @@ fn train(user_args: &Args, reporter: &Arc<ProgressReporter>) -> anyhow::Result<T
     if let Some(dir) = resume {
         trainer.resume(&dir, args.bool("resume_only_model"))?;
     }
+    // From here a SIGTERM (eviction, preemption, the launcher) or Ctrl-C saves a checkpoint
+    // after the step under way instead of losing the work since the last one.
+    crate::train::interrupt::install().context("installing the SIGTERM/SIGINT handlers")?;
     let summary = trainer.train();
     if let Some(dir) = scratch {
         let _ = std::fs::remove_dir_all(dir);

@@ -5,6 +5,7 @@
 
 pub mod command;
 pub mod config;
+pub mod interrupt;
 pub mod neftune;
 pub mod optimizer;
 pub mod progress;

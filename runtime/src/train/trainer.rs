@@ -18,6 +18,7 @@ use crate::progress::{ProgressReport, ProgressReporter};
 use crate::storage::checkpoint::LocalCheckpoint;
 use crate::storage::output::RunOutput;
 use crate::train::config::{Strategy, TrainConfig};
+use crate::train::interrupt;
 use crate::train::neftune::EmbedNoise;
 use crate::train::optimizer::AdamW;
 use crate::train::progress::{ProgressDisplay, StepReport};
@@ -395,7 +396,11 @@ impl<'a> Trainer<'a> {
                 stats.add(s);
             }
             // Sum gradients and token counts over ranks (identity in one process).
-            let (stats, grad_scale) = self.dist.reduce_gradients(&mut self.optimizer, stats)?;
+            let (stats, grad_scale, stop) = self.dist.reduce_gradients(
+                &mut self.optimizer,
+                stats,
+                interrupt::requested().is_some(),
+            )?;
             let grad_norm = self.optimizer_step(grad_scale)?;
             self.state.tokens_seen += stats.tokens as u64;
             if epoch_done {
@@ -445,6 +450,10 @@ impl<'a> Trainer<'a> {
             if save_now {
                 self.save_checkpoint(metrics)?;
             }
+            if stop && step < total {
+                display.finish();
+                return Err(self.stop_after_signal(save_now)?.into());
+            }
         }
         display.finish();
         if let Some(stream) = &self.stream {
@@ -475,6 +484,32 @@ impl<'a> Trainer<'a> {
             last_checkpoint_uri: self.last_checkpoint_uri.clone(),
             best_checkpoint: self.trainer_state.best_model_checkpoint.clone(),
             log_history: self.trainer_state.log_history.clone(),
+        })
+    }
+
+    /// Ends a run that a signal asked to stop (on any rank) after the step just done:
+    /// saves a checkpoint unless that step saved one or `--save_strategy no`, says goodbye
+    /// to the other ranks (they stop after the same step) and syncs the run's files.
+    fn stop_after_signal(&mut self, saved: bool) -> anyhow::Result<interrupt::Interrupted> {
+        let step = self.state.global_step;
+        if !saved && self.config.save_strategy != Strategy::No {
+            self.save_checkpoint(None)?;
+        }
+        self.dist.finish();
+        self.runtime.block_on(self.parts.output.sync_run_files());
+        let checkpoint = (self.config.save_strategy != Strategy::No).then(|| {
+            self.last_checkpoint_uri
+                .clone()
+                .unwrap_or_else(|| format!("checkpoint-{step}"))
+        });
+        // A rank that got no signal itself stops because a peer did: SIGTERM's code, what
+        // the launcher sends every worker.
+        let signal = interrupt::requested().unwrap_or(libc::SIGTERM);
+        tracing::warn!(step, signal, "stopped by a signal");
+        Ok(interrupt::Interrupted {
+            signal,
+            step,
+            checkpoint,
         })
     }
 

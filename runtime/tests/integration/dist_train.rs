@@ -430,6 +430,22 @@ fn sigterm_to_the_launcher_reaches_every_worker() {
             "worker {pid} outlived the launcher"
         );
     }
+    // Both ranks agreed on the step to stop after, and rank 0 saved it.
+    let steps: Vec<u64> = stderr
+        .split("stopped by SIGTERM after step ")
+        .skip(1)
+        .filter_map(|rest| rest.split(':').next()?.parse().ok())
+        .collect();
+    assert_eq!(steps.len(), 2, "{stderr}");
+    assert_eq!(steps[0], steps[1], "{stderr}");
+    let saved = dir
+        .path()
+        .join("out")
+        .join(format!("checkpoint-{}", steps[0]));
+    assert!(
+        saved.join("adapter_model.safetensors").is_file(),
+        "{stderr}"
+    );
 }
 
 /// A launcher killed outright (SIGKILL: nothing to forward) takes its workers with it, so

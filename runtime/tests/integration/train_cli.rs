@@ -436,6 +436,93 @@ fn a_run_killed_with_sigkill_resumes_to_bit_identical_adapter_weights() {
     }
 }
 
+/// SIGTERM (what Kubernetes sends before it evicts or preempts a pod) mid-run: the step
+/// under way finishes, a checkpoint of it is saved although none was due (`--save_steps
+/// 100`), the process exits with 143 saying so, and resuming from that checkpoint ends with
+/// the adapter of an uninterrupted run, bit for bit: no step's work is lost.
+#[test]
+fn a_sigterm_saves_the_last_step_and_the_run_resumes_bit_identically() {
+    let (dir, data, m) = reverse_task(200);
+    let args = |out: &'static str| -> (Vec<String>, PathBuf) {
+        let root = dir.path().join(out);
+        let root_s = root.display().to_string();
+        let mut a: Vec<String> = resume_args(&m, &data, &root_s)
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let i = a.iter().position(|x| x == "--save_steps").unwrap();
+        a[i + 1] = "100".into();
+        a.extend(["--logging_steps".into(), "1".into()]);
+        (a, root)
+    };
+    fn refs(a: &[String]) -> Vec<&str> {
+        a.iter().map(String::as_str).collect()
+    }
+
+    let (full_args, full_root) = args("full");
+    let (code, _, stderr) = swift(&refs(&full_args));
+    assert_eq!(code, 0, "{stderr}");
+    let expected = adapter_bits(&run_dir(&full_root).join("checkpoint-40"));
+
+    let (stop_args, stop_root) = args("stopped");
+    let child = swift_cmd(&refs(&stop_args))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Under way: two steps logged.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while std::fs::read_dir(&stop_root)
+        .ok()
+        .and_then(|mut d| d.next())
+        .and_then(|e| std::fs::read_to_string(e.unwrap().path().join("logging.jsonl")).ok())
+        .is_none_or(|t| t.lines().count() < 2)
+    {
+        assert!(Instant::now() < deadline, "no training step after 300 s");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // SAFETY: our own child, still running (its output is not yet collected).
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    let step: u64 = stderr
+        .split("stopped by SIGTERM after step ")
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no stop message: {stderr}"));
+    assert!((2..40).contains(&step), "stopped after step {step}");
+    let run = run_dir(&stop_root);
+    let saved = run.join(format!("checkpoint-{step}"));
+    assert!(
+        stderr.contains(&format!("saved {}", saved.display())),
+        "{stderr}"
+    );
+    let checkpoints: Vec<String> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("checkpoint-"))
+        .collect();
+    assert_eq!(checkpoints, [format!("checkpoint-{step}")]);
+
+    let (mut resume_args, resumed_root) = args("resumed");
+    resume_args.extend([
+        "--resume_from_checkpoint".into(),
+        saved.display().to_string(),
+    ]);
+    let (code, _, stderr) = swift(&refs(&resume_args));
+    assert_eq!(code, 0, "{stderr}");
+    let got = adapter_bits(&run_dir(&resumed_root).join("checkpoint-40"));
+    assert_eq!(got.len(), expected.len());
+    for ((k, a), (_, b)) in got.iter().zip(&expected) {
+        assert!(
+            a == b,
+            "{k} differs after stopping at step {step} and resuming"
+        );
+    }
+}
+
 /// Under the operator (`KUBESWIFT_PROGRESS_TOKEN` set) rank 0 leaves its final report as the
 /// termination message: the last step, the loss and the last complete checkpoint
 /// (operator/PROGRESS.md). Off-cluster nothing is written.
