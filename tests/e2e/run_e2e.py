@@ -451,13 +451,16 @@ def scenario_suspend_resume(cluster, ctx):
     wait_for("the processes to stop", lambda: not [k for k in cluster.running_processes() if name in k[1]], 60)
     at = max(cluster.checkpoint_steps(name))
     assert at < 20, f"the run finished ({at}) before it was suspended: nothing was tested"
+    # The pods' SIGTERM saved the step they were on (save_steps is 5: it need not be due).
+    stopped = all_logs(cluster, name)
+    assert f"stopped by SIGTERM after step {at}: saved s3://" in stopped, stopped[-3000:]
     cluster.kubectl("patch", "swifttrainjob", name, "--type", "merge", "-p", '{"spec":{"suspend":false}}')
     wait_phase(cluster, name, "Succeeded", 300)
     logs = all_logs(cluster, name)
     resumed = [line for line in logs.splitlines() if "resum" in line.lower() and "checkpoint-" in line]
     assert resumed, logs[-3000:]
     worst = assert_close(cluster.adapter(name, 20), ctx["uninterrupted"], "suspended vs uninterrupted")
-    return f"suspended after checkpoint-{at}; resumed; equal to uninterrupted ({worst:.1e})"
+    return f"SIGTERM saved checkpoint-{at}; resumed from it; equal to uninterrupted ({worst:.1e})"
 
 
 def chat(ip, model, text):

@@ -140,13 +140,14 @@ fn train(user_args: &Args, reporter: &Arc<ProgressReporter>) -> anyhow::Result<T
         output,
         args_json: args_json.clone(),
     };
+    let worker = dist.world_size() > 1;
     let mut trainer = Trainer::data_parallel(parts, config, dist)?.with_reporter(reporter.clone());
     if let Some(dir) = resume {
         trainer.resume(&dir, args.bool("resume_only_model"))?;
     }
     // From here a SIGTERM (eviction, preemption, the launcher) or Ctrl-C saves a checkpoint
     // after the step under way instead of losing the work since the last one.
-    crate::train::interrupt::install().context("installing the SIGTERM/SIGINT handlers")?;
+    crate::train::interrupt::install(worker).context("installing the SIGTERM/SIGINT handlers")?;
     let summary = trainer.train();
     if let Some(dir) = scratch {
         let _ = std::fs::remove_dir_all(dir);

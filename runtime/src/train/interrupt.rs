@@ -7,14 +7,21 @@
 //! The handler only records the signal (an atomic store is async-signal-safe); the trainer
 //! reads it between steps, and data-parallel ranks agree on it in the step's all-reduce, so
 //! every rank stops after the same step.
+//!
+//! A distributed worker does not end on a second signal: it gets the same signal twice as a
+//! matter of course (Ctrl-C reaches the whole process group, launcher included, and the
+//! launcher forwards it), and its launcher (ours or torchrun) sends SIGKILL after a grace
+//! period anyway.
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 /// The first signal received, 0 for none.
 static RECEIVED: AtomicI32 = AtomicI32::new(0);
+/// Whether a second signal ends the process at once.
+static SECOND_ENDS: AtomicBool = AtomicBool::new(true);
 
 extern "C" fn on_signal(signal: libc::c_int) {
-    if RECEIVED.swap(signal, Ordering::SeqCst) != 0 {
+    if RECEIVED.swap(signal, Ordering::SeqCst) != 0 && SECOND_ENDS.load(Ordering::SeqCst) {
         // SAFETY: signal(2) and raise(3) are async-signal-safe; the default action of
         // SIGTERM/SIGINT ends the process.
         unsafe {
@@ -24,8 +31,10 @@ extern "C" fn on_signal(signal: libc::c_int) {
     }
 }
 
-/// Routes SIGTERM and SIGINT to [`requested`] for the rest of the process.
-pub fn install() -> std::io::Result<()> {
+/// Routes SIGTERM and SIGINT to [`requested`] for the rest of the process; `worker`: a
+/// distributed worker, which a second signal does not end (see the module's notes).
+pub fn install(worker: bool) -> std::io::Result<()> {
+    SECOND_ENDS.store(!worker, Ordering::SeqCst);
     for signal in [libc::SIGTERM, libc::SIGINT] {
         // SAFETY: a zeroed sigaction with a handler that only touches an atomic (and, on a
         // second signal, async-signal-safe calls); no flags, an empty mask.
