@@ -2,10 +2,11 @@
 //! re-executes itself once per local worker with WORLD_SIZE, RANK, LOCAL_RANK,
 //! LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT set, the CPU threads split evenly
 //! (RAYON_NUM_THREADS, OMP_NUM_THREADS, unless the user set them). It forwards SIGTERM and
-//! SIGINT to the workers (which save the step they finish, `train::interrupt`), and when one fails it stops the others (SIGTERM, then SIGKILL
-//! after a grace period) and exits with the code of the worker that caused the failure: one
-//! killed by a signal, else one that failed on its own error, not the peers that stopped
-//! because it did (they exit with `exit::PEER_FAILED`).
+//! SIGINT to the workers (which save the step they finish, `train::interrupt`), and when one
+//! fails it stops the others (SIGTERM, then SIGKILL after a grace period) and exits with the
+//! code of the worker that caused the failure: one killed by a signal, else one that failed
+//! on its own error, not the peers that stopped because it did (they exit with
+//! `exit::PEER_FAILED`).
 //!
 //! A process with RANK/WORLD_SIZE set is a worker and never launches again.
 
