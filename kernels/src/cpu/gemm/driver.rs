@@ -250,7 +250,7 @@ use kernels::Neon as Baseline;
 use kernels::Scalar as Baseline;
 isa_entry!(baseline, Baseline);
 #[cfg(target_arch = "x86_64")]
-isa_entry!(avx2, "avx2,fma,f16c", kernels::Avx2, finish);
+isa_entry!(avx2, "avx2,fma,f16c", kernels::Avx2, finish_avx2);
 #[cfg(target_arch = "x86_64")]
 isa_entry!(
     avx512,

@@ -319,6 +319,156 @@ impl Epilogue<'_> {
     }
 }
 
+impl Epilogue<'_> {
+    /// [`Epilogue::finish`] with AVX2 registers: six rows (the AVX2 tile's) by 16 columns at
+    /// a time, so the rank-r update runs as twelve independent FMA chains. The portable
+    /// version, a row at a time, waited on each chain's latency: fusing a rank-8 adapter's
+    /// term into a product made it ~30% slower on a 2-core Zen 3 where the term's arithmetic
+    /// is ~1% of the product's. The same operations in the same order per element, so the
+    /// same bits; columns past the last whole 16 take the portable path.
+    ///
+    /// # Safety
+    /// As [`Epilogue::finish`]; the CPU has AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    pub(super) unsafe fn finish_avx2(&self, at: TileAt) {
+        let TileAt {
+            row: row0,
+            col: col0,
+            rows,
+            cols,
+            c,
+            ldc,
+            dst,
+            ldd,
+        } = at;
+        let whole = cols / 16 * 16;
+        for x in (0..whole).step_by(16) {
+            let mut i = 0;
+            while i + ROWS_AVX2 <= rows {
+                // SAFETY: rows i..i + ROWS_AVX2, columns x..x + 16 (function contract).
+                unsafe {
+                    self.block_avx2::<ROWS_AVX2>(
+                        (row0 + i, col0 + x),
+                        (c.add(i * ldc + x), ldc),
+                        (dst.add(i * ldd + x), ldd),
+                    )
+                };
+                i += ROWS_AVX2;
+            }
+            for i in i..rows {
+                // SAFETY: row i, columns x..x + 16.
+                unsafe {
+                    self.block_avx2::<1>(
+                        (row0 + i, col0 + x),
+                        (c.add(i * ldc + x), ldc),
+                        (dst.add(i * ldd + x), ldd),
+                    )
+                };
+            }
+        }
+        if whole < cols {
+            // SAFETY: the tile's remaining columns (function contract).
+            unsafe {
+                self.finish(TileAt {
+                    col: col0 + whole,
+                    cols: cols - whole,
+                    c: c.add(whole),
+                    dst: dst.add(whole),
+                    ..at
+                })
+            };
+        }
+    }
+
+    /// `R` rows by 16 columns from (`row0`, `col`), read at `c` and (unrounded) stored at
+    /// `dst`, each with its row stride.
+    ///
+    /// # Safety
+    /// As [`Epilogue::finish_avx2`], for these elements.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn block_avx2<const R: usize>(
+        &self,
+        (row0, col): (usize, usize),
+        (c, ldc): (*const f32, usize),
+        (dst, ldd): (*mut f32, usize),
+    ) {
+        use std::arch::x86_64::*;
+        // SAFETY: the 16 columns from `col` are inside the rows, the bias, p's rows and the
+        // output (function contract); the CPU has AVX2 and FMA (caller).
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); 2]; R];
+            for (i, a) in acc.iter_mut().enumerate() {
+                for (v, half) in a.iter_mut().enumerate() {
+                    *half = _mm256_loadu_ps(c.add(i * ldc + 8 * v));
+                }
+            }
+            if let Some(bias) = self.bias {
+                for v in 0..2 {
+                    let b = _mm256_loadu_ps(bias.as_ptr().add(col + 8 * v));
+                    for a in acc.iter_mut() {
+                        a[v] = _mm256_add_ps(a[v], b);
+                    }
+                }
+            }
+            if let Some(t) = &self.low_rank {
+                for j in 0..t.rank {
+                    let row_p = t.p.as_ptr().add(j * self.n + col);
+                    let p = [_mm256_loadu_ps(row_p), _mm256_loadu_ps(row_p.add(8))];
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        let s = _mm256_set1_ps(t.scale * t.lhs[(row0 + i) * t.rank + j]);
+                        for v in 0..2 {
+                            a[v] = _mm256_fmadd_ps(s, p[v], a[v]);
+                        }
+                    }
+                }
+            }
+            for (i, a) in acc.iter().enumerate() {
+                for (v, &half) in a.iter().enumerate() {
+                    match self.round_to {
+                        Some(out) => {
+                            let dst = out.ptr().add((row0 + i) * self.n + col + 8 * v);
+                            _mm_storeu_si128(dst.cast(), bf16_lanes_avx2(half));
+                        }
+                        None => _mm256_storeu_ps(dst.add(i * ldd + 8 * v), half),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Eight f32 lanes rounded to bf16 as [`f32_to_bf16_bits`] rounds each (nearest even,
+/// NaN kept a quiet NaN), as eight u16 lanes.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn bf16_lanes_avx2(v: std::arch::x86_64::__m256) -> std::arch::x86_64::__m128i {
+    use std::arch::x86_64::*;
+    // SAFETY: AVX2 (caller).
+    unsafe {
+        let bits = _mm256_castps_si256(v);
+        let odd = _mm256_and_si256(_mm256_srli_epi32::<16>(bits), _mm256_set1_epi32(1));
+        let bias = _mm256_add_epi32(_mm256_set1_epi32(0x7fff), odd);
+        let rounded = _mm256_srli_epi32::<16>(_mm256_add_epi32(bits, bias));
+        let quiet = _mm256_or_si256(_mm256_srli_epi32::<16>(bits), _mm256_set1_epi32(0x40));
+        let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+        let lanes = _mm256_blendv_epi8(rounded, quiet, nan);
+        // Every lane is below 2^16, so the saturating pack keeps it; the pack works within
+        // each 128-bit half, and the permute brings the two halves' results together.
+        let packed = _mm256_packus_epi32(lanes, lanes);
+        _mm256_castsi256_si128(_mm256_permute4x64_epi64::<0b1000>(packed))
+    }
+}
+
+/// Rows the AVX2 epilogue finishes at once: the AVX2 tile's (12 accumulators, two p
+/// vectors and a broadcast fill 15 of the 16 ymm registers).
+#[cfg(target_arch = "x86_64")]
+const ROWS_AVX2: usize = 6;
+
 /// Sixteen f32 lanes rounded to bf16 as [`f32_to_bf16_bits`] rounds each (nearest even,
 /// NaN kept a quiet NaN).
 ///
@@ -346,3 +496,45 @@ const ROWS: usize = 4;
 
 /// Columns the portable epilogue holds at once.
 const W: usize = 32;
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    /// The vector rounding gives the scalar's bits on the values where rounding is subtle:
+    /// ties both ways, the carry into the exponent, infinities, and NaNs kept quiet.
+    #[test]
+    fn avx2_rounding_matches_the_scalar_one() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let values = [
+            1.0f32,
+            f32::from_bits(0x3f80_8000), // a tie, rounds down to even
+            f32::from_bits(0x3f81_8000), // a tie, rounds up to even
+            f32::from_bits(0x3f80_7fff),
+            f32::from_bits(0x7f7f_ffff), // carries into infinity
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            f32::from_bits(0xff80_0001), // a signalling NaN
+            -0.0,
+            f32::from_bits(1), // subnormal
+            -3.25,
+            65504.0,
+            1e-30,
+            -7.0e37,
+            0.1,
+        ];
+        for chunk in values.chunks(8) {
+            // SAFETY: AVX2 checked above; eight values read, eight u16 written.
+            let got: [u16; 8] = unsafe {
+                use std::arch::x86_64::*;
+                std::mem::transmute(bf16_lanes_avx2(_mm256_loadu_ps(chunk.as_ptr())))
+            };
+            for (v, g) in chunk.iter().zip(got) {
+                assert_eq!(g, f32_to_bf16_bits(*v), "{v:e} ({:#x})", v.to_bits());
+            }
+        }
+    }
+}
