@@ -58,6 +58,13 @@ pub struct PodTemplatePatch {
     pub volume_mounts: Vec<VolumeMount>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_pull_secrets: Vec<LocalObjectReference>,
+    /// Seconds between SIGTERM and SIGKILL when a pod is stopped (suspend, preemption,
+    /// eviction, deletion): `swift` finishes the step under way and saves it in this time.
+    /// Training pods get 120 unless set (a full fine-tune's checkpoint upload outlasts
+    /// Kubernetes' 30); the other pods keep Kubernetes' default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub termination_grace_period_seconds: Option<i64>,
 }
 
 /// When a failed gang is restarted and when it fails for good.

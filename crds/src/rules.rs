@@ -66,6 +66,7 @@ pub const RESERVED_ENV: &[&str] = &[
     "PET_MASTER_PORT",
     "PET_NPROC_PER_NODE",
     "JOB_COMPLETION_INDEX",
+    kubeswift_args::dist_env::TERMINATION_GRACE_ENV,
     crate::progress::PROGRESS_TOKEN_ENV,
     crate::progress::PROGRESS_PORT_ENV,
 ];

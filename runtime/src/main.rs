@@ -1,6 +1,7 @@
 //! `swift`: ms-swift's command line. Parses and validates the arguments with the shared
 //! table, then hands them to the engine of the subcommand.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use kubeswift_args::cli::{self, Cli};
@@ -10,9 +11,12 @@ use kubeswift_runtime::commands;
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SWIFT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: `kubectl logs` and log collectors would show the escape
+    // codes as text.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 

@@ -134,6 +134,9 @@ pub fn apply_patch(template: &mut PodTemplateSpec, patch: Option<&PodTemplatePat
         if patch.service_account_name.is_some() {
             spec.service_account_name = patch.service_account_name.clone();
         }
+        if patch.termination_grace_period_seconds.is_some() {
+            spec.termination_grace_period_seconds = patch.termination_grace_period_seconds;
+        }
         if let Some(s) = non_empty(&patch.image_pull_secrets) {
             spec.image_pull_secrets = Some(s);
         }

@@ -331,6 +331,33 @@ fn a_failed_pod_fails_the_gang_and_usage_errors_are_final() {
     assert_eq!(rules[1].on_exit_codes.as_ref().unwrap().values, vec![2, 3]);
 }
 
+/// Training pods get time to save the step they are on after SIGTERM, and the launcher in
+/// the container is told how much (it cannot read its pod's spec).
+#[test]
+fn training_pods_get_a_termination_grace_and_know_it() {
+    let defaults = Defaults::default();
+    let grace = |spec: Value| {
+        let kids = children(&train_job("j", spec), &inputs(&defaults, 0)).unwrap();
+        let pod = kids
+            .job
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .clone()
+            .unwrap();
+        (
+            pod.termination_grace_period_seconds,
+            value(container(&kids.job), "KUBESWIFT_TERMINATION_GRACE_SECONDS"),
+        )
+    };
+    assert_eq!(grace(base_spec()), (Some(120), "120".to_string()));
+    let mut spec = base_spec();
+    spec["podTemplate"] = json!({"terminationGracePeriodSeconds": 900});
+    assert_eq!(grace(spec), (Some(900), "900".to_string()));
+}
+
 #[test]
 fn pod_template_patch_and_progress() {
     let defaults = Defaults::default();

@@ -18,6 +18,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 use kube::core::DynamicObject;
 use kubeswift_args::Command;
+use kubeswift_args::dist_env::TERMINATION_GRACE_ENV;
 use kubeswift_crds::names;
 use kubeswift_crds::progress::{PROGRESS_PORT, PROGRESS_PORT_ENV, PROGRESS_TOKEN_ENV};
 use kubeswift_crds::rules::RESERVED_ENV;
@@ -233,6 +234,24 @@ pub fn progress_env(template: &mut PodTemplateSpec, job: &str) {
     }
 }
 
+/// Training pods' termination grace when the template patch gives none: the time to finish
+/// the step under way and save it after SIGTERM (a full fine-tune's upload to object storage
+/// outlasts Kubernetes' default 30 s; a pod that saved sooner exits sooner).
+pub const TERMINATION_GRACE_SECONDS: i64 = 120;
+
+/// Sets the pods' termination grace (the user's, else [`TERMINATION_GRACE_SECONDS`]) and
+/// passes the same number in `KUBESWIFT_TERMINATION_GRACE_SECONDS`: a container cannot read
+/// its pod's spec, and the launcher cuts its own deadline for the workers from it.
+pub fn termination_grace(template: &mut PodTemplateSpec) {
+    let Some(spec) = template.spec.as_mut() else {
+        return;
+    };
+    let grace = *spec
+        .termination_grace_period_seconds
+        .get_or_insert(TERMINATION_GRACE_SECONDS);
+    pod::add_env(template, [env(TERMINATION_GRACE_ENV, grace)]);
+}
+
 /// One failed pod fails the whole gang at once (backoffLimit 0, the operator restarts the
 /// gang); exit codes in `failOnExitCodes` are marked so the operator does not restart;
 /// preempted/evicted pods (DisruptionTarget) are replaced without counting.
@@ -337,6 +356,7 @@ pub fn children(job: &SwiftTrainJob, inputs: &TrainInputs) -> Result<TrainChildr
     pod::add_mounts(&mut template, &mounts);
     pod::add_env(&mut template, user_env);
     pod::apply_patch(&mut template, spec.pod_template.as_ref());
+    termination_grace(&mut template);
     if let Some(pod_spec) = template.spec.as_mut() {
         // Pods of an Indexed Job get the hostname <job>-node-<i>; the subdomain makes it resolvable.
         pod_spec.subdomain = Some(names::train_service(name));

@@ -97,6 +97,21 @@ impl DistEnv {
     }
 }
 
+/// The pod's `terminationGracePeriodSeconds`, which the operator passes in
+/// `KUBESWIFT_TERMINATION_GRACE_SECONDS` (Kubernetes does not show it to the container): how
+/// long after SIGTERM the kubelet waits before it SIGKILLs the container. None when unset.
+pub fn termination_grace_seconds(
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<u64>, ArgsError> {
+    match read(&env, TERMINATION_GRACE_ENV) {
+        None => Ok(None),
+        Some(_) => number(&env, TERMINATION_GRACE_ENV, 0u64, 0).map(Some),
+    }
+}
+
+/// See [`termination_grace_seconds`].
+pub const TERMINATION_GRACE_ENV: &str = "KUBESWIFT_TERMINATION_GRACE_SECONDS";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +123,24 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn reads_the_termination_grace_and_names_the_variable_when_it_is_bad() {
+        assert_eq!(termination_grace_seconds(env(&[])).unwrap(), None);
+        assert_eq!(
+            termination_grace_seconds(env(&[(TERMINATION_GRACE_ENV, " 120 ")])).unwrap(),
+            Some(120)
+        );
+        assert_eq!(
+            termination_grace_seconds(env(&[(TERMINATION_GRACE_ENV, "0")])).unwrap(),
+            Some(0)
+        );
+        let err = termination_grace_seconds(env(&[(TERMINATION_GRACE_ENV, "2m")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(TERMINATION_GRACE_ENV), "{err}");
+        assert!(err.contains("2m"), "{err}");
     }
 
     #[test]

@@ -23,8 +23,30 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::world::WorldInfo;
 
-/// How long stopped workers get to exit before SIGKILL.
-const GRACE: Duration = Duration::from_secs(10);
+/// How long the other workers get to exit after one failed before SIGKILL: they save
+/// nothing (their peer is gone), they only need to notice and leave.
+const FAILED_GRACE: Duration = Duration::from_secs(10);
+
+/// How long workers get to finish their step and save it after a forwarded SIGTERM/SIGINT
+/// when the environment does not give the pod's grace (a laptop, a plain container).
+const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(60);
+
+/// What the launcher keeps of the pod's termination grace for itself: reaping the workers,
+/// reporting and exiting before the kubelet's SIGKILL ends the container.
+const HEADROOM: Duration = Duration::from_secs(3);
+
+/// How long workers get after a forwarded SIGTERM/SIGINT before SIGKILL: the pod's
+/// termination grace less [`HEADROOM`] (at least one second), else [`DEFAULT_STOP_GRACE`].
+/// A full fine-tune of a large model writing to object storage needs more than the old
+/// fixed 10 s; the kubelet's own deadline is the real limit, so the launcher uses it.
+pub fn stop_grace(termination_grace_seconds: Option<u64>) -> Duration {
+    match termination_grace_seconds {
+        None => DEFAULT_STOP_GRACE,
+        Some(s) => Duration::from_secs(s)
+            .saturating_sub(HEADROOM)
+            .max(Duration::from_secs(1)),
+    }
+}
 
 /// How long the launcher waits after the first failed worker for the others' exits before
 /// it names the cause and stops the rest.
@@ -139,7 +161,8 @@ pub fn maybe_launch() -> anyhow::Result<Option<u8>> {
         .enable_all()
         .build()
         .context("starting the launcher")?;
-    runtime.block_on(supervise(workers)).map(Some)
+    let grace = stop_grace(kubeswift_args::dist_env::termination_grace_seconds(env)?);
+    runtime.block_on(supervise(workers, grace)).map(Some)
 }
 
 fn send(pid: u32, sig: i32) {
@@ -173,7 +196,9 @@ fn die_with_launcher(command: &mut tokio::process::Command) {
     }
 }
 
-async fn supervise(workers: Vec<WorkerPlan>) -> anyhow::Result<u8> {
+/// Runs the workers to the end; `grace` is how long they get to stop after a forwarded
+/// signal ([`stop_grace`]).
+async fn supervise(workers: Vec<WorkerPlan>, grace: Duration) -> anyhow::Result<u8> {
     let exe = std::env::current_exe().context("finding the swift binary to start workers")?;
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
@@ -205,6 +230,7 @@ async fn supervise(workers: Vec<WorkerPlan>) -> anyhow::Result<u8> {
     let mut settle_until: Option<tokio::time::Instant> = None;
     let mut reported: Option<(usize, u8)> = None;
     let mut kill_at: Option<tokio::time::Instant> = None;
+    let mut signals = 0u32;
     let far = || tokio::time::Instant::now() + Duration::from_secs(86400);
     while !waits.is_empty() {
         let deadline = kill_at.unwrap_or_else(far);
@@ -232,17 +258,15 @@ async fn supervise(workers: Vec<WorkerPlan>) -> anyhow::Result<u8> {
                     report_failure(rank, code);
                 }
                 live.values().for_each(|&pid| send(pid, libc::SIGTERM));
-                kill_at = kill_at.or(Some(tokio::time::Instant::now() + GRACE));
+                kill_at = kill_at.or(Some(tokio::time::Instant::now() + FAILED_GRACE));
             }
             _ = sigterm.recv() => {
-                tracing::warn!("SIGTERM: forwarding to the workers");
-                live.values().for_each(|&pid| send(pid, libc::SIGTERM));
-                kill_at = kill_at.or(Some(tokio::time::Instant::now() + GRACE));
+                let now = tokio::time::Instant::now();
+                kill_at = forward(&live, libc::SIGTERM, &mut signals, grace, kill_at, now);
             }
             _ = sigint.recv() => {
-                tracing::warn!("SIGINT: forwarding to the workers");
-                live.values().for_each(|&pid| send(pid, libc::SIGINT));
-                kill_at = kill_at.or(Some(tokio::time::Instant::now() + GRACE));
+                let now = tokio::time::Instant::now();
+                kill_at = forward(&live, libc::SIGINT, &mut signals, grace, kill_at, now);
             }
             _ = tokio::time::sleep_until(deadline) => {
                 tracing::warn!(workers = ?live.keys().collect::<Vec<_>>(), "workers did not stop in time: SIGKILL");
@@ -259,6 +283,35 @@ async fn supervise(workers: Vec<WorkerPlan>) -> anyhow::Result<u8> {
         reported = Some((rank, code));
     }
     Ok(reported.map_or(0, |(_, code)| code))
+}
+
+/// Forwards the launcher's SIGTERM/SIGINT to the live workers and returns when to SIGKILL
+/// them: the first signal gives them `grace` to save their step (sooner if a deadline was
+/// already set); a second one, a user pressing Ctrl-C again, ends them now.
+fn forward(
+    live: &HashMap<usize, u32>,
+    sig: i32,
+    signals: &mut u32,
+    grace: Duration,
+    kill_at: Option<tokio::time::Instant>,
+    now: tokio::time::Instant,
+) -> Option<tokio::time::Instant> {
+    *signals += 1;
+    let name = if sig == libc::SIGINT {
+        "SIGINT"
+    } else {
+        "SIGTERM"
+    };
+    if *signals > 1 {
+        tracing::warn!("second {name}: stopping the workers now");
+        return Some(now);
+    }
+    tracing::warn!(
+        grace_s = grace.as_secs(),
+        "{name}: forwarding to the workers"
+    );
+    live.values().for_each(|&pid| send(pid, sig));
+    Some(kill_at.map_or(now + grace, |at| at.min(now + grace)))
 }
 
 /// Which of the failed workers, in the order they were reaped, to report and whose code to
@@ -291,6 +344,35 @@ mod tests {
             .find(|(key, _)| key == k)
             .map(|(_, v)| v.as_str())
             .unwrap()
+    }
+
+    #[test]
+    fn the_stop_grace_is_the_pods_less_headroom() {
+        assert_eq!(stop_grace(None), DEFAULT_STOP_GRACE);
+        assert_eq!(stop_grace(Some(120)), Duration::from_secs(117));
+        assert_eq!(stop_grace(Some(30)), Duration::from_secs(27));
+        // A grace shorter than the headroom still lets the workers try.
+        assert_eq!(stop_grace(Some(2)), Duration::from_secs(1));
+        assert_eq!(stop_grace(Some(0)), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_second_signal_kills_at_once_and_a_first_keeps_an_earlier_deadline() {
+        let live = HashMap::new();
+        let grace = Duration::from_secs(60);
+        let mut signals = 0;
+        let now = tokio::time::Instant::now();
+        let first = forward(&live, libc::SIGTERM, &mut signals, grace, None, now);
+        assert_eq!(first, Some(now + grace));
+        let second = forward(&live, libc::SIGINT, &mut signals, grace, first, now);
+        assert_eq!(second, Some(now));
+        // A failure's shorter deadline, set before the signal, stands.
+        let mut signals = 0;
+        let sooner = Some(now + Duration::from_secs(5));
+        assert_eq!(
+            forward(&live, libc::SIGTERM, &mut signals, grace, sooner, now),
+            sooner
+        );
     }
 
     #[test]

@@ -448,6 +448,76 @@ fn sigterm_to_the_launcher_reaches_every_worker() {
     );
 }
 
+/// A worker that cannot stop (here: SIGSTOPped, as one hung in the kernel would be) is
+/// SIGKILLed when the pod's termination grace, less the launcher's headroom, runs out, so the
+/// launcher reports and exits before the kubelet kills the container; without the variable
+/// it would wait its 60 s default.
+#[test]
+fn workers_that_outlast_the_pods_termination_grace_are_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (launcher, workers) = launch_two_training_workers_with(
+        dir.path(),
+        &[("KUBESWIFT_TERMINATION_GRACE_SECONDS", "5".into())],
+    );
+    // SAFETY: signals to our own live child processes.
+    unsafe {
+        libc::kill(workers[1], libc::SIGSTOP);
+        libc::kill(launcher.id() as i32, libc::SIGTERM);
+    }
+    let started = Instant::now();
+    let out = launcher.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the launcher waited {:?}: {stderr}",
+        started.elapsed()
+    );
+    assert!(stderr.contains("did not stop in time"), "{stderr}");
+    // The pod's 5 s less the launcher's 3 s of headroom.
+    assert!(
+        stderr.contains("forwarding to the workers grace_s=2"),
+        "{stderr}"
+    );
+    // A pipe is not a terminal: the log has no colour codes (`kubectl logs` shows them).
+    assert!(!stderr.contains('\x1b'), "{stderr}");
+    assert_eq!(out.status.code(), Some(137), "{stderr}");
+    for pid in workers {
+        assert!(!running(pid), "worker {pid} still runs");
+    }
+}
+
+/// Ctrl-C pressed twice: the first asks the workers to save their step, the second stops
+/// them at once (without it the launcher would wait its 60 s default for the stuck one).
+#[test]
+fn a_second_interrupt_stops_the_workers_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (launcher, workers) = launch_two_training_workers(dir.path());
+    let pid = launcher.id() as i32;
+    // SAFETY: signals to our own live child processes.
+    unsafe {
+        libc::kill(workers[1], libc::SIGSTOP);
+        libc::kill(pid, libc::SIGINT);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: as above; the launcher waits for its stuck worker, so it is still alive.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let started = Instant::now();
+    let out = launcher.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the launcher waited {:?}: {stderr}",
+        started.elapsed()
+    );
+    assert!(
+        stderr.contains("second SIGINT: stopping the workers now"),
+        "{stderr}"
+    );
+    for pid in workers {
+        assert!(!running(pid), "worker {pid} still runs");
+    }
+}
+
 /// A launcher killed outright (SIGKILL: nothing to forward) takes its workers with it, so
 /// none is left holding a device and waiting on peers (the kernel's parent-death signal).
 #[test]
@@ -471,6 +541,14 @@ fn workers_die_with_a_killed_launcher() {
 /// A NPROC_PER_NODE=2 training run past its second logged step: the launcher and the pids
 /// of its workers.
 fn launch_two_training_workers(dir: &Path) -> (std::process::Child, Vec<i32>) {
+    launch_two_training_workers_with(dir, &[])
+}
+
+/// [`launch_two_training_workers`] with extra environment for the launcher.
+fn launch_two_training_workers_with(
+    dir: &Path,
+    extra_env: &[(&str, String)],
+) -> (std::process::Child, Vec<i32>) {
     let data = dir.join("data.jsonl");
     write_dataset(&data, 64);
     let out = dir.join("out");
@@ -479,7 +557,10 @@ fn launch_two_training_workers(dir: &Path) -> (std::process::Child, Vec<i32>) {
         &[
             ("NPROC_PER_NODE", "2".into()),
             ("MASTER_PORT", free_port().to_string()),
-        ],
+        ]
+        .into_iter()
+        .chain(extra_env.iter().cloned())
+        .collect::<Vec<_>>(),
     )
     .stderr(Stdio::piped())
     .spawn()

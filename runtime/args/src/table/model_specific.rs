@@ -72,4 +72,5 @@ pub const ENV_VARS: &[EnvVar] = &[
     EnvVar { name: "MASTER_ADDR", help: "Rendezvous host (torchrun --master_addr).", pet_alias: Some("PET_MASTER_ADDR") },
     EnvVar { name: "NNODES", help: "Number of nodes (torchrun --nnodes).", pet_alias: Some("PET_NNODES") },
     EnvVar { name: "NODE_RANK", help: "Rank of this node (torchrun --node_rank).", pet_alias: Some("PET_NODE_RANK") },
+    EnvVar { name: "KUBESWIFT_TERMINATION_GRACE_SECONDS", help: "The pod's terminationGracePeriodSeconds (the operator sets it): after SIGTERM/SIGINT the launcher gives its workers this long, less 3 s, to save the step and exit before SIGKILL; default 60 s without it. A second signal stops them at once.", pet_alias: None },
 ];
