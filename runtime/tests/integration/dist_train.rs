@@ -464,14 +464,7 @@ fn workers_that_outlast_the_pods_termination_grace_are_killed() {
         libc::kill(workers[1], libc::SIGSTOP);
         libc::kill(launcher.id() as i32, libc::SIGTERM);
     }
-    let started = Instant::now();
-    let out = launcher.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "the launcher waited {:?}: {stderr}",
-        started.elapsed()
-    );
+    let (out, stderr) = ends_before_the_default_grace(launcher);
     assert!(stderr.contains("did not stop in time"), "{stderr}");
     // The pod's 5 s less the launcher's 3 s of headroom.
     assert!(
@@ -501,14 +494,7 @@ fn a_second_interrupt_stops_the_workers_at_once() {
     std::thread::sleep(Duration::from_millis(300));
     // SAFETY: as above; the launcher waits for its stuck worker, so it is still alive.
     unsafe { libc::kill(pid, libc::SIGINT) };
-    let started = Instant::now();
-    let out = launcher.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "the launcher waited {:?}: {stderr}",
-        started.elapsed()
-    );
+    let (_, stderr) = ends_before_the_default_grace(launcher);
     assert!(
         stderr.contains("second SIGINT: stopping the workers now"),
         "{stderr}"
@@ -516,6 +502,21 @@ fn a_second_interrupt_stops_the_workers_at_once() {
     for pid in workers {
         assert!(!running(pid), "worker {pid} still runs");
     }
+}
+
+/// Waits for a launcher whose stuck worker it must kill, and returns its output and stderr;
+/// it must end well before its 60 s default grace would have let it (the tests give it a
+/// shorter one, or a second signal).
+fn ends_before_the_default_grace(launcher: Child) -> (std::process::Output, String) {
+    let started = Instant::now();
+    let out = launcher.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the launcher waited {:?}: {stderr}",
+        started.elapsed()
+    );
+    (out, stderr)
 }
 
 /// A launcher killed outright (SIGKILL: nothing to forward) takes its workers with it, so
