@@ -283,8 +283,14 @@ impl Microkernel for Avx2 {
     const MR: usize = 6;
     const NR: usize = 16;
     const KSTEP: usize = 1;
-    const MC: usize = 144;
-    const KC: usize = 256;
+    // A 48 x 1024 block of A (192 KiB) stays in L2 (512 KiB a core on Zen 3), and the
+    // layers' depth of 1024 is one block: C is finished in one pass (and a fused epilogue
+    // works on a stack tile) instead of being read and written again per 256-deep block
+    // (BLIS's Haswell blocking, 144 x 256, which this kernel had). B's 64 KiB panel is
+    // read from L2. On a 2-core Zen 3, f32 LoRA training without checkpointing, three
+    // interleaved rounds: 372-378 tok/s against 351-357.
+    const MC: usize = 48;
+    const KC: usize = 1024;
     const NC: usize = 3072;
     type P = f32;
 
