@@ -125,7 +125,8 @@ fn json_rows(
         .and_then(|mut r| r.read_to_string(&mut text))
         .map_err(|e| io_error(source, e))?;
     let file = source.name().to_string();
-    match serde_json::from_str::<Value>(&text) {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    match serde_json::from_str::<Value>(text) {
         Ok(Value::Array(items)) => Ok(Box::new(items.into_iter().enumerate().map(
             move |(i, item)| {
                 let origin = RowOrigin {
@@ -255,6 +256,28 @@ mod tests {
         assert_eq!(first["response"], "hello, you");
         assert_eq!(rows[0].0.position, Position::Line(2));
         assert_eq!(rows[1].1.as_ref().unwrap()["query"], "");
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_the_first_row_is_not_part_of_it() {
+        let bom = "\u{feff}";
+        let rows = read("d.jsonl", &format!("{bom}{{\"a\": 1}}\r\n{{\"a\": 2}}\r\n"));
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].1.as_ref().unwrap()["a"], 1, "{:?}", rows[0].1);
+        let rows = read("d.json", &format!("{bom}[{{\"a\": 1}}]"));
+        assert_eq!(rows[0].1.as_ref().unwrap()["a"], 1, "{:?}", rows[0].1);
+        let rows = read("d.csv", &format!("{bom}query,response\nhi,yo\n"));
+        assert_eq!(
+            rows[0].1.as_ref().unwrap()["query"],
+            "hi",
+            "{:?}",
+            rows[0].1
+        );
+        let rows = read("d.txt", &format!("{bom}first\nsecond\n"));
+        assert_eq!(rows[0].1.as_ref().unwrap()["text"], "first");
+        // Only the file's start: the same bytes inside a line are its text.
+        let rows = read("e.txt", &format!("a\n{bom}b\n"));
+        assert_eq!(rows[1].1.as_ref().unwrap()["text"], format!("{bom}b"));
     }
 
     /// An endless JSON Lines file: reading it whole would never finish.

@@ -78,6 +78,9 @@ pub struct Line {
     pub offset: u64,
 }
 
+/// The UTF-8 byte order mark, which some editors write at the start of a text file.
+pub const UTF8_BOM: &[u8] = b"\xef\xbb\xbf";
+
 /// Lines of a source, or those starting in a byte range (a line belongs to the range its
 /// first byte falls in, so adjacent ranges split a file into disjoint sets of whole lines).
 pub struct LineReader {
@@ -178,6 +181,11 @@ impl Iterator for LineReader {
         }
         let origin = self.origin(offset, line_no);
         let mut bytes = self.buf.as_slice();
+        if offset == 0 {
+            // Editors on Windows start UTF-8 files with a byte order mark; it is not part
+            // of the first row (without this the first JSON line never parses).
+            bytes = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
+        }
         if let Some(rest) = bytes.strip_suffix(b"\n") {
             bytes = rest.strip_suffix(b"\r").unwrap_or(rest);
         }
