@@ -22,7 +22,7 @@ use rand_distr::Normal;
 
 use super::dora::{Dora, MAGNITUDE, magnitude_key, merged_weight, weight_norm};
 use super::lora_config::{Init, LoraConfig, PeftLoraConfig, peft_key};
-use super::pissa::{PissaSvd, converted_pair, pissa_init};
+use super::pissa::{PissaSvd, converted_pair, pissa_inits};
 use crate::model::{CausalLm, Linear, LinearAdapter};
 use crate::train::optimizer::{Trainable, decays};
 
@@ -267,20 +267,61 @@ fn pissa_svd(init: &Init) -> Option<PissaSvd> {
     }
 }
 
-/// Runs PiSSA on `linear`: its weight becomes the residual; returns `(A0, B0)` values.
-fn apply_pissa(
-    linear: &mut Linear,
-    path: &str,
+/// Each PiSSA layer's initial `(A0, B0)` values (`[r, in]`, `[out, r]`) by module path.
+type PissaPairs = HashMap<String, (Vec<f32>, Vec<f32>)>;
+
+/// Runs PiSSA on the layers at `paths`: each weight becomes its residual; returns each
+/// layer's initial `(A0, B0)` values by path.
+///
+/// The SVDs of a few layers at a time run together ([`pissa_inits`]) and their residuals
+/// replace the weights at once, so the model never holds more than those few weights
+/// twice (all of them would double a 7B model's memory for the length of the init).
+fn pissa_for(
+    model: &mut CausalLm,
+    paths: &[String],
     rank: usize,
     scale: f64,
     svd: PissaSvd,
     rng: &mut StdRng,
+) -> Result<PissaPairs> {
+    let started = std::time::Instant::now();
+    let mut targets: Vec<(String, &mut Linear)> = linears(model)
+        .into_iter()
+        .filter(|(path, _)| paths.contains(path))
+        .collect();
+    let mut out = HashMap::new();
+    for chunk in targets.chunks_mut(PISSA_CHUNK) {
+        let weights: Vec<&Tensor> = chunk.iter().map(|(_, linear)| linear.weight()).collect();
+        let inits = pissa_inits(&weights, rank, scale, svd, rng);
+        for ((path, linear), init) in chunk.iter_mut().zip(inits) {
+            let init = init.map_err(terr(format!("{path}: PiSSA init")))?;
+            let bias = linear.bias().cloned();
+            linear.set_weight(init.residual, bias);
+            out.insert(path.clone(), (init.a, init.b));
+        }
+    }
+    tracing::info!(
+        layers = out.len(),
+        svd = ?svd,
+        seconds = started.elapsed().as_secs_f64(),
+        "PiSSA: adapters initialised from the base weights' singular vectors"
+    );
+    Ok(out)
+}
+
+/// Layers whose PiSSA SVDs run together: enough that the threads stay busy on layers of
+/// unequal sizes (q and k, or gate and down), few enough to hold their weights twice.
+const PISSA_CHUNK: usize = 8;
+
+/// The precomputed PiSSA `(A0, B0)` of the layer at `path`.
+fn take_pissa(
+    path: &str,
+    inits: &mut PissaPairs,
 ) -> Result<(Vec<f32>, Vec<f32>)> {
-    let p = pissa_init(linear.weight(), rank, scale, svd, rng)
-        .map_err(terr(format!("{path}: PiSSA init")))?;
-    let bias = linear.bias().cloned();
-    linear.set_weight(p.residual, bias);
-    Ok((p.a, p.b))
+    inits.remove(path).ok_or_else(|| LoraError::Tensor {
+        what: format!("{path}: PiSSA init"),
+        source: candle_core::Error::Msg("no PiSSA init was computed for this layer".into()),
+    })
 }
 
 /// Every linear layer of the model with its module path; `lm_head` last.
@@ -379,6 +420,17 @@ impl LoraAdapters {
         let device = model.device().clone();
         let control = Arc::new(DropoutControl::default());
         let mut rng = StdRng::seed_from_u64(seed);
+        let mut pissa = match pissa_svd(&cfg.init) {
+            Some(svd) => {
+                let targets: Vec<String> = linears(model)
+                    .into_iter()
+                    .map(|(path, _)| path)
+                    .filter(|path| path != "lm_head" && cfg.targets_module(path, false))
+                    .collect();
+                pissa_for(model, &targets, cfg.rank, cfg.scale(), svd, &mut rng)?
+            }
+            None => HashMap::new(),
+        };
         let mut layers = Vec::new();
         let mut names = Vec::new();
         let mut initial = Vec::new();
@@ -395,8 +447,8 @@ impl LoraAdapters {
             }
             let (out, inp) = (linear.out_features(), linear.in_features());
             let (a, b) = match pissa_svd(&cfg.init) {
-                Some(svd) => {
-                    let (a, b) = apply_pissa(linear, &path, cfg.rank, cfg.scale(), svd, &mut rng)?;
+                Some(_) => {
+                    let (a, b) = take_pissa(&path, &mut pissa)?;
                     let t = |v: &[f32], shape: (usize, usize)| {
                         Tensor::from_slice(v, shape, &device).map_err(terr(format!("{path} PiSSA")))
                     };
@@ -507,7 +559,18 @@ impl LoraAdapters {
                 message: dora_with_pissa().to_string(),
             });
         }
-        let mut rng = StdRng::seed_from_u64(0);
+        let mut inits = match pissa {
+            Some(svd) => {
+                let adapted: Vec<String> = linears(model)
+                    .into_iter()
+                    .map(|(path, _)| path)
+                    .filter(|path| tensors.contains_key(&peft_key(path, "lora_A")))
+                    .collect();
+                let mut rng = StdRng::seed_from_u64(0);
+                pissa_for(model, &adapted, peft.r, scale, svd, &mut rng)?
+            }
+            None => HashMap::new(),
+        };
         let mut initial = Vec::new();
         let mut layers = Vec::new();
         for (index, (path, linear)) in linears(model).into_iter().enumerate() {
@@ -525,8 +588,8 @@ impl LoraAdapters {
                     peft.r
                 )));
             }
-            if let Some(svd) = pissa {
-                let (a0, b0) = apply_pissa(linear, &path, peft.r, scale, svd, &mut rng)?;
+            if pissa.is_some() {
+                let (a0, b0) = take_pissa(&path, &mut inits)?;
                 let t = |v: Vec<f32>, shape: (usize, usize)| {
                     Tensor::from_vec(v, shape, &device).map_err(terr(format!("{path} PiSSA")))
                 };

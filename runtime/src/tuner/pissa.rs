@@ -12,7 +12,10 @@
 //! alpha doubled, or times sqrt(2) with rsLoRA, as PEFT's
 //! `path_initial_model_for_weight_conversion` writes it).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use candle_core::{DType, Tensor};
+use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use super::svd::{Mat, TruncatedSvd, randomized_top_singular, top_singular};
@@ -57,7 +60,8 @@ pub fn pissa_init(
     let TruncatedSvd { u, s, vt } = match svd {
         PissaSvd::Exact => top_singular(&w, rank),
         PissaSvd::Randomized { niter } => randomized_top_singular(&w, rank, niter, rng),
-    };
+    }
+    .map_err(candle_core::Error::wrap)?;
     // PEFT divides the singular values by the scale so that scale * B A = U S V^T.
     let roots: Vec<f64> = s.iter().map(|&x| (x / scale).max(0.0).sqrt()).collect();
     let mut a = vec![0f32; rank * inp];
@@ -88,6 +92,59 @@ pub fn pissa_init(
     Ok(PissaInit { a, b, residual })
 }
 
+/// Most exact SVDs run at once: each holds a few f64 copies of its weight (~1 GiB for a
+/// 7B model's 4096 x 11008 MLP weights), so a many-core machine does not run one per core.
+const MAX_SVD_THREADS: usize = 4;
+
+/// [`pissa_init`] of each weight, in order. The exact SVDs are independent and
+/// single-threaded, so they run on up to [`MAX_SVD_THREADS`] threads; randomized ones run
+/// in turn, as each draws its sketch from `rng` after the one before.
+pub fn pissa_inits(
+    weights: &[&Tensor],
+    rank: usize,
+    scale: f64,
+    svd: PissaSvd,
+    rng: &mut StdRng,
+) -> Vec<candle_core::Result<PissaInit>> {
+    if let PissaSvd::Randomized { .. } = svd {
+        return weights
+            .iter()
+            .map(|w| pissa_init(w, rank, scale, svd, rng))
+            .collect();
+    }
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_SVD_THREADS)
+        .min(weights.len())
+        .max(1);
+    let next = AtomicUsize::new(0);
+    let mut done: Vec<(usize, candle_core::Result<PissaInit>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    // The exact SVD draws nothing from its generator.
+                    let mut unused = StdRng::seed_from_u64(0);
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(w) = weights.get(i) else { break out };
+                        out.push((i, pissa_init(w, rank, scale, svd, &mut unused)));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|worker| match worker.join() {
+                Ok(out) => out,
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    });
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, init)| init).collect()
+}
+
 /// PEFT's conversion of a trained PiSSA pair to a plain LoRA pair on the original base:
 /// `A' = [A ; A0]` (`[2r, in]`), `B' = [B | -B0]` (`[out, 2r]`).
 pub fn converted_pair(
@@ -109,7 +166,6 @@ mod tests {
     use super::*;
     use crate::test_util::max_diff;
     use candle_core::Device;
-    use rand::SeedableRng;
 
     fn weight() -> Tensor {
         let mut rng = StdRng::seed_from_u64(1);
@@ -143,6 +199,39 @@ mod tests {
     }
 
     #[test]
+    fn many_weights_at_once_give_what_one_at_a_time_gives() {
+        let shapes = [(12, 8), (8, 12), (5, 9), (16, 6), (7, 7)];
+        let weights: Vec<Tensor> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, &(r, c))| {
+                let mut rng = StdRng::seed_from_u64(10 + i as u64);
+                let v: Vec<f32> = (0..r * c)
+                    .map(|_| rand::Rng::random_range(&mut rng, -1.0f32..1.0))
+                    .collect();
+                Tensor::from_vec(v, (r, c), &Device::Cpu).unwrap()
+            })
+            .collect();
+        let refs: Vec<&Tensor> = weights.iter().collect();
+        for svd in [PissaSvd::Exact, PissaSvd::Randomized { niter: 2 }] {
+            let mut rng = StdRng::seed_from_u64(3);
+            let together = pissa_inits(&refs, 4, 2.0, svd, &mut rng);
+            let mut rng = StdRng::seed_from_u64(3);
+            for (w, got) in weights.iter().zip(together) {
+                let got = got.unwrap();
+                let want = pissa_init(w, 4, 2.0, svd, &mut rng).unwrap();
+                assert_eq!((&got.a, &got.b), (&want.a, &want.b), "{svd:?}");
+                assert_eq!(max_diff(&got.residual, &want.residual), 0.0, "{svd:?}");
+            }
+        }
+        // A weight that cannot be split is its own error, in its place.
+        let narrow = Tensor::zeros((3, 2), DType::F32, &Device::Cpu).unwrap();
+        let mut rng = StdRng::seed_from_u64(0);
+        let out = pissa_inits(&[&weights[0], &narrow], 4, 1.0, PissaSvd::Exact, &mut rng);
+        assert!(out[0].is_ok() && out[1].is_err());
+    }
+
+    #[test]
     fn exact_pissa_takes_the_top_singular_directions() {
         // Residual of the exact top-r is the best rank-r approximation's error: no other
         // direction removes more, so its norm equals the tail singular values' energy.
@@ -150,7 +239,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(0);
         let p = pissa_init(&w, 3, 4.0, PissaSvd::Exact, &mut rng).unwrap();
         let values = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let full = top_singular(&Mat::from_f32(12, 8, &values), 8);
+        let full = top_singular(&Mat::from_f32(12, 8, &values), 8).unwrap();
         let tail: f64 = full.s[3..].iter().map(|s| s * s).sum();
         let got = p
             .residual
