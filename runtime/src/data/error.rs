@@ -50,8 +50,12 @@ pub enum RowError {
 /// A dataset error that stops loading.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("--dataset '{spec}': {reason}")]
-    BadSpec { spec: String, reason: String },
+    #[error("--{arg} '{spec}': {reason}")]
+    BadSpec {
+        arg: &'static str,
+        spec: String,
+        reason: String,
+    },
 
     #[error("{}: {source}", path.display())]
     Io {
@@ -59,7 +63,7 @@ pub enum DataError {
         source: std::io::Error,
     },
 
-    #[error("{file}: unsupported file type (expected .jsonl, .json or .csv)")]
+    #[error("{file}: unsupported file type (expected .jsonl, .json, .csv or .txt)")]
     UnknownFileType { file: String },
 
     #[error("{origin}: {error}")]
@@ -72,9 +76,10 @@ pub enum DataError {
     Columns(String),
 
     #[error(
-        "--dataset '{spec}' asks for #{requested} rows of its validation split, but only {available} exist"
+        "--{arg} '{spec}' asks for #{requested} rows of its validation split, but only {available} exist"
     )]
     ValSampleTooLarge {
+        arg: &'static str,
         spec: String,
         requested: usize,
         available: usize,

@@ -33,6 +33,7 @@ pub struct DatasetFile {
 /// `folder/sub`).
 pub fn resolve(spec: &DatasetSpec, base: &Preprocess) -> Result<Vec<DatasetFile>, DataError> {
     let bad = |reason: String| DataError::BadSpec {
+        arg: spec.arg,
         spec: spec.raw.clone(),
         reason,
     };
@@ -219,6 +220,7 @@ fn split_error(spec: &DatasetSpec, ratio: f64, e: SplitError) -> DataError {
             requested,
             available,
         } => DataError::ValSampleTooLarge {
+            arg: spec.arg,
             spec: spec.raw.clone(),
             requested,
             available,

@@ -70,10 +70,10 @@ impl DataOptions {
     /// Reads the data arguments. `model_max_length` stands in for an unset `--max_length`
     /// (ms-swift uses the model's `max_model_len`).
     pub fn from_args(args: &Args, model_max_length: Option<usize>) -> Result<Self, DataError> {
-        let specs = |name: &str| {
+        let specs = |name: &'static str| {
             strings(args, name)
                 .iter()
-                .map(|s| DatasetSpec::parse(s))
+                .map(|s| DatasetSpec::parse_as(name, s))
                 .collect::<Result<Vec<_>, _>>()
         };
         let dataset = specs("dataset")?;

@@ -14,13 +14,21 @@ pub struct DatasetSpec {
     pub subsets: Vec<String>,
     /// `#N`: how many rows to sample.
     pub sample: Option<usize>,
+    /// The argument it came from (`dataset`, `val_dataset`), for messages.
+    pub arg: &'static str,
 }
 
 impl DatasetSpec {
     /// Parses a spec. An existing path is taken whole (a file may contain `#` or `:`), as
     /// ms-swift does; `#0` is refused (ms-swift asserts N > 0).
     pub fn parse(raw: &str) -> Result<Self, DataError> {
+        Self::parse_as("dataset", raw)
+    }
+
+    /// [`DatasetSpec::parse`] for the argument `arg` (`val_dataset`), which errors name.
+    pub fn parse_as(arg: &'static str, raw: &str) -> Result<Self, DataError> {
         let bad = |reason: String| DataError::BadSpec {
+            arg,
             spec: raw.to_string(),
             reason,
         };
@@ -64,6 +72,7 @@ impl DatasetSpec {
             path: path.to_string(),
             subsets,
             sample,
+            arg,
         })
     }
 }

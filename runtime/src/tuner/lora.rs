@@ -314,10 +314,7 @@ fn pissa_for(
 const PISSA_CHUNK: usize = 8;
 
 /// The precomputed PiSSA `(A0, B0)` of the layer at `path`.
-fn take_pissa(
-    path: &str,
-    inits: &mut PissaPairs,
-) -> Result<(Vec<f32>, Vec<f32>)> {
+fn take_pissa(path: &str, inits: &mut PissaPairs) -> Result<(Vec<f32>, Vec<f32>)> {
     inits.remove(path).ok_or_else(|| LoraError::Tensor {
         what: format!("{path}: PiSSA init"),
         source: candle_core::Error::Msg("no PiSSA init was computed for this layer".into()),

@@ -241,18 +241,26 @@ fn sampling_repeats_above_the_size_and_split_writes_val_dataset() {
         data::write_val_dataset(&loaded, &out.join("x")).unwrap(),
         None
     );
-    let o = DataOptions {
-        val_dataset: vec![DatasetSpec::parse(&format!("{}#30", file.display())).unwrap()],
+    let val = |raw: String| DataOptions {
+        val_dataset: vec![DatasetSpec::parse_as("val_dataset", &raw).unwrap()],
         ..opts(&[path_str(&file)])
     };
+    let err = data::load(&val(format!("{}#30", file.display()))).unwrap_err();
     assert!(matches!(
-        data::load(&o).unwrap_err(),
+        err,
         DataError::ValSampleTooLarge {
             requested: 30,
             available: 10,
             ..
         }
     ));
+    // Errors about a validation dataset name the argument it was given to.
+    assert!(err.to_string().starts_with("--val_dataset '"), "{err}");
+    let err = data::load(&val(path_str(&out.join("missing.jsonl")).to_string())).unwrap_err();
+    assert!(
+        err.to_string().starts_with("--val_dataset '") && err.to_string().contains("no such file"),
+        "{err}"
+    );
 }
 
 fn long_row() -> Value {
