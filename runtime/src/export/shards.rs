@@ -113,6 +113,8 @@ pub fn write(
         }
         safetensors::serialize_to_file(data, Some(metadata.clone()), &path)
             .map_err(|e| io_err(&path)(e.to_string()))?;
+        crate::storage::weights_file::set_created_mode(&path)
+            .map_err(|e| io_err(&path)(e.to_string()))?;
         files.push(path);
     }
     if shards.len() > 1 {

@@ -10,6 +10,7 @@
 //! - [`checkpoint`]: complete-or-invisible checkpoints (manifest written last).
 //! - [`output`]: run folders, `save_total_limit`, `best`/`last` pointers, log sync.
 //! - [`resume`]: `--resume_from_checkpoint` picks the newest complete checkpoint.
+//! - [`weights_file`]: `.safetensors` files written with a created file's permissions.
 
 pub mod cache;
 pub mod checkpoint;
@@ -24,6 +25,7 @@ pub mod output;
 pub mod progress;
 pub mod remote_bytes;
 pub mod resume;
+pub mod weights_file;
 
 pub use cache::{Cache, materialize};
 pub use client::{Remote, StoreConfig};

@@ -103,7 +103,7 @@ pub fn save_optimizer(optimizer: &AdamW, dir: &Path) -> Result<(), StateError> {
     let step = Tensor::from_slice(&[optimizer.steps() as i64], 1, &Device::Cpu)
         .map_err(|e| file_err(&path, e))?;
     map.insert("::step".into(), step);
-    candle_core::safetensors::save(&map, &path).map_err(|e| file_err(&path, e))
+    crate::storage::weights_file::save(&map, &path).map_err(|e| file_err(&path, e))
 }
 
 /// Restores what [`save_optimizer`] wrote (and writes the master weights back into the

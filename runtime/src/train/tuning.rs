@@ -217,7 +217,8 @@ fn save_full(dir: &Path, model: &CausalLm, model_dir: &Path) -> Result<(), Tunin
         .map(|(n, t)| (n.clone(), t.clone()))
         .collect();
     let weights = dir.join("model.safetensors");
-    candle_core::safetensors::save(&tensors, &weights).map_err(|e| err(&weights, e.to_string()))?;
+    crate::storage::weights_file::save(&tensors, &weights)
+        .map_err(|e| err(&weights, e.to_string()))?;
     // Everything else a model folder needs (config, tokenizer, generation config).
     let entries = std::fs::read_dir(model_dir).map_err(|e| err(model_dir, e.to_string()))?;
     for entry in entries.flatten() {

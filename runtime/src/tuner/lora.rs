@@ -766,7 +766,7 @@ impl LoraAdapters {
             .map(|t| (t.name, t.var.as_tensor().clone()))
             .collect();
         let path = dir.join(ADAPTER_WEIGHTS);
-        candle_core::safetensors::save(&map, &path).map_err(|e| LoraError::File {
+        crate::storage::weights_file::save(&map, &path).map_err(|e| LoraError::File {
             file: path.display().to_string(),
             message: e.to_string(),
         })?;
@@ -805,7 +805,7 @@ impl LoraAdapters {
             map.insert(kb, b2);
         }
         let weights = dir.join(ADAPTER_WEIGHTS);
-        candle_core::safetensors::save(&map, &weights)
+        crate::storage::weights_file::save(&map, &weights)
             .map_err(|e| file_err(&weights, e.to_string()))?;
         let mut peft = self.peft.clone();
         peft.r *= 2;

@@ -132,6 +132,13 @@ fn merged_model_equals_base_plus_adapter_and_peft_and_loads_back_sharded() {
             size <= 100_000 + 4096 || tensors_in == 1,
             "{s}: {size} bytes"
         );
+        // As readable as config.json (a created file's mode, not a temporary file's 0600).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |f: &str| std::fs::metadata(out.join(f)).unwrap().permissions().mode();
+            assert_eq!(mode(s) & 0o777, mode("config.json") & 0o777, "{s}");
+        }
     }
     assert!(map.contains_key("lm_head.weight") && map.contains_key("model.norm.weight"));
     for f in [

@@ -145,6 +145,16 @@ fn sft_lora_writes_ms_swift_layout_and_infer_answers_with_the_adapter() {
     ] {
         assert!(ck.join(f).is_file(), "{f} missing in checkpoint-6");
     }
+    // The weights are as readable as the JSON beside them (another user's serving pod
+    // loads them): not the 0600 of the temporary file safetensors writes through.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |f: &str| std::fs::metadata(ck.join(f)).unwrap().permissions().mode() & 0o777;
+        for f in ["adapter_model.safetensors", "optimizer.safetensors"] {
+            assert_eq!(mode(f), mode("adapter_config.json"), "{f}");
+        }
+    }
     let adapter = candle_core::safetensors::load(
         ck.join("adapter_model.safetensors"),
         &candle_core::Device::Cpu,
