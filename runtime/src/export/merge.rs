@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Tensor};
+use candle_core::DType;
 use serde_json::Value;
 
 use super::ExportError;
@@ -69,25 +69,6 @@ fn linears(model: &mut CausalLm) -> Vec<(String, &mut Linear)> {
     out
 }
 
-/// The model's parameters by checkpoint name as they are now (merged), in the
-/// checkpoint's order; a tied `lm_head` is not repeated, as transformers saves it.
-pub fn state_dict(model: &mut CausalLm) -> Vec<(String, Tensor)> {
-    let tied = model.config.tie_word_embeddings;
-    let mut out: Vec<(String, Tensor)> = model
-        .model
-        .tensors_mut()
-        .into_iter()
-        .map(|(n, t)| (n, t.clone()))
-        .collect();
-    if !tied {
-        out.push(("lm_head.weight".into(), model.lm_head.weight().clone()));
-        if let Some(b) = model.lm_head.bias() {
-            out.push(("lm_head.bias".into(), b.clone()));
-        }
-    }
-    out
-}
-
 /// Where and how to write a merged model.
 #[derive(Debug, Clone)]
 pub struct OutputFolder {
@@ -139,7 +120,7 @@ pub fn write_model_folder(
     out: &OutputFolder,
 ) -> Result<Vec<PathBuf>, ExportError> {
     out.prepare()?;
-    let tensors = state_dict(&mut pretrained.model);
+    let tensors = pretrained.model.named_parameters();
     let files = shards::write(&tensors, &out.dir, out.max_shard_size)?;
     copy_side_files(&pretrained.folder, &out.dir)?;
     write_config(

@@ -74,8 +74,6 @@ pub struct CausalLm {
     rope: Rope,
     dtype: DType,
     device: Device,
-    /// Every parameter by checkpoint name (variables when loaded trainable).
-    params: Vec<(String, Tensor)>,
     vars: Vec<(String, Var)>,
 }
 
@@ -89,7 +87,6 @@ impl CausalLm {
             dtype,
             trainable: opts.trainable,
             huge_pages: opts.huge_pages,
-            params: Vec::new(),
             vars: Vec::new(),
         };
         let model = Model::load(&mut loader, &config)?;
@@ -100,7 +97,7 @@ impl CausalLm {
             Linear::new(w, None)
         };
         let rope = Rope::new(&config.rope, config.head_dim);
-        let (params, vars) = (loader.params, loader.vars);
+        let vars = loader.vars;
         Ok(CausalLm {
             config,
             model,
@@ -108,7 +105,6 @@ impl CausalLm {
             rope,
             dtype,
             device: opts.device.clone(),
-            params,
             vars,
         })
     }
@@ -121,9 +117,16 @@ impl CausalLm {
         &self.device
     }
 
-    /// Every parameter tensor by checkpoint name (tied weights listed once).
-    pub fn named_parameters(&self) -> &[(String, Tensor)] {
-        &self.params
+    /// Every parameter tensor by checkpoint name as the module tree holds it now, in
+    /// PyTorch's order; a tied `lm_head` is not repeated (transformers saves it once).
+    /// Built on each call rather than kept: a kept list would hold on to weights that a
+    /// merge or a PiSSA init replaced, and to their memory.
+    pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut out: Vec<(String, &Tensor)> = self.model.tensors();
+        if !self.config.tie_word_embeddings {
+            self.lm_head.push_tensors("lm_head", &mut out);
+        }
+        out.into_iter().map(|(n, t)| (n, t.clone())).collect()
     }
 
     /// The trainable variables (empty unless loaded with `trainable`).
@@ -230,9 +233,6 @@ impl CausalLm {
             self.lm_head.set_weight(embed, None);
         }
         for (name, var) in &made {
-            if let Some(p) = self.params.iter_mut().find(|(n, _)| n == name) {
-                p.1 = var.as_tensor().clone();
-            }
             if !self.vars.iter().any(|(n, _)| n == name) {
                 self.vars.push((name.clone(), var.clone()));
             }

@@ -25,8 +25,6 @@ pub(crate) struct Loader<'a> {
     pub trainable: bool,
     /// See [`super::LoadOptions::huge_pages`].
     pub huge_pages: bool,
-    /// Every parameter created so far, by checkpoint name (variables when trainable).
-    pub params: Vec<(String, Tensor)>,
     pub vars: Vec<(String, Var)>,
 }
 
@@ -45,7 +43,6 @@ impl Loader<'_> {
         if self.huge_pages {
             super::cpu::storage::back_with_huge_pages(&t);
         }
-        self.params.push((name.to_string(), t.clone()));
         Ok(t)
     }
 
@@ -593,50 +590,67 @@ impl Model {
     }
 }
 
+/// Every parameter of a [`Model`] with its checkpoint name, in PyTorch's registration
+/// order (what `freeze_parameters_ratio` counts in): one traversal written once for both
+/// borrows, `model_tensors!(model, mut, push_tensors_mut)` and
+/// `model_tensors!(model, , push_tensors)`.
+macro_rules! model_tensors {
+    ($model:expr, $($m:ident)?, $push_linear:ident) => {{
+        let model = $model;
+        let mut out = Vec::new();
+        out.push(("model.embed_tokens.weight".to_string(), &$($m)? model.embed_tokens));
+        for (i, layer) in (&$($m)? model.layers).into_iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            let a = &$($m)? layer.self_attn;
+            for (name, lin) in [
+                ("self_attn.q_proj", &$($m)? a.q_proj),
+                ("self_attn.k_proj", &$($m)? a.k_proj),
+                ("self_attn.v_proj", &$($m)? a.v_proj),
+                ("self_attn.o_proj", &$($m)? a.o_proj),
+            ] {
+                lin.$push_linear(&format!("{p}.{name}"), &mut out);
+            }
+            for (name, norm) in [
+                ("self_attn.q_norm", &$($m)? a.q_norm),
+                ("self_attn.k_norm", &$($m)? a.k_norm),
+            ] {
+                if let Some(n) = norm {
+                    out.push((format!("{p}.{name}.weight"), &$($m)? n.weight));
+                }
+            }
+            let mlp = &$($m)? layer.mlp;
+            for (name, lin) in [
+                ("mlp.gate_proj", &$($m)? mlp.gate_proj),
+                ("mlp.up_proj", &$($m)? mlp.up_proj),
+                ("mlp.down_proj", &$($m)? mlp.down_proj),
+            ] {
+                lin.$push_linear(&format!("{p}.{name}"), &mut out);
+            }
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                &$($m)? layer.input_layernorm.weight,
+            ));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                &$($m)? layer.post_attention_layernorm.weight,
+            ));
+        }
+        out.push(("model.norm.weight".to_string(), &$($m)? model.norm.weight));
+        out
+    }};
+}
+
 impl Model {
     /// Every parameter tensor with its checkpoint name, mutable, so the caller can turn
     /// chosen ones into trainable variables in place (full fine-tuning, modules_to_save).
     pub fn tensors_mut(&mut self) -> Vec<(String, &mut Tensor)> {
-        let mut out: Vec<(String, &mut Tensor)> = Vec::new();
-        out.push(("model.embed_tokens.weight".into(), &mut self.embed_tokens));
-        for (i, layer) in self.layers.iter_mut().enumerate() {
-            let p = format!("model.layers.{i}");
-            let a = &mut layer.self_attn;
-            for (name, lin) in [
-                ("self_attn.q_proj", &mut a.q_proj),
-                ("self_attn.k_proj", &mut a.k_proj),
-                ("self_attn.v_proj", &mut a.v_proj),
-                ("self_attn.o_proj", &mut a.o_proj),
-            ] {
-                lin.push_tensors_mut(&format!("{p}.{name}"), &mut out);
-            }
-            for (name, norm) in [
-                ("self_attn.q_norm", &mut a.q_norm),
-                ("self_attn.k_norm", &mut a.k_norm),
-            ] {
-                if let Some(n) = norm {
-                    out.push((format!("{p}.{name}.weight"), &mut n.weight));
-                }
-            }
-            let m = &mut layer.mlp;
-            for (name, lin) in [
-                ("mlp.gate_proj", &mut m.gate_proj),
-                ("mlp.up_proj", &mut m.up_proj),
-                ("mlp.down_proj", &mut m.down_proj),
-            ] {
-                lin.push_tensors_mut(&format!("{p}.{name}"), &mut out);
-            }
-            out.push((
-                format!("{p}.input_layernorm.weight"),
-                &mut layer.input_layernorm.weight,
-            ));
-            out.push((
-                format!("{p}.post_attention_layernorm.weight"),
-                &mut layer.post_attention_layernorm.weight,
-            ));
-        }
-        out.push(("model.norm.weight".into(), &mut self.norm.weight));
-        out
+        model_tensors!(self, mut, push_tensors_mut)
+    }
+
+    /// Every parameter tensor with its checkpoint name, as the module tree holds it now
+    /// (after a merge or a PiSSA init replaced some).
+    pub fn tensors(&self) -> Vec<(String, &Tensor)> {
+        model_tensors!(self, , push_tensors)
     }
 }
 

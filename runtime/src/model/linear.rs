@@ -183,6 +183,14 @@ impl Linear {
         }
     }
 
+    /// Appends `prefix.weight` (and `prefix.bias`).
+    pub fn push_tensors<'a>(&'a self, prefix: &str, out: &mut Vec<(String, &'a Tensor)>) {
+        out.push((format!("{prefix}.weight"), &self.weight));
+        if let Some(b) = &self.bias {
+            out.push((format!("{prefix}.bias"), b));
+        }
+    }
+
     /// Replaces the weight (and bias), e.g. by trainable copies for `modules_to_save`.
     pub fn set_weight(&mut self, weight: Tensor, bias: Option<Tensor>) {
         self.weight = weight;
