@@ -192,12 +192,21 @@ fn pissa_init_matches_peft() {
             rel(&delta, want)
         );
     }
+    // The parameter list reports the residual too: it is read from the module tree, not
+    // kept from loading (a kept copy would also keep the replaced weight's memory).
+    let params: std::collections::HashMap<String, Tensor> =
+        p.model.named_parameters().into_iter().collect();
+    let mut residuals = 0;
     for (path, linear) in p.model.model.linears_mut() {
         if let Some(want) = fixture.get(&format!("{path}.residual")) {
             let r = rel(linear.weight(), want);
             assert!(r < 1e-4, "{path}: residual {r}");
+            let listed = &params[&format!("{path}.weight")];
+            assert!(rel(listed, want) < 1e-4, "{path}: named_parameters");
+            residuals += 1;
         }
     }
+    assert_eq!(residuals, adapters.layers.len());
     assert!(max_diff(&logits(&p), &base) < 1e-4);
     assert_eq!(adapters.peft.init_lora_weights, serde_json::json!("pissa"));
 }
@@ -356,4 +365,46 @@ fn dora_refuses_pissa_and_starts_where_lora_does_with_random_init() {
     let (a, b) = (logits(&with), logits(&without));
     assert!(max_diff(&a, &logits(&load())) > 1e-3);
     assert!(max_diff(&a, &b) < 1e-4, "{}", max_diff(&a, &b));
+}
+
+/// A merged weight (what `swift export --merge_lora` writes) is a plain value: computed from
+/// trainable A, B (and DoRA's m) it would otherwise carry their backprop graph, which holds
+/// the replaced base weight and every intermediate product for as long as it lives.
+#[test]
+fn merged_weights_are_values_without_a_graph() {
+    for extra in [
+        &["--init_weights", "false"][..],
+        &["--use_dora", "true", "--init_weights", "false"],
+    ] {
+        let mut p = load();
+        let cfg = LoraConfig::from_args(&args(extra)).unwrap();
+        let a = LoraAdapters::inject(&mut p.model, &cfg, 5, "m").unwrap();
+        let linears: std::collections::HashMap<String, Tensor> = p
+            .model
+            .model
+            .linears_mut()
+            .into_iter()
+            .map(|(path, l)| (path, l.weight().clone()))
+            .collect();
+        for (path, layer) in &a.layers {
+            let w = &linears[path];
+            let merged = layer.merged_weight(w).unwrap();
+            assert!(
+                !merged.track_op(),
+                "{extra:?} {path}: merged weight tracks its graph"
+            );
+            let delta =
+                (layer.b.as_tensor().matmul(layer.a.as_tensor()).unwrap() * layer.scale).unwrap();
+            let plain = (w + delta).unwrap();
+            match &layer.dora {
+                None => assert!(max_diff(&merged, &plain) < 1e-6, "{path}"),
+                // DoRA rescales each row of W + scale B A to m's norm.
+                Some(dora) => {
+                    let norms = merged.sqr().unwrap().sum(1).unwrap().sqrt().unwrap();
+                    let d = max_diff(&norms, dora.magnitude.as_tensor());
+                    assert!(d < 1e-4, "{path}: row norms off m by {d}");
+                }
+            }
+        }
+    }
 }
