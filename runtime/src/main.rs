@@ -4,6 +4,7 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use kubeswift_args::Command;
 use kubeswift_args::cli::{self, Cli};
 
 use kubeswift_runtime::commands;
@@ -20,15 +21,27 @@ fn init_logging() {
         .init();
 }
 
-fn main() -> ExitCode {
-    init_logging();
-    // Training and generation allocate and free MB-sized tensors every op; glibc's defaults
-    // hand them back to the kernel each time, so every op pays page faults on fresh memory
-    // (measured: a decoder layer's LoRA step 228 ms -> 137 ms on 2 cores with this on;
-    // `cargo bench -p kubeswift-kernels --bench layer`). Process-wide, so it lives here.
-    if !kubeswift_kernels::cpu::alloc::keep_freed_memory() {
+/// Training and generation allocate and free MB-sized tensors every op; glibc's defaults
+/// hand them back to the kernel each time, so every op pays page faults on fresh memory
+/// (measured: a decoder layer's LoRA step 228 ms -> 137 ms on 2 cores with this on;
+/// `cargo bench -p kubeswift-kernels --bench layer`). Process-wide, so it lives here.
+///
+/// Not for `swift export`: it passes over the weights once, and memory kept rather than
+/// returned there only adds up (see `return_freed_memory`).
+fn tune_allocator(command: Command) {
+    use kubeswift_kernels::cpu::alloc;
+    let applied = if command == Command::Export {
+        alloc::return_freed_memory()
+    } else {
+        alloc::keep_freed_memory()
+    };
+    if !applied {
         tracing::debug!("allocator left at its defaults (not glibc)");
     }
+}
+
+fn main() -> ExitCode {
+    init_logging();
     match cli::parse(std::env::args_os()) {
         Ok(Cli::Exit { text, code }) => {
             if code == 0 {
@@ -38,7 +51,10 @@ fn main() -> ExitCode {
             }
             ExitCode::from(code as u8)
         }
-        Ok(Cli::Run { command, resolved }) => commands::run(command, *resolved),
+        Ok(Cli::Run { command, resolved }) => {
+            tune_allocator(command);
+            commands::run(command, *resolved)
+        }
         Err(e) => {
             commands::eprint_line(&format!("error: {e}"));
             ExitCode::from(e.exit_code() as u8)
