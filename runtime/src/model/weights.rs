@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::safetensors::MmapedSafetensors;
+use candle_core::safetensors::{Load, MmapedSafetensors};
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
@@ -101,7 +101,9 @@ impl Weights {
             path: path.clone(),
             message: format!("tensor '{name}': {e}"),
         };
-        let t = st.load(name, &self.device).map_err(bad)?;
+        let view = st.get(name).map_err(bad)?;
+        let t = view.load(&self.device).map_err(bad)?;
+        release_mapped_pages(view.data());
         if t.dims() != shape {
             return Err(ModelError::TensorShape {
                 name: name.into(),
@@ -123,5 +125,72 @@ impl Weights {
             .map(|(p, _)| p.display().to_string())
             .collect::<Vec<_>>()
             .join(", ")
+    }
+}
+
+/// Drops the process's mapping of a tensor's bytes once they have been copied out. The
+/// file's pages stay in the page cache (the kernel's to reclaim) but no longer count in
+/// the process's resident memory, so a load peaks at about the model's size rather than
+/// twice it (the mapped file plus the copies: SmolLM2-135M's f32 load peaked at 1.08 GB
+/// for 0.54 GB of weights). Only whole pages inside the range are dropped: the pages it
+/// shares with its neighbours may still be read.
+fn release_mapped_pages(bytes: &[u8]) {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+            p if p > 0 => p as usize,
+            _ => return,
+        };
+        let start = bytes.as_ptr() as usize;
+        let (lo, hi) = (
+            start.next_multiple_of(page),
+            (start + bytes.len()) / page * page,
+        );
+        if hi > lo {
+            // SAFETY: [lo, hi) lies inside a read-only mapping of the file that outlives
+            // this call. MADV_DONTNEED on a file mapping only drops the pages: a later read
+            // faults them back in from the file, unchanged, so the borrowed slices into the
+            // mapping stay valid. Failure only leaves the pages resident.
+            unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_DONTNEED) };
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = bytes;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Released pages are read back from the file: a tensor loads the same any number of
+    /// times, and so does its neighbour, which shares a page with it.
+    #[test]
+    fn a_tensor_loads_the_same_after_its_pages_are_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let big: Vec<f32> = (0..70_000).map(|i| (i as f32 * 0.37).sin()).collect();
+        let small: Vec<f32> = (0..3).map(|i| i as f32 + 0.5).collect();
+        let tensors = HashMap::from([
+            (
+                "a.weight".to_string(),
+                Tensor::from_vec(big.clone(), (700, 100), &Device::Cpu).unwrap(),
+            ),
+            (
+                "b.weight".to_string(),
+                Tensor::from_vec(small.clone(), 3, &Device::Cpu).unwrap(),
+            ),
+        ]);
+        candle_core::safetensors::save(&tensors, dir.path().join(SINGLE_FILE)).unwrap();
+        let weights = Weights::open(dir.path(), &Device::Cpu).unwrap();
+        for _ in 0..2 {
+            let a = weights.get("a.weight", &[700, 100], DType::F32).unwrap();
+            assert_eq!(a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), big);
+            let b = weights.get("b.weight", &[3], DType::F32).unwrap();
+            assert_eq!(b.to_vec1::<f32>().unwrap(), small);
+        }
+        let err = weights
+            .get("a.weight", &[100, 700], DType::F32)
+            .unwrap_err();
+        assert!(err.to_string().contains("a.weight"), "{err}");
     }
 }
