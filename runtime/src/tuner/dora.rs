@@ -23,10 +23,9 @@ pub fn magnitude_key(module_path: &str) -> String {
     format!("base_model.model.{module_path}.{MAGNITUDE}")
 }
 
-/// `||W + scale * B A||_2` over the input dim, per output row (`[out]`, f32), from
-/// detached values.
+/// `||W + scale * B A||_2` over the input dim, per output row (`[out]`, f32), a value.
 pub fn weight_norm(w: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
-    let full = merged_weight(&w.detach(), &a.detach(), &b.detach(), scale, None)?;
+    let full = merged_weight(w, a, b, scale, None)?;
     full.sqr()?.sum(D::Minus1)?.sqrt()
 }
 
@@ -132,6 +131,11 @@ impl Dora {
 
 /// The merged weight, f32: `W + scale B A`, and with DoRA's magnitude `m`
 /// `(m / ||W + scale B A||)[:, None] * (W + scale B A)` (PEFT's merge).
+///
+/// A value, not differentiable: A, B and m are usually variables, and a result computed
+/// from them would hold its backprop graph, which keeps `W` and every intermediate
+/// `[out, in]` product alive for as long as the result lives (merging SmolLM2-135M's
+/// adapter peaked at 1.91 GB instead of 0.67).
 pub fn merged_weight(
     w: &Tensor,
     a: &Tensor,
@@ -139,14 +143,14 @@ pub fn merged_weight(
     scale: f64,
     magnitude: Option<&Tensor>,
 ) -> candle_core::Result<Tensor> {
-    let a = a.to_dtype(DType::F32)?;
-    let b = b.to_dtype(DType::F32)?;
-    let full = (w.to_dtype(DType::F32)? + (b.matmul(&a)? * scale)?)?;
+    let a = a.detach().to_dtype(DType::F32)?;
+    let b = b.detach().to_dtype(DType::F32)?;
+    let full = (w.detach().to_dtype(DType::F32)? + (b.matmul(&a)? * scale)?)?;
     match magnitude {
         None => Ok(full),
         Some(m) => {
             let n = full.sqr()?.sum(D::Minus1)?.sqrt()?;
-            let gain = (m.to_dtype(DType::F32)? / n)?;
+            let gain = (m.detach().to_dtype(DType::F32)? / n)?;
             full.broadcast_mul(&gain.unsqueeze(1)?)
         }
     }

@@ -116,19 +116,16 @@ enum PlainPass<'a> {
 
 impl LoraLayer {
     /// The layer's merged weight (f32): `W + scale B A`, or DoRA's
-    /// `(m / ||W + scale B A||)[:, None] * (W + scale B A)`, for the base weight `w`.
-    /// A value, not differentiable: A, B and m are variables, and a result computed from
-    /// them would hold its backprop graph, which keeps `w` and every intermediate
-    /// `[out, in]` product alive for as long as the result lives (merging SmolLM2-135M
-    /// peaked at 1.8 GiB instead of 0.6).
+    /// `(m / ||W + scale B A||)[:, None] * (W + scale B A)`, for the base weight `w`: a
+    /// value, detached from the adapter's variables (see [`merged_weight`]).
     pub fn merged_weight(&self, w: &Tensor) -> candle_core::Result<Tensor> {
-        let magnitude = self.dora.as_ref().map(|d| d.magnitude.as_tensor().detach());
+        let magnitude = self.dora.as_ref().map(|d| d.magnitude.as_tensor());
         merged_weight(
-            &w.detach(),
-            &self.a.as_tensor().detach(),
-            &self.b.as_tensor().detach(),
+            w,
+            self.a.as_tensor(),
+            self.b.as_tensor(),
             self.scale,
-            magnitude.as_ref(),
+            magnitude,
         )
     }
 
