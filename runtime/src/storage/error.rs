@@ -107,6 +107,19 @@ pub enum StorageError {
     )]
     NoCheckpoint { location: String },
 
+    /// `--resume_from_checkpoint` found no complete checkpoint at a location other than the
+    /// run's own output root, so it is most likely a wrong path rather than a first start.
+    #[error(
+        "'{location}' {reason}; only the run's own --output_dir ('{output_dir}') may hold no \
+         checkpoint yet (a first start); name a checkpoint-N folder, a run folder or an \
+         output root that holds a complete checkpoint"
+    )]
+    NothingToResume {
+        location: String,
+        reason: String,
+        output_dir: String,
+    },
+
     /// A checkpoint manifest that is missing fields or disagrees with the files.
     #[error("checkpoint manifest '{uri}' is invalid: {reason}")]
     BadManifest { uri: String, reason: String },

@@ -107,6 +107,48 @@ pub async fn resolve_resume(arg: &str) -> Result<Option<ResumePoint>> {
     Ok(found)
 }
 
+/// Whether `--resume_from_checkpoint` names the run's own `--output_dir`: the one place
+/// where finding no checkpoint means a first start (the operator passes the output root
+/// on every start of a job). Anywhere else it is a wrong path, and starting fresh would
+/// silently throw the work to continue away.
+pub fn is_output_root(resume: &str, output_dir: &str) -> bool {
+    match (Location::parse(resume), Location::parse(output_dir)) {
+        (Ok(Location::Local(a)), Ok(Location::Local(b))) => normalized(&a) == normalized(&b),
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// An absolute path without `.` segments or trailing separators, for comparing two
+/// spellings of one folder that may not exist yet (so not `canonicalize`).
+fn normalized(path: &Path) -> PathBuf {
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|cwd| cwd.join(path))
+            .unwrap_or_else(|_| path.to_path_buf())
+    };
+    absolute
+        .components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect()
+}
+
+/// Why a location that [`resolve_resume`] found nothing at holds no checkpoint, for the
+/// error a user sees.
+pub fn why_nothing_to_resume(location: &str) -> String {
+    match Location::parse(location) {
+        Ok(Location::Local(path)) if !path.exists() => "does not exist".into(),
+        Ok(Location::Local(path)) if !path.is_dir() => "is a file, not a folder".into(),
+        Ok(Location::Local(_)) => "holds no complete checkpoint (no finished checkpoint-N \
+                                   folder in it, in a vN-* run folder under it, or behind a \
+                                   best/last link)"
+            .into(),
+        _ => "holds no complete checkpoint (no checkpoint manifest at or under it)".into(),
+    }
+}
+
 /// Whether the location's last segment is a `checkpoint-N` folder (rather than a run, an
 /// output root or a pointer to search).
 fn names_one_checkpoint(location: &Location) -> bool {
@@ -123,7 +165,7 @@ fn names_one_checkpoint(location: &Location) -> bool {
 /// [`LocalCheckpoint`]: crate::storage::checkpoint::LocalCheckpoint
 pub fn resolve_local(root: &Path) -> Result<Option<ResumePoint>> {
     if !root.is_dir() {
-        tracing::info!(path = %root.display(), "no checkpoint to resume from: the folder does not exist");
+        tracing::debug!(path = %root.display(), "no checkpoint to resume from: the folder does not exist");
         return Ok(None);
     }
     let mut dirs = vec![String::new()];
@@ -150,6 +192,11 @@ pub fn resolve_local(root: &Path) -> Result<Option<ResumePoint>> {
                 location: Location::Local(dir),
                 step,
             }));
+        }
+        if candidate.step.is_some() {
+            // A renamed-into-place folder that no longer matches its manifest (a file cut
+            // short or removed after the save): say so, since an older one is taken instead.
+            tracing::warn!(checkpoint = %dir.display(), "skipping an incomplete checkpoint");
         }
     }
     Ok(None)
@@ -377,6 +424,49 @@ mod tests {
         assert_eq!(
             resolve_local(&run.join("last")).unwrap().unwrap().step,
             Some(200)
+        );
+    }
+
+    #[test]
+    fn only_the_output_root_itself_may_hold_nothing_yet() {
+        let cwd = std::env::current_dir().unwrap();
+        assert!(is_output_root("output/run", "output/run"));
+        assert!(is_output_root("./output/run/", "output/run"));
+        assert!(is_output_root(
+            &cwd.join("output/run").display().to_string(),
+            "output/run"
+        ));
+        assert!(is_output_root("file:///tmp/out", "/tmp/out/"));
+        assert!(is_output_root("s3://b/runs/exp1/", "s3://b/runs/exp1"));
+        assert!(!is_output_root("output/run2", "output/run"));
+        assert!(!is_output_root("output/run/v0-x", "output/run"));
+        assert!(!is_output_root("s3://b/runs/exp2", "s3://b/runs/exp1"));
+        assert!(!is_output_root("s3://b/out", "out"));
+    }
+
+    #[test]
+    fn nothing_to_resume_says_what_the_path_is() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        let file = r.join("train.jsonl");
+        std::fs::write(&file, "{}").unwrap();
+        let reason = |p: &Path| why_nothing_to_resume(p.to_str().unwrap());
+        assert_eq!(reason(&r.join("nope")), "does not exist");
+        assert_eq!(reason(&file), "is a file, not a folder");
+        assert!(
+            reason(r).contains("no complete checkpoint"),
+            "{}",
+            reason(r)
+        );
+        let e = StorageError::NothingToResume {
+            location: "nope".into(),
+            reason: "does not exist".into(),
+            output_dir: "output".into(),
+        }
+        .to_string();
+        assert!(
+            e.starts_with("'nope' does not exist;") && e.contains("--output_dir ('output')"),
+            "{e}"
         );
     }
 

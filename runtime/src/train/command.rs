@@ -15,9 +15,12 @@ use crate::model::{LoadOptions, Pretrained, PretrainedOptions};
 use crate::progress::ProgressReporter;
 use crate::storage::Cache;
 use crate::storage::checkpoint::UploadOptions;
+use crate::storage::error::StorageError;
 use crate::storage::localize::localize_args;
 use crate::storage::output::RunOutput;
-use crate::storage::resume::{fetch_resume_point, resolve_resume};
+use crate::storage::resume::{
+    fetch_resume_point, is_output_root, resolve_resume, why_nothing_to_resume,
+};
 use crate::template::Template;
 use crate::train::config::TrainConfig;
 use crate::train::streamed::StreamedBatches;
@@ -54,6 +57,9 @@ fn train(user_args: &Args, reporter: &Arc<ProgressReporter>) -> anyhow::Result<T
     let config = TrainConfig::from_args(args)?;
     // A launched worker meets the other ranks first, so a wrong address fails fast.
     let dist = DataParallel::from_args(args)?;
+    // Before anything is loaded or written: a wrong path fails in seconds and leaves no
+    // empty run folder behind.
+    let resume = resume_point(args, &io)?;
     let model_dir = Path::new(model_path);
     // f32 unless --torch_dtype says otherwise: ms-swift's choice on CPU.
     let dtype = dtype_arg(args.str("torch_dtype"))?.unwrap_or(DType::F32);
@@ -128,7 +134,6 @@ fn train(user_args: &Args, reporter: &Arc<ProgressReporter>) -> anyhow::Result<T
         "output"
     );
 
-    let resume = resume_point(args, &io)?;
     let parts = TrainerParts {
         model: &pretrained.model,
         model_dir,
@@ -190,13 +195,23 @@ fn scratch_run(rank: usize) -> anyhow::Result<RunOutput> {
 
 /// `--resume_from_checkpoint`: a checkpoint folder, a run folder or an output root, local
 /// or in a bucket (the newest complete checkpoint wins; remote ones count only with a
-/// valid manifest and are downloaded into the cache). Nothing there: start fresh.
+/// valid manifest and are downloaded into the cache). Nothing there: start fresh when it is
+/// the run's own `--output_dir` (a job's first start), else an error (a wrong path).
 fn resume_point(args: &Args, io: &tokio::runtime::Runtime) -> anyhow::Result<Option<PathBuf>> {
     let Some(arg) = args.str("resume_from_checkpoint") else {
         return Ok(None);
     };
     let context = || format!("--resume_from_checkpoint {arg}");
     let Some(point) = io.block_on(resolve_resume(arg)).with_context(context)? else {
+        let output_dir = args.str("output_dir").unwrap_or("output");
+        if !is_output_root(arg, output_dir) {
+            return Err(StorageError::NothingToResume {
+                location: arg.to_string(),
+                reason: why_nothing_to_resume(arg),
+                output_dir: output_dir.to_string(),
+            })
+            .with_context(context);
+        }
         tracing::info!(
             resume_from_checkpoint = arg,
             "no complete checkpoint to resume from: starting fresh"

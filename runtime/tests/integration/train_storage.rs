@@ -320,18 +320,33 @@ async fn a_run_in_the_bucket_matches_local_disk_and_resumes_from_the_output_root
         "resumed checkpoint-6",
     );
 
-    // A prefix with nothing under it: a fresh start, said in the log.
+    // A prefix with nothing under it, named as the resume point of another output: a
+    // wrong path, refused before any training.
     let empty_uri = format!("{base}/nothing-here");
+    let fresh_out = s.join("fresh").display().to_string();
+    let output = swift_cmd(
+        &with(
+            train_args(&model_path, &local_data, &fresh_out, 6, 6),
+            &["--resume_from_checkpoint", &empty_uri],
+        ),
+        s,
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&empty_uri) && stderr.contains("holds no complete checkpoint"),
+        "{stderr}"
+    );
+    assert!(!s.join("fresh").exists(), "nothing was trained or written");
+
+    // The same empty prefix as the run's own output root: a job's first start, said in
+    // the log.
     let stderr = swift_ok(&mut swift_cmd(
         &with(
-            train_args(
-                &model_path,
-                &local_data,
-                &s.join("fresh").display().to_string(),
-                6,
-                6,
-            ),
-            &["--resume_from_checkpoint", &empty_uri],
+            train_args(&model_path, &local_data, &fresh_out, 6, 6),
+            &["--resume_from_checkpoint", &fresh_out],
         ),
         s,
     ));
