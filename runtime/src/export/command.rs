@@ -56,6 +56,19 @@ pub fn run(user_args: &Args) -> anyhow::Result<()> {
     if out.dir.exists() && !out.exist_ok {
         return Err(super::ExportError::Exists(out.dir.clone()).into());
     }
+    // Even with --exist_ok: the inputs are read while the output is written, and the side
+    // files are copied from the model folder (onto themselves, truncating them).
+    let inputs = std::iter::once(("--model", Path::new(model)))
+        .chain(adapters.iter().map(|a| ("--adapters", a.as_path())));
+    for (argument, input) in inputs {
+        if same_folder(&out.dir, input) {
+            return Err(super::ExportError::OutputIsInput {
+                output: out.dir.clone(),
+                argument,
+            }
+            .into());
+        }
+    }
     // The checkpoint's own dtype unless --torch_dtype says otherwise: an export keeps it.
     let opts = PretrainedOptions {
         model_type: args.str("model_type").map(String::from),
@@ -82,4 +95,12 @@ pub fn run(user_args: &Args) -> anyhow::Result<()> {
     tracing::info!(output_dir = %out.dir.display(), weight_files = files.len(), "merged model written");
     println!("{}", out.dir.display());
     Ok(())
+}
+
+/// Whether two paths name one existing folder (through symlinks, `.` and `..`).
+fn same_folder(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }

@@ -79,8 +79,8 @@ pub struct OutputFolder {
 }
 
 impl OutputFolder {
-    /// Refuses an existing folder unless `exist_ok`; in a reused folder, removes the old
-    /// weight files so no stale shard outlives the new index.
+    /// Refuses an existing folder unless `exist_ok`; in a reused folder, removes an
+    /// earlier export's weight files (only those) so no stale shard outlives the new index.
     pub fn prepare(&self) -> Result<(), ExportError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -102,7 +102,7 @@ impl OutputFolder {
             for entry in std::fs::read_dir(&self.dir).map_err(io(&self.dir))? {
                 let entry = entry.map_err(io(&self.dir))?;
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if shards::is_weight_file(&name) && entry.path().is_file() {
+                if shards::is_export_weight_file(&name) && entry.path().is_file() {
                     std::fs::remove_file(entry.path()).map_err(io(&entry.path()))?;
                 }
             }

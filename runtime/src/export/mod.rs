@@ -21,6 +21,15 @@ pub enum ExportError {
     )]
     Exists(PathBuf),
     #[error(
+        "--output_dir {output} is the {argument} folder: writing the merged model there would \
+         replace its files; choose another --output_dir"
+    )]
+    OutputIsInput {
+        output: PathBuf,
+        /// `--model` or `--adapters`.
+        argument: &'static str,
+    },
+    #[error(
         "--adapters {0}: no adapter there (expected a folder with adapter_config.json and \
          adapter_model.safetensors)"
     )]

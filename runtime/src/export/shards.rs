@@ -131,8 +131,30 @@ pub fn write(
     Ok(files)
 }
 
+/// True for the names an export writes its weights under ([`shard_name`], [`INDEX_FILE`]):
+/// the files of an earlier export that a reused output folder clears, so no stale shard
+/// outlives the new index. Any other file there (an adapter, an optimizer state, the
+/// user's own) is left alone.
+pub fn is_export_weight_file(name: &str) -> bool {
+    if name == SINGLE_FILE || name == INDEX_FILE {
+        return true;
+    }
+    let Some(numbers) = name
+        .strip_prefix("model-")
+        .and_then(|n| n.strip_suffix(".safetensors"))
+    else {
+        return false;
+    };
+    let Some((index, count)) = numbers.split_once("-of-") else {
+        return false;
+    };
+    [index, count]
+        .iter()
+        .all(|n| n.len() == 5 && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// True for the file names of model weights (ours or another framework's), which an
-/// export never copies from the source folder and clears from a reused output folder.
+/// export never copies from the source folder.
 pub fn is_weight_file(name: &str) -> bool {
     name.ends_with(".safetensors")
         || name.ends_with(".safetensors.index.json")
@@ -167,5 +189,28 @@ mod tests {
         assert_eq!(plan(&[2, 20, 2, 2], 10), vec![vec![0], vec![1], vec![2, 3]]);
         assert_eq!(shard_name(0, 1), "model.safetensors");
         assert_eq!(shard_name(1, 12), "model-00002-of-00012.safetensors");
+    }
+
+    #[test]
+    fn only_an_exports_own_weight_files_are_cleared() {
+        for ours in [
+            "model.safetensors",
+            "model.safetensors.index.json",
+            "model-00001-of-00009.safetensors",
+            &shard_name(11, 12),
+        ] {
+            assert!(is_export_weight_file(ours), "{ours}");
+        }
+        for theirs in [
+            "adapter_model.safetensors",
+            "optimizer.safetensors",
+            "mydata.safetensors",
+            "model-1-of-2.safetensors",
+            "model-00001-of-00002.bin",
+            "pytorch_model.bin",
+            "notes.txt",
+        ] {
+            assert!(!is_export_weight_file(theirs), "{theirs}");
+        }
     }
 }

@@ -189,6 +189,9 @@ fn an_existing_folder_is_refused_unless_exist_ok_and_stale_shards_go() {
     std::fs::create_dir(&out).unwrap();
     std::fs::write(out.join("model-00001-of-00009.safetensors"), b"stale").unwrap();
     std::fs::write(out.join("notes.txt"), b"mine").unwrap();
+    // Other weights files are the user's: an exist_ok export replaces only its own.
+    std::fs::write(out.join("adapter_model.safetensors"), b"adapter").unwrap();
+    std::fs::write(out.join("optimizer.safetensors"), b"state").unwrap();
     let (base, adapter, out_s) = (
         base_dir().display().to_string(),
         adapter_dir().display().to_string(),
@@ -215,8 +218,71 @@ fn an_existing_folder_is_refused_unless_exist_ok_and_stale_shards_go() {
     assert!(!out.join("model.safetensors.index.json").exists());
     assert!(!out.join("model-00001-of-00009.safetensors").exists());
     assert_eq!(std::fs::read(out.join("notes.txt")).unwrap(), b"mine");
+    assert_eq!(
+        std::fs::read(out.join("adapter_model.safetensors")).unwrap(),
+        b"adapter"
+    );
+    assert_eq!(
+        std::fs::read(out.join("optimizer.safetensors")).unwrap(),
+        b"state"
+    );
     let merged = load(&out);
     assert_eq!(merged.model.config.num_hidden_layers, 2);
+}
+
+#[test]
+fn the_model_or_adapter_folder_is_never_the_output_even_with_exist_ok() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    let ckpt = tmp.path().join("checkpoint-10");
+    for (from, to) in [(base_dir(), &base), (adapter_dir(), &ckpt)] {
+        std::fs::create_dir(to).unwrap();
+        for entry in std::fs::read_dir(&from).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    let before = |dir: &Path| -> Vec<(String, Vec<u8>)> {
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                (name, std::fs::read(&p).unwrap())
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let (base_files, ckpt_files) = (before(&base), before(&ckpt));
+    let (base_s, ckpt_s) = (base.display().to_string(), ckpt.display().to_string());
+    for (output, argument) in [
+        (format!("{base_s}/"), "--model"),
+        (format!("{ckpt_s}/../checkpoint-10"), "--adapters"),
+    ] {
+        let e = format!(
+            "{:#}",
+            export(&[
+                "--model",
+                &base_s,
+                "--adapters",
+                &ckpt_s,
+                "--output_dir",
+                &output,
+                "--exist_ok",
+                "true",
+            ])
+            .unwrap_err()
+        );
+        assert!(
+            e.contains(&output) && e.contains(&format!("is the {argument} folder")),
+            "{e}"
+        );
+    }
+    assert_eq!(before(&base), base_files, "the model folder is untouched");
+    assert_eq!(before(&ckpt), ckpt_files, "the adapter folder is untouched");
 }
 
 #[test]
