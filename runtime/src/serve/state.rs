@@ -65,9 +65,21 @@ impl AppState {
         }
     }
 
-    /// The model's context length in tokens.
+    /// The served context length in tokens: the model's, or `--max_model_len` when smaller
+    /// (the engine caps sequences at the same length).
     pub fn context(&self) -> usize {
-        self.model.model.config.max_position_embeddings
+        let model = self.model.model.config.max_position_embeddings;
+        self.config.max_model_len.map_or(model, |m| m.min(model))
+    }
+
+    /// How the context limit is named in errors: OpenAI's words, plus the flag that set it.
+    fn context_words(&self) -> String {
+        let context = self.context();
+        if context < self.model.model.config.max_position_embeddings {
+            format!("This model's maximum context length is {context} tokens (--max_model_len)")
+        } else {
+            format!("This model's maximum context length is {context} tokens")
+        }
     }
 
     /// Checks that a prompt and its `max_tokens` fit the context.
@@ -85,8 +97,8 @@ impl AppState {
             return Err(ApiError::context_length(
                 prompt_param,
                 format!(
-                    "This model's maximum context length is {context} tokens; the prompt has \
-                     {prompt_tokens} tokens, leaving no room to generate"
+                    "{}; the prompt has {prompt_tokens} tokens, leaving no room to generate",
+                    self.context_words()
                 ),
             ));
         }
@@ -96,8 +108,8 @@ impl AppState {
             return Err(ApiError::context_length(
                 "max_tokens",
                 format!(
-                    "This model's maximum context length is {context} tokens; the prompt has \
-                     {prompt_tokens} tokens and max_tokens asks for {m} more"
+                    "{}; the prompt has {prompt_tokens} tokens and max_tokens asks for {m} more",
+                    self.context_words()
                 ),
             ));
         }

@@ -122,3 +122,42 @@ async fn every_bad_request_gets_a_4xx_and_the_server_keeps_serving() {
     assert_eq!(s.get("/health").await.0, 200);
     s.shutdown().await;
 }
+
+/// `--max_model_len` below the model's context is the limit requests are checked against:
+/// a longer prompt, or one whose `max_tokens` would pass it, is a 400
+/// `context_length_exceeded` before it reaches the engine (not a 500 from it, nor an answer
+/// cut short at the limit).
+#[tokio::test]
+async fn max_model_len_is_the_context_requests_are_checked_against() {
+    let s = start(|c| c.max_model_len = Some(40)).await;
+    let long = "word ".repeat(60);
+    for (route, body) in [
+        (CHAT, json!({"model": MODEL, "messages": user(&long), "max_tokens": 2})),
+        (COMPLETIONS, json!({"model": MODEL, "prompt": long, "max_tokens": 2})),
+    ] {
+        let (status, e) = s.post(route, &body).await;
+        assert_eq!(status, 400, "{route}: {e}");
+        assert_eq!(e["error"]["code"], "context_length_exceeded", "{e}");
+        let message = e["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("40 tokens (--max_model_len)"),
+            "{message}"
+        );
+    }
+    let (status, e) = s
+        .post(
+            COMPLETIONS,
+            &json!({"model": MODEL, "prompt": "hi", "max_tokens": 40}),
+        )
+        .await;
+    assert_eq!(status, 400, "{e}");
+    assert_eq!(e["error"]["param"], "max_tokens", "{e}");
+    let (status, r) = s
+        .post(
+            COMPLETIONS,
+            &json!({"model": MODEL, "prompt": "hi", "max_tokens": 3}),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    s.shutdown().await;
+}
