@@ -242,6 +242,7 @@ impl<'a> Trainer<'a> {
     /// Restores a checkpoint: weights always; with `only_model` false also the optimizer,
     /// the step, the data cursor and the log history.
     pub fn resume(&mut self, dir: &Path, only_model: bool) -> anyhow::Result<()> {
+        self.parts.tuning.check_checkpoint(dir)?;
         if only_model {
             self.parts.tuning.load_weights(dir)?;
             // The optimizer's master weights start from the loaded values.

@@ -9,7 +9,7 @@ use kubeswift_args::Args;
 use crate::model::CausalLm;
 use crate::train::optimizer::{Trainable, decays};
 use crate::tuner::lora::{LoraAdapters, LoraError};
-use crate::tuner::lora_config::LoraConfig;
+use crate::tuner::lora_config::{LoraConfig, PeftLoraConfig};
 
 /// The trainable part of a run.
 pub enum Tuning {
@@ -160,6 +160,51 @@ impl Tuning {
         if let Tuning::Lora { adapters, .. } = self {
             adapters.control.set_training(training);
             adapters.control.set_seed(seed);
+        }
+    }
+
+    /// Refuses to resume from a checkpoint that was trained as something else: a LoRA
+    /// adapter into a full fine-tune or the reverse, or an adapter whose rank, alpha,
+    /// targets, dropout, bias, modules_to_save, rsLoRA or DoRA differ from this run's
+    /// (ms-swift reads the checkpoint's adapter config; changing them mid-run would drop
+    /// trained modules or rescale them). Checked before any state is read, so the error
+    /// names the setting rather than an optimizer tensor's shape.
+    pub fn check_checkpoint(&self, dir: &Path) -> Result<(), TuningError> {
+        let adapter_config = dir.join(crate::tuner::lora::ADAPTER_CONFIG);
+        let invalid = |reason: String| TuningError::Invalid {
+            arg: "resume_from_checkpoint",
+            reason: format!("{}: {reason}", dir.display()),
+        };
+        match self {
+            Tuning::Lora { adapters, .. } => {
+                if !adapter_config.is_file() {
+                    if dir.join("model.safetensors").is_file() {
+                        return Err(invalid(
+                            "the checkpoint is a full fine-tune (model.safetensors, no \
+                             adapter_config.json); this run is --train_type lora"
+                                .into(),
+                        ));
+                    }
+                    return Ok(());
+                }
+                let saved =
+                    PeftLoraConfig::load(&adapter_config).map_err(|e| invalid(e.to_string()))?;
+                let differences = saved.differences_from(&adapters.peft);
+                if !differences.is_empty() {
+                    return Err(invalid(format!(
+                        "its adapter_config.json was trained with other LoRA settings ({}); \
+                         resume with the settings it was trained with",
+                        differences.join("; ")
+                    )));
+                }
+                Ok(())
+            }
+            Tuning::Full { .. } if adapter_config.is_file() => Err(invalid(
+                "the checkpoint is a LoRA adapter (adapter_config.json); this run is \
+                 --train_type full"
+                    .into(),
+            )),
+            Tuning::Full { .. } => Ok(()),
         }
     }
 

@@ -238,6 +238,71 @@ fn default_init() -> Value {
 }
 
 impl PeftLoraConfig {
+    /// The settings that shape or scale a trained adapter where `self` (a checkpoint's) and
+    /// `run` (what this run would train) disagree, as `name: checkpoint X, this run Y`.
+    /// Resuming across any of them would drop trained modules or change what they compute.
+    pub fn differences_from(&self, run: &PeftLoraConfig) -> Vec<String> {
+        fn targets(v: &Value) -> String {
+            match v {
+                Value::Array(names) => {
+                    let mut names: Vec<String> = names
+                        .iter()
+                        .map(|n| n.as_str().map_or_else(|| n.to_string(), String::from))
+                        .collect();
+                    names.sort();
+                    names.dedup();
+                    names.join(" ")
+                }
+                Value::String(re) => format!("regex {re}"),
+                other => other.to_string(),
+            }
+        }
+        let saves = |m: &Option<Vec<String>>| {
+            let mut m = m.clone().unwrap_or_default();
+            m.sort();
+            m.join(" ")
+        };
+        let pairs = [
+            ("lora_rank (r)", self.r.to_string(), run.r.to_string()),
+            (
+                "lora_alpha",
+                self.lora_alpha.to_string(),
+                run.lora_alpha.to_string(),
+            ),
+            (
+                "lora_dropout",
+                self.lora_dropout.to_string(),
+                run.lora_dropout.to_string(),
+            ),
+            ("lora_bias", self.bias.clone(), run.bias.clone()),
+            (
+                "target_modules",
+                targets(&self.target_modules),
+                targets(&run.target_modules),
+            ),
+            (
+                "modules_to_save",
+                saves(&self.modules_to_save),
+                saves(&run.modules_to_save),
+            ),
+            (
+                "use_rslora",
+                self.use_rslora.to_string(),
+                run.use_rslora.to_string(),
+            ),
+            (
+                "use_dora",
+                self.use_dora.to_string(),
+                run.use_dora.to_string(),
+            ),
+        ];
+        pairs
+            .into_iter()
+            .filter(|(_, saved, now)| saved != now)
+            .map(|(name, saved, now)| format!("{name}: checkpoint '{saved}', this run '{now}'"))
+            .collect()
+    }
+
     /// Reads `adapter_config.json` and refuses what we cannot load faithfully.
     pub fn load(path: &Path) -> Result<Self, LoraConfigError> {
         let file_err = |message: String| LoraConfigError::File {
@@ -389,5 +454,28 @@ mod tests {
             peft_key("model.layers.0.self_attn.q_proj", "lora_A"),
             "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
         );
+    }
+
+    #[test]
+    fn differences_name_each_setting_and_ignore_order() {
+        let base = LoraConfig::from_args(&args(&[]))
+            .unwrap()
+            .to_peft("m", vec!["q_proj".into(), "v_proj".into()]);
+        let mut same = base.clone();
+        same.target_modules = serde_json::json!(["v_proj", "q_proj"]);
+        same.inference_mode = false;
+        assert!(base.differences_from(&same).is_empty());
+        let mut other = base.clone();
+        other.lora_alpha *= 2.0;
+        other.target_modules = serde_json::json!(["q_proj"]);
+        other.use_dora = true;
+        let d = base.differences_from(&other);
+        assert_eq!(d.len(), 3, "{d:?}");
+        assert!(d[0].starts_with("lora_alpha: checkpoint '"), "{d:?}");
+        assert_eq!(
+            d[1],
+            "target_modules: checkpoint 'q_proj v_proj', this run 'q_proj'"
+        );
+        assert_eq!(d[2], "use_dora: checkpoint 'false', this run 'true'");
     }
 }

@@ -132,17 +132,20 @@ async fn max_model_len_is_the_context_requests_are_checked_against() {
     let s = start(|c| c.max_model_len = Some(40)).await;
     let long = "word ".repeat(60);
     for (route, body) in [
-        (CHAT, json!({"model": MODEL, "messages": user(&long), "max_tokens": 2})),
-        (COMPLETIONS, json!({"model": MODEL, "prompt": long, "max_tokens": 2})),
+        (
+            CHAT,
+            json!({"model": MODEL, "messages": user(&long), "max_tokens": 2}),
+        ),
+        (
+            COMPLETIONS,
+            json!({"model": MODEL, "prompt": long, "max_tokens": 2}),
+        ),
     ] {
         let (status, e) = s.post(route, &body).await;
         assert_eq!(status, 400, "{route}: {e}");
         assert_eq!(e["error"]["code"], "context_length_exceeded", "{e}");
         let message = e["error"]["message"].as_str().unwrap_or_default();
-        assert!(
-            message.contains("40 tokens (--max_model_len)"),
-            "{message}"
-        );
+        assert!(message.contains("40 tokens (--max_model_len)"), "{message}");
     }
     let (status, e) = s
         .post(

@@ -750,6 +750,70 @@ fn a_weights_only_checkpoint_resumes_only_with_resume_only_model() {
     );
 }
 
+/// Resuming with LoRA settings other than the checkpoint's, or as another train type, is
+/// refused by name before any state is read: a narrower `--target_modules` would drop the
+/// other modules' trained weights, a new `--lora_alpha` rescale them mid-run.
+#[test]
+fn resuming_with_other_lora_settings_or_train_type_is_refused_by_name() {
+    let (tmp, data, m) = reverse_task(16);
+    let run = |out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "sft",
+            "--model",
+            &m,
+            "--dataset",
+            &data,
+            "--split_dataset_ratio",
+            "0",
+            "--max_steps",
+            "2",
+            "--save_steps",
+            "2",
+            "--report_to",
+            "none",
+            "--output_dir",
+            out,
+        ];
+        args.extend(extra);
+        swift(&args)
+    };
+    let first = tmp.path().join("first").display().to_string();
+    let (code, _, stderr) = run(&first, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let ck = run_dir(Path::new(&first))
+        .join("checkpoint-2")
+        .display()
+        .to_string();
+    for (extra, expected) in [
+        (
+            vec!["--lora_alpha", "64"],
+            "lora_alpha: checkpoint '32', this run '64'",
+        ),
+        (
+            vec!["--target_modules", "q_proj"],
+            "target_modules: checkpoint '",
+        ),
+        (
+            vec!["--lora_rank", "4"],
+            "lora_rank (r): checkpoint '8', this run '4'",
+        ),
+        (
+            vec!["--train_type", "full"],
+            "is a LoRA adapter (adapter_config.json); this run is --train_type full",
+        ),
+    ] {
+        let out = tmp.path().join("again").display().to_string();
+        let mut args = vec!["--resume_from_checkpoint", ck.as_str()];
+        args.extend(extra.iter().copied());
+        let (code, _, stderr) = run(&out, &args);
+        assert_eq!(code, 1, "{extra:?}: {stderr}");
+        assert!(
+            stderr.contains("--resume_from_checkpoint") && stderr.contains(expected),
+            "{extra:?}: {stderr}"
+        );
+    }
+}
+
 /// `--init_weights pissa` trains, and every checkpoint carries ms-swift's
 /// `converted/default` plain-LoRA adapter (rank 2r) beside the PiSSA one; `swift infer`
 /// loads the PiSSA checkpoint (recomputing the residual base).
