@@ -273,3 +273,41 @@ fn bad_inputs_are_named() {
     let err = attention(&q, &k, &k, &AttnMask::causal().with_segment_ids(ids)).unwrap_err();
     assert!(err.to_string().contains("contiguous runs"), "{err}");
 }
+
+/// A NaN query row or NaN keys make NaN outputs where they are seen, as PyTorch's
+/// attention does: every score of such a row is NaN, which the running max skips, and the
+/// row must not be taken for one with no visible key (zeros), or a NaN in q_proj or k_proj
+/// would train on unseen. Rows that never see the NaN stay finite.
+#[test]
+fn nan_queries_and_keys_give_nan_outputs_not_zeros() {
+    let (b, h, t, d) = (1, 2, 70, 16);
+    let q = rand(700, &[b, h, t, d], 1.0);
+    let k = rand(701, &[b, h, t, d], 1.0);
+    let v = rand(702, &[b, h, t, d], 1.0);
+    let nan_row = |x: &Tensor, head: usize, row: usize| -> Tensor {
+        let mut values = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let at = (head * t + row) * d;
+        values[at..at + d].fill(f32::NAN);
+        Tensor::from_vec(values, x.dims(), &cpu()).unwrap()
+    };
+    let rows = |y: &Tensor, head: usize| -> Vec<Vec<f32>> {
+        y.get(0)
+            .unwrap()
+            .get(head)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap()
+    };
+    let causal = AttnMask::causal();
+    // Query 40 of head 0 is NaN: its output row, and only it, is NaN.
+    let y = attention(&nan_row(&q, 0, 40), &k, &v, &causal).unwrap();
+    for (i, row) in rows(&y, 0).iter().enumerate() {
+        assert_eq!(row.iter().all(|x| x.is_nan()), i == 40, "row {i}: {row:?}");
+        assert!(i == 40 || row.iter().all(|x| x.is_finite()), "row {i}");
+    }
+    assert!(rows(&y, 1).iter().flatten().all(|x| x.is_finite()));
+    // Key 0 of head 1 is NaN: every query of head 1 sees it (causal), so all are NaN.
+    let y = attention(&q, &nan_row(&k, 1, 0), &v, &causal).unwrap();
+    assert!(rows(&y, 1).iter().flatten().all(|x| x.is_nan()));
+    assert!(rows(&y, 0).iter().flatten().all(|x| x.is_finite()));
+}

@@ -262,7 +262,9 @@ fn forward_tile<T: Elem>(
     let mut lse = vec![f32::INFINITY; rows];
     for r in 0..rows {
         let orow = &mut o[r * d..(r + 1) * d];
-        if l[r] > 0.0 {
+        // `l` is a sum of exponentials, so 0 means no visible key; NaN (a NaN query or
+        // keys, see `online_softmax_tile`) goes through the division and stays NaN.
+        if l[r] != 0.0 {
             scale_in_place(orow, 1.0 / l[r]);
             lse[r] = m[r] + l[r].ln();
         } else {

@@ -72,6 +72,12 @@ multiversion! {
         }
         let m_new = m.max(mx);
         if m_new == f32::NEG_INFINITY {
+            if s.iter().any(|x| x.is_nan()) {
+                // Every score NaN (a NaN query, or NaN keys): the max skipped them all, so
+                // the row looks empty. Pass the NaN on, as PyTorch's softmax does, so the
+                // loss shows it instead of the row silently contributing nothing.
+                return poison_row(s, m, l);
+            }
             // Nothing visible so far: contribute nothing.
             s.fill(0.0);
             return 1.0;
@@ -95,6 +101,16 @@ multiversion! {
         *m = m_new;
         corr
     }
+}
+
+/// A row whose scores are all NaN: its exponentials, running max and sum become NaN, and
+/// the NaN factor it returns turns its output row NaN too (NaN then stays in `l` whatever
+/// later tiles hold).
+fn poison_row(s: &mut [f32], m: &mut f32, l: &mut f32) -> f32 {
+    s.fill(f32::NAN);
+    *m = f32::NAN;
+    *l = f32::NAN;
+    f32::NAN
 }
 
 multiversion! {
@@ -183,7 +199,19 @@ mod x86 {
             // SAFETY (stack arrays): 16 floats each.
             let m_new = _mm512_max_ps(unsafe { _mm512_loadu_ps(maxima.as_ptr()) }, m_old);
             // A row with nothing visible so far keeps its state (factor 1) and becomes zeros.
-            let empty = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(m_new, neg_inf);
+            let mut empty = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(m_new, neg_inf);
+            // Unless its scores are all NaN, which the max skipped: NaN is passed on (see
+            // the portable row). Rare, and only looked for in rows that seem empty.
+            let mut nan_rows: __mmask16 = 0;
+            for i in (0..n).filter(|&i| empty >> i & 1 == 1) {
+                // SAFETY: row `r0 + i` of the block lies inside `s` (asserted by the caller).
+                let scores = unsafe { std::slice::from_raw_parts(row(i), bk) };
+                if scores.iter().any(|x| x.is_nan()) {
+                    nan_rows |= 1 << i;
+                }
+            }
+            empty &= !nan_rows;
+            let m_new = _mm512_mask_blend_ps(nan_rows, m_new, _mm512_set1_ps(f32::NAN));
             let corr = _mm512_mask_blend_ps(
                 empty,
                 exp_avx512(_mm512_sub_ps(m_old, m_new)),
@@ -206,6 +234,15 @@ mod x86 {
                 sums[i] = _mm512_reduce_add_ps(sum);
             }
             let l_new = _mm512_fmadd_ps(l_old, corr, unsafe { _mm512_loadu_ps(sums.as_ptr()) });
+            // exp's range clamps may not carry a NaN through: set the NaN rows' state and
+            // factor outright.
+            let nan = _mm512_set1_ps(f32::NAN);
+            let l_new = _mm512_mask_blend_ps(nan_rows, l_new, nan);
+            let corr = _mm512_mask_blend_ps(nan_rows, corr, nan);
+            for i in (0..n).filter(|&i| nan_rows >> i & 1 == 1) {
+                // SAFETY: as above.
+                unsafe { std::slice::from_raw_parts_mut(row(i), bk) }.fill(f32::NAN);
+            }
             unsafe {
                 _mm512_mask_storeu_ps(l.as_mut_ptr().add(r0), block, l_new);
                 _mm512_mask_storeu_ps(m.as_mut_ptr().add(r0), block, m_new);
@@ -345,6 +382,36 @@ mod tests {
     fn online_softmax_tile_matches_the_definition() {
         for bk in [1, 13, 16, 64, 70] {
             check_online_softmax(bk);
+        }
+    }
+
+    /// A row of NaN scores (a NaN query) is not mistaken for a row with nothing visible:
+    /// its state, exponentials and output row become NaN, on every kernel path, and a later
+    /// tile of ordinary scores does not wash it out. Other rows are untouched.
+    #[test]
+    fn a_row_of_nan_scores_passes_nan_on() {
+        for bk in [5, 16, 70] {
+            let (rows, d) = (3, 8);
+            let mut s = vec![0.5f32; rows * bk];
+            s[bk..2 * bk].fill(f32::NAN);
+            let mut m = vec![f32::NEG_INFINITY; rows];
+            let mut l = vec![0.0f32; rows];
+            let mut o = vec![1.0f32; rows * d];
+            online_softmax_tile(&mut s, bk, &mut m, &mut l, &mut o, d);
+            assert!(m[1].is_nan() && l[1].is_nan(), "bk {bk}: m {m:?} l {l:?}");
+            assert!(s[bk..2 * bk].iter().all(|x| x.is_nan()), "bk {bk}");
+            assert!(o[d..2 * d].iter().all(|x| x.is_nan()), "bk {bk}: {o:?}");
+            for r in [0, 2] {
+                assert_eq!(m[r], 0.5, "bk {bk} row {r}");
+                assert!(l[r].is_finite() && o[r * d].is_finite(), "bk {bk} row {r}");
+            }
+            let mut next = vec![0.25f32; rows * bk];
+            online_softmax_tile(&mut next, bk, &mut m, &mut l, &mut o, d);
+            assert!(
+                l[1].is_nan() && o[d..2 * d].iter().all(|x| x.is_nan()),
+                "bk {bk}"
+            );
+            assert!(l[0].is_finite() && l[2].is_finite(), "bk {bk}");
         }
     }
 
