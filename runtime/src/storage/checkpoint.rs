@@ -198,10 +198,53 @@ pub async fn build_manifest(dir: &Path) -> Result<Manifest> {
 /// A local checkpoint being written. Write files into [`dir`](Self::dir), then
 /// [`commit`](Self::commit); until then `checkpoint-STEP` does not exist (or still holds
 /// the previous complete version), so a crash never leaves a half checkpoint behind.
+/// Dropped without a commit (a save that failed, e.g. on a full disk), the temporary folder
+/// is removed, so it does not keep the space the next save or a resume needs.
 #[derive(Debug)]
 pub struct LocalCheckpoint {
     tmp: PathBuf,
     target: PathBuf,
+}
+
+impl Drop for LocalCheckpoint {
+    fn drop(&mut self) {
+        // After a commit the folder has been renamed away and this finds nothing.
+        if self.tmp.exists() {
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
+/// Whether a folder name is one of [`LocalCheckpoint`]'s temporary folders
+/// (`.checkpoint-STEP.tmp-PID`, or the `.old` one a re-save moves aside).
+fn is_checkpoint_temporary(name: &str) -> bool {
+    name.strip_prefix(".checkpoint-").is_some_and(|rest| {
+        rest.split_once('.').is_some_and(|(step, kind)| {
+            step.parse::<u64>().is_ok() && (kind.starts_with("tmp-") || kind == "old")
+        })
+    })
+}
+
+/// Removes the temporary folders a killed save left in `run_dir` (a process killed with
+/// SIGKILL gets no chance to). Only for a run folder no process writes to any more: the
+/// one a resumed checkpoint sits in. Returns how many were removed.
+pub fn remove_stale_temporaries(run_dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(run_dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if is_checkpoint_temporary(&name) && entry.path().is_dir() {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(folder = %entry.path().display(), error = %e, "could not remove a killed save's temporary folder")
+                }
+            }
+        }
+    }
+    removed
 }
 
 impl LocalCheckpoint {
@@ -253,7 +296,7 @@ impl LocalCheckpoint {
         if let Some(parent) = self.target.parent() {
             sync_dir(parent).await?;
         }
-        Ok(self.target)
+        Ok(self.target.clone())
     }
 }
 
@@ -679,6 +722,36 @@ mod tests {
         assert_eq!(checkpoint_step("checkpoint-500"), Some(500));
         assert_eq!(checkpoint_step("checkpoint-x"), None);
         assert_eq!(checkpoint_step(".checkpoint-5.tmp-1"), None);
+    }
+
+    #[tokio::test]
+    async fn an_uncommitted_save_leaves_nothing_and_killed_saves_are_swept() {
+        let run = tempfile::tempdir().unwrap();
+        let ck = LocalCheckpoint::begin(run.path(), 3).await.unwrap();
+        std::fs::write(ck.dir().join("optimizer.safetensors"), b"half").unwrap();
+        let tmp = ck.dir().to_path_buf();
+        drop(ck); // the save failed (a full disk): its folder goes with it
+        assert!(!tmp.exists());
+        assert_eq!(std::fs::read_dir(run.path()).unwrap().count(), 0);
+
+        // What SIGKILL leaves: temporaries of other processes, beside real checkpoints and
+        // the user's own dot folders, which stay.
+        for dir in [
+            ".checkpoint-4.tmp-1463",
+            ".checkpoint-4.old",
+            "checkpoint-2",
+            ".checkpoint-notes",
+            ".cache",
+        ] {
+            std::fs::create_dir_all(run.path().join(dir).join("inner")).unwrap();
+        }
+        assert_eq!(remove_stale_temporaries(run.path()), 2);
+        let mut left: Vec<_> = std::fs::read_dir(run.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".cache", ".checkpoint-notes", "checkpoint-2"]);
     }
 
     #[tokio::test]

@@ -59,7 +59,7 @@ fn train(user_args: &Args, reporter: &Arc<ProgressReporter>) -> anyhow::Result<T
     let dist = DataParallel::from_args(args)?;
     // Before anything is loaded or written: a wrong path fails in seconds and leaves no
     // empty run folder behind.
-    let resume = resume_point(args, &io)?;
+    let resume = resume_point(args, &io, &dist)?;
     let model_dir = Path::new(model_path);
     // f32 unless --torch_dtype says otherwise: ms-swift's choice on CPU.
     let dtype = dtype_arg(args.str("torch_dtype"))?.unwrap_or(DType::F32);
@@ -197,7 +197,11 @@ fn scratch_run(rank: usize) -> anyhow::Result<RunOutput> {
 /// or in a bucket (the newest complete checkpoint wins; remote ones count only with a
 /// valid manifest and are downloaded into the cache). Nothing there: start fresh when it is
 /// the run's own `--output_dir` (a job's first start), else an error (a wrong path).
-fn resume_point(args: &Args, io: &tokio::runtime::Runtime) -> anyhow::Result<Option<PathBuf>> {
+fn resume_point(
+    args: &Args,
+    io: &tokio::runtime::Runtime,
+    dist: &DataParallel,
+) -> anyhow::Result<Option<PathBuf>> {
     let Some(arg) = args.str("resume_from_checkpoint") else {
         return Ok(None);
     };
@@ -221,6 +225,16 @@ fn resume_point(args: &Args, io: &tokio::runtime::Runtime) -> anyhow::Result<Opt
     let dir = io
         .block_on(fetch_resume_point(&point, &Cache::from_env()))
         .with_context(context)?;
+    // The run being continued is over: what its killed saves left is only in the way
+    // (a full fine-tune's half-written folder holds the model's size on disk).
+    if let (crate::storage::location::Location::Local(ck), true) = (&point.location, dist.is_main())
+        && let Some(run_dir) = ck.parent()
+    {
+        let removed = crate::storage::checkpoint::remove_stale_temporaries(run_dir);
+        if removed > 0 {
+            tracing::info!(run = %run_dir.display(), removed, "removed the temporary folders of saves that were killed");
+        }
+    }
     tracing::info!(checkpoint = %point.location, step = ?point.step, "resuming");
     Ok(Some(dir))
 }

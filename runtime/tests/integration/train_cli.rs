@@ -429,6 +429,12 @@ fn a_run_killed_with_sigkill_resumes_to_bit_identical_adapter_weights() {
         "the run finished before the kill"
     );
 
+    // What a kill in the middle of a save leaves (invisible to the resume, but holding
+    // disk): the resume removes it from the run it continues.
+    let half_saved = seen.join(".checkpoint-999.tmp-1");
+    std::fs::create_dir_all(&half_saved).unwrap();
+    std::fs::write(half_saved.join("optimizer.safetensors"), b"half").unwrap();
+
     // Resume into a new run folder from the killed run's newest complete checkpoint.
     let resumed_out = dir.path().join("resumed").display().to_string();
     let mut args = resume_args(&m, &data, &resumed_out);
@@ -436,6 +442,7 @@ fn a_run_killed_with_sigkill_resumes_to_bit_identical_adapter_weights() {
     args.extend(["--resume_from_checkpoint", &seen_str]);
     let (code, _, stderr) = swift(&args);
     assert_eq!(code, 0, "{stderr}");
+    assert!(!half_saved.exists(), "{stderr}");
     let got = adapter_bits(&run_dir(Path::new(&resumed_out)).join("checkpoint-40"));
     assert_eq!(got.len(), expected.len());
     for ((k, a), (_, b)) in got.iter().zip(&expected) {
