@@ -84,7 +84,13 @@ pub fn encode_one(
     let encoded = template
         .encode(&row.sample.messages, opts.loss_scale)
         .map_err(|e| RowError::Template(e.to_string()))?;
-    truncate(encoded, opts.max_length, opts.truncation)
+    let length = encoded.input_ids.len();
+    let encoded = truncate(encoded, opts.max_length, opts.truncation)?;
+    if encoded.labels.iter().all(|&l| l == IGNORE_INDEX) {
+        let truncated_to = opts.max_length.filter(|&m| length > m);
+        return Err(RowError::NoLoss { truncated_to });
+    }
+    Ok(encoded)
 }
 
 /// Rows that were dropped, and the first few reasons (ms-swift logs ten tracebacks).

@@ -45,6 +45,23 @@ pub enum RowError {
     Template(String),
     #[error("{length} tokens is over --max_length {max_length} (--truncation_strategy delete)")]
     TooLong { length: usize, max_length: usize },
+    /// Every label is -100: the sample would train nothing (and a batch of such samples
+    /// would log a loss of 0 and 0 tokens/s).
+    #[error("{}", no_loss_reason(*.truncated_to))]
+    NoLoss {
+        /// `--max_length` when truncation cut the sample, which may have cut the reply off.
+        truncated_to: Option<usize>,
+    },
+}
+
+fn no_loss_reason(truncated_to: Option<usize>) -> String {
+    match truncated_to {
+        Some(max) => format!(
+            "no token carries a loss after truncation to --max_length {max} (the reply was \
+             cut off; raise --max_length or use --truncation_strategy delete)"
+        ),
+        None => "no token carries a loss (no assistant reply to train on)".into(),
+    }
 }
 
 /// A dataset error that stops loading.

@@ -603,3 +603,60 @@ fn options_come_from_swift_arguments() {
     );
     assert!(o.split_dataset_ratio > 0.0);
 }
+
+/// A sample in which no token carries a loss (no assistant reply, or a reply that
+/// truncation cut off) would train nothing: it is dropped and counted, or under `--strict`
+/// stops loading at its file and line, saying which of the two it was.
+#[test]
+fn samples_without_a_trained_token_are_dropped_or_refused_by_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let no_reply = json!({"messages": [
+        {"role": "user", "content": "one"},
+        {"role": "user", "content": "two"},
+    ]});
+    let file = write(dir.path(), "d.jsonl", &jsonl(&[qa(1), no_reply, qa(2)]));
+    let template = qwen();
+    let prepared = data::prepare(&opts(&[path_str(&file)]), template.clone()).unwrap();
+    assert_eq!(prepared.train.len(), 2);
+    assert_eq!(prepared.drops.count, 1);
+    let (origin, error) = &prepared.drops.examples[0];
+    assert_eq!(origin.position, Position::Line(2));
+    assert!(
+        matches!(error, RowError::NoLoss { truncated_to: None }),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("no token carries a loss"),
+        "{error}"
+    );
+    let strict = DataOptions {
+        strict: true,
+        ..opts(&[path_str(&file)])
+    };
+    let Err(err) = data::prepare(&strict, template.clone()) else {
+        panic!("--strict loaded a sample without a trained token");
+    };
+    let err = err.to_string();
+    assert!(
+        err.contains("d.jsonl:2") && err.contains("no assistant reply"),
+        "{err}"
+    );
+
+    // Right truncation that ends before the reply begins.
+    let long = write(dir.path(), "long.jsonl", &jsonl(&[qa(1), long_row()]));
+    let loaded = data::load(&opts(&[path_str(&long)])).unwrap();
+    let short = template
+        .encode(&loaded.train[0].sample.messages, LossScale::Default)
+        .unwrap()
+        .len();
+    let mut o = opts(&[path_str(&long)]);
+    o.encode.max_length = Some(short + 5);
+    o.encode.truncation = Truncation::Right;
+    let prepared = data::prepare(&o, template).unwrap();
+    assert_eq!(prepared.train.len(), 1);
+    let error = prepared.drops.examples[0].1.to_string();
+    assert!(
+        error.contains(&format!("truncation to --max_length {}", short + 5)),
+        "{error}"
+    );
+}
