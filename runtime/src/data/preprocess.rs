@@ -111,6 +111,43 @@ fn fail(msg: impl Into<String>) -> RowError {
     RowError::Format(msg.into())
 }
 
+/// Row fields of ms-swift's formats that change what a model is trained on and that this
+/// build does not implement, with what they are for. Refused rather than dropped: a row
+/// trained without its `tools` (which ms-swift renders into the system prompt) or its
+/// images would silently train on a different prompt.
+const UNBUILT_ROW_FIELDS: [(&str, &str); 6] = [
+    (
+        "tools",
+        "agent tool definitions, rendered into the system prompt by ms-swift",
+    ),
+    ("images", "multimodal input"),
+    ("videos", "multimodal input"),
+    ("audios", "multimodal input"),
+    ("objects", "grounding boxes for multimodal input"),
+    ("tool_calls", "agent tool calls"),
+];
+
+/// Whether a field is there with a value (ms-swift's text datasets often carry
+/// `"images": []` or `"tools": null`, which mean nothing).
+fn has_value(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+        Value::String(s) => !s.trim().is_empty() && s.trim() != "[]",
+        _ => true,
+    }
+}
+
+fn refuse_unbuilt_fields(row: &Map<String, Value>) -> Result<(), RowError> {
+    for (field, what) in UNBUILT_ROW_FIELDS {
+        if row.get(field).is_some_and(has_value) {
+            return Err(fail(format!("'{field}' ({what}) is not supported yet")));
+        }
+    }
+    Ok(())
+}
+
 impl Preprocess {
     /// One row to a sample; `rng` picks among several responses (ms-swift picks randomly).
     pub fn sample(
@@ -119,6 +156,7 @@ impl Preprocess {
         rng: &mut impl Rng,
     ) -> Result<Sample, RowError> {
         safe_rename(&mut row, &self.columns).map_err(RowError::Format)?;
+        refuse_unbuilt_fields(&row)?;
         let tag_zh = row.get("tag").and_then(Value::as_str).map(|t| t == "zh");
         let mut sample = if MESSAGE_KEYS.iter().any(|k| row.contains_key(*k)) {
             messages_row(row)?
@@ -383,6 +421,11 @@ fn role_messages(
                 )));
             }
         };
+        if m.get("tool_calls").is_some_and(has_value) {
+            return Err(fail(format!(
+                "messages[{i}].tool_calls (agent tool calls) is not supported yet"
+            )));
+        }
         let loss = match m.remove("loss") {
             None | Some(Value::Null) => None,
             Some(Value::Bool(b)) => Some(b),
@@ -470,6 +513,41 @@ mod tests {
                 (Role::Assistant, "r2")
             ]
         );
+    }
+
+    /// Fields that would change the prompt (tools into the system prompt, images) are
+    /// refused by name instead of dropped; empty ones, as text datasets carry them, pass.
+    #[test]
+    fn tools_images_and_tool_calls_are_refused_unless_empty() {
+        let chat =
+            json!([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]);
+        for (row, field) in [
+            (
+                json!({"messages": chat, "tools": "[{\"name\": \"f\"}]"}),
+                "'tools'",
+            ),
+            (
+                json!({"query": "q", "response": "r", "images": ["a.jpg"]}),
+                "'images'",
+            ),
+            (json!({"messages": chat, "videos": ["a.mp4"]}), "'videos'"),
+            (
+                json!({"messages": [{"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": "", "tool_calls": [{"id": "1"}]}]}),
+                "messages[1].tool_calls",
+            ),
+        ] {
+            let e = run(&Preprocess::default(), row).unwrap_err().to_string();
+            assert!(e.contains(field) && e.contains("not supported yet"), "{e}");
+        }
+        for row in [
+            json!({"messages": chat, "tools": null, "images": []}),
+            json!({"messages": chat, "tools": "[]", "objects": {}}),
+            json!({"messages": [{"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "yo", "tool_calls": null}]}),
+        ] {
+            run(&Preprocess::default(), row).unwrap();
+        }
     }
 
     #[test]
