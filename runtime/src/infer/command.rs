@@ -199,17 +199,23 @@ impl<'a> Session<'a> {
                 }
             };
             let mut write_err = None;
+            let mut streamed = false;
             let output = engine
                 .generate(vec![request], |event| {
-                    if let Event::Delta { text, .. } = event
-                        && let Err(e) = write!(out, "{text}").and_then(|_| out.flush())
-                    {
-                        write_err = Some(e);
+                    if let Event::Delta { text, .. } = event {
+                        streamed = true;
+                        if let Err(e) = write!(out, "{text}").and_then(|_| out.flush()) {
+                            write_err = Some(e);
+                        }
                     }
                 })?
                 .remove(0);
             if let Some(e) = write_err {
                 return Err(e.into());
+            }
+            // Beam search streams nothing (the best beam is known only at the end).
+            if !streamed {
+                write!(out, "{}", output.text)?;
             }
             writeln!(out)?;
             history.push(message(Role::Assistant, &output.text));
@@ -295,14 +301,20 @@ impl<'a> Session<'a> {
                     println!("[LABELS] {l}");
                 }
                 print!("[RESPONSE] ");
+                let mut streamed = false;
                 let out = engine
                     .generate(vec![request], |e| {
                         if let Event::Delta { text, .. } = e {
+                            streamed = true;
                             print!("{text}");
                             let _ = std::io::stdout().flush();
                         }
                     })?
                     .remove(0);
+                // Beam search streams nothing (the best beam is known only at the end).
+                if !streamed {
+                    print!("{}", out.text);
+                }
                 println!();
                 outputs.push(out);
             }

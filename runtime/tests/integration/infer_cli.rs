@@ -121,6 +121,62 @@ fn interactive_chat_reads_stdin_until_quit() {
     assert_eq!(stdout.matches("<<< ").count(), 2, "{stdout}");
 }
 
+/// Beam search streams no tokens (the best beam is known only at the end): the chat still
+/// prints the answer, the same one a non-interactive run writes to its result file.
+#[test]
+fn interactive_beam_search_prints_its_answer() {
+    use std::io::Write;
+    let model = fixture("tiny-Llama-3.2");
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("r.jsonl").display().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_swift"))
+        .args([
+            "infer",
+            "--model",
+            &model,
+            "--max_new_tokens",
+            "4",
+            "--num_beams",
+            "2",
+            "--result_path",
+            &results,
+        ])
+        .env("SWIFT_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello\nexit\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&results)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let answer = record["response"].as_str().unwrap();
+    assert!(!answer.is_empty(), "{record}");
+    let printed = stdout.split("<<< ").nth(1).unwrap_or_default();
+    assert!(
+        printed.contains(answer),
+        "printed {printed:?}, answer {answer:?}"
+    );
+}
+
 #[test]
 fn bad_inputs_fail_with_one_clear_line() {
     let (code, _, stderr) = swift(&["infer", "--model", "/no/such/model"]);
