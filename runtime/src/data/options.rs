@@ -89,6 +89,15 @@ impl DataOptions {
                 reason: "must be between 0 and 1".into(),
             });
         }
+        if streaming && val_dataset.is_empty() && split_dataset_ratio > 0.0 {
+            // A stream is read once, front to back, with no size known ahead: nothing to
+            // hold a fraction of out. Said, since it means no evaluation at all.
+            tracing::warn!(
+                split_dataset_ratio,
+                "--streaming true holds nothing out for --split_dataset_ratio: no validation \
+                 set (give --val_dataset to evaluate)"
+            );
+        }
         if !val_dataset.is_empty() || streaming {
             split_dataset_ratio = 0.0;
         }
