@@ -12,7 +12,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde_json::Value;
 
-use super::engine::{Engine, EngineOptions, Event, GenerationParams, Request};
+use super::engine::{Engine, EngineOptions, Event, GenerationParams, Output, Request};
 use super::error::InferError;
 use super::{metric, result};
 use crate::data::{DataOptions, RowOrigin, sampling};
@@ -235,6 +235,15 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    /// `--result_path`, or ms-swift's default under the model's result folder.
+    fn result_target(&self) -> anyhow::Result<ResultTarget> {
+        let model = Path::new(self.args.str("model").unwrap_or("model"));
+        match self.args.str("result_path") {
+            Some(p) => ResultTarget::new(p),
+            None => Ok(ResultTarget::local(result::default_path(None, model))),
+        }
+    }
+
     /// The validation conversations: `--val_dataset`, or the split of `--dataset`, then
     /// `--val_dataset_sample` rows of them.
     /// Each with the file and line it came from, for errors.
@@ -288,6 +297,24 @@ impl<'a> Session<'a> {
             .zip(&mine)
             .map(|(m, &i)| self.request(m).with_context(|| origins[i].to_string()))
             .collect::<anyhow::Result<_>>()?;
+        // The results file is opened before any generation, so a bad --result_path fails
+        // in a second rather than after the whole dataset; one process appends each row as
+        // soon as it and every row before it are done (ms-swift writes batch by batch), so
+        // an interrupted run keeps what it answered. Several workers join at the end.
+        let results = dist.is_main().then(|| self.result_target()).transpose()?;
+        let mut writer = match (&results, dist.world_size()) {
+            (Some(target), 1) => Some(OrderedWriter::open(&target.local)?),
+            (Some(target), _) => {
+                result::append(&target.local, &[])
+                    .with_context(|| format!("--result_path {}", target.shown()))?;
+                None
+            }
+            (None, _) => None,
+        };
+        let tokenizer = &self.pretrained.tokenizer;
+        let record = |i: usize, out: &Output| {
+            result::dataset_record(&rows[i], out, labels[i].as_deref(), tokenizer)
+        };
         let mut engine = self.engine();
         let outputs = if self.args.bool("stream") {
             // One row at a time, printed as it streams, as ms-swift does with --stream.
@@ -316,31 +343,41 @@ impl<'a> Session<'a> {
                     print!("{}", out.text);
                 }
                 println!();
+                if let Some(w) = &mut writer {
+                    w.finished(i, record(i, &out))?;
+                }
                 outputs.push(out);
             }
             outputs
         } else {
             let bar = indicatif::ProgressBar::new(requests.len() as u64);
-            let outs = engine.generate(requests, |e| {
-                if matches!(e, Event::Finished(_)) {
+            let mut write_err = None;
+            let outs = engine.generate_indexed(requests, |e, index| {
+                if let (Event::Finished(out), Some(i)) = (e, index) {
                     bar.inc(1);
+                    if let Some(w) = &mut writer
+                        && write_err.is_none()
+                        && let Err(e) = w.finished(i, record(i, out))
+                    {
+                        write_err = Some(e);
+                    }
                 }
             })?;
             bar.finish_and_clear();
+            if let Some(e) = write_err {
+                return Err(e);
+            }
             outs
         };
-        let records: Vec<_> = rows
+        let records: Vec<_> = outputs
             .iter()
-            .zip(&outputs)
-            .zip(&labels)
-            .map(|((messages, out), label)| {
-                result::dataset_record(messages, out, label.as_deref(), &self.pretrained.tokenizer)
-            })
+            .enumerate()
+            .map(|(i, out)| record(i, out))
             .collect();
         let share: String = records.iter().map(|r| format!("{r}\n")).collect();
         let gathered = dist.gather("infer-results", share)?;
         dist.finish();
-        let Some(shares) = gathered else {
+        let (Some(shares), Some(results)) = (gathered, results) else {
             return Ok(()); // not rank 0: rank 0 writes the merged results
         };
         let records: Vec<Value> = shares
@@ -349,13 +386,10 @@ impl<'a> Session<'a> {
             .map(serde_json::from_str)
             .collect::<Result<_, _>>()
             .context("merging the workers' results")?;
-        let model = Path::new(self.args.str("model").unwrap_or("model"));
-        let results = match self.args.str("result_path") {
-            Some(p) => ResultTarget::new(p)?,
-            None => ResultTarget::local(result::default_path(None, model)),
-        };
-        result::append(&results.local, &records)
-            .with_context(|| "writing the inference results")?;
+        if writer.is_none() {
+            result::append(&results.local, &records)
+                .with_context(|| "writing the inference results")?;
+        }
         results.publish()?;
         println!(
             "The inference results have been saved to result_path: `{}`.",
@@ -375,6 +409,54 @@ impl<'a> Session<'a> {
             println!("{scores}");
         }
         Ok(())
+    }
+}
+
+/// Appends dataset results in the rows' order as they finish (in any order): a finished
+/// row waits until every row before it is written.
+struct OrderedWriter {
+    path: PathBuf,
+    next: usize,
+    waiting: std::collections::BTreeMap<usize, Value>,
+    /// The file did not exist before: a run that ends before its first row (a prompt
+    /// refused, an interrupt) removes it again rather than leave an empty file behind.
+    created: bool,
+}
+
+impl OrderedWriter {
+    /// Creates (or opens for appending) the file, so a path that cannot be written fails
+    /// before any generation.
+    fn open(path: &Path) -> anyhow::Result<OrderedWriter> {
+        let created = !path.exists();
+        result::append(path, &[]).with_context(|| "opening the inference results file")?;
+        Ok(OrderedWriter {
+            path: path.to_path_buf(),
+            next: 0,
+            waiting: Default::default(),
+            created,
+        })
+    }
+
+    /// Row `index` is done: writes it and every waiting row that now follows in order.
+    fn finished(&mut self, index: usize, record: Value) -> anyhow::Result<()> {
+        self.waiting.insert(index, record);
+        let mut ready = Vec::new();
+        while let Some(r) = self.waiting.remove(&self.next) {
+            ready.push(r);
+            self.next += 1;
+        }
+        if !ready.is_empty() {
+            result::append(&self.path, &ready).with_context(|| "writing the inference results")?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for OrderedWriter {
+    fn drop(&mut self) {
+        if self.created && self.next == 0 {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -456,6 +538,38 @@ mod tests {
             kubeswift_args::cli::Cli::Run { resolved, .. } => resolved.args,
             kubeswift_args::cli::Cli::Exit { text, .. } => panic!("{text}"),
         }
+    }
+
+    /// Rows finishing out of order reach the file in the rows' order, each as soon as
+    /// every row before it is written; a path that cannot be a file fails at open.
+    #[test]
+    fn results_are_appended_in_row_order_as_they_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out/r.jsonl");
+        let mut w = OrderedWriter::open(&path).unwrap();
+        let lines = || -> Vec<Value> {
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        };
+        assert!(lines().is_empty());
+        drop(OrderedWriter::open(&dir.path().join("unused.jsonl")).unwrap());
+        assert!(
+            !dir.path().join("unused.jsonl").exists(),
+            "nothing written, nothing left"
+        );
+        w.finished(2, serde_json::json!({"row": 2})).unwrap();
+        w.finished(1, serde_json::json!({"row": 1})).unwrap();
+        assert!(lines().is_empty(), "row 0 is not done yet");
+        w.finished(0, serde_json::json!({"row": 0})).unwrap();
+        assert_eq!(lines().len(), 3);
+        w.finished(3, serde_json::json!({"row": 3})).unwrap();
+        let rows: Vec<i64> = lines().iter().map(|v| v["row"].as_i64().unwrap()).collect();
+        assert_eq!(rows, [0, 1, 2, 3]);
+        let e = OrderedWriter::open(dir.path()).err().unwrap();
+        assert!(format!("{e:#}").contains("results file"), "{e:#}");
     }
 
     #[test]

@@ -481,6 +481,17 @@ impl<'m> Engine<'m> {
         requests: Vec<Request>,
         mut on_event: impl FnMut(&Event),
     ) -> Result<Vec<Output>> {
+        self.generate_indexed(requests, |event, _| on_event(event))
+    }
+
+    /// [`Self::generate`] whose callback also gets, for a finished request, its index in
+    /// `requests` (requests finish in any order; a caller writing results as they come
+    /// uses it to keep the input's order).
+    pub fn generate_indexed(
+        &mut self,
+        requests: Vec<Request>,
+        mut on_event: impl FnMut(&Event, Option<usize>),
+    ) -> Result<Vec<Output>> {
         let ids: Vec<RequestId> = requests
             .into_iter()
             .map(|r| self.add_request(r))
@@ -488,10 +499,12 @@ impl<'m> Engine<'m> {
         let mut outputs: Vec<Option<Output>> = vec![None; ids.len()];
         while !self.is_idle() {
             for event in self.step()? {
-                on_event(&event);
-                if let Event::Finished(out) = event
-                    && let Some(i) = ids.iter().position(|&id| id == out.id)
-                {
+                let index = match &event {
+                    Event::Finished(out) => ids.iter().position(|&id| id == out.id),
+                    Event::Delta { .. } => None,
+                };
+                on_event(&event, index);
+                if let (Event::Finished(out), Some(i)) = (event, index) {
                     outputs[i] = Some(out);
                 }
             }
