@@ -642,6 +642,44 @@ pub fn is_complete_local(dir: &Path) -> bool {
     }
 }
 
+/// Checks a local checkpoint's files against its manifest's SHA-256s (a checkpoint
+/// written by ms-swift has no manifest and passes). Sizes alone miss a file changed in
+/// place after the save (a bad disk, a stray write); resuming from it would train on
+/// corrupt weights or optimizer state. Reads every file once.
+pub fn verify_local_contents(dir: &Path) -> std::result::Result<(), String> {
+    use std::io::Read;
+    let Ok(bytes) = std::fs::read(dir.join(MANIFEST_NAME)) else {
+        return Ok(());
+    };
+    let uri = dir.join(MANIFEST_NAME).display().to_string();
+    let manifest = Manifest::parse(&bytes, &uri).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 1 << 20];
+    for entry in &manifest.files {
+        let path = dir.join(&entry.path);
+        let mut file =
+            std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut hasher = Sha256::new();
+        loop {
+            let n = file
+                .read(&mut buf)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        let digest = hex::encode(hasher.finalize());
+        if digest != entry.sha256 {
+            return Err(format!(
+                "{}: sha256 {digest} differs from the manifest's {} (changed after the save)",
+                path.display(),
+                entry.sha256
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -789,6 +827,22 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(leftovers, vec![std::ffi::OsString::from("checkpoint-5")]);
+
+        // A byte changed in place keeps the size: complete by the listing, but its
+        // contents no longer match the manifest.
+        verify_local_contents(&target).unwrap();
+        let weights = target.join("adapter_model.safetensors");
+        let mut bytes = std::fs::read(&weights).unwrap();
+        bytes[0] ^= 1;
+        std::fs::write(&weights, &bytes).unwrap();
+        assert!(is_complete_local(&target));
+        let e = verify_local_contents(&target).unwrap_err();
+        assert!(
+            e.contains("adapter_model.safetensors") && e.contains("sha256"),
+            "{e}"
+        );
+        bytes[0] ^= 1;
+        std::fs::write(&weights, &bytes).unwrap();
 
         // A truncated file makes it incomplete.
         std::fs::write(target.join("adapter_model.safetensors"), b"w").unwrap();

@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 
-use crate::storage::checkpoint::{MANIFEST_NAME, Manifest, checkpoint_step, is_complete_local};
+use crate::storage::checkpoint::{
+    MANIFEST_NAME, Manifest, checkpoint_step, is_complete_local, verify_local_contents,
+};
 use crate::storage::client::Remote;
 use crate::storage::error::{Result, StorageError};
 use crate::storage::location::{Location, RemoteLocation};
@@ -187,6 +189,10 @@ pub fn resolve_local(root: &Path) -> Result<Option<ResumePoint>> {
             root.join(&candidate.dir)
         };
         if is_complete_local(&dir) {
+            if let Err(reason) = verify_local_contents(&dir) {
+                tracing::warn!(checkpoint = %dir.display(), %reason, "skipping a checkpoint whose files do not match its manifest");
+                continue;
+            }
             let step = candidate.step.or_else(|| dir_step(&dir));
             return Ok(Some(ResumePoint {
                 location: Location::Local(dir),
@@ -468,6 +474,26 @@ mod tests {
             e.starts_with("'nope' does not exist;") && e.contains("--output_dir ('output')"),
             "{e}"
         );
+    }
+
+    /// The newest checkpoint with a file changed in place after its save (same size) is
+    /// passed over for the one before it, as an unfinished one is.
+    #[tokio::test]
+    async fn a_checkpoint_whose_contents_changed_is_passed_over() {
+        use crate::storage::checkpoint::LocalCheckpoint;
+        let run = tempfile::tempdir().unwrap();
+        for step in [2, 4] {
+            let ck = LocalCheckpoint::begin(run.path(), step).await.unwrap();
+            std::fs::write(ck.dir().join("optimizer.safetensors"), b"state").unwrap();
+            ck.commit().await.unwrap();
+        }
+        assert_eq!(resolve_local(run.path()).unwrap().unwrap().step, Some(4));
+        std::fs::write(
+            run.path().join("checkpoint-4/optimizer.safetensors"),
+            b"stale",
+        )
+        .unwrap();
+        assert_eq!(resolve_local(run.path()).unwrap().unwrap().step, Some(2));
     }
 
     #[tokio::test]
