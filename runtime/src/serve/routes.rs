@@ -70,6 +70,30 @@ pub async fn require_api_key(
     next.run(request).await
 }
 
+/// Answers 413 at once when a request's `Content-Length` says its body is over the limit,
+/// instead of waiting for a body the server would refuse anyway (or that never comes).
+pub async fn refuse_declared_oversize(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if declared_length(request.headers()).is_some_and(|n| n > state.config.max_body_bytes as u64) {
+        return ApiError::too_large(state.config.max_body_bytes).into_response();
+    }
+    next.run(request).await
+}
+
+/// The `Content-Length` a request declares, when it declares a valid one.
+pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// The API-key decision, apart from HTTP plumbing.
 pub fn check_key(headers: &HeaderMap, key: &str) -> Result<(), ApiError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {

@@ -73,6 +73,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(middleware::from_fn_with_state(
             state.clone(),
+            routes::refuse_declared_oversize,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
             routes::count_requests,
         ))
         .layer(DefaultBodyLimit::max(body_limit))

@@ -164,3 +164,33 @@ async fn max_model_len_is_the_context_requests_are_checked_against() {
     assert_eq!(status, 200, "{r}");
     s.shutdown().await;
 }
+
+/// A `Content-Length` over the limit is answered 413 at once, before any body arrives (a
+/// client that declares 100 GB and sends one byte is not waited on).
+#[tokio::test]
+async fn a_declared_oversize_body_is_refused_before_it_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = start(|_| {}).await;
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "POST {COMPLETIONS} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+                 Content-Length: 99999999999\r\n\r\n{{"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut head = vec![0u8; 512];
+    // The bound is a guard against a hang, not a timing claim.
+    let n = tokio::time::timeout(std::time::Duration::from_secs(60), stream.read(&mut head))
+        .await
+        .expect("no answer while the declared body never came")
+        .unwrap();
+    let head = String::from_utf8_lossy(&head[..n]);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(head.contains("request_too_large"), "{head}");
+    s.shutdown().await;
+}
