@@ -529,6 +529,21 @@ impl LoraAdapters {
     /// weights become variables that keep training; otherwise they are plain tensors.
     pub fn load(model: &mut CausalLm, dir: &Path, trainable: bool) -> Result<Self> {
         let config_path = dir.join(ADAPTER_CONFIG);
+        if !config_path.exists()
+            && let Some(newest) = newest_checkpoint_in(dir)
+        {
+            // A training run's folder (or its output root) rather than one of its
+            // checkpoints: say which one was probably meant.
+            return Err(LoraError::File {
+                file: config_path.display().to_string(),
+                message: format!(
+                    "not found: {} is a run folder, not an adapter; name one of its \
+                     checkpoints (the newest is {})",
+                    dir.display(),
+                    newest.display()
+                ),
+            });
+        }
         let peft = PeftLoraConfig::load(&config_path)?;
         let weights_path = dir.join(ADAPTER_WEIGHTS);
         let file_err = |message: String| LoraError::File {
@@ -847,4 +862,44 @@ fn make_modules_to_save(model: &mut CausalLm, names: &[String]) -> Result<Vec<(S
         });
     }
     Ok(made)
+}
+
+/// The highest-numbered `checkpoint-N` folder in `dir` or in its `vN-*` run folders.
+fn newest_checkpoint_in(dir: &Path) -> Option<std::path::PathBuf> {
+    let step = |p: &Path| {
+        p.file_name()?
+            .to_str()?
+            .strip_prefix("checkpoint-")?
+            .parse::<u64>()
+            .ok()
+    };
+    let children = |d: &Path| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(d)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut found: Vec<std::path::PathBuf> = children(dir);
+    let runs: Vec<_> = found
+        .iter()
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('v') && n.contains('-'))
+        })
+        .cloned()
+        .collect();
+    for run in runs {
+        found.extend(children(&run));
+    }
+    found
+        .into_iter()
+        .filter_map(|p| step(&p).map(|s| (s, p)))
+        .max_by_key(|(s, p)| (*s, p.clone()))
+        .map(|(_, p)| p)
 }

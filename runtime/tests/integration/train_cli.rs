@@ -214,6 +214,15 @@ fn sft_lora_writes_ms_swift_layout_and_infer_answers_with_the_adapter() {
         b"who are you?\n",
     );
     assert!(!answer.trim().is_empty());
+
+    // The run folder instead of one of its checkpoints: refused, naming the newest.
+    let run = ck.parent().unwrap().display().to_string();
+    let (code, _, stderr) = swift(&["infer", "--adapters", &run, "--max_new_tokens", "2"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("is a run folder") && stderr.contains(&ck.display().to_string()),
+        "{stderr}"
+    );
 }
 
 #[test]
