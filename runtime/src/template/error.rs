@@ -23,7 +23,10 @@ pub enum TemplateError {
         why: &'static str,
     },
 
-    #[error("tokenizer_config.json: '{field}' is missing or not a token")]
+    #[error(
+        "tokenizer_config.json: '{field}' is missing or not a token (the model folder needs \
+         tokenizer_config.json with it; is the file there?)"
+    )]
     MissingConfigField { field: &'static str },
 
     #[error("template '{template}' does not support a system prompt{hint}")]

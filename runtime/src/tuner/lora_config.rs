@@ -121,6 +121,17 @@ impl LoraConfig {
             }
             None => {
                 let names = args.strings("target_modules");
+                // ms-swift's other group names: adapters on embeddings, norms or MoE routers.
+                if let Some(group) = names
+                    .iter()
+                    .find(|n| n.starts_with("all-") && *n != "all-linear")
+                {
+                    return Err(LoraConfigError::Invalid {
+                        name: "target_modules",
+                        value: group.clone(),
+                        reason: "not supported yet (all-linear and module names are)".into(),
+                    });
+                }
                 if names.iter().any(|n| n == "all-linear") {
                     Targets::AllLinear
                 } else {
@@ -392,6 +403,13 @@ mod tests {
         let r = LoraConfig::from_args(&args(&["--target_regex", r".*\.(q|v)_proj"])).unwrap();
         assert!(r.targets_module("model.layers.3.self_attn.v_proj", false));
         assert!(!r.targets_module("model.layers.3.self_attn.k_proj", false));
+        let e = LoraConfig::from_args(&args(&["--target_modules", "all-embedding"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--target_modules all-embedding") && e.contains("not supported yet"),
+            "{e}"
+        );
         let bad = LoraConfig::from_args(&args(&["--target_regex", "(unclosed"])).unwrap_err();
         assert!(bad.to_string().contains("--target_regex"));
     }
