@@ -159,6 +159,9 @@ pub fn read_dataset(
         }
     }
     if rows.is_empty() {
+        // Every row dropped: a --columns name no row has (a typo) is the likelier cause,
+        // and names the fix, where "no usable rows" would not.
+        check_columns(&opts.preprocess, seen_columns)?;
         return Err(DataError::Empty {
             dataset: spec.raw.clone(),
             dropped: drops.count,

@@ -190,6 +190,18 @@ fn columns_remap_user_fields() {
     let loaded = data::load(&o).unwrap();
     let m = &loaded.train[0].sample.messages;
     assert_eq!((m[0].content.as_str(), m[1].content.as_str()), ("hi", "yo"));
+
+    // A misspelt column that leaves every row unreadable is named, not reported as
+    // "no usable rows".
+    o.preprocess.columns = vec![
+        ("qq".into(), "query".into()),
+        ("answr".into(), "response".into()),
+    ];
+    let e = data::load(&o).unwrap_err().to_string();
+    assert!(
+        e.contains("--columns") && e.contains("'qq', 'answr'"),
+        "{e}"
+    );
 }
 
 #[test]
